@@ -1,0 +1,1 @@
+"""Shared test helpers: Hypothesis profiles, per-slot isolation, real-service URLs."""

