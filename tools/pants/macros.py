@@ -6,28 +6,30 @@
 # the same for a thin binary. A violation fails `./pants dependencies/test/
 # check/package` with DependencyRuleActionDeniedError.
 
-# The one place Keel's version is written; wheels and `keel version` read it.
-KEEL_VERSION = "0.1.0"
+# The one place Keel's version is written is the VERSION file at the repo root:
+# wheels get it here; `keel version` reads it as a resource.
+KEEL_VERSION = open("VERSION").read().strip()  # noqa: SIM115 (BUILD prelude)
 
 # Which Keel packages each package may import (DESIGN.md, "Libraries").
-KEEL_LAYERS = {
-    "events": [],
-    "telemetry": [],
-    "features": ["events", "telemetry"],
-    "drift": ["telemetry"],
-    "artifacts": [],
-    "trainer": ["artifacts", "telemetry"],
-    "registry_client": ["artifacts"],
-    "governance": ["artifacts"],
-    "serving": ["artifacts", "registry_client", "features", "events", "telemetry"],
-    "pipelines": [
-        "events", "telemetry", "features", "drift", "artifacts",
-        "trainer", "registry_client", "governance",
-    ],
-}
+def _layers():
+    return {
+        "events": ["telemetry"],  # ADR 0001: events reports its SLIs through keel.telemetry
+        "telemetry": [],
+        "features": ["events", "telemetry"],
+        "drift": ["telemetry"],
+        "artifacts": [],
+        "trainer": ["artifacts", "telemetry"],
+        "registry_client": ["artifacts"],
+        "governance": ["artifacts"],
+        "serving": ["artifacts", "registry_client", "features", "events", "telemetry"],
+        "pipelines": [
+            "events", "telemetry", "features", "drift", "artifacts",
+            "trainer", "registry_client", "governance",
+        ],
+    }
 
 # Test-only third-party projects any package's tests may use.
-_TEST_THIRD_PARTY = ["pytest", "hypothesis", "scorecardpy", "pandas", "httpx", "scipy"]
+_TEST_THIRD_PARTY = ("pytest", "hypothesis", "scorecardpy", "pandas", "httpx", "scipy")
 
 
 def _pkg_dir(name):
@@ -35,7 +37,7 @@ def _pkg_dir(name):
 
 
 def _req(project):
-    return "//3rdparty/python:reqs#" + project
+    return "//3rdparty/python/reqs#" + project
 
 
 def keel_package(name, third_party=(), test_third_party=(), description="", install_requires=None):
@@ -45,9 +47,10 @@ def keel_package(name, third_party=(), test_third_party=(), description="", inst
     third_party: requirement names (as in requirements.txt) the library may import.
     test_third_party: extra requirement names its tests may import.
     """
-    if name not in KEEL_LAYERS:
-        raise ValueError("keel_package: unknown package %r; add it to KEEL_LAYERS in tools/pants/macros.py" % name)
-    allowed_pkgs = KEEL_LAYERS[name]
+    layers = _layers()
+    if name not in layers:
+        raise ValueError("keel_package: unknown package %r; add it to _layers() in tools/pants/macros.py" % name)
+    allowed_pkgs = layers[name]
     src_rules = (
         ["/src/**"]
         + ["//packages/%s/src/**" % _pkg_dir(p) for p in allowed_pkgs]
@@ -56,12 +59,12 @@ def keel_package(name, third_party=(), test_third_party=(), description="", inst
     test_rules = (
         src_rules
         + ["/tests/**", "//tests/testutil/**"]
-        + [_req(t) for t in list(test_third_party) + _TEST_THIRD_PARTY]
+        + [_req(t) for t in list(test_third_party) + list(_TEST_THIRD_PARTY)]
     )
     __dependencies_rules__(
         ({"path": "/src/**"}, *src_rules, "!*"),
         ({"path": "/tests/**"}, *test_rules, "!*"),
-        ("*", "/**", "//3rdparty/python/**", "//VERSION", "!*"),
+        ("*", "/**", "//3rdparty/python/**", "//:version", "!*"),
     )
     python_distribution(
         name="dist",
@@ -87,7 +90,7 @@ def keel_app(name, packages=(), third_party=()):
             "/**",
             *["//packages/%s/src/**" % _pkg_dir(p) for p in packages],
             *[_req(t) for t in third_party],
-            "//VERSION",
+            "//:version",
             "!*",
         ),
     )

@@ -1,0 +1,1 @@
+"""The `keel` command-line interface: wiring only; logic lives in the libraries."""

@@ -1,0 +1,182 @@
+"""`keel doctor`: what this machine has, what is reachable, what to do if not.
+
+Each probe is a small function returning a `Check`; none raises. Services are
+optional on embedded defaults, so an unreachable one is a hint, not a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from keel_cli.config import KeelConfig
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+    required: bool = False
+
+
+def _tcp(host: str, port: int, timeout: float = 1.0) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def check_python() -> Check:
+    v = sys.version_info
+    ok = (v.major, v.minor) == (3, 11)
+    return Check(
+        "python",
+        ok,
+        f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        "" if ok else "Keel runs on CPython 3.11: use `./pants run apps/keel -- ...` or python3.11",
+        required=True,
+    )
+
+
+def _find_repo_root(start: Path) -> Path | None:
+    for p in (start, *start.parents):
+        if (p / "pants.toml").is_file():
+            return p
+    return None
+
+
+def check_pants(cwd: Path) -> Check:
+    root = _find_repo_root(cwd)
+    if root is None:
+        return Check("pants", True, "not in a Keel checkout (no pants.toml above the cwd)")
+    m = re.search(r'^pants_version\s*=\s*"([^"]+)"', (root / "pants.toml").read_text(), re.M)
+    want = m.group(1) if m else "?"
+    venv = root / ".pants-bootstrap" / f"venv-{want}" / "bin" / "pants"
+    if venv.exists():
+        return Check("pants", True, f"{want} bootstrapped in {venv.parent.parent}")
+    return Check("pants", False, f"{want} configured, not bootstrapped", "run ./pants --version once (≈30 s)")
+
+
+def check_home(cfg: KeelConfig) -> Check:
+    home = cfg.home.expanduser().resolve()
+    if home.exists():
+        writable = os.access(home, os.W_OK)
+        return Check("KEEL_HOME", writable, f"{home}", "" if writable else f"make {home} writable", True)
+    parent = home.parent
+    ok = parent.exists() and os.access(parent, os.W_OK)
+    return Check("KEEL_HOME", ok, f"{home} (created on first use)", "" if ok else f"create {parent}", True)
+
+
+def check_postgres(cfg: KeelConfig) -> Check:
+    u = urlparse(cfg.pg_dsn)
+    try:
+        import psycopg
+
+        with psycopg.connect(cfg.pg_dsn, connect_timeout=2) as conn:
+            ver = conn.execute("show server_version").fetchone()
+        return Check("postgresql", True, f"{u.hostname}:{u.port or 5432} server {ver[0] if ver else '?'}")
+    except Exception as e:  # any failure is a hint, never a crash
+        return Check(
+            "postgresql", False, f"{u.hostname}:{u.port or 5432}: {type(e).__name__}: {str(e).strip()[:120]}",
+            "needed for the MLflow registry on PostgreSQL: start it (tools/ci/services.sh) or set KEEL_PG_DSN",
+        )
+
+
+def check_redis(cfg: KeelConfig) -> Check:
+    try:
+        import redis
+
+        r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        info = r.info("server")
+        r.close()
+        return Check("redis", True, f"{cfg.redis_url} redis {info.get('redis_version', '?')}")
+    except Exception as e:
+        return Check(
+            "redis", False, f"{cfg.redis_url}: {type(e).__name__}: {str(e)[:120]}",
+            "online store on Redis: start redis-server (tools/ci/services.sh) or set KEEL_REDIS_URL; "
+            "embedded SQLite works without it",
+        )
+
+
+def check_nats(cfg: KeelConfig) -> Check:
+    u = urlparse(cfg.nats_url)
+    host, port = u.hostname or "127.0.0.1", u.port or 4222
+    try:
+        with _tcp(host, port) as s:
+            s.settimeout(1.0)
+            line = s.recv(4096).decode("utf-8", "replace")
+        if not line.startswith("INFO "):
+            return Check("nats", False, f"{host}:{port} answered but is not NATS", "check KEEL_NATS_URL")
+        js = '"jetstream":true' in line.replace(" ", "")
+        ver = re.search(r'"version":"([^"]+)"', line.replace(" ", ""))
+        detail = f"{host}:{port} nats-server {ver.group(1) if ver else '?'}, JetStream {'on' if js else 'OFF'}"
+        return Check("nats", js, detail, "" if js else "restart nats-server with -js")
+    except OSError as e:
+        return Check(
+            "nats", False, f"{host}:{port}: {e}",
+            "event bus on NATS: start nats-server -js (tools/ci/services.sh) or set KEEL_NATS_URL; "
+            "the embedded SQLite log works without it",
+        )
+
+
+def check_mlflow(cfg: KeelConfig) -> Check:
+    try:
+        import httpx
+
+        r = httpx.get(cfg.mlflow_url.rstrip("/") + "/health", timeout=1.5)
+        ok = r.status_code == 200
+        return Check("mlflow server", ok, f"{cfg.mlflow_url} HTTP {r.status_code}", "" if ok else "check KEEL_MLFLOW_URL")
+    except Exception as e:
+        return Check(
+            "mlflow server", False, f"{cfg.mlflow_url}: {type(e).__name__}",
+            "registry on a tracking server: run `mlflow server` and set KEEL_MLFLOW_URL; "
+            "the embedded sqlite:/// store in KEEL_HOME works without it",
+        )
+
+
+def check_ray(cfg: KeelConfig) -> Check:
+    if not cfg.ray_address or cfg.ray_address == "local":
+        return Check("ray cluster", True, "RAY_ADDRESS unset: training uses a local Ray instance")
+    addr = cfg.ray_address.removeprefix("ray://")
+    host, _, port = addr.rpartition(":")
+    try:
+        with _tcp(host or "127.0.0.1", int(port or 6379)):
+            pass
+        return Check("ray cluster", True, f"{cfg.ray_address} reachable")
+    except (OSError, ValueError) as e:
+        return Check("ray cluster", False, f"{cfg.ray_address}: {e}", "start the cluster (`ray start --head`) or unset RAY_ADDRESS")
+
+
+def check_gpu() -> Check:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return Check("gpu", True, "none visible (no nvidia-smi): training runs on CPU")
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        return Check("gpu", True, out.replace("\n", "; ") or "nvidia-smi found, no GPU listed")
+    except (subprocess.SubprocessError, OSError) as e:
+        return Check("gpu", False, f"nvidia-smi failed: {e}", "check the NVIDIA driver; CPU training still works")
+
+
+def run_checks(cfg: KeelConfig, cwd: Path) -> list[Check]:
+    return [
+        check_python(),
+        check_pants(cwd),
+        check_home(cfg),
+        check_postgres(cfg),
+        check_redis(cfg),
+        check_nats(cfg),
+        check_mlflow(cfg),
+        check_ray(cfg),
+        check_gpu(),
+    ]

@@ -1,0 +1,78 @@
+"""`keel`: the engineer's CLI. Wiring only — every command calls into a library.
+
+Heavy imports (polars, torch, ray, mlflow) happen inside commands, so
+`keel --help` and `keel doctor` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from keel_cli.config import ConfigError, KeelConfig, load_config
+from keel_cli.version import keel_version
+
+app = typer.Typer(
+    name="keel",
+    help="Keel: the ML platform loop — events, features, training, registry, serving, drift.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _config(config: Path | None) -> KeelConfig:
+    try:
+        return load_config(toml_path=config)
+    except ConfigError as e:
+        err_console.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: $KEEL_CONFIG)")
+
+
+@app.command()
+def version() -> None:
+    """Print Keel's version."""
+    console.print(f"keel {keel_version()}")
+
+
+@app.command()
+def doctor(config: Path | None = ConfigOpt) -> None:
+    """Check Python, Pants, KEEL_HOME, services (PostgreSQL, Redis, NATS, MLflow, Ray) and GPU."""
+    from keel_cli.doctor import run_checks
+
+    cfg = _config(config)
+    table = Table(title=f"keel doctor — keel {keel_version()}")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("detail")
+    table.add_column("what to do")
+    failed_required = False
+    for c in run_checks(cfg, Path.cwd()):
+        if c.ok:
+            status = "[green]ok[/]"
+        elif c.required:
+            status = "[bold red]FAIL[/]"
+            failed_required = True
+        else:
+            status = "[yellow]unavailable[/]"
+        table.add_row(c.name, status, c.detail, c.hint)
+    console.print(table)
+    if failed_required:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
