@@ -30,8 +30,6 @@ def register_profiles() -> str:
     )
     name = os.environ.get("KEEL_HYPOTHESIS_PROFILE", FAST)
     if name not in (FAST, EXPENSIVE):
-        raise ValueError(
-            f"KEEL_HYPOTHESIS_PROFILE={name!r}: expected {FAST!r} or {EXPENSIVE!r}"
-        )
+        raise ValueError(f"KEEL_HYPOTHESIS_PROFILE={name!r}: expected {FAST!r} or {EXPENSIVE!r}")
     settings.load_profile(name)
     return name

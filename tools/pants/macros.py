@@ -91,6 +91,8 @@ def keel_app(name, packages=(), third_party=()):
             *["//packages/%s/src/**" % _pkg_dir(p) for p in packages],
             *[_req(t) for t in third_party],
             "//:version",
+            "//tests/testutil/**",
+            *[_req(t) for t in _TEST_THIRD_PARTY],
             "!*",
         ),
     )

@@ -81,13 +81,17 @@ def load_config(env: Mapping[str, str] | None = None, toml_path: Path | None = N
         try:
             raw = tomllib.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist: fix KEEL_CONFIG/--config") from None
+            raise ConfigError(
+                f"config file {path} does not exist: fix KEEL_CONFIG/--config"
+            ) from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         section = raw.get("keel", raw)
         for key, val in section.items():
             if key in _REMOVED:
-                raise ConfigError(f"{path}: option {key!r} was removed; use {_REMOVED[key]} instead")
+                raise ConfigError(
+                    f"{path}: option {key!r} was removed; use {_REMOVED[key]} instead"
+                )
             values[key] = val
     for var, key in _ENV.items():
         if env.get(var):
@@ -98,7 +102,7 @@ def load_config(env: Mapping[str, str] | None = None, toml_path: Path | None = N
         lines = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"])
-            var = next((v for v, k in _ENV.items() if k == key), None)
-            where = f" (env {var})" if var else ""
+            env_var = next((v for v, k in _ENV.items() if k == key), None)
+            where = f" (env {env_var})" if env_var else ""
             lines.append(f"  {key}{where}: {err['msg']}")
         raise ConfigError("invalid Keel configuration:\n" + "\n".join(lines)) from None

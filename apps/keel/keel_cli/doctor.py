@@ -61,17 +61,23 @@ def check_pants(cwd: Path) -> Check:
     venv = root / ".pants-bootstrap" / f"venv-{want}" / "bin" / "pants"
     if venv.exists():
         return Check("pants", True, f"{want} bootstrapped in {venv.parent.parent}")
-    return Check("pants", False, f"{want} configured, not bootstrapped", "run ./pants --version once (≈30 s)")
+    return Check(
+        "pants", False, f"{want} configured, not bootstrapped", "run ./pants --version once (≈30 s)"
+    )
 
 
 def check_home(cfg: KeelConfig) -> Check:
     home = cfg.home.expanduser().resolve()
     if home.exists():
         writable = os.access(home, os.W_OK)
-        return Check("KEEL_HOME", writable, f"{home}", "" if writable else f"make {home} writable", True)
+        return Check(
+            "KEEL_HOME", writable, f"{home}", "" if writable else f"make {home} writable", True
+        )
     parent = home.parent
     ok = parent.exists() and os.access(parent, os.W_OK)
-    return Check("KEEL_HOME", ok, f"{home} (created on first use)", "" if ok else f"create {parent}", True)
+    return Check(
+        "KEEL_HOME", ok, f"{home} (created on first use)", "" if ok else f"create {parent}", True
+    )
 
 
 def check_postgres(cfg: KeelConfig) -> Check:
@@ -81,10 +87,14 @@ def check_postgres(cfg: KeelConfig) -> Check:
 
         with psycopg.connect(cfg.pg_dsn, connect_timeout=2) as conn:
             ver = conn.execute("show server_version").fetchone()
-        return Check("postgresql", True, f"{u.hostname}:{u.port or 5432} server {ver[0] if ver else '?'}")
+        return Check(
+            "postgresql", True, f"{u.hostname}:{u.port or 5432} server {ver[0] if ver else '?'}"
+        )
     except Exception as e:  # any failure is a hint, never a crash
         return Check(
-            "postgresql", False, f"{u.hostname}:{u.port or 5432}: {type(e).__name__}: {str(e).strip()[:120]}",
+            "postgresql",
+            False,
+            f"{u.hostname}:{u.port or 5432}: {type(e).__name__}: {str(e).strip()[:120]}",
             "needed for the MLflow registry on PostgreSQL: start it (tools/ci/services.sh) or set KEEL_PG_DSN",
         )
 
@@ -99,7 +109,9 @@ def check_redis(cfg: KeelConfig) -> Check:
         return Check("redis", True, f"{cfg.redis_url} redis {info.get('redis_version', '?')}")
     except Exception as e:
         return Check(
-            "redis", False, f"{cfg.redis_url}: {type(e).__name__}: {str(e)[:120]}",
+            "redis",
+            False,
+            f"{cfg.redis_url}: {type(e).__name__}: {str(e)[:120]}",
             "online store on Redis: start redis-server (tools/ci/services.sh) or set KEEL_REDIS_URL; "
             "embedded SQLite works without it",
         )
@@ -113,14 +125,18 @@ def check_nats(cfg: KeelConfig) -> Check:
             s.settimeout(1.0)
             line = s.recv(4096).decode("utf-8", "replace")
         if not line.startswith("INFO "):
-            return Check("nats", False, f"{host}:{port} answered but is not NATS", "check KEEL_NATS_URL")
+            return Check(
+                "nats", False, f"{host}:{port} answered but is not NATS", "check KEEL_NATS_URL"
+            )
         js = '"jetstream":true' in line.replace(" ", "")
         ver = re.search(r'"version":"([^"]+)"', line.replace(" ", ""))
         detail = f"{host}:{port} nats-server {ver.group(1) if ver else '?'}, JetStream {'on' if js else 'OFF'}"
         return Check("nats", js, detail, "" if js else "restart nats-server with -js")
     except OSError as e:
         return Check(
-            "nats", False, f"{host}:{port}: {e}",
+            "nats",
+            False,
+            f"{host}:{port}: {e}",
             "event bus on NATS: start nats-server -js (tools/ci/services.sh) or set KEEL_NATS_URL; "
             "the embedded SQLite log works without it",
         )
@@ -132,10 +148,17 @@ def check_mlflow(cfg: KeelConfig) -> Check:
 
         r = httpx.get(cfg.mlflow_url.rstrip("/") + "/health", timeout=1.5)
         ok = r.status_code == 200
-        return Check("mlflow server", ok, f"{cfg.mlflow_url} HTTP {r.status_code}", "" if ok else "check KEEL_MLFLOW_URL")
+        return Check(
+            "mlflow server",
+            ok,
+            f"{cfg.mlflow_url} HTTP {r.status_code}",
+            "" if ok else "check KEEL_MLFLOW_URL",
+        )
     except Exception as e:
         return Check(
-            "mlflow server", False, f"{cfg.mlflow_url}: {type(e).__name__}",
+            "mlflow server",
+            False,
+            f"{cfg.mlflow_url}: {type(e).__name__}",
             "registry on a tracking server: run `mlflow server` and set KEEL_MLFLOW_URL; "
             "the embedded sqlite:/// store in KEEL_HOME works without it",
         )
@@ -151,7 +174,12 @@ def check_ray(cfg: KeelConfig) -> Check:
             pass
         return Check("ray cluster", True, f"{cfg.ray_address} reachable")
     except (OSError, ValueError) as e:
-        return Check("ray cluster", False, f"{cfg.ray_address}: {e}", "start the cluster (`ray start --head`) or unset RAY_ADDRESS")
+        return Check(
+            "ray cluster",
+            False,
+            f"{cfg.ray_address}: {e}",
+            "start the cluster (`ray start --head`) or unset RAY_ADDRESS",
+        )
 
 
 def check_gpu() -> Check:
@@ -161,11 +189,19 @@ def check_gpu() -> Check:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         return Check("gpu", True, out.replace("\n", "; ") or "nvidia-smi found, no GPU listed")
     except (subprocess.SubprocessError, OSError) as e:
-        return Check("gpu", False, f"nvidia-smi failed: {e}", "check the NVIDIA driver; CPU training still works")
+        return Check(
+            "gpu",
+            False,
+            f"nvidia-smi failed: {e}",
+            "check the NVIDIA driver; CPU training still works",
+        )
 
 
 def run_checks(cfg: KeelConfig, cwd: Path) -> list[Check]:

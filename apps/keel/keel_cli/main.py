@@ -6,7 +6,6 @@ Heavy imports (polars, torch, ray, mlflow) happen inside commands, so
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -75,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

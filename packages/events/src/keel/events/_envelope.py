@@ -24,7 +24,7 @@ _AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 _Version = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="k1"):
+class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="k1", tag_field="envelope"):
     """One immutable event.
 
     Attributes:

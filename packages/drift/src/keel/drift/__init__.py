@@ -1,0 +1,88 @@
+"""keel.drift: fast drift and data-quality monitoring from saved reference profiles.
+
+    from keel.drift import build_profile, ReferenceProfile, check_drift, DriftPolicy
+
+    profile = build_profile(train_df)                  # once, at training time
+    profile.save("model/profile.json")                 # travels with the model artifact
+    result = check_drift(ReferenceProfile.load("model/profile.json"), current_df)
+    decision = DriftPolicy().decide(result, history)   # none / warn / drift
+
+Never imports torch, ray or mlflow (tested). scipy.stats and matplotlib are
+imported lazily, on first use.
+"""
+
+from keel.drift._check import (
+    METHODS,
+    CheckOptions,
+    DriftResult,
+    FeatureDrift,
+    QualityIssue,
+    check_drift,
+    compare_summaries,
+)
+from keel.drift._errors import (
+    DriftError,
+    IncompatibleProfilesError,
+    InvalidInputError,
+    ProfileFormatError,
+)
+from keel.drift._multivariate import MultivariateResult, domain_classifier_test
+from keel.drift._policy import DriftPolicy, FeatureThreshold, Level, PolicyDecision
+from keel.drift._profile import (
+    OTHER_CATEGORY,
+    PROFILE_FORMAT,
+    PROFILE_VERSION,
+    CategoricalSummary,
+    ColumnSummary,
+    JointSample,
+    NumericSummary,
+    ProfileOptions,
+    ReferenceProfile,
+    build_profile,
+)
+from keel.drift._sketch import QuantileSketch
+from keel.drift._stats import (
+    chi2_homogeneity,
+    js_distance,
+    ks_pvalue,
+    ks_statistic,
+    psi,
+    wasserstein,
+)
+
+__all__ = [
+    "METHODS",
+    "OTHER_CATEGORY",
+    "PROFILE_FORMAT",
+    "PROFILE_VERSION",
+    "CategoricalSummary",
+    "CheckOptions",
+    "ColumnSummary",
+    "DriftError",
+    "DriftPolicy",
+    "DriftResult",
+    "FeatureDrift",
+    "FeatureThreshold",
+    "IncompatibleProfilesError",
+    "InvalidInputError",
+    "JointSample",
+    "Level",
+    "MultivariateResult",
+    "NumericSummary",
+    "PolicyDecision",
+    "ProfileFormatError",
+    "ProfileOptions",
+    "QualityIssue",
+    "QuantileSketch",
+    "ReferenceProfile",
+    "build_profile",
+    "check_drift",
+    "chi2_homogeneity",
+    "compare_summaries",
+    "domain_classifier_test",
+    "js_distance",
+    "ks_pvalue",
+    "ks_statistic",
+    "psi",
+    "wasserstein",
+]

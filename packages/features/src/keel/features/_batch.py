@@ -1,0 +1,471 @@
+"""The batch engine: feature values at arbitrary timestamps, backfills, point-in-time training sets.
+
+Everything is a lazy, vectorised Polars plan; no per-row Python. See ``_definitions`` for the
+exact window semantics: window ``w`` at time ``T`` covers ``T - w < event_time <= T``.
+
+How values at arbitrary times are computed
+------------------------------------------
+Query rows ``(entity, T)`` are appended to the entity's events as value-less rows, the union
+is sorted by ``(entity, time, is_query)`` and time-indexed rolling kernels
+(``rolling_*_by(..., closed="right")``) evaluate each window at every row; time-indexed
+windows include every row with the same timestamp, so events at exactly ``T`` count.
+``last`` is a forward fill of the per-instant maximum. No cross join, no per-query scan.
+
+When the view has a record-time column, an event is visible at ``T`` only when it was also
+recorded by ``T``. Events recorded no later than their event time ("on time") take the path
+above; the (typically few) late-recorded events are matched to queries of the same entity
+with an equality join bounded by the largest window, aggregated to the same partial
+aggregates, and merged (distinct counts merge exactly via an as-of join that checks whether
+a late value is already present among the on-time values of the window).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+
+from keel.features._definitions import FIELD_TYPES, FeatureView, duration_us
+from keel.features._errors import InvalidInputError
+from keel.features._frames import ET, RT, check_nulls, dedupe, prepare, time_to_us_expr, to_us
+
+Q = "__q"
+QID = "__qid"
+T = "__T"
+ONE = "__one"
+
+
+@dataclass(frozen=True)
+class _Partial:
+    kind: str  # n, nn, sum, sumsq, min, max, dc
+    column: str | None
+    window_us: int
+
+    @property
+    def name(self) -> str:
+        return f"__p_{self.kind}_{self.column or ''}_{self.window_us}"
+
+
+def _partials(view: FeatureView) -> tuple[list[_Partial], list[str]]:
+    """The partial aggregates the view's features need, and the columns needing ``last``."""
+    parts: list[_Partial] = []
+    lasts: list[str] = []
+
+    def add(kind: str, col: str | None, w: int) -> None:
+        p = _Partial(kind, col, w)
+        if p not in parts:
+            parts.append(p)
+
+    for agg in view.features:
+        w = duration_us(agg.window)
+        c = agg.column
+        fn = agg.function
+        if fn == "count":
+            add("n" if c is None else "nn", c, w)
+        elif fn == "sum":
+            add("sum", c, w)
+        elif fn == "mean":
+            add("sum", c, w)
+            add("nn", c, w)
+        elif fn == "std":
+            add("sum", c, w)
+            add("sumsq", c, w)
+            add("nn", c, w)
+        elif fn in ("min", "max"):
+            add(fn, c, w)
+        elif fn == "distinct_count":
+            add("dc", c, w)
+        elif fn == "last":
+            assert c is not None
+            if c not in lasts:
+                lasts.append(c)
+    return parts, lasts
+
+
+def _lv(c: str) -> str:
+    return f"__last_v_{c}"
+
+
+def _lt(c: str) -> str:
+    return f"__last_t_{c}"
+
+
+LAST_ANY = "__last_any"
+
+
+def _rolling_exprs(view: FeatureView, parts: list[_Partial], lasts: list[str]) -> list[pl.Expr]:
+    """Rolling partial aggregates evaluated at every row of a frame sorted by keys and time."""
+    keys = list(view.join_keys)
+    out: list[pl.Expr] = []
+    for p in parts:
+        win = f"{p.window_us}i"
+        col = pl.col(p.column) if p.column is not None else None
+        if p.kind == "n":
+            e = pl.col(ONE).rolling_sum_by(ET, win, closed="right")
+        elif p.kind == "nn":
+            assert col is not None
+            e = col.is_not_null().cast(pl.Int64).rolling_sum_by(ET, win, closed="right")
+        elif p.kind == "sum":
+            assert col is not None
+            e = col.cast(pl.Float64).rolling_sum_by(ET, win, closed="right").fill_null(0.0)
+        elif p.kind == "sumsq":
+            assert col is not None
+            x = col.cast(pl.Float64)
+            e = (x * x).rolling_sum_by(ET, win, closed="right").fill_null(0.0)
+        elif p.kind == "min":
+            assert col is not None
+            e = col.cast(pl.Float64).rolling_min_by(ET, win, closed="right")
+        elif p.kind == "max":
+            assert col is not None
+            e = col.cast(pl.Float64).rolling_max_by(ET, win, closed="right")
+        else:  # dc
+            assert col is not None
+            e = (
+                col.drop_nulls()
+                .n_unique()
+                .rolling(index_column=ET, period=win, closed="right")
+                .cast(pl.Int64)
+            )
+        out.append(e.over(keys).alias(p.name))
+    for c in lasts:
+        tie = pl.col(c).max().over([*keys, ET])  # largest value wins a tie on event time
+        out.append(tie.forward_fill().over(keys).alias(_lv(c)))
+        out.append(
+            pl.when(tie.is_not_null()).then(pl.col(ET)).forward_fill().over(keys).alias(_lt(c))
+        )
+    return out
+
+
+def _finalize(view: FeatureView, lasts: Sequence[str]) -> list[pl.Expr]:
+    """Feature expressions from partial columns, evaluated at time column ``T``."""
+    types = view.column_types
+    out: list[pl.Expr] = []
+    for agg in view.features:
+        w = duration_us(agg.window)
+        c = agg.column
+
+        def p(kind: str, _c: str | None = c, _w: int = w) -> pl.Expr:
+            return pl.col(_Partial(kind, _c, _w).name)
+
+        fn = agg.function
+        if fn == "count":
+            e = p("n" if c is None else "nn").fill_null(0).cast(pl.Int64)
+        elif fn == "sum":
+            e = p("sum").fill_null(0.0)
+        elif fn == "mean":
+            e = pl.when(p("nn") > 0).then(p("sum") / p("nn"))
+        elif fn == "std":
+            n = p("nn")
+            s = p("sum")
+            var = (p("sumsq") - s * s / n) / (n - 1)
+            e = pl.when(n > 1).then(var.clip(lower_bound=0.0).sqrt())
+        elif fn in ("min", "max"):
+            e = p(fn)
+        elif fn == "distinct_count":
+            e = p("dc").fill_null(0).cast(pl.Int64)
+        else:  # last
+            assert c is not None
+            e = pl.when(pl.col(_lt(c)) > pl.col(T) - w).then(pl.col(_lv(c))).cast(FIELD_TYPES[types[c]])
+        if view.ttl is not None:
+            stale = pl.col(LAST_ANY).is_null() | (pl.col(T) - pl.col(LAST_ANY) > duration_us(view.ttl))
+            e = pl.when(~stale).then(e)
+        out.append(e.alias(agg.name))
+    return out
+
+
+def _prepared(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    df = dedupe(view, prepare(view, events)).collect()
+    check_nulls(view, df)
+    return df
+
+
+def _union_partials(
+    view: FeatureView,
+    events: pl.DataFrame,
+    queries: pl.DataFrame,
+    parts: list[_Partial],
+    lasts: list[str],
+) -> pl.DataFrame:
+    """Partials at each query row from ``events`` (all visible at their own event time)."""
+    keys = list(view.join_keys)
+    ev = events.lazy().select([*keys, ET, *[c for c in _value_cols(parts, lasts)]]).with_columns(
+        pl.lit(False).alias(Q), pl.lit(None, pl.UInt32).alias(QID), pl.lit(1, pl.Int64).alias(ONE)
+    )
+    q = queries.lazy().select([*keys, pl.col(T).alias(ET), QID]).with_columns(
+        pl.lit(True).alias(Q), pl.lit(0, pl.Int64).alias(ONE)
+    )
+    union = pl.concat([ev, q], how="diagonal_relaxed").sort([*keys, ET, Q])
+    cols = _rolling_exprs(view, parts, lasts)
+    if view.ttl is not None:
+        cols.append(
+            pl.when(~pl.col(Q)).then(pl.col(ET)).forward_fill().over(keys).alias(LAST_ANY)
+        )
+    return (
+        union.with_columns(cols)
+        .filter(pl.col(Q))
+        .select([QID, *[p.name for p in parts], *[f(c) for c in lasts for f in (_lv, _lt)]]
+                + ([LAST_ANY] if view.ttl is not None else []))
+        .collect()
+    )
+
+
+def _value_cols(parts: list[_Partial], lasts: list[str]) -> list[str]:
+    cols: list[str] = []
+    for c in [p.column for p in parts] + list(lasts):
+        if c is not None and c not in cols:
+            cols.append(c)
+    return cols
+
+
+def _late_partials(
+    view: FeatureView,
+    late: pl.DataFrame,
+    ontime: pl.DataFrame,
+    queries: pl.DataFrame,
+    parts: list[_Partial],
+    lasts: list[str],
+) -> pl.DataFrame:
+    """Partials from late-recorded events (record time > event time), joined per entity."""
+    keys = list(view.join_keys)
+    span = max([p.window_us for p in parts] + [duration_us(a.window) for a in view.features])
+    if view.ttl is not None:
+        span = max(span, duration_us(view.ttl))
+    joined = (
+        queries.lazy()
+        .select([*keys, T, QID])
+        .join(late.lazy(), on=keys, how="inner")
+        .filter((pl.col(ET) <= pl.col(T)) & (pl.col(RT) <= pl.col(T)) & (pl.col(ET) > pl.col(T) - span))
+        .sort([QID, ET])
+    )
+    aggs: list[pl.Expr] = []
+    dc_parts = [p for p in parts if p.kind == "dc"]
+    for p in parts:
+        cond = pl.col(ET) > pl.col(T) - p.window_us
+        col = pl.col(p.column) if p.column is not None else None
+        if p.kind == "n":
+            e = cond.sum().cast(pl.Int64)
+        elif p.kind == "nn":
+            assert col is not None
+            e = (cond & col.is_not_null()).sum().cast(pl.Int64)
+        elif p.kind == "sum":
+            assert col is not None
+            e = col.cast(pl.Float64).filter(cond).sum()
+        elif p.kind == "sumsq":
+            assert col is not None
+            x = col.cast(pl.Float64)
+            e = (x * x).filter(cond).sum()
+        elif p.kind == "min":
+            assert col is not None
+            e = col.cast(pl.Float64).filter(cond).min()
+        elif p.kind == "max":
+            assert col is not None
+            e = col.cast(pl.Float64).filter(cond).max()
+        else:
+            assert col is not None
+            e = col.filter(cond).drop_nulls().unique()
+        aggs.append(e.alias(p.name))
+    for c in lasts:
+        # Rows are sorted by event time; among ties take the largest value.
+        nn = pl.col(c).is_not_null()
+        last_t = pl.col(ET).filter(nn).max()
+        aggs.append(pl.col(c).filter(nn & (pl.col(ET) == last_t)).max().alias(_lv(c)))
+        aggs.append(last_t.alias(_lt(c)))
+    if view.ttl is not None:
+        aggs.append(pl.col(ET).max().alias(LAST_ANY))
+    agg = joined.group_by([QID, *keys, T]).agg(aggs).collect()
+    if dc_parts and agg.height:
+        for p in dc_parts:
+            assert p.column is not None
+            c = p.column
+            pairs = (
+                agg.select([QID, *keys, T, pl.col(p.name).alias(c)])
+                .explode(c)
+                .drop_nulls(c)
+                .sort(T)
+            )
+            seen = ontime.select([*keys, c, ET]).drop_nulls(c).sort(ET)
+            matched = pairs.join_asof(
+                seen, left_on=T, right_on=ET, by=[*keys, c], strategy="backward", check_sortedness=False
+            )
+            new = (
+                matched.filter(pl.col(ET).is_null() | (pl.col(ET) <= pl.col(T) - p.window_us))
+                .group_by(QID)
+                .agg(pl.len().cast(pl.Int64).alias(p.name))
+            )
+            agg = agg.drop(p.name).join(new, on=QID, how="left").with_columns(pl.col(p.name).fill_null(0))
+    return agg.drop([*keys, T])
+
+
+def _merge(
+    base: pl.DataFrame, late: pl.DataFrame, view: FeatureView, parts: list[_Partial], lasts: list[str]
+) -> pl.DataFrame:
+    if late.height == 0:
+        return base
+    late = late.rename({c: f"{c}__late" for c in late.columns if c != QID})
+    merged = base.join(late, on=QID, how="left")
+    exprs: list[pl.Expr] = []
+    for p in parts:
+        a = pl.col(p.name)
+        b = pl.col(f"{p.name}__late")
+        if p.kind in ("n", "nn", "sum", "sumsq", "dc"):
+            exprs.append((a.fill_null(0) + b.fill_null(0)).alias(p.name))
+        elif p.kind == "min":
+            exprs.append(pl.min_horizontal(a, b).alias(p.name))
+        else:
+            exprs.append(pl.max_horizontal(a, b).alias(p.name))
+    for c in lasts:
+        ov, ot = pl.col(_lv(c)), pl.col(_lt(c))
+        lv, lt = pl.col(f"{_lv(c)}__late"), pl.col(f"{_lt(c)}__late")
+        take_late = lt.is_not_null() & (ot.is_null() | (lt > ot) | ((lt == ot) & (lv > ov)))
+        exprs.append(pl.when(take_late).then(lv).otherwise(ov).alias(_lv(c)))
+        exprs.append(pl.when(take_late).then(lt).otherwise(ot).alias(_lt(c)))
+    if view.ttl is not None:
+        exprs.append(pl.max_horizontal(pl.col(LAST_ANY), pl.col(f"{LAST_ANY}__late")).alias(LAST_ANY))
+    return merged.with_columns(exprs).select(base.columns)
+
+
+def _normalise_queries(view: FeatureView, queries: pl.DataFrame, time_column: str) -> pl.DataFrame:
+    if not isinstance(queries, pl.DataFrame):
+        raise InvalidInputError(f"queries must be a polars DataFrame, got {type(queries).__name__}")
+    missing = [k for k in view.join_keys if k not in queries.columns]
+    if missing:
+        raise InvalidInputError(
+            f"view {view.name!r}: query frame is missing join keys {missing} (has {queries.columns})"
+        )
+    t = time_to_us_expr(queries.schema, time_column, "query timestamp")
+    q = queries.select([*view.join_keys, t.alias(T)]).with_row_index(QID)
+    nulls = q.select(pl.any_horizontal(pl.all().is_null()).sum()).item()
+    if nulls:
+        raise InvalidInputError(f"query frame has {nulls} rows with a null join key or timestamp")
+    return q
+
+
+def _partials_at(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> pl.DataFrame:
+    """Partial aggregates at each query row (``QID`` order), merged across visibility paths."""
+    parts, lasts = _partials(view)
+    keys = list(view.join_keys)
+    for k in keys:
+        if q.schema[k] != prepared.schema[k]:
+            try:
+                q = q.with_columns(pl.col(k).cast(prepared.schema[k], strict=True))
+            except pl.exceptions.PolarsError as exc:
+                raise InvalidInputError(
+                    f"join key {k!r} is {q.schema[k]} in the queries but {prepared.schema[k]} in the events"
+                ) from exc
+    if view.record_time is None:
+        base = _union_partials(view, prepared, q, parts, lasts)
+    else:
+        rt = pl.col(RT).fill_null(pl.col(ET))
+        ontime = prepared.filter(rt <= pl.col(ET))
+        late = prepared.filter(rt > pl.col(ET)).with_columns(rt.alias(RT))
+        base = _union_partials(view, ontime, q, parts, lasts)
+        if late.height:
+            base = _merge(base, _late_partials(view, late, ontime, q, parts, lasts), view, parts, lasts)
+    return base.sort(QID).join(q.select([QID, T]), on=QID, how="left", maintain_order="left")
+
+
+def _values(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> pl.DataFrame:
+    _, lasts = _partials(view)
+    return _partials_at(view, prepared, q).select(_finalize(view, lasts))
+
+
+def compute_at(
+    view: FeatureView,
+    events: pl.DataFrame | pl.LazyFrame,
+    queries: pl.DataFrame,
+    *,
+    time_column: str = "timestamp",
+) -> pl.DataFrame:
+    """Feature values of ``view`` for each ``(join keys, time_column)`` row of ``queries``.
+
+    Uses only events with ``event_time <= T`` (and ``record_time <= T`` when the view has a
+    record-time column). Returns ``queries`` with one column per feature, rows in input order.
+    Raises InvalidInputError for missing columns, wrong dtypes or naive timestamps.
+    """
+    prepared = _prepared(view, events)
+    q = _normalise_queries(view, queries, time_column)
+    values = _values(view, prepared, q)
+    clash = [c for c in values.columns if c in queries.columns]
+    if clash:
+        raise InvalidInputError(f"query frame already has columns named like features: {clash}")
+    return pl.concat([queries, values], how="horizontal")
+
+
+def backfill(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """Feature values as of every event's own time (one output row per de-duplicated event).
+
+    Output columns: the join keys, ``event_time`` (UTC) and one column per feature. Values at
+    an event's time include every event of the entity at that same instant.
+    """
+    prepared = _prepared(view, events)
+    keys = list(view.join_keys)
+    parts, lasts = _partials(view)
+    out_time = pl.from_epoch(pl.col(T), time_unit="us").dt.replace_time_zone("UTC").alias(view.event_time)
+    if view.record_time is None:
+        lf = prepared.lazy().sort([*keys, ET]).with_columns(pl.lit(1, pl.Int64).alias(ONE))
+        cols = _rolling_exprs(view, parts, lasts)
+        if view.ttl is not None:
+            cols.append(pl.col(ET).alias(LAST_ANY))
+        return (
+            lf.with_columns(cols)
+            .with_columns(pl.col(ET).alias(T))
+            .select([*keys, out_time, *_finalize(view, lasts)])
+            .collect()
+        )
+    q = prepared.select([*keys, pl.col(ET).alias(T)]).with_row_index(QID)
+    values = _values(view, prepared, q)
+    return pl.concat([q.select([*keys, out_time]), values], how="horizontal")
+
+
+def latest(view: FeatureView, events: pl.DataFrame | pl.LazyFrame, at: datetime) -> pl.DataFrame:
+    """Feature values of every entity seen in ``events`` (up to ``at``) as of ``at``: for materialising."""
+    prepared = _prepared(view, events)
+    at_us = to_us(at)
+    keys = list(view.join_keys)
+    ents = prepared.filter(pl.col(ET) <= at_us).select(keys).unique(maintain_order=True)
+    q = ents.with_columns(pl.lit(at_us, pl.Int64).alias(T)).with_row_index(QID)
+    values = _values(view, prepared, q)
+    return pl.concat([ents, values], how="horizontal")
+
+
+def prepared_to_events(view: FeatureView, prepared: pl.DataFrame) -> pl.DataFrame:
+    """Turn a prepared frame back into the view's input shape (used to re-enter the engine)."""
+    cols: list[pl.Expr] = [pl.col(k) for k in view.join_keys]
+    cols.append(pl.from_epoch(pl.col(ET), time_unit="us").dt.replace_time_zone("UTC").alias(view.event_time))
+    if view.record_time is not None:
+        cols.append(pl.from_epoch(pl.col(RT), time_unit="us").dt.replace_time_zone("UTC").alias(view.record_time))
+    if view.id_column is not None:
+        cols.append(pl.col("__id").alias(view.id_column))
+    cols.extend(pl.col(c) for c in view.fields)
+    return prepared.select(cols)
+
+
+def training_set(
+    labels: pl.DataFrame,
+    sources: Sequence[tuple[FeatureView, pl.DataFrame | pl.LazyFrame]],
+    *,
+    time_column: str = "timestamp",
+    full_feature_names: bool = True,
+) -> pl.DataFrame:
+    """Point-in-time-correct training frame: ``labels`` plus every view's features at each row's time.
+
+    Each feature value uses only events with ``event_time <= T`` (and ``record_time <= T``
+    when the view has a record-time column); TTL is respected. Feature columns are named
+    ``<view>__<feature>`` (or just ``<feature>`` with ``full_feature_names=False``).
+    """
+    if not isinstance(labels, pl.DataFrame):
+        raise InvalidInputError(f"labels must be a polars DataFrame, got {type(labels).__name__}")
+    out = labels
+    for view, events in sources:
+        part = compute_at(view, events, labels, time_column=time_column).select(view.feature_names)
+        if full_feature_names:
+            part = part.rename({n: f"{view.name}__{n}" for n in view.feature_names})
+        clash = [c for c in part.columns if c in out.columns]
+        if clash:
+            raise InvalidInputError(
+                f"feature columns {clash} clash with existing columns; use full_feature_names=True"
+            )
+        out = pl.concat([out, part], how="horizontal")
+    return out

@@ -1,0 +1,95 @@
+"""A deliberately naive, row-by-row reference implementation of feature semantics.
+
+Used as the oracle for the Polars batch engine and the streaming engine. It scans every
+event for every query; clarity over speed. Times are integer microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keel.features import FeatureView
+from keel.features._definitions import duration_us
+
+
+@dataclass(frozen=True)
+class Ev:
+    key: str
+    et: int
+    rt: int | None
+    values: dict[str, Any]
+    id: str | None = None
+
+
+def dedupe(events: Sequence[Ev]) -> list[Ev]:
+    seen: set[str] = set()
+    out = []
+    for e in events:
+        if e.id is not None:
+            if e.id in seen:
+                continue
+            seen.add(e.id)
+        out.append(e)
+    return out
+
+
+def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> dict[str, Any]:
+    """Feature values for entity ``key`` at time ``t`` by scanning every event."""
+    visible = []
+    for e in dedupe(events):
+        if e.key != key or e.et > t:
+            continue
+        rt = e.rt if e.rt is not None else e.et
+        if view.record_time is not None and max(rt, e.et) > t:
+            continue
+        visible.append(e)
+    out: dict[str, Any] = {}
+    stale = False
+    if view.ttl is not None:
+        last_any = max((e.et for e in visible), default=None)
+        stale = last_any is None or t - last_any > duration_us(view.ttl)
+    for agg in view.features:
+        w = duration_us(agg.window)
+        win = [e for e in visible if e.et > t - w]
+        if agg.column is None:
+            vals: list[Any] = [1 for _ in win]
+        else:
+            vals = [e.values[agg.column] for e in win if e.values.get(agg.column) is not None]
+        fn = agg.function
+        v: Any
+        if fn == "count":
+            v = len(vals)
+        elif fn == "sum":
+            v = float(sum(vals)) if vals else 0.0
+        elif fn == "mean":
+            v = sum(vals) / len(vals) if vals else None
+        elif fn == "std":
+            if len(vals) < 2:
+                v = None
+            else:
+                m = sum(vals) / len(vals)
+                v = math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1))
+        elif fn == "min":
+            v = float(min(vals)) if vals else None
+        elif fn == "max":
+            v = float(max(vals)) if vals else None
+        elif fn == "distinct_count":
+            v = len(set(vals))
+        elif fn == "last":
+            cands = [(e.et, e.values[agg.column]) for e in win if e.values.get(agg.column) is not None]
+            v = max(cands)[1] if cands else None
+        else:  # pragma: no cover
+            raise AssertionError(fn)
+        out[agg.name] = None if stale else v
+    return out
+
+
+def same(a: Any, b: Any, *, rel: float = 1e-9) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=1e-9)
+    return bool(a == b)

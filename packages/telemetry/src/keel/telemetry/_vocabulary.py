@@ -1,0 +1,333 @@
+"""The platform's SLI vocabulary: typed metric sets every component shares.
+
+One class per concern declares its metrics on a `ComponentMetrics`, so names,
+base units and labels are the same everywhere and the SLO rules
+(`keel.telemetry.slo`) can refer to them. Label conventions:
+
+- `model`, `version`: the model name and its registry version;
+- `feature_view`, `feature`: a feature view and one of its features;
+- `stream`, `consumer`: an event stream and a durable consumer;
+- `outcome`: one of a small closed set (see each class);
+- `test`: a drift statistic (psi, ks, chi2, js, wasserstein, ...);
+- `metric`: a model-quality metric (auc, log_loss, ...).
+
+Times are seconds, sizes bytes, ratios 0..1; counters end in `_total`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Final
+
+from keel.telemetry._errors import InvalidMetricError
+from keel.telemetry._metrics import (
+    DURATION_BUCKETS_SECONDS,
+    LATENCY_BUCKETS_SECONDS,
+    ComponentMetrics,
+)
+
+__all__ = [
+    "BATCH_SIZE_BUCKETS_ROWS",
+    "DriftMetrics",
+    "FeatureMetrics",
+    "ModelQualityMetrics",
+    "ServingMetrics",
+    "StreamMetrics",
+    "metric_name",
+]
+
+# Rows per micro-batch / request (powers of two up to 4096).
+BATCH_SIZE_BUCKETS_ROWS: tuple[float, ...] = tuple(float(2**i) for i in range(13))
+
+
+def metric_name(component: str, name: str) -> str:
+    """The exposed name of vocabulary metric `name` in `component`: `keel_<component>_<name>`."""
+    return f"keel_{component}_{name}"
+
+
+def _check_outcome(outcome: str, allowed: Sequence[str]) -> str:
+    if outcome not in allowed:
+        raise InvalidMetricError(f"outcome {outcome!r}: expected one of {list(allowed)}")
+    return outcome
+
+
+def _age_seconds(newest: datetime, now: datetime) -> float:
+    if newest.tzinfo is None or now.tzinfo is None:
+        raise InvalidMetricError("freshness needs timezone-aware datetimes (use UTC)")
+    return max(0.0, (now - newest).total_seconds())
+
+
+class ServingMetrics:
+    """Online inference SLIs (component `serving` by default).
+
+    - `requests_total{model, version, outcome}`: outcome is `ok`, `error` (our
+      fault: burns the availability budget) or `invalid` (the caller's input
+      failed validation: does not);
+    - `request_latency_seconds{model, version}`: end-to-end request latency;
+    - `predictions_total{model, version}`: rows scored (a request may hold many);
+    - `batch_size_rows{model}`: rows per micro-batch.
+    """
+
+    REQUESTS: Final = "requests_total"
+    LATENCY: Final = "request_latency_seconds"
+    PREDICTIONS: Final = "predictions_total"
+    BATCH_SIZE: Final = "batch_size_rows"
+    OUTCOMES: Final = ("ok", "error", "invalid")
+
+    def __init__(
+        self, metrics: ComponentMetrics, *, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.metrics = metrics
+        self._clock = clock
+        self.requests = metrics.counter(
+            self.REQUESTS,
+            "Inference requests by outcome (ok, error, invalid).",
+            labels=("model", "version", "outcome"),
+        )
+        self.latency = metrics.histogram(
+            self.LATENCY,
+            "End-to-end inference request latency.",
+            labels=("model", "version"),
+            buckets=LATENCY_BUCKETS_SECONDS,
+        )
+        self.predictions = metrics.counter(
+            self.PREDICTIONS, "Rows scored.", labels=("model", "version")
+        )
+        self.batch_size = metrics.histogram(
+            self.BATCH_SIZE,
+            "Rows per inference micro-batch.",
+            labels=("model",),
+            buckets=BATCH_SIZE_BUCKETS_ROWS,
+        )
+
+    def observe_request(
+        self,
+        model: str,
+        version: str,
+        latency_seconds: float,
+        *,
+        outcome: str = "ok",
+        rows: int = 1,
+    ) -> None:
+        """Record one finished request."""
+        _check_outcome(outcome, self.OUTCOMES)
+        self.requests.labels(model=model, version=version, outcome=outcome).inc()
+        self.latency.labels(model=model, version=version).observe(latency_seconds)
+        if outcome == "ok" and rows:
+            self.predictions.labels(model=model, version=version).inc(rows)
+
+    def observe_batch(self, model: str, rows: int) -> None:
+        self.batch_size.labels(model=model).observe(rows)
+
+    @contextmanager
+    def time_request(self, model: str, version: str, *, rows: int = 1) -> Iterator[None]:
+        """Time the block as one request: `ok` if it returns; `invalid` if it raises
+        ValueError (bad input); `error` for anything else (re-raised)."""
+        start = self._clock()
+        outcome = "ok"
+        try:
+            yield
+        except ValueError:
+            outcome = "invalid"
+            raise
+        except BaseException:
+            outcome = "error"
+            raise
+        finally:
+            self.observe_request(model, version, self._clock() - start, outcome=outcome, rows=rows)
+
+
+class FeatureMetrics:
+    """Feature pipeline SLIs (component `features` by default).
+
+    - `freshness_seconds{feature_view}`: now minus the event time of the newest
+      event applied to the online store (data freshness);
+    - `feature_staleness_seconds{feature_view, feature}`: age of the feature
+      value served at lookup time;
+    - `events_processed_total{feature_view, outcome}`: outcome `ok`, `late`
+      (outside the allowed lateness), `error`;
+    - `materialization_duration_seconds{feature_view}`: batch materialisation runs;
+    - `online_lookup_latency_seconds{store}`: online-store reads.
+    """
+
+    FRESHNESS: Final = "freshness_seconds"
+    STALENESS: Final = "feature_staleness_seconds"
+    EVENTS: Final = "events_processed_total"
+    MATERIALIZATION: Final = "materialization_duration_seconds"
+    LOOKUP_LATENCY: Final = "online_lookup_latency_seconds"
+    OUTCOMES: Final = ("ok", "late", "error")
+
+    def __init__(self, metrics: ComponentMetrics) -> None:
+        self.metrics = metrics
+        self.freshness = metrics.gauge(
+            self.FRESHNESS,
+            "Seconds since the event time of the newest event applied.",
+            labels=("feature_view",),
+        )
+        self.staleness = metrics.gauge(
+            self.STALENESS,
+            "Age in seconds of the feature value served.",
+            labels=("feature_view", "feature"),
+        )
+        self.events = metrics.counter(
+            self.EVENTS,
+            "Events applied to feature views, by outcome (ok, late, error).",
+            labels=("feature_view", "outcome"),
+        )
+        self.materialization = metrics.histogram(
+            self.MATERIALIZATION,
+            "Batch materialisation run duration.",
+            labels=("feature_view",),
+            buckets=DURATION_BUCKETS_SECONDS,
+        )
+        self.lookup_latency = metrics.histogram(
+            self.LOOKUP_LATENCY,
+            "Online store lookup latency.",
+            labels=("store",),
+            buckets=LATENCY_BUCKETS_SECONDS,
+        )
+
+    def set_freshness(self, feature_view: str, newest_event_time: datetime, now: datetime) -> float:
+        """Set freshness from the newest applied event time; returns the age in seconds."""
+        age = _age_seconds(newest_event_time, now)
+        self.freshness.labels(feature_view=feature_view).set(age)
+        return age
+
+    def set_staleness(
+        self, feature_view: str, feature: str, value_time: datetime, now: datetime
+    ) -> float:
+        age = _age_seconds(value_time, now)
+        self.staleness.labels(feature_view=feature_view, feature=feature).set(age)
+        return age
+
+    def count_events(self, feature_view: str, n: int = 1, *, outcome: str = "ok") -> None:
+        _check_outcome(outcome, self.OUTCOMES)
+        self.events.labels(feature_view=feature_view, outcome=outcome).inc(n)
+
+
+class StreamMetrics:
+    """Event stream SLIs (component `events` by default).
+
+    - `published_total{stream}`, `publish_latency_seconds{stream}`;
+    - `consumed_total{stream, consumer, outcome}`: outcome `ack`, `nak`, `dead_letter`;
+    - `consumer_lag_events{stream, consumer}`: events not yet acknowledged.
+    """
+
+    PUBLISHED: Final = "published_total"
+    PUBLISH_LATENCY: Final = "publish_latency_seconds"
+    CONSUMED: Final = "consumed_total"
+    LAG: Final = "consumer_lag_events"
+    OUTCOMES: Final = ("ack", "nak", "dead_letter")
+
+    def __init__(self, metrics: ComponentMetrics) -> None:
+        self.metrics = metrics
+        self.published = metrics.counter(self.PUBLISHED, "Events published.", labels=("stream",))
+        self.publish_latency = metrics.histogram(
+            self.PUBLISH_LATENCY,
+            "Publish latency (until durably stored).",
+            labels=("stream",),
+            buckets=LATENCY_BUCKETS_SECONDS,
+        )
+        self.consumed = metrics.counter(
+            self.CONSUMED,
+            "Deliveries settled, by outcome (ack, nak, dead_letter).",
+            labels=("stream", "consumer", "outcome"),
+        )
+        self.lag = metrics.gauge(
+            self.LAG, "Events not yet acknowledged by the consumer.", labels=("stream", "consumer")
+        )
+
+    def count_consumed(
+        self, stream: str, consumer: str, n: int = 1, *, outcome: str = "ack"
+    ) -> None:
+        _check_outcome(outcome, self.OUTCOMES)
+        self.consumed.labels(stream=stream, consumer=consumer, outcome=outcome).inc(n)
+
+
+class DriftMetrics:
+    """Drift monitoring SLIs (component `drift` by default).
+
+    - `score{model, feature, test}`: the latest drift statistic for a feature
+      (unitless; `test` is psi, ks, chi2, js, wasserstein, multivariate, ...);
+    - `detected{model, feature}`: 1 while the drift policy says drifted, else 0;
+    - `windows_evaluated_total{model}`: monitoring windows evaluated;
+    - `detections_total{model}`: windows that raised drift.detected.
+    """
+
+    SCORE: Final = "score"
+    DETECTED: Final = "detected"
+    WINDOWS: Final = "windows_evaluated_total"
+    DETECTIONS: Final = "detections_total"
+
+    def __init__(self, metrics: ComponentMetrics) -> None:
+        self.metrics = metrics
+        self.score = metrics.gauge(
+            self.SCORE,
+            "Latest drift statistic per feature and test (unitless).",
+            labels=("model", "feature", "test"),
+        )
+        self.detected = metrics.gauge(
+            self.DETECTED,
+            "1 while the drift policy reports drift for the feature, else 0.",
+            labels=("model", "feature"),
+        )
+        self.windows = metrics.counter(
+            self.WINDOWS, "Drift monitoring windows evaluated.", labels=("model",)
+        )
+        self.detections = metrics.counter(
+            self.DETECTIONS, "Windows in which drift was detected.", labels=("model",)
+        )
+
+    def record_window(
+        self, model: str, scores: dict[tuple[str, str], float], drifted: Sequence[str] = ()
+    ) -> None:
+        """Record one evaluated window: `scores[(feature, test)] = value`, `drifted`
+        lists the features the policy flagged."""
+        drifted_set = set(drifted)
+        features = {feature for feature, _ in scores} | drifted_set
+        for (feature, test), value in scores.items():
+            self.score.labels(model=model, feature=feature, test=test).set(value)
+        for feature in features:
+            self.detected.labels(model=model, feature=feature).set(
+                1 if feature in drifted_set else 0
+            )
+        self.windows.labels(model=model).inc()
+        if drifted_set:
+            self.detections.labels(model=model).inc()
+
+
+class ModelQualityMetrics:
+    """Model quality SLIs from labelled outcomes (component `quality` by default).
+
+    - `model_quality_score{model, version, metric}`: e.g. metric=auc, log_loss,
+      brier, calibration_error (value in the metric's own scale);
+    - `labels_joined_total{model}`: ground-truth labels joined to predictions;
+    - `label_delay_seconds{model}`: time from prediction to its label arriving.
+    """
+
+    SCORE: Final = "model_quality_score"
+    LABELS: Final = "labels_joined_total"
+    LABEL_DELAY: Final = "label_delay_seconds"
+
+    def __init__(self, metrics: ComponentMetrics) -> None:
+        self.metrics = metrics
+        self.score = metrics.gauge(
+            self.SCORE,
+            "Latest model quality metric computed from joined labels.",
+            labels=("model", "version", "metric"),
+        )
+        self.labels_joined = metrics.counter(
+            self.LABELS, "Ground-truth labels joined to logged predictions.", labels=("model",)
+        )
+        self.label_delay = metrics.histogram(
+            self.LABEL_DELAY,
+            "Delay between a prediction and its ground-truth label.",
+            labels=("model",),
+            buckets=DURATION_BUCKETS_SECONDS,
+        )
+
+    def set_quality(self, model: str, version: str, metric: str, value: float) -> None:
+        self.score.labels(model=model, version=version, metric=metric).set(value)
