@@ -37,9 +37,9 @@ def dedupe(events: Sequence[Ev]) -> list[Ev]:
 
 
 def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> dict[str, Any]:
-    """Feature values for entity ``key`` at time ``t`` by scanning every event."""
+    """Feature values for entity ``key`` at time ``t`` by scanning every (de-duplicated) event."""
     visible = []
-    for e in dedupe(events):
+    for e in events:
         if e.key != key or e.et > t:
             continue
         rt = e.rt if e.rt is not None else e.et
@@ -51,9 +51,12 @@ def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> d
     if view.ttl is not None:
         last_any = max((e.et for e in visible), default=None)
         stale = last_any is None or t - last_any > duration_us(view.ttl)
+    windows: dict[int, list[Ev]] = {}
     for agg in view.features:
         w = duration_us(agg.window)
-        win = [e for e in visible if e.et > t - w]
+        if w not in windows:
+            windows[w] = [e for e in visible if e.et > t - w]
+        win = windows[w]
         if agg.column is None:
             vals: list[Any] = [1 for _ in win]
         else:

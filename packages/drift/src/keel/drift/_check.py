@@ -27,6 +27,7 @@ from keel.drift._profile import (
 )
 from keel.drift._sketch import QuantileSketch
 from keel.drift._stats import (
+    SortedSample,
     bin_proportions,
     chi2_homogeneity,
     js_distance,
@@ -169,10 +170,11 @@ def compare_numeric(name: str, ref: NumericSummary, cur: NumericSummary, n_bins:
         return FeatureDrift(name, "numeric", ref.count, cur.count, ref.null_rate, cur.null_rate,
                             nan, nan, (), (), (), nan, nan, nan, nan, nan, nan)
     edges = ref.bin_edges(n_bins)
+    cur_dist = cur.sample if cur.sample is not None else SortedSample.of_sketch(cur.sketch)
     rp = bin_proportions(ref.sketch, edges)
-    cp = bin_proportions(cur.sketch, edges)
-    d, w = ks_and_wasserstein(ref.sketch, cur.sketch)
-    err = ref.sketch.rank_error + cur.sketch.rank_error
+    cp = bin_proportions(cur_dist, edges)
+    d, w = ks_and_wasserstein(ref.sketch, cur_dist)
+    err = ref.sketch.rank_error + cur_dist.rank_error
     span = max(ref.max, cur.max) - min(ref.min, cur.min)
     std = ref.std
     return FeatureDrift(
@@ -272,10 +274,15 @@ def summarise_current(
             if not len(s):
                 return NumericSummary(str(dtype), 0, nulls, math.nan, math.nan, math.nan, 0.0,
                                       QuantileSketch.empty()), 0
-            mean = float(s.mean())
+            # sum of squares about the median first, then shift to the mean (one pass, stable)
+            c = float(s[len(s) // 2])
+            sq = float(np.dot(s - c, s - c))
+            sample = SortedSample.from_sorted(s)
+            mean = sample.mean
+            m2 = max(0.0, sq - len(s) * (mean - c) ** 2)
             return NumericSummary(
-                str(dtype), len(s), nulls, float(s[0]), float(s[-1]), mean,
-                float(np.square(s - mean).sum()), QuantileSketch.exact(s),
+                str(dtype), len(s), nulls, float(s[0]), float(s[-1]), mean, m2,
+                QuantileSketch.empty(), sample=sample,
             ), oor
         if ref.kind == "categorical" and (is_categorical_dtype(dtype) or numeric_ok):
             counts, nulls = category_counts(series)

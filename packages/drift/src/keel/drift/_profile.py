@@ -35,6 +35,7 @@ from keel.drift._errors import (
     ProfileFormatError,
 )
 from keel.drift._sketch import DEFAULT_SKETCH_SIZE, FloatArray, QuantileSketch, _decode, _encode
+from keel.drift._stats import SortedSample
 
 PROFILE_FORMAT = "keel.drift.profile"
 PROFILE_VERSION = 1
@@ -77,6 +78,8 @@ class NumericSummary:
     m2: float  # sum of squared deviations from the mean (Chan et al. merge)
     sketch: QuantileSketch
     kind: Literal["numeric"] = "numeric"
+    # Current-window data compared exactly (sorted raw values); None for reference profiles.
+    sample: SortedSample | None = None
 
     @property
     def rows(self) -> int:

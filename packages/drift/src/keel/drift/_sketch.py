@@ -137,7 +137,10 @@ class QuantileSketch:
 
     def cumulative(self) -> FloatArray:
         """``r_[0, cumsum(weights)]``: cumulative weight of the first i points."""
-        return np.r_[0.0, np.cumsum(self.weights)]
+        out = np.empty(len(self.weights) + 1)
+        out[0] = 0.0
+        np.cumsum(self.weights, out=out[1:])
+        return out
 
     def cdf(self, x: NDArray[Any] | float) -> FloatArray:
         """Right-continuous ``F̂(x)``."""

@@ -35,11 +35,13 @@ from keel.events._errors import (
     UnavailableError,
     UnknownSchemaError,
 )
+from keel.events._idempotent import ApplyResult, IdempotentSink
 from keel.events._metrics import EventsMetrics
 from keel.events._open import default_url, open_bus
 from keel.events._schemas import SchemaRegistry
 
 __all__ = [
+    "ApplyResult",
     "Bus",
     "ConflictError",
     "Consumer",
@@ -51,6 +53,7 @@ __all__ = [
     "Event",
     "EventsError",
     "EventsMetrics",
+    "IdempotentSink",
     "InvalidConfigError",
     "InvalidEventError",
     "NotFoundError",

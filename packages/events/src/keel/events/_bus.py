@@ -121,7 +121,9 @@ class Delivery:
         self._consumer._term(self, reason)
 
     def __repr__(self) -> str:
-        return f"Delivery(seq={self.seq}, id={self.event.id!r}, delivery_count={self.delivery_count})"
+        return (
+            f"Delivery(seq={self.seq}, id={self.event.id!r}, delivery_count={self.delivery_count})"
+        )
 
 
 class Consumer(abc.ABC):

@@ -8,6 +8,7 @@ fields, naive datetimes or an unknown envelope tag raise `InvalidEventError`.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -24,7 +25,9 @@ _AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 _Version = Annotated[int, msgspec.Meta(ge=1)]
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="k1", tag_field="envelope"):
+class Event(
+    msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="k1", tag_field="envelope"
+):
     """One immutable event.
 
     Attributes:
@@ -82,14 +85,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="k1"
         if id is None:
             id = uuid.uuid4().hex
         elif not isinstance(id, str) or not id or len(id) > 512:
-            raise InvalidEventError(f"event id must be a non-empty string (<= 512 chars), got {id!r}")
+            raise InvalidEventError(
+                f"event id must be a non-empty string (<= 512 chars), got {id!r}"
+            )
         hdrs: dict[str, str] = {}
         if headers:
             for k, v in headers.items():
                 if not isinstance(k, str) or not isinstance(v, str):
-                    raise InvalidEventError(
-                        f"headers must map str to str, got {k!r}: {v!r}"
-                    )
+                    raise InvalidEventError(f"headers must map str to str, got {k!r}: {v!r}")
                 hdrs[k] = v
         return cls(
             id=id,
@@ -108,7 +111,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="k1"
         except msgspec.DecodeError as exc:
             raise InvalidEventError(f"event {self.id}: payload is not valid JSON: {exc}") from exc
 
-    def decode(self, type_: type[T]) -> T:
+    def decode(self, type_: builtins.type[T]) -> T:
         """The JSON payload decoded strictly into `type_` (a msgspec Struct, dataclass, ...)."""
         try:
             return msgspec.json.decode(self.payload, type=type_)

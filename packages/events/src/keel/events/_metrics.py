@@ -24,22 +24,32 @@ class EventsMetrics:
 
         self.component = metrics
         s, sc = ("stream",), ("stream", "consumer")
-        self._published = metrics.counter("published_total", "Events stored (duplicates excluded).", labels=s)
+        self._published = metrics.counter(
+            "published_total", "Events stored (duplicates excluded).", labels=s
+        )
         self._duplicates = metrics.counter(
             "duplicates_total", "Publishes ignored as duplicates of a stored event id.", labels=s
         )
-        self._consumed = metrics.counter("consumed_total", "Deliveries handed to consumers.", labels=sc)
+        self._consumed = metrics.counter(
+            "consumed_total", "Deliveries handed to consumers.", labels=sc
+        )
         self._acked = metrics.counter("acked_total", "Deliveries acknowledged.", labels=sc)
         self._redelivered = metrics.counter(
             "redelivered_total", "Deliveries with delivery_count > 1.", labels=sc
         )
         self._dead = metrics.counter(
-            "dead_lettered_total", "Events moved to the dead-letter queue.", labels=("stream", "consumer", "reason")
+            "dead_lettered_total",
+            "Events moved to the dead-letter queue.",
+            labels=("stream", "consumer", "reason"),
         )
-        self._lag = metrics.gauge("consumer_lag_events", "Events not yet delivered to the consumer.", labels=sc)
+        self._lag = metrics.gauge(
+            "consumer_lag_events", "Events not yet delivered to the consumer.", labels=sc
+        )
         self._latency = metrics.histogram(
-            "publish_latency_seconds", "Publish call latency (one call may carry a batch).",
-            labels=s, buckets=LATENCY_BUCKETS_SECONDS,
+            "publish_latency_seconds",
+            "Publish call latency (one call may carry a batch).",
+            labels=s,
+            buckets=LATENCY_BUCKETS_SECONDS,
         )
 
     def published(self, stream: str, stored: int, duplicates: int, seconds: float) -> None:

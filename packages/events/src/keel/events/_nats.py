@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextlib
 import json
 import threading
 import time
@@ -125,7 +127,7 @@ def check_sync_always(monitor_url: str, timeout_s: float = 5.0) -> None:
     """Raise DurabilityError unless the server at `monitor_url` fsyncs every write."""
     url = monitor_url.rstrip("/") + "/varz"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (config URL)
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # (config URL)
             varz = json.loads(resp.read())
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise UnavailableError(f"cannot read NATS server config from {url}: {exc}") from exc
@@ -315,13 +317,19 @@ class NatsBus(Bus):
 
     def _publish_many(self, stream: str, msgs: list[tuple[str, bytes]]) -> list[PublishAck]:
         t0 = time.perf_counter()
-        acks = self._run(self._apublish(stream, self._subject(stream), msgs), f"publishing to {stream}")
+        acks = self._run(
+            self._apublish(stream, self._subject(stream), msgs), f"publishing to {stream}"
+        )
         dups = sum(1 for a in acks if a.duplicate)
         self._metrics.published(stream, len(acks) - dups, dups, time.perf_counter() - t0)
         return acks
 
     async def _apublish(
-        self, stream: str, subject: str, msgs: list[tuple[str, bytes]], headers: Sequence[dict[str, str]] | None = None
+        self,
+        stream: str,
+        subject: str,
+        msgs: list[tuple[str, bytes]],
+        headers: Sequence[dict[str, str]] | None = None,
     ) -> list[PublishAck]:
         await self._ensure_stream(stream, dlq=subject != self._subject(stream))
         js = self._js
@@ -362,7 +370,12 @@ class NatsBus(Bus):
             raise InvalidConfigError("schemas must be a keel.events.SchemaRegistry")
         sub = self._run(self._aconsumer(stream, durable, config), f"creating consumer {durable}")
         return NatsConsumer(
-            self, stream, durable, config, sub, schemas if isinstance(schemas, SchemaRegistry) else None
+            self,
+            stream,
+            durable,
+            config,
+            sub,
+            schemas if isinstance(schemas, SchemaRegistry) else None,
         )
 
     async def _aconsumer(self, stream: str, durable: str, config: ConsumerConfig) -> Any:
@@ -394,9 +407,7 @@ class NatsBus(Bus):
         for msg in self._read_all(stream, start or StartPosition.all(), max_messages):
             yield StoredEvent(int(msg.metadata.sequence.stream), bytes(msg.data))
 
-    def _read_all(
-        self, name: str, start: StartPosition, max_messages: int | None
-    ) -> Iterator[Any]:
+    def _read_all(self, name: str, start: StartPosition, max_messages: int | None) -> Iterator[Any]:
         """Read a stream through an ephemeral, ack-less consumer (no durable state)."""
 
         async def open_reader() -> Any:
@@ -418,18 +429,18 @@ class NatsBus(Bus):
                 msgs = self._run(_fetch(sub, batch, 0.5), f"reading {name}")
                 if not msgs:
                     return
-                for m in msgs:
-                    yield m
+                yield from msgs
                 if left > 0:
                     left -= len(msgs)
                 if msgs[-1].metadata.num_pending == 0:
                     return
         finally:
             if not self._closed:
-                try:
-                    self._run(_delete_reader(self._js, name, cname, sub), f"closing reader on {name}")
-                except EventsError:
-                    pass  # the server expires it after inactive_threshold
+                # On failure the server expires the reader after inactive_threshold.
+                with contextlib.suppress(EventsError):
+                    self._run(
+                        _delete_reader(self._js, name, cname, sub), f"closing reader on {name}"
+                    )
 
     # -- admin ----------------------------------------------------------------------------
     def stream_info(self, stream: str) -> StreamInfo:
@@ -443,7 +454,11 @@ class NatsBus(Bus):
         out = []
         for i in infos:
             name = i.config.name
-            if name and not name.endswith(DLQ_SUFFIX) and (i.config.subjects or []) == [prefix + name]:
+            if (
+                name
+                and not name.endswith(DLQ_SUFFIX)
+                and (i.config.subjects or []) == [prefix + name]
+            ):
                 out.append(name)
         return sorted(out)
 
@@ -460,10 +475,8 @@ class NatsBus(Bus):
     def delete_stream(self, stream: str) -> None:
         async def delete() -> None:
             await self._js.delete_stream(stream)
-            try:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self._js.delete_stream(stream + DLQ_SUFFIX)
-            except nats.js.errors.NotFoundError:
-                pass
 
         self._run(delete(), f"deleting stream {stream}")
         self._known_streams.discard(stream)
@@ -511,7 +524,14 @@ class NatsBus(Bus):
             self._loop.stop()
 
     async def _adead_letter(
-        self, stream: str, durable: str, seq: int, deliveries: int, data: bytes, reason: str, category: str
+        self,
+        stream: str,
+        durable: str,
+        seq: int,
+        deliveries: int,
+        data: bytes,
+        reason: str,
+        category: str,
     ) -> None:
         event_id = _event_id_or_none(data)
         headers = {
@@ -555,7 +575,9 @@ class NatsConsumer(Consumer):
         while True:
             left = max(0.01, deadline - time.monotonic())
             out, redelivered, lag = bus._run(
-                self._afetch(max_messages, left), f"fetching from {self.stream}", left + bus.options.request_timeout_s + 5
+                self._afetch(max_messages, left),
+                f"fetching from {self.stream}",
+                left + bus.options.request_timeout_s + 5,
             )
             bus._metrics.consumed(self.stream, self.durable, len(out), redelivered)
             if lag is not None:
@@ -563,7 +585,9 @@ class NatsConsumer(Consumer):
             if out or time.monotonic() >= deadline:
                 return out
 
-    async def _afetch(self, max_messages: int, timeout_s: float) -> tuple[list[Delivery], int, int | None]:
+    async def _afetch(
+        self, max_messages: int, timeout_s: float
+    ) -> tuple[list[Delivery], int, int | None]:
         msgs = await _fetch(self._sub, max_messages, timeout_s)
         out: list[Delivery] = []
         redelivered = 0
@@ -575,8 +599,13 @@ class NatsConsumer(Consumer):
             lag = int(md.num_pending)
             if n > self.config.max_deliver:
                 await bus._adead_letter(
-                    self.stream, self.durable, seq, n - 1, m.data,
-                    f"max_deliver: delivered {n - 1} times without an ack", "max_deliver",
+                    self.stream,
+                    self.durable,
+                    seq,
+                    n - 1,
+                    m.data,
+                    f"max_deliver: delivered {n - 1} times without an ack",
+                    "max_deliver",
                 )
                 await m.term()
                 continue
@@ -586,7 +615,9 @@ class NatsConsumer(Consumer):
                     self._schemas.check(ev)
             except InvalidEventError as exc:
                 category = "unknown_schema" if isinstance(exc, UnknownSchemaError) else "invalid"
-                await bus._adead_letter(self.stream, self.durable, seq, n, m.data, str(exc), category)
+                await bus._adead_letter(
+                    self.stream, self.durable, seq, n, m.data, str(exc), category
+                )
                 await m.term()
                 continue
             if n > 1:
@@ -596,7 +627,8 @@ class NatsConsumer(Consumer):
 
     def info(self) -> ConsumerInfo:
         info = self._bus._run(
-            self._bus._js.consumer_info(self.stream, self.durable), f"reading consumer {self.durable}"
+            self._bus._js.consumer_info(self.stream, self.durable),
+            f"reading consumer {self.durable}",
         )
         return _consumer_info(self.stream, info)
 
@@ -618,9 +650,13 @@ class NatsConsumer(Consumer):
     def _term(self, delivery: Delivery, reason: str) -> None:
         async def term() -> None:
             await self._bus._adead_letter(
-                self.stream, self.durable, delivery.seq, delivery.delivery_count,
+                self.stream,
+                self.durable,
+                delivery.seq,
+                delivery.delivery_count,
                 delivery._token.data,  # type: ignore[attr-defined]
-                f"rejected: {reason}", "rejected",
+                f"rejected: {reason}",
+                "rejected",
             )
             await delivery._token.term()  # type: ignore[attr-defined]
 
@@ -630,7 +666,7 @@ class NatsConsumer(Consumer):
 async def _fetch(sub: Any, batch: int, timeout_s: float) -> list[Any]:
     try:
         return list(await sub.fetch(batch=batch, timeout=timeout_s))
-    except (nats.errors.TimeoutError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.TimeoutError):
         return []
 
 
@@ -638,10 +674,8 @@ async def _delete_reader(js: Any, stream: str, consumer: str, sub: Any) -> None:
     try:
         await sub.unsubscribe()
     finally:
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_consumer(stream, consumer)
-        except nats.js.errors.NotFoundError:
-            pass
 
 
 def _deliver_policy(start: StartPosition) -> dict[str, Any]:

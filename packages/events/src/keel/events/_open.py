@@ -70,7 +70,11 @@ def open_bus(
         except TypeError as exc:
             raise InvalidConfigError(f"bad NATS option: {exc}") from exc
         return NatsBus(
-            url, options=options, stream_config=stream_config, schemas=schemas, metrics=m,
+            url,
+            options=options,
+            stream_config=stream_config,
+            schemas=schemas,
+            metrics=m,
             clock=clock,
         )
     raise InvalidConfigError(

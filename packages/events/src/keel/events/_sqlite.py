@@ -267,11 +267,14 @@ class SQLiteBus(Bus):
             self._compact_stream(stream, checkpoint="PASSIVE")
         self._since_compact[stream] = n
 
-    def _append(
-        self, stream: str, rows: list[tuple[str, bytes]], now_us: int
-    ) -> list[PublishAck]:
+    def _append(self, stream: str, rows: list[tuple[str, bytes]], now_us: int) -> list[PublishAck]:
         with self._tx() as c:
-            t = self._table(c, stream, create=True)
+            t = (
+                self._require_table(c, stream)
+                if stream in self._tables
+                else self._table(c, stream, create=True)
+            )
+            assert t is not None
             last_seq, last_us = c.execute(
                 "SELECT last_seq, last_publish_us FROM keel_streams WHERE name=?", (stream,)
             ).fetchone()
@@ -310,9 +313,7 @@ class SQLiteBus(Bus):
         for i in range(0, len(ids), _MSGID_CHUNK):
             chunk = ids[i : i + _MSGID_CHUNK]
             marks = ",".join("?" * len(chunk))
-            known.update(
-                c.execute(f"SELECT msg_id, seq FROM {t} WHERE msg_id IN ({marks})", chunk)
-            )
+            known.update(c.execute(f"SELECT msg_id, seq FROM {t} WHERE msg_id IN ({marks})", chunk))
         acks: list[PublishAck] = []
         inserts = []
         seq = last_seq
@@ -324,7 +325,9 @@ class SQLiteBus(Bus):
             known[m] = seq
             inserts.append((seq, m, pub_us, d))
             acks.append(PublishAck(stream, seq, False))
-        c.executemany(f"INSERT INTO {t} (seq, msg_id, publish_us, data) VALUES (?, ?, ?, ?)", inserts)
+        c.executemany(
+            f"INSERT INTO {t} (seq, msg_id, publish_us, data) VALUES (?, ?, ?, ?)", inserts
+        )
         return acks, seq
 
     # -- consume --------------------------------------------------------------------------
@@ -371,7 +374,9 @@ class SQLiteBus(Bus):
             self, stream, durable, config, schemas if isinstance(schemas, SchemaRegistry) else None
         )
 
-    def _start_seq(self, c: sqlite3.Connection, t: str | None, stream: str, start: StartPosition) -> int:
+    def _start_seq(
+        self, c: sqlite3.Connection, t: str | None, stream: str, start: StartPosition
+    ) -> int:
         last = c.execute("SELECT last_seq FROM keel_streams WHERE name=?", (stream,)).fetchone()[0]
         if start.kind == "all":
             return 1
@@ -417,7 +422,9 @@ class SQLiteBus(Bus):
         with self._tx() as c:
             t = self._require_table(c, stream)
             first, count = c.execute(f"SELECT MIN(seq), COUNT(*) FROM {t}").fetchone()
-            last = c.execute("SELECT last_seq FROM keel_streams WHERE name=?", (stream,)).fetchone()[0]
+            last = c.execute(
+                "SELECT last_seq FROM keel_streams WHERE name=?", (stream,)
+            ).fetchone()[0]
         return StreamInfo(stream, int(first or last + 1), int(last), int(count))
 
     def streams(self) -> list[str]:
@@ -448,7 +455,9 @@ class SQLiteBus(Bus):
         pending = c.execute(
             "SELECT COUNT(*) FROM keel_pending WHERE stream=? AND durable=?", (stream, durable)
         ).fetchone()[0]
-        return ConsumerInfo(stream, durable, next_seq - 1, max(0, last - next_seq + 1), int(pending))
+        return ConsumerInfo(
+            stream, durable, next_seq - 1, max(0, last - next_seq + 1), int(pending)
+        )
 
     def delete_consumer(self, stream: str, durable: str) -> None:
         with self._tx() as c:
@@ -476,7 +485,9 @@ class SQLiteBus(Bus):
                 (stream, int(limit)),
             ).fetchall()
         return [
-            DeadLetter(str(r[0]), r[1], r[2], int(r[3]), r[4], r[5], int(r[6]), _from_us(r[7]), bytes(r[8]))
+            DeadLetter(
+                str(r[0]), r[1], r[2], int(r[3]), r[4], r[5], int(r[6]), _from_us(r[7]), bytes(r[8])
+            )
             for r in rows
         ]
 
@@ -620,18 +631,30 @@ class SQLiteConsumer(Consumer):
                 if data is None:
                     deletes.append((stream, durable, seq))
                     bus._dead_letter(
-                        c, stream, durable, seq, None,
+                        c,
+                        stream,
+                        durable,
+                        seq,
+                        None,
                         "expired: removed by stream retention before it was acked",
-                        deliveries, b"", "expired",
+                        deliveries,
+                        b"",
+                        "expired",
                     )
                     continue
                 if deliveries >= self.config.max_deliver:
                     deletes.append((stream, durable, seq))
                     ev_id = _event_id_or_none(data)
                     bus._dead_letter(
-                        c, stream, durable, seq, ev_id,
+                        c,
+                        stream,
+                        durable,
+                        seq,
+                        ev_id,
                         f"max_deliver: delivered {deliveries} times without an ack",
-                        deliveries, bytes(data), "max_deliver",
+                        deliveries,
+                        bytes(data),
+                        "max_deliver",
                     )
                     continue
                 ev = self._validate(c, seq, deliveries + 1, data)
@@ -666,7 +689,9 @@ class SQLiteConsumer(Consumer):
                     inserts.append((stream, durable, seq, 1, visible))
                     out.append(Delivery(self, ev, seq, 1, seq))
                 if inserts:
-                    c.executemany("INSERT OR REPLACE INTO keel_pending VALUES (?, ?, ?, ?, ?)", inserts)
+                    c.executemany(
+                        "INSERT OR REPLACE INTO keel_pending VALUES (?, ?, ?, ?, ?)", inserts
+                    )
                 if rows:
                     next_seq = int(rows[-1][0]) + 1
                     c.execute(
@@ -687,7 +712,9 @@ class SQLiteConsumer(Consumer):
         bus._metrics.consumed(stream, durable, len(out), redelivered)
         return out, next_visible
 
-    def _validate(self, c: sqlite3.Connection, seq: int, deliveries: int, data: bytes) -> Event | None:
+    def _validate(
+        self, c: sqlite3.Connection, seq: int, deliveries: int, data: bytes
+    ) -> Event | None:
         """Decode and schema-check; on failure dead-letter it (same transaction) and return None."""
         try:
             ev = decode_event(data)
@@ -697,8 +724,15 @@ class SQLiteConsumer(Consumer):
         except InvalidEventError as exc:
             category = "unknown_schema" if type(exc).__name__ == "UnknownSchemaError" else "invalid"
             self._bus._dead_letter(
-                c, self.stream, self.durable, seq, _event_id_or_none(data), str(exc),
-                deliveries, bytes(data), category,
+                c,
+                self.stream,
+                self.durable,
+                seq,
+                _event_id_or_none(data),
+                str(exc),
+                deliveries,
+                bytes(data),
+                category,
             )
             return None
 
@@ -730,9 +764,15 @@ class SQLiteConsumer(Consumer):
             ).rowcount
             if n:
                 bus._dead_letter(
-                    c, self.stream, self.durable, delivery.seq, delivery.event.id,
-                    f"rejected: {reason}", delivery.delivery_count,
-                    encode_event(delivery.event), "rejected",
+                    c,
+                    self.stream,
+                    self.durable,
+                    delivery.seq,
+                    delivery.event.id,
+                    f"rejected: {reason}",
+                    delivery.delivery_count,
+                    encode_event(delivery.event),
+                    "rejected",
                 )
 
 

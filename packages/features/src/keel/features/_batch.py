@@ -347,7 +347,9 @@ def _partials_at(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> 
     parts, lasts = _partials(view)
     keys = list(view.join_keys)
     for k in keys:
-        if q.schema[k] != prepared.schema[k]:
+        if prepared.schema[k] == pl.Null:
+            prepared = prepared.with_columns(pl.col(k).cast(q.schema[k]))
+        elif q.schema[k] != prepared.schema[k]:
             try:
                 q = q.with_columns(pl.col(k).cast(prepared.schema[k], strict=True))
             except pl.exceptions.PolarsError as exc:

@@ -7,9 +7,15 @@
     c.labels(stream="orders").inc()
     srv = start_metrics_server(m.registry, host="127.0.0.1", port=0)   # srv.port, srv.stop()
 
+SLI vocabulary: ServingMetrics, FeatureMetrics, StreamMetrics, DriftMetrics,
+ModelQualityMetrics. SLOs as code: AvailabilitySLO, LatencySLO, FreshnessSLO,
+DriftSLO -> render_rules / render_dashboard / render_runbooks; Keel's own
+SLOs are PLATFORM_SLOS, rendered into ops/ by `python -m keel.telemetry.generate ops/`.
+
 Never imports torch, ray, mlflow or polars (tested).
 """
 
+from keel.telemetry._dashboard import render_dashboard
 from keel.telemetry._errors import (
     InvalidMetricError,
     InvalidSLOError,
@@ -35,35 +41,77 @@ from keel.telemetry._metrics import (
     GuardedGauge,
     GuardedHistogram,
 )
+from keel.telemetry._platform import PLATFORM_SLOS
+from keel.telemetry._rules import render_rules, rule_groups
+from keel.telemetry._runbooks import render_runbooks
 from keel.telemetry._server import (
     MetricsServer,
     metrics_asgi_app,
     metrics_wsgi_app,
     start_metrics_server,
 )
+from keel.telemetry._slo import (
+    DEFAULT_BURN_RATE_ALERTS,
+    AvailabilitySLO,
+    BurnRateAlert,
+    BurnRateWindow,
+    DriftSLO,
+    FreshnessSLO,
+    LatencySLO,
+    SLOSpec,
+)
+from keel.telemetry._vocabulary import (
+    BATCH_SIZE_BUCKETS_ROWS,
+    DriftMetrics,
+    FeatureMetrics,
+    ModelQualityMetrics,
+    ServingMetrics,
+    StreamMetrics,
+    metric_name,
+)
 
 __all__ = [
+    "BATCH_SIZE_BUCKETS_ROWS",
     "CORRELATION_HEADER",
+    "DEFAULT_BURN_RATE_ALERTS",
     "DEFAULT_MAX_LABEL_VALUES",
     "DURATION_BUCKETS_SECONDS",
     "LATENCY_BUCKETS_SECONDS",
     "OTHER_LABEL_VALUE",
+    "PLATFORM_SLOS",
+    "AvailabilitySLO",
+    "BurnRateAlert",
+    "BurnRateWindow",
     "ComponentMetrics",
+    "DriftMetrics",
+    "DriftSLO",
+    "FeatureMetrics",
+    "FreshnessSLO",
     "GuardedCounter",
     "GuardedGauge",
     "GuardedHistogram",
     "InvalidMetricError",
     "InvalidSLOError",
     "JsonFormatter",
+    "LatencySLO",
     "MetricsServer",
+    "ModelQualityMetrics",
+    "SLOSpec",
+    "ServingMetrics",
+    "StreamMetrics",
     "TelemetryError",
     "TelemetryUnavailableError",
     "configure_logging",
     "correlation_scope",
     "current_correlation_id",
     "get_logger",
+    "metric_name",
     "metrics_asgi_app",
     "metrics_wsgi_app",
+    "render_dashboard",
+    "render_rules",
+    "render_runbooks",
+    "rule_groups",
     "start_metrics_server",
     "with_correlation",
 ]

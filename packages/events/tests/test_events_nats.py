@@ -1,0 +1,105 @@
+"""NATS-specific behaviour against real nats-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import nats
+import pytest
+from testutil.isolation import nats_url, port_base, unique_name
+
+from keel.events import DurabilityError, Event, InvalidConfigError, StreamConfig, open_bus
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nats-server did not listen on {port}")
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A private nats-server (default JetStream config, monitoring on) for this test."""
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    port, mport = port_base(41), port_base(42)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            str(mport),
+            "-js",
+            "-sd",
+            str(tmp_path / "js"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        _wait_port(mport)
+        yield f"nats://127.0.0.1:{port}", f"http://127.0.0.1:{mport}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_require_sync_always_refuses_a_server_without_it(own_server: tuple[str, str]) -> None:
+    url, monitor = own_server
+    with pytest.raises(InvalidConfigError, match="monitor_url"):
+        open_bus(url, require_sync_always=True)
+    # This server runs JetStream's default config (fsync every 2 minutes): refused, clearly.
+    with pytest.raises(DurabilityError, match="sync_interval: always"):
+        open_bus(url, require_sync_always=True, monitor_url=monitor)
+    bus = open_bus(url, require_sync_always=False, monitor_url=monitor)  # explicit opt-out
+    bus.publish("dur", Event.create(type="t", key="k", event_time=T0, payload=b"{}"))
+    bus.close()
+
+
+def test_stream_created_idempotently_with_keel_config_and_msg_id_dedupe() -> None:
+    s = unique_name("natscfg")
+    cfg = StreamConfig(max_age_s=3600, max_events=1000, duplicate_window_s=30)
+    a, b = open_bus(nats_url(), stream_config=cfg), open_bus(nats_url(), stream_config=cfg)
+
+    async def inspect_and_raw_publish() -> tuple[object, bool]:
+        nc = await nats.connect(nats_url())
+        js = nc.jetstream()
+        info = await js.stream_info(s)
+        # A non-Keel producer publishing with the same Nats-Msg-Id is deduplicated.
+        ack = await js.publish(f"keel.{s}", b"raw", headers={"Nats-Msg-Id": "same-id"})
+        await nc.close()
+        return info.config, ack.duplicate
+
+    try:
+        a.publish(s, Event.create(type="t", key="k", event_time=T0, payload=b"{}", id="same-id"))
+        b.publish(s, Event.create(type="t", key="k", event_time=T0, payload=b"{}", id="other"))
+        config, dup = asyncio.run(inspect_and_raw_publish())
+        assert dup is True
+        assert config.subjects == [f"keel.{s}"]  # type: ignore[attr-defined]
+        assert str(getattr(config.storage, "value", config.storage)) == "file"  # type: ignore[attr-defined]
+        assert config.duplicate_window == 30  # type: ignore[attr-defined]
+        assert config.max_age == 3600 and config.max_msgs == 1000  # type: ignore[attr-defined]
+        assert a.stream_info(s).count == 2
+        assert s in a.streams()
+    finally:
+        a.delete_stream(s)
+        a.close()
+        b.close()
