@@ -66,9 +66,11 @@ def keel_package(name, third_party=(), test_third_party=(), description="", inst
         ({"path": "/tests/**"}, *test_rules, "!*"),
         ("*", "/**", "//3rdparty/python/**", "//:version", "!*"),
     )
+    # PEP 561 marker, shipped in the wheel so users' type checkers see Keel's types.
+    resource(name="py_typed", source="src/keel/%s/py.typed" % name)
     python_distribution(
         name="dist",
-        dependencies=["/src/keel/%s" % name],
+        dependencies=["./src/keel/%s" % name, ":py_typed"],
         provides=python_artifact(
             name="keel-" + _pkg_dir(name),
             version=KEEL_VERSION,

@@ -1,14 +1,18 @@
-"""The behavioural suite: every test runs against the embedded log AND real NATS JetStream."""
+"""The behavioural suite: every test runs against the embedded log AND real NATS JetStream.
+
+`make_bus` (conftest.py) opens buses of the parametrised backend; `make_bus.stream()` names a
+fresh stream that is deleted afterwards.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 import pytest
-from conftest import BusFactory
 from prometheus_client import CollectorRegistry
 
 from keel.events import (
@@ -50,7 +54,7 @@ def drain(consumer, max_rounds: int = 20, timeout_s: float = 0.3) -> list[Delive
     return out
 
 
-def test_roundtrip_preserves_envelope_in_sequence_order(make_bus: BusFactory) -> None:
+def test_roundtrip_preserves_envelope_in_sequence_order(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     sent = [ev(i) for i in range(25)]
     acks = bus.publish_batch(s, sent[:20]) + [bus.publish(s, e) for e in sent[20:]]
@@ -67,7 +71,7 @@ def test_roundtrip_preserves_envelope_in_sequence_order(make_bus: BusFactory) ->
         assert d.event.publish_time is not None and d.event.publish_time.tzinfo is not None
 
 
-def test_publish_is_idempotent_on_event_id(make_bus: BusFactory) -> None:
+def test_publish_is_idempotent_on_event_id(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     first = bus.publish_batch(s, [ev(i) for i in range(5)])
     again = bus.publish(s, ev(2))
@@ -82,7 +86,7 @@ def test_publish_is_idempotent_on_event_id(make_bus: BusFactory) -> None:
     assert ids == [f"evt-{i}" for i in range(7)]
 
 
-def test_acked_events_are_not_redelivered_unacked_are_after_ack_wait(make_bus: BusFactory) -> None:
+def test_acked_events_are_not_redelivered_unacked_are_after_ack_wait(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish_batch(s, [ev(i) for i in range(4)])
     c = bus.consumer(s, "w", ack_wait_s=1.0)
@@ -97,7 +101,7 @@ def test_acked_events_are_not_redelivered_unacked_are_after_ack_wait(make_bus: B
     assert c.fetch(10, timeout_s=1.5) == []
 
 
-def test_nak_redelivers_after_delay_and_max_deliver_dead_letters(make_bus: BusFactory) -> None:
+def test_nak_redelivers_after_delay_and_max_deliver_dead_letters(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish_batch(s, [ev(0), ev(1)])
     c = bus.consumer(s, "w", ack_wait_s=30.0, max_deliver=2)
@@ -124,7 +128,7 @@ def test_nak_redelivers_after_delay_and_max_deliver_dead_letters(make_bus: BusFa
     assert [(d.event.id, d.delivery_count) for d in back] == [("evt-0", 1)]
 
 
-def test_term_dead_letters_with_reason(make_bus: BusFactory) -> None:
+def test_term_dead_letters_with_reason(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish(s, ev(7))
     c = bus.consumer(s, "w")
@@ -135,7 +139,7 @@ def test_term_dead_letters_with_reason(make_bus: BusFactory) -> None:
     assert c.fetch(10, timeout_s=0.5) == []
 
 
-def test_malformed_envelope_goes_to_dead_letters_not_to_the_handler(make_bus: BusFactory) -> None:
+def test_malformed_envelope_goes_to_dead_letters_not_to_the_handler(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish(s, ev(0))
     bus.publish_raw(s, b"\x93not an envelope", "garbage-1")
@@ -150,7 +154,7 @@ def test_malformed_envelope_goes_to_dead_letters_not_to_the_handler(make_bus: Bu
 
 
 def test_unknown_schema_version_is_rejected_on_publish_and_dead_lettered_on_consume(
-    make_bus: BusFactory,
+    make_bus: Any,
 ) -> None:
     class TxnV1(msgspec.Struct):
         i: int
@@ -176,7 +180,7 @@ def test_unknown_schema_version_is_rejected_on_publish_and_dead_lettered_on_cons
     assert "does not match schema" in reasons["evt-2"]
 
 
-def test_durables_are_independent_and_a_shared_durable_splits_work(make_bus: BusFactory) -> None:
+def test_durables_are_independent_and_a_shared_durable_splits_work(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish_batch(s, [ev(i) for i in range(30)])
     a1 = bus.consumer(s, "group-a")
@@ -193,7 +197,7 @@ def test_durables_are_independent_and_a_shared_durable_splits_work(make_bus: Bus
     assert [d.event.id for d in drain(b)] == [f"evt-{i}" for i in range(30)]
 
 
-def test_per_key_first_deliveries_follow_publish_order(make_bus: BusFactory) -> None:
+def test_per_key_first_deliveries_follow_publish_order(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     for batch in range(4):
         bus.publish_batch(s, [ev(batch * 10 + i, key=f"k{i % 3}") for i in range(10)])
@@ -205,7 +209,7 @@ def test_per_key_first_deliveries_follow_publish_order(make_bus: BusFactory) -> 
     assert all(v == sorted(v) for v in by_key.values())
 
 
-def test_replay_and_start_positions(make_bus: BusFactory) -> None:
+def test_replay_and_start_positions(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish_batch(s, [ev(i) for i in range(10)])
     time.sleep(0.05)
@@ -228,7 +232,7 @@ def test_replay_and_start_positions(make_bus: BusFactory) -> None:
     assert [d.event.id for d in drain(new_only)] == ["evt-99"]
 
 
-def test_consumer_state_survives_reopen_and_reports_lag(make_bus: BusFactory) -> None:
+def test_consumer_state_survives_reopen_and_reports_lag(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish_batch(s, [ev(i) for i in range(10)])
     c = bus.consumer(s, "w", ack_wait_s=30.0)
@@ -244,7 +248,7 @@ def test_consumer_state_survives_reopen_and_reports_lag(make_bus: BusFactory) ->
         make_bus().consumer(s, "w", ack_wait_s=5.0)
 
 
-def test_metrics_count_what_happened(make_bus: BusFactory) -> None:
+def test_metrics_count_what_happened(make_bus: Any) -> None:
     reg = CollectorRegistry()
     bus, s = make_bus(metrics=ComponentMetrics("events", registry=reg)), make_bus.stream()
     bus.publish_batch(s, [ev(i) for i in range(6)])
@@ -278,9 +282,7 @@ class _AckLost:
         pass
 
 
-def test_idempotent_sink_applies_each_event_once_across_redelivery(
-    make_bus: BusFactory, tmp_path
-) -> None:
+def test_idempotent_sink_applies_each_event_once_across_redelivery(make_bus: Any, tmp_path) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish_batch(s, [ev(i) for i in range(20)])
     c = bus.consumer(s, "sinker", ack_wait_s=1.0, max_deliver=5, backoff_s=(0.1,))

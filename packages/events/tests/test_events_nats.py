@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -79,7 +80,7 @@ def test_stream_created_idempotently_with_keel_config_and_msg_id_dedupe() -> Non
     cfg = StreamConfig(max_age_s=3600, max_events=1000, duplicate_window_s=30)
     a, b = open_bus(nats_url(), stream_config=cfg), open_bus(nats_url(), stream_config=cfg)
 
-    async def inspect_and_raw_publish() -> tuple[object, bool]:
+    async def inspect_and_raw_publish() -> tuple[Any, bool | None]:
         nc = await nats.connect(nats_url())
         js = nc.jetstream()
         info = await js.stream_info(s)

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 FORBIDDEN = ("torch", "ray", "mlflow", "polars", "pandas", "numpy")
-# Measured ~60 ms cumulative on the dev machine (prometheus_client dominates);
+# Measured 50-140 ms cumulative on the shared dev machine (prometheus_client dominates);
 # the budget leaves room for a loaded 2-core CI box.
-BUDGET_US = 400_000
+BUDGET_US = 750_000
 
 
 def test_import_is_light() -> None:

@@ -277,11 +277,11 @@ def test_guard_matches_naive_model(limit: int, calls: list[tuple[str, str]]) -> 
     }
     assert series == expected
     for label in ("model", "route"):
-        key = (
+        overflow_key = (
             "keel_serving_label_overflow_total",
             (("label", label), ("metric", "keel_serving_requests_total")),
         )
-        assert got.get(key, 0) == overflow[label]
+        assert got.get(overflow_key, 0) == overflow[label]
         assert (
             len({k[0] if label == "model" else k[1] for k in series} - {OTHER_LABEL_VALUE}) <= limit
         )

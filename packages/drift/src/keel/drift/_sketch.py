@@ -113,6 +113,8 @@ class QuantileSketch:
     @classmethod
     def from_sorted(cls, sorted_values: FloatArray, max_size: int = DEFAULT_SKETCH_SIZE) -> QuantileSketch:
         """Sketch of already sorted finite float64 values (not re-checked: internal fast path)."""
+        if max_size < 2:
+            raise InvalidInputError(f"sketch max_size must be >= 2, got {max_size}")
         n = len(sorted_values)
         if n == 0:
             return cls.empty(max_size)

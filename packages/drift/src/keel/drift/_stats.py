@@ -175,11 +175,14 @@ def ks_pvalue(d: float, n_ref: int, n_cur: int) -> float:
     finite-n formula costs up to ~0.3 s per call, so the limiting Kolmogorov
     distribution ``kolmogorov(sqrt(en) * d)`` is used; its relative difference from
     the finite-n value is O(1/sqrt(en)) (< 1% in the tested range).
+    With one value on each side (``en < 1``) there is nothing to test: 1.0.
     """
     if n_ref <= 0 or n_cur <= 0:
         raise InvalidInputError("KS p-value needs two non-empty samples")
     m, n = sorted([float(n_ref), float(n_cur)], reverse=True)
     en = float(np.round(m * n / (m + n)))
+    if en < 1:  # both samples of one value: nothing to test (SciPy returns nan)
+        return 1.0
     if en > KS_EXACT_N:
         from scipy.special import kolmogorov
 

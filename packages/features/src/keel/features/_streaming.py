@@ -1,0 +1,585 @@
+"""The streaming engine: per-entity window state updated incrementally, in micro-batches.
+
+State layout (bounded by entities x buckets, never by events)
+--------------------------------------------------------------
+Time is cut into buckets of ``view.bucket`` (``b``); bucket ``j`` holds events with
+``j*b < event_time <= (j+1)*b`` (right-closed, like windows). Each entity owns a ring of
+``R = ceil(span/b) + ceil(lateness/b) + 2`` slots (``span`` = largest window or ttl); slot
+``j % R`` holds bucket ``j``'s partial aggregates: row count, and per column non-null count,
+sum, sum of squares, min, max, the latest (event time, value) pair, the set of distinct
+values (distinct-count columns only) and the latest event time. All numeric state lives in
+NumPy arrays of shape ``(entities, R)`` updated with vectorised ``ufunc.at`` calls.
+
+Exactness: a window ``w`` evaluated at a bucket boundary ``T = m*b`` is the union of buckets
+``m - w/b .. m-1``, so values at bucket boundaries equal the batch engine's exactly (proven by
+the parity property tests). Other times are rejected with a clear error.
+
+Late, duplicate and bad events
+------------------------------
+The watermark is ``max event time seen - allowed_lateness``. Events older than the watermark
+are not applied; they are returned as dead letters (reason ``late``) and counted. Events more
+than ``max_future`` ahead of the injected clock are dead-lettered (``future``) so one bad
+clock cannot advance the watermark. Repeated event ids are dropped (first wins); ids are
+remembered while their events are within the lateness horizon (older ones are rejected as
+late anyway).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import numpy as np
+import polars as pl
+
+from keel.features._batch import _partials
+from keel.features._definitions import FeatureView, duration_us
+from keel.features._errors import InvalidInputError
+from keel.features._frames import ET, ID, check_nulls, from_us, prepare, to_us
+
+_MIN = np.iinfo(np.int64).min
+_KEY_SEP = "|"
+
+
+def entity_key(values: Sequence[Any]) -> str:
+    """The string key of an entity from its join-key values (online store and state key)."""
+    if len(values) == 1:
+        return str(values[0])
+    return _KEY_SEP.join(str(v) for v in values)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event the engine did not apply, and why (``late``, ``future``, ``invalid``)."""
+
+    reason: str
+    detail: str
+    event_id: str | None
+    entity: str | None
+    event_time: datetime | None
+
+
+@dataclass
+class IngestReport:
+    """What one micro-batch did."""
+
+    applied: int = 0
+    duplicates: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+
+    @property
+    def late(self) -> int:
+        return sum(1 for d in self.dead_letters if d.reason == "late")
+
+
+def _default_clock() -> datetime:  # pragma: no cover - the real clock seam
+    return datetime.now(UTC)
+
+
+class StreamingEngine:
+    """Incremental feature state for one view; same answers as the batch engine at bucket bounds.
+
+    ``clock`` is the injected wall clock (used only to reject events from the far future).
+    """
+
+    def __init__(
+        self,
+        view: FeatureView,
+        *,
+        clock: Callable[[], datetime] = _default_clock,
+        max_future: timedelta = timedelta(hours=1),
+        initial_capacity: int = 1024,
+    ) -> None:
+        self.view = view
+        self._clock = clock
+        self._max_future_us = duration_us(max_future)
+        self._b = view.bucket_us
+        self._lateness = duration_us(view.allowed_lateness)
+        span = max(duration_us(a.window) for a in view.features)
+        if view.ttl is not None:
+            span = max(span, duration_us(view.ttl))
+        self._span_b = -(-span // self._b)
+        self.ring = self._span_b + -(-self._lateness // self._b) + 2
+        self._parts, self._lasts = _partials(view)
+        types = view.column_types
+        self._num_cols = sorted({p.column for p in self._parts if p.column is not None and p.kind != "dc"})
+        self._dc_cols = sorted({p.column for p in self._parts if p.kind == "dc" and p.column is not None})
+        self._last_obj = {c for c in self._lasts if types[c] == "str"}
+        self._types = types
+        self._keys: list[str] = []
+        self._index: dict[str, int] = {}
+        self._max_et = _MIN
+        self._seen: dict[str, int] = {}
+        self._seen_pruned_at = 0
+        self.counters = {"applied": 0, "duplicates": 0, "late": 0, "future": 0, "invalid": 0}
+        self._cap = 0
+        self._ent_max = np.empty(0, np.int64)
+        self._arrays: dict[str, np.ndarray] = {}
+        self._grow(max(1, initial_capacity))
+
+    # -- state arrays -------------------------------------------------------------
+    def _specs(self) -> dict[str, tuple[Any, Any]]:
+        """name -> (dtype, identity value) for every state array."""
+        s: dict[str, tuple[Any, Any]] = {"bucket": (np.int64, _MIN), "n": (np.int64, 0), "any_t": (np.int64, _MIN)}
+        for c in self._num_cols:
+            s[f"nn:{c}"] = (np.int64, 0)
+            s[f"sum:{c}"] = (np.float64, 0.0)
+            s[f"sumsq:{c}"] = (np.float64, 0.0)
+            s[f"min:{c}"] = (np.float64, np.inf)
+            s[f"max:{c}"] = (np.float64, -np.inf)
+        for c in self._lasts:
+            s[f"last_t:{c}"] = (np.int64, _MIN)
+            s[f"last_v:{c}"] = (object, None) if c in self._last_obj else (np.float64, np.nan)
+        for c in self._dc_cols:
+            s[f"dc:{c}"] = (object, None)
+        return s
+
+    def _grow(self, need: int) -> None:
+        if need <= self._cap:
+            return
+        cap = max(need, self._cap * 2)
+        for name, (dtype, ident) in self._specs().items():
+            arr = np.full((cap, self.ring), ident, dtype=dtype)
+            if name in self._arrays:
+                arr[: self._cap] = self._arrays[name]
+            self._arrays[name] = arr
+        self._ent_max = np.concatenate([self._ent_max, np.full(cap - self._cap, _MIN, np.int64)])
+        self._cap = cap
+
+    @property
+    def entity_count(self) -> int:
+        return len(self._keys)
+
+    def state_cells(self) -> int:
+        """Number of (entity, bucket slot) cells held: entities x ring size, independent of events."""
+        return len(self._keys) * self.ring
+
+    @property
+    def watermark(self) -> datetime | None:
+        return None if self._max_et == _MIN else from_us(self._max_et - self._lateness)
+
+    # -- ingest --------------------------------------------------------------------
+    def ingest(self, frame: pl.DataFrame) -> IngestReport:
+        """Apply a micro-batch given in the view's input shape, rows in arrival order."""
+        df = prepare(self.view, frame).collect()
+        check_nulls(self.view, df)
+        report = IngestReport()
+        n = df.height
+        if n == 0:
+            return report
+        keys = self._key_strings(df)
+        et = df[ET].to_numpy().astype(np.int64, copy=False)
+        now = to_us(self._clock())
+        future = et > now + self._max_future_us
+        valid = ~future
+        if ID in df.columns:
+            ids = df[ID].to_list()
+            first = df[ID].is_first_distinct().to_numpy()
+            seen = self._seen
+            dup = ~first | np.fromiter((i in seen for i in ids), dtype=bool, count=n)
+            dup &= valid
+            valid &= ~dup
+            report.duplicates = int(dup.sum())
+        else:
+            ids = None
+        cm = np.maximum.accumulate(np.where(valid, et, _MIN))
+        cm = np.maximum(cm, self._max_et)
+        late = valid & (et < cm - self._lateness)
+        ok = valid & ~late
+        for mask, reason in ((future, "future"), (late, "late")):
+            for i in np.flatnonzero(mask):
+                report.dead_letters.append(
+                    DeadLetter(
+                        reason,
+                        "event time is beyond allowed lateness behind the watermark"
+                        if reason == "late"
+                        else "event time is too far ahead of the clock",
+                        ids[i] if ids is not None else None,
+                        keys[i],
+                        from_us(int(et[i])),
+                    )
+                )
+            self.counters[reason] += int(mask.sum())
+        self.counters["duplicates"] += report.duplicates
+        if not ok.any():
+            return report
+        self._max_et = max(self._max_et, int(cm[-1]))
+        sel = np.flatnonzero(ok)
+        if ids is not None:
+            for i in sel:
+                self._seen[ids[i]] = int(et[i])
+            self._prune_seen()
+        sub = df[sel]
+        self._apply(sub, [keys[i] for i in sel], et[sel])
+        report.applied = len(sel)
+        self.counters["applied"] += len(sel)
+        report.updated = list(dict.fromkeys(keys[i] for i in sel))
+        return report
+
+    def _key_strings(self, df: pl.DataFrame) -> list[str]:
+        ks = self.view.join_keys
+        if len(ks) == 1:
+            return df[ks[0]].cast(pl.String).to_list()
+        return df.select(pl.concat_str([pl.col(k).cast(pl.String) for k in ks], separator=_KEY_SEP)).to_series().to_list()
+
+    def _prune_seen(self) -> None:
+        if len(self._seen) < 2 * self._seen_pruned_at + 1024:
+            return
+        wm = self._max_et - self._lateness
+        self._seen = {k: t for k, t in self._seen.items() if t >= wm}
+        self._seen_pruned_at = len(self._seen)
+
+    def _rows_for(self, keys: list[str]) -> np.ndarray:
+        index = self._index
+        rows = np.empty(len(keys), dtype=np.int64)
+        for i, k in enumerate(keys):
+            r = index.get(k)
+            if r is None:
+                r = len(self._keys)
+                index[k] = r
+                self._keys.append(k)
+            rows[i] = r
+        self._grow(len(self._keys))
+        return rows
+
+    def _apply(self, df: pl.DataFrame, keys: list[str], et: np.ndarray) -> None:
+        A = self._arrays
+        rows = self._rows_for(keys)
+        j = (et - 1) // self._b
+        slots = j % self.ring
+        bucket = A["bucket"]
+        old = bucket[rows, slots].copy()
+        np.maximum.at(bucket, (rows, slots), j)
+        new = bucket[rows, slots]
+        reset = new != old
+        if reset.any():
+            rr, ss = rows[reset], slots[reset]
+            for name, (_, ident) in self._specs().items():
+                if name != "bucket":
+                    A[name][rr, ss] = ident
+        keep = j == new
+        if not keep.all():  # superseded by a newer bucket in the same slot: outside every window
+            rows, slots, et, df = rows[keep], slots[keep], et[keep], df.filter(pl.Series(keep))
+        np.add.at(A["n"], (rows, slots), 1)
+        np.maximum.at(A["any_t"], (rows, slots), et)
+        np.maximum.at(self._ent_max, rows, et)
+        for c in self._num_cols:
+            v = df[c].cast(pl.Float64).to_numpy()
+            nn = df[c].is_not_null().to_numpy()
+            r, s, x = rows[nn], slots[nn], v[nn]
+            np.add.at(A[f"nn:{c}"], (r, s), 1)
+            np.add.at(A[f"sum:{c}"], (r, s), x)
+            np.add.at(A[f"sumsq:{c}"], (r, s), x * x)
+            np.minimum.at(A[f"min:{c}"], (r, s), x)
+            np.maximum.at(A[f"max:{c}"], (r, s), x)
+        for c in self._lasts:
+            self._apply_last(c, df[c], rows, slots, et)
+        for c in self._dc_cols:
+            sets = A[f"dc:{c}"]
+            for r, s, x in zip(rows.tolist(), slots.tolist(), df[c].to_list(), strict=True):
+                if x is None:
+                    continue
+                cur = sets[r, s]
+                if cur is None:
+                    sets[r, s] = {x}
+                else:
+                    cur.add(x)
+
+    def _apply_last(self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray, et: np.ndarray) -> None:
+        A = self._arrays
+        nn = col.is_not_null().to_numpy()
+        if not nn.any():
+            return
+        is_obj = c in self._last_obj
+        vals = col.filter(pl.Series(nn))
+        v = np.asarray(vals.to_list(), dtype=object) if is_obj else vals.cast(pl.Float64).to_numpy()
+        r, s, t = rows[nn], slots[nn], et[nn]
+        flat = r * self.ring + s
+        sort_v = np.asarray(vals.cast(pl.String).to_list()) if is_obj else v
+        order = np.lexsort((sort_v, t, flat))
+        f_sorted = flat[order]
+        last_of_group = np.ones(len(order), dtype=bool)
+        last_of_group[:-1] = f_sorted[1:] != f_sorted[:-1]
+        pick = order[last_of_group]
+        r, s, t, v = r[pick], s[pick], t[pick], v[pick]
+        lt, lv = A[f"last_t:{c}"], A[f"last_v:{c}"]
+        cur_t = lt[r, s]
+        better = t > cur_t
+        tie = np.flatnonzero(t == cur_t)
+        for i in tie:  # same instant already stored: the larger value wins (order-independent)
+            if v[i] > lv[r[i], s[i]]:
+                better[i] = True
+        lt[r[better], s[better]] = t[better]
+        lv[r[better], s[better]] = v[better]
+
+    # -- read ----------------------------------------------------------------------
+    def values_at(self, keys: Sequence[str] | str, at: datetime) -> pl.DataFrame:
+        """Feature values for ``keys`` at ``at``, which must be a multiple of the view's bucket.
+
+        Unknown keys get the values of an entity with no events. Raises InvalidInputError for
+        an unaligned ``at`` or one older than the retained state covers.
+        """
+        if isinstance(keys, str):
+            keys = [keys]
+        t = to_us(at)
+        if t % self._b:
+            raise InvalidInputError(
+                f"streaming values are exact at multiples of the bucket ({self.view.bucket}); "
+                f"{at.isoformat()} is not one. Use the batch engine for arbitrary times."
+            )
+        m = np.full(len(keys), t // self._b, dtype=np.int64)
+        return self._read(list(keys), m)
+
+    def current(self, keys: Sequence[str]) -> tuple[pl.DataFrame, list[datetime]]:
+        """Values for ``keys`` at the end of the bucket holding each entity's latest event.
+
+        Returns the values and each entity's latest event time (the online store's write
+        condition and freshness reference).
+        """
+        rows = np.asarray([self._index[k] for k in keys], dtype=np.int64)
+        last = self._ent_max[rows]
+        m = (last - 1) // self._b + 1
+        return self._read(list(keys), m), [from_us(int(x)) for x in last]
+
+    def _read(self, keys: list[str], m: np.ndarray) -> pl.DataFrame:
+        A = self._arrays
+        known = np.asarray([k in self._index for k in keys], dtype=bool)
+        rows = np.asarray([self._index.get(k, 0) for k in keys], dtype=np.int64)
+        if self._max_et != _MIN:
+            oldest_intact = (self._max_et - 1) // self._b - self.ring + 1
+            too_old = known & (m - self._span_b < oldest_intact)
+            if too_old.any():
+                raise InvalidInputError(
+                    "requested time is older than the streaming state retains "
+                    f"(ring of {self.ring} buckets behind the latest event); use the batch engine"
+                )
+        B = A["bucket"][rows]
+        mm = m[:, None]
+        cols: dict[str, Any] = {}
+        in_w: dict[int, np.ndarray] = {}
+
+        def window_mask(w_us: int) -> np.ndarray:
+            if w_us not in in_w:
+                wb = w_us // self._b
+                in_w[w_us] = (B >= mm - wb) & (B <= mm - 1) & known[:, None]
+            return in_w[w_us]
+
+        def masked_sum(name: str, mask: np.ndarray) -> np.ndarray:
+            return np.where(mask, A[name][rows], 0).sum(axis=1)
+
+        stale = None
+        if self.view.ttl is not None:
+            upto = (B <= mm - 1) & known[:, None]
+            any_t = np.where(upto, A["any_t"][rows], _MIN).max(axis=1)
+            t_us = m * self._b
+            stale = (any_t == _MIN) | (t_us - any_t > duration_us(self.view.ttl))
+        for agg in self.view.features:
+            w = duration_us(agg.window)
+            mask = window_mask(w)
+            c = agg.column
+            fn = agg.function
+            vals: list[Any]
+            if fn == "count":
+                arr = masked_sum("n" if c is None else f"nn:{c}", mask)
+                vals = arr.astype(np.int64).tolist()
+            elif fn == "sum":
+                vals = masked_sum(f"sum:{c}", mask).tolist()
+            elif fn == "mean":
+                s = masked_sum(f"sum:{c}", mask)
+                nn = masked_sum(f"nn:{c}", mask)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = s / nn
+                vals = [None if k == 0 else float(x) for x, k in zip(mean.tolist(), nn.tolist(), strict=True)]
+            elif fn == "std":
+                s = masked_sum(f"sum:{c}", mask)
+                ss = masked_sum(f"sumsq:{c}", mask)
+                nn = masked_sum(f"nn:{c}", mask).astype(np.float64)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    var = (ss - s * s / nn) / (nn - 1)
+                vals = [None if k < 2 else math.sqrt(max(0.0, x)) for x, k in zip(var.tolist(), nn.tolist(), strict=True)]
+            elif fn == "min":
+                mn = np.where(mask, A[f"min:{c}"][rows], np.inf).min(axis=1)
+                vals = [None if x == np.inf else float(x) for x in mn.tolist()]
+            elif fn == "max":
+                mx = np.where(mask, A[f"max:{c}"][rows], -np.inf).max(axis=1)
+                vals = [None if x == -np.inf else float(x) for x in mx.tolist()]
+            elif fn == "distinct_count":
+                sets = A[f"dc:{c}"][rows]
+                vals = []
+                for i in range(len(keys)):
+                    u: set[Any] = set()
+                    for sset in sets[i][mask[i]]:
+                        if sset:
+                            u |= sset
+                    vals.append(len(u))
+            else:  # last
+                assert c is not None
+                lt = np.where(mask, A[f"last_t:{c}"][rows], _MIN)
+                arg = lt.argmax(axis=1)
+                best = lt[np.arange(len(keys)), arg]
+                lv = A[f"last_v:{c}"][rows, arg]
+                vals = [None if b == _MIN else self._cast_last(c, x) for b, x in zip(best.tolist(), lv.tolist(), strict=True)]
+            if stale is not None:
+                vals = [None if st else x for x, st in zip(vals, stale.tolist(), strict=True)]
+            cols[agg.name] = vals
+        from keel.features._definitions import FIELD_TYPES
+
+        schema: dict[str, pl.DataType] = {"entity": pl.String()}
+        for agg in self.view.features:
+            if agg.function in ("count", "distinct_count"):
+                schema[agg.name] = pl.Int64()
+            elif agg.function == "last":
+                assert agg.column is not None
+                schema[agg.name] = FIELD_TYPES[self._types[agg.column]]
+            else:
+                schema[agg.name] = pl.Float64()
+        return pl.DataFrame({"entity": keys, **cols}, schema=schema)
+
+    def _cast_last(self, c: str, x: Any) -> Any:
+        typ = self._types[c]
+        if typ == "int":
+            return int(x)
+        if typ == "bool":
+            return bool(x)
+        return x
+
+    # -- snapshots -----------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Serialise the whole state (no pickle): msgpack of metadata + raw array bytes."""
+        n = len(self._keys)
+        arrays: dict[str, Any] = {}
+        objects: dict[str, Any] = {}
+        for name, arr in self._arrays.items():
+            part = arr[:n]
+            if part.dtype == object:
+                if name.startswith("dc:"):
+                    objects[name] = [
+                        [int(i), sorted(v, key=str)] for i, v in enumerate(part.ravel().tolist()) if v
+                    ]
+                else:
+                    objects[name] = [[int(i), v] for i, v in enumerate(part.ravel().tolist()) if v is not None]
+            else:
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(part), allow_pickle=False)
+                arrays[name] = buf.getvalue()
+        blob = {
+            "format": 1,
+            "view": self.view.name,
+            "version": self.view.version,
+            "keys": self._keys,
+            "max_et": self._max_et,
+            "seen": self._seen,
+            "ent_max": self._ent_max[:n].tolist(),
+            "counters": self.counters,
+            "arrays": arrays,
+            "objects": objects,
+        }
+        return msgspec.msgpack.encode(blob)
+
+    @classmethod
+    def restore(cls, view: FeatureView, data: bytes, **kwargs: Any) -> StreamingEngine:
+        """Rebuild an engine from :meth:`snapshot` bytes; the view version must match."""
+        try:
+            blob = msgspec.msgpack.decode(data)
+        except msgspec.DecodeError as exc:
+            raise InvalidInputError(f"state snapshot is not readable: {exc}") from exc
+        if blob.get("version") != view.version:
+            raise InvalidInputError(
+                f"state snapshot was taken for view {blob.get('view')!r} version {blob.get('version')}, "
+                f"not {view.name!r} version {view.version}; rebuild the state (backfill) instead"
+            )
+        keys = list(blob["keys"])
+        eng = cls(view, initial_capacity=max(1, len(keys)), **kwargs)
+        eng._keys = keys
+        eng._index = {k: i for i, k in enumerate(keys)}
+        eng._max_et = int(blob["max_et"])
+        eng._seen = {str(k): int(v) for k, v in blob["seen"].items()}
+        eng.counters.update(blob["counters"])
+        n = len(keys)
+        eng._ent_max[:n] = np.asarray(blob["ent_max"], dtype=np.int64)
+        for name, raw in blob["arrays"].items():
+            eng._arrays[name][:n] = np.load(io.BytesIO(raw), allow_pickle=False)
+        for name, items in blob["objects"].items():
+            flat = eng._arrays[name].reshape(-1)
+            for i, v in items:
+                flat[i] = set(v) if name.startswith("dc:") else v
+        return eng
+
+
+def events_frame_schema(view: FeatureView) -> dict[str, pl.DataType]:
+    """The input schema a view's events turn into (used by the events adapter)."""
+    from keel.features._definitions import FIELD_TYPES
+
+    schema: dict[str, pl.DataType] = {k: pl.String() for k in view.join_keys}
+    schema[view.event_time] = pl.Datetime("us", "UTC")
+    if view.record_time is not None:
+        schema[view.record_time] = pl.Datetime("us", "UTC")
+    if view.id_column is not None:
+        schema[view.id_column] = pl.String()
+    for c, t in view.fields.items():
+        schema[c] = FIELD_TYPES[t]
+    return schema
+
+
+def _type_ok(typ: str, value: Any) -> bool:
+    if value is None:
+        return True
+    if typ == "float":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if typ == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typ == "str":
+        return isinstance(value, str)
+    return isinstance(value, bool)
+
+
+def events_to_frame(view: FeatureView, events: Iterable[Any]) -> tuple[pl.DataFrame, list[DeadLetter]]:
+    """Turn keel.events ``Event`` objects into the view's input frame.
+
+    Each event becomes a row of its JSON payload's declared fields; ``event_time``,
+    ``publish_time`` (as the record time, when the view has one) and ``id`` (as the id
+    column) come from the envelope; a join key absent from the payload comes from
+    ``event.key``. Events with a naive time, undecodable payload, missing field or wrong
+    type are returned as ``invalid`` dead letters instead of rows.
+    """
+    schema = events_frame_schema(view)
+    cols: dict[str, list[Any]] = {c: [] for c in schema}
+    dead: list[DeadLetter] = []
+    fields = list(view.fields.items())
+    keys = view.join_keys
+    for ev in events:
+        et = ev.event_time
+        try:
+            payload = ev.json()
+            if not isinstance(payload, dict):
+                raise ValueError("payload is not a JSON object")
+            if et.tzinfo is None:
+                raise ValueError("event_time is timezone-naive")
+            problems = [f"missing field {c!r}" for c, _ in fields if c not in payload]
+            problems += [
+                f"field {c!r} should be {t}, got {type(payload[c]).__name__}"
+                for c, t in fields
+                if c in payload and not _type_ok(t, payload[c])
+            ]
+            if problems:
+                raise ValueError("; ".join(problems))
+        except Exception as exc:  # translate anything the payload throws into a dead letter
+            dead.append(DeadLetter("invalid", str(exc), ev.id, ev.key, et if getattr(et, "tzinfo", None) else None))
+            continue
+        for k in keys:
+            v = payload.get(k, ev.key)
+            cols[k].append(None if v is None else str(v))
+        cols[view.event_time].append(et)
+        if view.record_time is not None:
+            cols[view.record_time].append(ev.publish_time)
+        if view.id_column is not None:
+            cols[view.id_column].append(ev.id)
+        for c, _ in fields:
+            cols[c].append(payload[c])
+    return pl.DataFrame(cols, schema=schema), dead

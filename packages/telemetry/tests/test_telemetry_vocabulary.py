@@ -1,0 +1,162 @@
+"""The SLI vocabulary: metric sets, helper semantics, and agreement with the platform SLOs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.parser import text_string_to_metric_families
+
+from keel.telemetry import (
+    PLATFORM_SLOS,
+    AvailabilitySLO,
+    ComponentMetrics,
+    DriftMetrics,
+    FeatureMetrics,
+    InvalidMetricError,
+    LatencySLO,
+    ModelQualityMetrics,
+    ServingMetrics,
+    StreamMetrics,
+)
+from keel.telemetry._slo import _ThresholdSLO
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def values(m: ComponentMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(m.exposition().decode()):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+class FakeClock:
+    def __init__(self, *ticks: float) -> None:
+        self.ticks = list(ticks)
+
+    def __call__(self) -> float:
+        return self.ticks.pop(0)
+
+
+def test_serving_time_request_classifies_outcomes() -> None:
+    m = ComponentMetrics("serving")
+    s = ServingMetrics(m, clock=FakeClock(0.0, 0.004, 1.0, 1.2, 2.0, 2.05))
+    with s.time_request("fraud", "3", rows=8):
+        pass
+    with pytest.raises(ValueError), s.time_request("fraud", "3"):
+        raise ValueError("bad input")
+    with pytest.raises(RuntimeError), s.time_request("fraud", "3"):
+        raise RuntimeError("model crashed")
+    v = values(m)
+
+    def req(outcome: str) -> float:
+        key = frozenset({("model", "fraud"), ("version", "3"), ("outcome", outcome)})
+        return v[("keel_serving_requests_total", key)]
+
+    assert (req("ok"), req("invalid"), req("error")) == (1, 1, 1)
+    mv = frozenset({("model", "fraud"), ("version", "3")})
+    assert v[("keel_serving_predictions_total", mv)] == 8  # only successful rows count
+    assert v[("keel_serving_request_latency_seconds_count", mv)] == 3
+    assert v[("keel_serving_request_latency_seconds_sum", mv)] == pytest.approx(0.004 + 0.2 + 0.05)
+    assert v[("keel_serving_request_latency_seconds_bucket", mv | {("le", "0.005")})] == 1
+
+
+def test_serving_rejects_unknown_outcome() -> None:
+    s = ServingMetrics(ComponentMetrics("serving"))
+    with pytest.raises(InvalidMetricError, match="outcome"):
+        s.observe_request("m", "1", 0.1, outcome="timeout")
+
+
+def test_feature_freshness_and_staleness_in_seconds() -> None:
+    m = ComponentMetrics("features")
+    f = FeatureMetrics(m)
+    assert f.set_freshness("card_1h", NOW - timedelta(minutes=2), NOW) == 120.0
+    assert f.set_staleness("card_1h", "txn_count", NOW - timedelta(seconds=5), NOW) == 5.0
+    # an event time in the future (clock skew) reads as fresh, never negative
+    assert f.set_freshness("future", NOW + timedelta(seconds=30), NOW) == 0.0
+    f.count_events("card_1h", 5)
+    f.count_events("card_1h", 2, outcome="late")
+    v = values(m)
+    assert v[("keel_features_freshness_seconds", frozenset({("feature_view", "card_1h")}))] == 120
+    key = frozenset({("feature_view", "card_1h"), ("feature", "txn_count")})
+    assert v[("keel_features_feature_staleness_seconds", key)] == 5
+    late = frozenset({("feature_view", "card_1h"), ("outcome", "late")})
+    assert v[("keel_features_events_processed_total", late)] == 2
+    with pytest.raises(InvalidMetricError, match="timezone"):
+        f.set_freshness("x", datetime(2026, 1, 1), NOW)  # naive datetime
+
+
+def test_drift_record_window_sets_scores_and_detection_flags() -> None:
+    m = ComponentMetrics("drift")
+    d = DriftMetrics(m)
+    d.record_window(
+        "fraud", {("amount", "psi"): 0.31, ("country", "psi"): 0.02}, drifted=["amount"]
+    )
+    d.record_window("fraud", {("amount", "psi"): 0.05, ("country", "psi"): 0.01})
+    v = values(m)
+    score = frozenset({("model", "fraud"), ("feature", "amount"), ("test", "psi")})
+    assert v[("keel_drift_score", score)] == 0.05
+    assert v[("keel_drift_detected", frozenset({("model", "fraud"), ("feature", "amount")}))] == 0
+    assert v[("keel_drift_windows_evaluated_total", frozenset({("model", "fraud")}))] == 2
+    assert v[("keel_drift_detections_total", frozenset({("model", "fraud")}))] == 1
+
+
+def test_stream_and_quality_metrics() -> None:
+    m = ComponentMetrics("events")
+    st = StreamMetrics(m)
+    st.count_consumed("orders", "worker", 3)
+    st.count_consumed("orders", "worker", outcome="dead_letter")
+    with pytest.raises(InvalidMetricError):
+        st.count_consumed("orders", "worker", outcome="lost")
+    q = ModelQualityMetrics(ComponentMetrics("quality"))
+    q.set_quality("fraud", "3", "auc", 0.91)
+    v = values(m)
+    ack = frozenset({("stream", "orders"), ("consumer", "worker"), ("outcome", "ack")})
+    assert v[("keel_events_consumed_total", ack)] == 3
+    assert (
+        values(q.metrics)[
+            (
+                "keel_quality_model_quality_score",
+                frozenset({("model", "fraud"), ("version", "3"), ("metric", "auc")}),
+            )
+        ]
+        == 0.91
+    )
+
+
+def test_vocabulary_sets_can_share_one_registry_and_be_rebuilt() -> None:
+    reg = CollectorRegistry()
+    m = ComponentMetrics("serving", registry=reg)
+    a = ServingMetrics(m)
+    b = ServingMetrics(m)  # same declarations: the same metric objects
+    assert a.requests is b.requests
+
+
+def test_platform_slos_refer_to_declared_vocabulary_metrics() -> None:
+    """Every metric a platform SLO reads is one the vocabulary declares, with the
+    labels the SLO groups and filters by."""
+    reg = CollectorRegistry()
+    sets = (
+        ServingMetrics(ComponentMetrics("serving", registry=reg)),
+        FeatureMetrics(ComponentMetrics("features", registry=reg)),
+        DriftMetrics(ComponentMetrics("drift", registry=reg)),
+    )
+    declared: dict[str, set[str]] = {}
+    for vocab in sets:
+        for metric in vars(vocab).values():
+            if isinstance(metric, MetricWrapperBase):
+                declared[metric._name] = set(metric._labelnames)
+    for slo in PLATFORM_SLOS:
+        if isinstance(slo, AvailabilitySLO):
+            base = slo.metric.removesuffix("_total")
+        elif isinstance(slo, LatencySLO):
+            base = slo.histogram
+        else:
+            assert isinstance(slo, _ThresholdSLO)
+            base = slo.gauge
+        assert base in declared, (slo.name, base)
+        assert set(slo.group_by) <= declared[base], (slo.name, slo.group_by, declared[base])
