@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from keel_cli import cmd_events
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
 
@@ -22,6 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(cmd_events.app, name="events")
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -70,7 +73,7 @@ def doctor(config: Path | None = ConfigOpt) -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name="keel")
 
 
 if __name__ == "__main__":

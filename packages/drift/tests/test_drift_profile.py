@@ -29,7 +29,11 @@ OPTS = ProfileOptions(sketch_size=32, max_categories=5, n_bins=4, joint_sample_s
 @st.composite
 def frames(draw: st.DrawFn) -> pl.DataFrame:
     n = draw(st.integers(1, 120))
-    num = draw(st.lists(st.one_of(st.none(), st.floats(-1e3, 1e3), st.just(math.nan)), min_size=n, max_size=n))
+    num = draw(
+        st.lists(
+            st.one_of(st.none(), st.floats(-1e3, 1e3), st.just(math.nan)), min_size=n, max_size=n
+        )
+    )
     ints = draw(st.lists(st.integers(0, 40), min_size=n, max_size=n))
     cat = draw(st.lists(st.one_of(st.none(), st.sampled_from("abcdefgh")), min_size=n, max_size=n))
     return pl.DataFrame(
@@ -37,7 +41,9 @@ def frames(draw: st.DrawFn) -> pl.DataFrame:
     )
 
 
-def assert_profile_matches(merged: ReferenceProfile, whole: ReferenceProfile, union: pl.DataFrame) -> None:
+def assert_profile_matches(
+    merged: ReferenceProfile, whole: ReferenceProfile, union: pl.DataFrame
+) -> None:
     assert merged.row_count == whole.row_count == union.height
     for name in ("x", "k"):
         a, b = merged[name], whole[name]
@@ -77,7 +83,9 @@ def test_merge_equals_profile_of_union(parts: list[pl.DataFrame]) -> None:
 
 @given(frames())
 def test_json_roundtrip_is_lossless(frame: pl.DataFrame) -> None:
-    p = build_profile(frame, options=OPTS, metadata={"model": "m1"}, created_at="2026-01-01T00:00:00Z", workers=1)
+    p = build_profile(
+        frame, options=OPTS, metadata={"model": "m1"}, created_at="2026-01-01T00:00:00Z", workers=1
+    )
     back = ReferenceProfile.from_json(p.to_json())
     assert back.to_json() == p.to_json()
     assert back.metadata == {"model": "m1"} and back.options == OPTS
@@ -106,11 +114,17 @@ def test_german_credit_profile(tmp_path) -> None:
 
 def test_column_kinds_and_nulls() -> None:
     df = pl.DataFrame(
-        {"f": [1.0, None, float("nan"), float("inf"), 3.0], "b": [True, False, None, True, True], "i": [1, 2, 2, 3, 3]}
+        {
+            "f": [1.0, None, float("nan"), float("inf"), 3.0],
+            "b": [True, False, None, True, True],
+            "i": [1, 2, 2, 3, 3],
+        }
     )
     p = build_profile(df, categorical=["i"])
     f = p["f"]
-    assert isinstance(f, NumericSummary) and (f.count, f.null_count) == (2, 3) and f.null_rate == 0.6
+    assert (
+        isinstance(f, NumericSummary) and (f.count, f.null_count) == (2, 3) and f.null_rate == 0.6
+    )
     assert p["b"].kind == "categorical" and p["i"].kind == "categorical"
     assert p["i"].as_dict() == {"1": 1, "2": 2, "3": 2}  # type: ignore[union-attr]
 

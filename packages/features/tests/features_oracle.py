@@ -82,7 +82,9 @@ def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> d
         elif fn == "distinct_count":
             v = len(set(vals))
         elif fn == "last":
-            cands = [(e.et, e.values[agg.column]) for e in win if e.values.get(agg.column) is not None]
+            cands = [
+                (e.et, e.values[agg.column]) for e in win if e.values.get(agg.column) is not None
+            ]
             v = max(cands)[1] if cands else None
         else:  # pragma: no cover
             raise AssertionError(fn)

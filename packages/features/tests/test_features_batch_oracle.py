@@ -63,14 +63,22 @@ def gen_events(rng: np.random.Generator, n: int, n_ent: int) -> list[Ev]:
         amount = None if rng.random() < 0.1 else float(rng.integers(-5, 20))
         merchant = None if rng.random() < 0.1 else str(rng.choice(["m1", "m2", "m3", "m4"]))
         evs.append(
-            Ev(f"e{int(rng.integers(n_ent))}", et, et + lag, {"amount": amount, "merchant": merchant}, f"id{i}")
+            Ev(
+                f"e{int(rng.integers(n_ent))}",
+                et,
+                et + lag,
+                {"amount": amount, "merchant": merchant},
+                f"id{i}",
+            )
         )
     return evs
 
 
 def to_frame(evs: list[Ev]) -> pl.DataFrame:
     def ts(us: list[int | None]) -> pl.Series:
-        return pl.from_epoch(pl.Series(us, dtype=pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
+        return pl.from_epoch(pl.Series(us, dtype=pl.Int64), time_unit="us").dt.replace_time_zone(
+            "UTC"
+        )
 
     return pl.DataFrame(
         {
@@ -136,7 +144,9 @@ def test_batch_engine_matches_naive_oracle_with_no_leakage(
     for j, (key, t) in enumerate(probe_q):
         extra.append(Ev(key, t + 1, t + 1, {"amount": 1000.0, "merchant": "future"}, f"fut{j}"))
         if record_time:
-            extra.append(Ev(key, t - MIN, t + 1, {"amount": -1000.0, "merchant": "late"}, f"late{j}"))
+            extra.append(
+                Ev(key, t - MIN, t + 1, {"amount": -1000.0, "merchant": "late"}, f"late{j}")
+            )
     probed = compute_at(view, to_frame(evs + extra), q_frame(probe_q)).to_dicts()
     for before, after in zip([got[i] for i in probe_idx], probed, strict=True):
         for name in view.feature_names:

@@ -141,8 +141,8 @@ def test_threshold_slos_record_an_indicator() -> None:
         name="drift",
         objective=0.95,
         description="d",
-        gauge="keel_drift_score",
-        matchers='test="psi"',
+        gauge="keel_drift_feature_score",
+        matchers='method="psi"',
         max_score=0.2,
         group_by=("model",),
     )
@@ -150,7 +150,10 @@ def test_threshold_slos_record_an_indicator() -> None:
         fresh.indicator_expr()
         == "max by (feature_view) (keel_features_freshness_seconds) > bool 300"
     )
-    assert drift.indicator_expr() == 'max by (model) (keel_drift_score{test="psi"}) > bool 0.2'
+    assert (
+        drift.indicator_expr()
+        == 'max by (model) (keel_drift_feature_score{method="psi"}) > bool 0.2'
+    )
     rules = rule_groups([fresh])["groups"][0]["rules"]
     ratio_5m = next(r for r in rules if r.get("record") == "slo:sli_error:ratio_rate5m")
     assert ratio_5m["expr"] == 'avg_over_time(slo:sli_error:indicator{slo="fresh"}[5m])'

@@ -19,7 +19,6 @@ from keel.telemetry import (
     LatencySLO,
     ModelQualityMetrics,
     ServingMetrics,
-    StreamMetrics,
 )
 from keel.telemetry._slo import _ThresholdSLO
 
@@ -98,27 +97,20 @@ def test_drift_record_window_sets_scores_and_detection_flags() -> None:
     )
     d.record_window("fraud", {("amount", "psi"): 0.05, ("country", "psi"): 0.01})
     v = values(m)
-    score = frozenset({("model", "fraud"), ("feature", "amount"), ("test", "psi")})
-    assert v[("keel_drift_score", score)] == 0.05
+    score = frozenset({("model", "fraud"), ("feature", "amount"), ("method", "psi")})
+    assert v[("keel_drift_feature_score", score)] == 0.05
     assert v[("keel_drift_detected", frozenset({("model", "fraud"), ("feature", "amount")}))] == 0
     assert v[("keel_drift_windows_evaluated_total", frozenset({("model", "fraud")}))] == 2
     assert v[("keel_drift_detections_total", frozenset({("model", "fraud")}))] == 1
 
 
-def test_stream_and_quality_metrics() -> None:
-    m = ComponentMetrics("events")
-    st = StreamMetrics(m)
-    st.count_consumed("orders", "worker", 3)
-    st.count_consumed("orders", "worker", outcome="dead_letter")
-    with pytest.raises(InvalidMetricError):
-        st.count_consumed("orders", "worker", outcome="lost")
+def test_quality_metrics() -> None:
     q = ModelQualityMetrics(ComponentMetrics("quality"))
     q.set_quality("fraud", "3", "auc", 0.91)
-    v = values(m)
-    ack = frozenset({("stream", "orders"), ("consumer", "worker"), ("outcome", "ack")})
-    assert v[("keel_events_consumed_total", ack)] == 3
+    q.labels_joined.labels(model="fraud").inc(4)
+    v = values(q.metrics)
     assert (
-        values(q.metrics)[
+        v[
             (
                 "keel_quality_model_quality_score",
                 frozenset({("model", "fraud"), ("version", "3"), ("metric", "auc")}),
@@ -126,6 +118,7 @@ def test_stream_and_quality_metrics() -> None:
         ]
         == 0.91
     )
+    assert v[("keel_quality_labels_joined_total", frozenset({("model", "fraud")}))] == 4
 
 
 def test_vocabulary_sets_can_share_one_registry_and_be_rebuilt() -> None:

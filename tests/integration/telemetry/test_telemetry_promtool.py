@@ -26,7 +26,6 @@ from keel.telemetry import (
     FeatureMetrics,
     ModelQualityMetrics,
     ServingMetrics,
-    StreamMetrics,
     rule_groups,
     start_metrics_server,
 )
@@ -71,11 +70,6 @@ def _populated_registry() -> CollectorRegistry:
     f.count_events("card_txn_1h", 100)
     f.materialization.labels(feature_view="card_txn_1h").observe(12.0)
     f.lookup_latency.labels(store="redis").observe(0.0008)
-    st = StreamMetrics(ComponentMetrics("events", registry=reg))
-    st.published.labels(stream="transactions").inc(5)
-    st.publish_latency.labels(stream="transactions").observe(0.002)
-    st.count_consumed("transactions", "feature-worker", 5)
-    st.lag.labels(stream="transactions", consumer="feature-worker").set(0)
     d = DriftMetrics(ComponentMetrics("drift", registry=reg))
     d.record_window("fraud", {("amount", "psi"): 0.27, ("amount", "ks"): 0.11}, drifted=["amount"])
     q = ModelQualityMetrics(ComponentMetrics("quality", registry=reg))
@@ -216,15 +210,61 @@ RULE_TESTS: list[dict[str, Any]] = [
         # drift: fraud's PSI 0.5 > 0.2 -> burn; churn's KS is high but the SLO reads PSI only.
         "interval": "1m",
         "input_series": [
-            series("keel_drift_score", "0.5+0x120", model="fraud", feature="amount", test="psi"),
-            series("keel_drift_score", "0.05+0x120", model="churn", feature="tenure", test="psi"),
-            series("keel_drift_score", "0.9+0x120", model="churn", feature="tenure", test="ks"),
+            series(
+                "keel_drift_feature_score",
+                "0.5+0x120",
+                model="fraud",
+                feature="amount",
+                method="psi",
+            ),
+            series(
+                "keel_drift_feature_score",
+                "0.05+0x120",
+                model="churn",
+                feature="tenure",
+                method="psi",
+            ),
+            series(
+                "keel_drift_feature_score",
+                "0.9+0x120",
+                model="churn",
+                feature="tenure",
+                method="ks",
+            ),
         ],
         "alert_rule_test": [
             {
                 "eval_time": "70m",
                 "alertname": "KeelModelDriftBudgetBurnFast",
                 "exp_alerts": [expect("KeelModelDriftBudgetBurnFast", model="fraud")],
+            },
+        ],
+    },
+    {
+        # drift as keel.drift emits it today (no model label, one monitor per job):
+        # the SLO still evaluates, as one group without a model label.
+        "interval": "1m",
+        "input_series": [
+            series(
+                "keel_drift_feature_score",
+                "0.4+0x120",
+                job="drift-monitor",
+                feature="amount",
+                method="psi",
+            ),
+            series(
+                "keel_drift_feature_score",
+                "0.1+0x120",
+                job="drift-monitor",
+                feature="country",
+                method="psi",
+            ),
+        ],
+        "alert_rule_test": [
+            {
+                "eval_time": "70m",
+                "alertname": "KeelModelDriftBudgetBurnFast",
+                "exp_alerts": [expect("KeelModelDriftBudgetBurnFast")],
             },
         ],
     },

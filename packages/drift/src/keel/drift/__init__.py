@@ -26,7 +26,10 @@ from keel.drift._errors import (
     InvalidInputError,
     ProfileFormatError,
 )
+from keel.drift._metrics import DriftMetrics
+from keel.drift._monitor import MonitorStats, StreamingMonitor, WindowConfig
 from keel.drift._multivariate import MultivariateResult, domain_classifier_test
+from keel.drift._performance import ScoreHistogram
 from keel.drift._policy import DriftPolicy, FeatureThreshold, Level, PolicyDecision
 from keel.drift._profile import (
     OTHER_CATEGORY,
@@ -40,6 +43,7 @@ from keel.drift._profile import (
     ReferenceProfile,
     build_profile,
 )
+from keel.drift._report import REPORT_FORMAT, REPORT_VERSION, DriftReport, ReportWindow
 from keel.drift._sketch import QuantileSketch
 from keel.drift._stats import (
     chi2_homogeneity,
@@ -55,11 +59,15 @@ __all__ = [
     "OTHER_CATEGORY",
     "PROFILE_FORMAT",
     "PROFILE_VERSION",
+    "REPORT_FORMAT",
+    "REPORT_VERSION",
     "CategoricalSummary",
     "CheckOptions",
     "ColumnSummary",
     "DriftError",
+    "DriftMetrics",
     "DriftPolicy",
+    "DriftReport",
     "DriftResult",
     "FeatureDrift",
     "FeatureThreshold",
@@ -67,6 +75,7 @@ __all__ = [
     "InvalidInputError",
     "JointSample",
     "Level",
+    "MonitorStats",
     "MultivariateResult",
     "NumericSummary",
     "PolicyDecision",
@@ -75,6 +84,10 @@ __all__ = [
     "QualityIssue",
     "QuantileSketch",
     "ReferenceProfile",
+    "ReportWindow",
+    "ScoreHistogram",
+    "StreamingMonitor",
+    "WindowConfig",
     "build_profile",
     "check_drift",
     "chi2_homogeneity",

@@ -59,7 +59,12 @@ class CheckOptions:
     multivariate_alpha: float = 0.01
 
     def __post_init__(self) -> None:
-        for name in ("null_rate_increase", "out_of_range_tolerance", "new_category_tolerance", "multivariate_alpha"):
+        for name in (
+            "null_rate_increase",
+            "out_of_range_tolerance",
+            "new_category_tolerance",
+            "multivariate_alpha",
+        ):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise InvalidInputError(f"CheckOptions.{name} must be in [0, 1], got {v}")
@@ -77,8 +82,13 @@ class QualityIssue:
     value: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "column": self.column, "severity": self.severity,
-                "message": self.message, "value": self.value}
+        return {
+            "kind": self.kind,
+            "column": self.column,
+            "severity": self.severity,
+            "message": self.message,
+            "value": self.value,
+        }
 
 
 @dataclass(frozen=True)
@@ -163,12 +173,31 @@ def _fmt_edge(x: float) -> str:
     return f"{x:.4g}"
 
 
-def compare_numeric(name: str, ref: NumericSummary, cur: NumericSummary, n_bins: int) -> FeatureDrift:
+def compare_numeric(
+    name: str, ref: NumericSummary, cur: NumericSummary, n_bins: int
+) -> FeatureDrift:
     """All numeric statistics of ``cur`` against ``ref``."""
     if not ref.count or not cur.count:
         nan = math.nan
-        return FeatureDrift(name, "numeric", ref.count, cur.count, ref.null_rate, cur.null_rate,
-                            nan, nan, (), (), (), nan, nan, nan, nan, nan, nan)
+        return FeatureDrift(
+            name,
+            "numeric",
+            ref.count,
+            cur.count,
+            ref.null_rate,
+            cur.null_rate,
+            nan,
+            nan,
+            (),
+            (),
+            (),
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+            nan,
+        )
     edges = ref.bin_edges(n_bins)
     cur_dist = cur.sample if cur.sample is not None else SortedSample.of_sketch(cur.sketch)
     rp = bin_proportions(ref.sketch, edges)
@@ -178,16 +207,29 @@ def compare_numeric(name: str, ref: NumericSummary, cur: NumericSummary, n_bins:
     span = max(ref.max, cur.max) - min(ref.min, cur.min)
     std = ref.std
     return FeatureDrift(
-        name, "numeric", ref.count, cur.count, ref.null_rate, cur.null_rate,
-        psi(rp, cp), js_distance(rp, cp),
-        (*(_fmt_edge(e) for e in edges), "+inf"), tuple(rp.tolist()), tuple(cp.tolist()),
-        ks=d, ks_pvalue=ks_pvalue(d, ref.count, cur.count), ks_error=err,
-        wasserstein=w, wasserstein_norm=w / std if std > 0 else (0.0 if w == 0 else math.inf),
+        name,
+        "numeric",
+        ref.count,
+        cur.count,
+        ref.null_rate,
+        cur.null_rate,
+        psi(rp, cp),
+        js_distance(rp, cp),
+        (*(_fmt_edge(e) for e in edges), "+inf"),
+        tuple(rp.tolist()),
+        tuple(cp.tolist()),
+        ks=d,
+        ks_pvalue=ks_pvalue(d, ref.count, cur.count),
+        ks_error=err,
+        wasserstein=w,
+        wasserstein_norm=w / std if std > 0 else (0.0 if w == 0 else math.inf),
         wasserstein_error=err * span,
     )
 
 
-def compare_categorical(name: str, ref: CategoricalSummary, cur: CategoricalSummary) -> FeatureDrift:
+def compare_categorical(
+    name: str, ref: CategoricalSummary, cur: CategoricalSummary
+) -> FeatureDrift:
     """All categorical statistics of ``cur`` against ``ref`` (unseen values go to "other")."""
     cur_counts = cur.as_dict()
     rc = np.r_[ref.counts.astype(np.float64), float(ref.other_count)]
@@ -195,14 +237,39 @@ def compare_categorical(name: str, ref: CategoricalSummary, cur: CategoricalSumm
     cc = np.r_[cc_known, float(cur.count - cc_known.sum())]
     if not ref.count or not cur.count:
         nan = math.nan
-        return FeatureDrift(name, "categorical", ref.count, cur.count, ref.null_rate, cur.null_rate,
-                            nan, nan, (), (), (), chi2=nan, chi2_dof=0, chi2_pvalue=nan)
+        return FeatureDrift(
+            name,
+            "categorical",
+            ref.count,
+            cur.count,
+            ref.null_rate,
+            cur.null_rate,
+            nan,
+            nan,
+            (),
+            (),
+            (),
+            chi2=nan,
+            chi2_dof=0,
+            chi2_pvalue=nan,
+        )
     rp, cp = rc / rc.sum(), cc / cc.sum()
     stat, dof, p = chi2_homogeneity(rc, cc)
     return FeatureDrift(
-        name, "categorical", ref.count, cur.count, ref.null_rate, cur.null_rate,
-        psi(rp, cp), js_distance(rp, cp), (*ref.categories, OTHER_CATEGORY),
-        tuple(rp.tolist()), tuple(cp.tolist()), chi2=stat, chi2_dof=dof, chi2_pvalue=p,
+        name,
+        "categorical",
+        ref.count,
+        cur.count,
+        ref.null_rate,
+        cur.null_rate,
+        psi(rp, cp),
+        js_distance(rp, cp),
+        (*ref.categories, OTHER_CATEGORY),
+        tuple(rp.tolist()),
+        tuple(cp.tolist()),
+        chi2=stat,
+        chi2_dof=dof,
+        chi2_pvalue=p,
     )
 
 
@@ -217,40 +284,78 @@ def quality_issues(
     """Data-quality findings of current summaries against the profile."""
     issues: list[QualityIssue] = []
     for col in missing:
-        issues.append(QualityIssue("missing_column", col, "error", f"column {col!r} is in the profile but not in the data"))
+        issues.append(
+            QualityIssue(
+                "missing_column",
+                col,
+                "error",
+                f"column {col!r} is in the profile but not in the data",
+            )
+        )
     for col in unexpected:
-        issues.append(QualityIssue("unexpected_column", col, "warning", f"column {col!r} is not in the profile"))
+        issues.append(
+            QualityIssue(
+                "unexpected_column", col, "warning", f"column {col!r} is not in the profile"
+            )
+        )
     for col, cur in current.items():
         ref = profile.columns[col]
         if ref.kind != cur.kind:
-            issues.append(QualityIssue("kind_changed", col, "error", f"{col!r} was {ref.kind}, is now {cur.kind}"))
+            issues.append(
+                QualityIssue(
+                    "kind_changed", col, "error", f"{col!r} was {ref.kind}, is now {cur.kind}"
+                )
+            )
             continue
         if ref.dtype != cur.dtype and cur.dtype not in ref.dtype.split("|"):
-            issues.append(QualityIssue("dtype_changed", col, "warning", f"{col!r} dtype {ref.dtype} -> {cur.dtype}"))
+            issues.append(
+                QualityIssue(
+                    "dtype_changed", col, "warning", f"{col!r} dtype {ref.dtype} -> {cur.dtype}"
+                )
+            )
         jump = cur.null_rate - ref.null_rate
         if cur.rows and jump > options.null_rate_increase:
-            issues.append(QualityIssue(
-                "null_rate_jump", col, "error",
-                f"{col!r} null rate {ref.null_rate:.1%} -> {cur.null_rate:.1%}", cur.null_rate,
-            ))
+            issues.append(
+                QualityIssue(
+                    "null_rate_jump",
+                    col,
+                    "error",
+                    f"{col!r} null rate {ref.null_rate:.1%} -> {cur.null_rate:.1%}",
+                    cur.null_rate,
+                )
+            )
         if isinstance(ref, NumericSummary) and cur.count:
             share = out_of_range.get(col, 0) / cur.count
             if share > options.out_of_range_tolerance:
-                issues.append(QualityIssue(
-                    "out_of_range", col, "warning",
-                    f"{share:.1%} of {col!r} outside the reference range [{ref.min:.4g}, {ref.max:.4g}]", share,
-                ))
-        if isinstance(ref, CategoricalSummary) and isinstance(cur, CategoricalSummary) and cur.count and not ref.truncated:
+                issues.append(
+                    QualityIssue(
+                        "out_of_range",
+                        col,
+                        "warning",
+                        f"{share:.1%} of {col!r} outside the reference range [{ref.min:.4g}, {ref.max:.4g}]",
+                        share,
+                    )
+                )
+        if (
+            isinstance(ref, CategoricalSummary)
+            and isinstance(cur, CategoricalSummary)
+            and cur.count
+            and not ref.truncated
+        ):
             known = set(ref.categories)
             new = {k: v for k, v in cur.as_dict().items() if k not in known}
             share = sum(new.values()) / cur.count
             if new and share > options.new_category_tolerance:
                 examples = ", ".join(repr(k) for k in sorted(new, key=lambda k: -new[k])[:5])
-                issues.append(QualityIssue(
-                    "new_categories", col, "warning",
-                    f"{len(new)} categories of {col!r} never seen in the reference ({share:.1%} of rows), e.g. {examples}",
-                    share,
-                ))
+                issues.append(
+                    QualityIssue(
+                        "new_categories",
+                        col,
+                        "warning",
+                        f"{len(new)} categories of {col!r} never seen in the reference ({share:.1%} of rows), e.g. {examples}",
+                        share,
+                    )
+                )
     return issues
 
 
@@ -270,10 +375,15 @@ def summarise_current(
             assert isinstance(ref, NumericSummary)
             oor = 0
             if len(s) and ref.count:
-                oor = int(np.searchsorted(s, ref.min, "left") + len(s) - np.searchsorted(s, ref.max, "right"))
+                oor = int(
+                    np.searchsorted(s, ref.min, "left")
+                    + len(s)
+                    - np.searchsorted(s, ref.max, "right")
+                )
             if not len(s):
-                return NumericSummary(str(dtype), 0, nulls, math.nan, math.nan, math.nan, 0.0,
-                                      QuantileSketch.empty()), 0
+                return NumericSummary(
+                    str(dtype), 0, nulls, math.nan, math.nan, math.nan, 0.0, QuantileSketch.empty()
+                ), 0
             # sum of squares about the median first, then shift to the mean (one pass, stable)
             c = float(s[len(s) // 2])
             sq = float(np.dot(s - c, s - c))
@@ -281,8 +391,15 @@ def summarise_current(
             mean = sample.mean
             m2 = max(0.0, sq - len(s) * (mean - c) ** 2)
             return NumericSummary(
-                str(dtype), len(s), nulls, float(s[0]), float(s[-1]), mean, m2,
-                QuantileSketch.empty(), sample=sample,
+                str(dtype),
+                len(s),
+                nulls,
+                float(s[0]),
+                float(s[-1]),
+                mean,
+                m2,
+                QuantileSketch.empty(),
+                sample=sample,
             ), oor
         if ref.kind == "categorical" and (is_categorical_dtype(dtype) or numeric_ok):
             counts, nulls = category_counts(series)
@@ -294,12 +411,16 @@ def summarise_current(
         counts, nulls = category_counts(series)
         cats = tuple(counts)
         arr = np.array([counts[c] for c in cats], dtype=np.int64)
-        return CategoricalSummary(str(dtype), int(arr.sum()), nulls, cats, arr, 0, max(1, len(cats))), 0
+        return CategoricalSummary(
+            str(dtype), int(arr.sum()), nulls, cats, arr, 0, max(1, len(cats))
+        ), 0
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, columns))
-    return ({c: r[0] for c, r in zip(columns, results, strict=True)},
-            {c: r[1] for c, r in zip(columns, results, strict=True)})
+    return (
+        {c: r[0] for c, r in zip(columns, results, strict=True)},
+        {c: r[1] for c, r in zip(columns, results, strict=True)},
+    )
 
 
 def compare_summaries(
@@ -342,19 +463,26 @@ def check_drift(
         raise InvalidInputError(f"expected a polars.DataFrame, got {type(frame).__name__}")
     opts = options or CheckOptions()
     n_workers = workers or min(4, os.cpu_count() or 1)
-    present = [c for c in profile.columns if c in frame.columns]
-    missing = [c for c in profile.columns if c not in frame.columns]
+    have = set(frame.columns)
+    present = [c for c in profile.columns if c in have]
+    missing = [c for c in profile.columns if c not in have]
     unexpected = [c for c in frame.columns if c not in profile.columns]
     current, oor = summarise_current(profile, frame, present, n_workers)
     features = compare_summaries(profile, current, n_workers)
     issues = quality_issues(profile, current, oor, opts, missing, unexpected)
     multi = None
     js = profile.joint_sample
-    if opts.multivariate and js is not None and all(c in frame.columns for c in js.columns) and frame.height:
+    if opts.multivariate and js is not None and all(c in have for c in js.columns) and frame.height:
         gen = rng if rng is not None else np.random.default_rng(0)
         take = min(frame.height, max(len(js.values), 1))
-        rows = np.sort(gen.choice(frame.height, take, replace=False)) if take < frame.height else np.arange(frame.height)
+        rows = (
+            np.sort(gen.choice(frame.height, take, replace=False))
+            if take < frame.height
+            else np.arange(frame.height)
+        )
         sub = frame.select([pl.col(c).cast(pl.Float64) for c in js.columns])[rows].to_numpy()
         sub = np.where(np.isfinite(sub), sub, np.nan)
-        multi = domain_classifier_test(js.values, sub, list(js.columns), gen, alpha=opts.multivariate_alpha)
+        multi = domain_classifier_test(
+            js.values, sub, list(js.columns), gen, alpha=opts.multivariate_alpha
+        )
     return DriftResult(frame.height, features, issues, multi, window_start, window_end)

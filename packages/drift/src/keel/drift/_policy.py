@@ -50,7 +50,9 @@ class FeatureThreshold:
         if self.method not in METHODS:
             raise InvalidInputError(f"unknown method {self.method!r}; expected one of {METHODS}")
         if not 0 <= self.warn <= self.drift:
-            raise InvalidInputError(f"thresholds must satisfy 0 <= warn <= drift, got {self.warn}, {self.drift}")
+            raise InvalidInputError(
+                f"thresholds must satisfy 0 <= warn <= drift, got {self.warn}, {self.drift}"
+            )
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,17 @@ class PolicyDecision:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "decision": self.decision.value, "level": self.level.value, "streak": self.streak,
-            "in_episode": self.in_episode, "episode_start": self.episode_start,
-            "drift_share": self.drift_share, "warn_share": self.warn_share,
-            "drifted": list(self.drifted), "warned": list(self.warned),
-            "scores": dict(self.scores), "reason": self.reason,
+            "decision": self.decision.value,
+            "level": self.level.value,
+            "streak": self.streak,
+            "in_episode": self.in_episode,
+            "episode_start": self.episode_start,
+            "drift_share": self.drift_share,
+            "warn_share": self.warn_share,
+            "drifted": list(self.drifted),
+            "warned": list(self.warned),
+            "scores": dict(self.scores),
+            "reason": self.reason,
         }
 
 
@@ -126,7 +134,16 @@ class DriftPolicy:
         prev_episode = prev.in_episode if prev else False
         if result.n_rows < self.min_samples:
             return PolicyDecision(
-                Level.NONE, Level.INSUFFICIENT, prev_streak, prev_episode, False, 0.0, 0.0, (), (), {},
+                Level.NONE,
+                Level.INSUFFICIENT,
+                prev_streak,
+                prev_episode,
+                False,
+                0.0,
+                0.0,
+                (),
+                (),
+                {},
                 f"{result.n_rows} rows < min_samples {self.min_samples}: not judged",
             )
         scores = self.scores(result)
@@ -148,7 +165,9 @@ class DriftPolicy:
                 warn_w += w
         d_share = drift_w / total_w if total_w else 0.0
         w_share = warn_w / total_w if total_w else 0.0
-        multi = self.use_multivariate and result.multivariate is not None and result.multivariate.drift
+        multi = (
+            self.use_multivariate and result.multivariate is not None and result.multivariate.drift
+        )
         reasons = []
         if d_share >= self.drift_share:
             reasons.append(f"weighted drift share {d_share:.0%} >= {self.drift_share:.0%}")
@@ -160,7 +179,9 @@ class DriftPolicy:
             level = Level.DRIFT
         elif w_share >= self.warn_share:
             level = Level.WARN
-            reasons.append(f"weighted share at warn or worse {w_share:.0%} >= {self.warn_share:.0%}")
+            reasons.append(
+                f"weighted share at warn or worse {w_share:.0%} >= {self.warn_share:.0%}"
+            )
         else:
             level = Level.NONE
             reasons.append(f"weighted drift share {d_share:.0%}, warn share {w_share:.0%}")
@@ -176,6 +197,15 @@ class DriftPolicy:
         drifted.sort(key=lambda n: -scores[n])
         warned.sort(key=lambda n: -scores[n])
         return PolicyDecision(
-            decision, level, streak, in_episode, episode_start, d_share, w_share,
-            tuple(drifted), tuple(warned), scores, "; ".join(reasons),
+            decision,
+            level,
+            streak,
+            in_episode,
+            episode_start,
+            d_share,
+            w_share,
+            tuple(drifted),
+            tuple(warned),
+            scores,
+            "; ".join(reasons),
         )

@@ -55,11 +55,15 @@ class ProfileOptions:
         if not 16 <= self.sketch_size <= 1_000_000:
             raise InvalidInputError(f"sketch_size must be in [16, 1e6], got {self.sketch_size}")
         if not 1 <= self.max_categories <= 100_000:
-            raise InvalidInputError(f"max_categories must be in [1, 1e5], got {self.max_categories}")
+            raise InvalidInputError(
+                f"max_categories must be in [1, 1e5], got {self.max_categories}"
+            )
         if not 2 <= self.n_bins <= 1000:
             raise InvalidInputError(f"n_bins must be in [2, 1000], got {self.n_bins}")
         if not 0 <= self.joint_sample_size <= 1_000_000:
-            raise InvalidInputError(f"joint_sample_size must be in [0, 1e6], got {self.joint_sample_size}")
+            raise InvalidInputError(
+                f"joint_sample_size must be in [0, 1e6], got {self.joint_sample_size}"
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,15 +110,26 @@ class NumericSummary:
         if not other.count or not self.count:
             base = self if self.count else other
             return NumericSummary(
-                _merge_dtype(self.dtype, other.dtype), base.count, self.null_count + other.null_count,
-                base.min, base.max, base.mean, base.m2, self.sketch.merge(other.sketch),
+                _merge_dtype(self.dtype, other.dtype),
+                base.count,
+                self.null_count + other.null_count,
+                base.min,
+                base.max,
+                base.mean,
+                base.m2,
+                self.sketch.merge(other.sketch),
             )
         delta = other.mean - self.mean
         mean = self.mean + delta * other.count / n
         m2 = self.m2 + other.m2 + delta * delta * self.count * other.count / n
         return NumericSummary(
-            _merge_dtype(self.dtype, other.dtype), n, self.null_count + other.null_count,
-            min(self.min, other.min), max(self.max, other.max), mean, m2,
+            _merge_dtype(self.dtype, other.dtype),
+            n,
+            self.null_count + other.null_count,
+            min(self.min, other.min),
+            max(self.max, other.max),
+            mean,
+            m2,
             self.sketch.merge(other.sketch),
         )
 
@@ -163,9 +178,13 @@ class CategoricalSummary:
             merged[cat] = merged.get(cat, 0) + c
         cats, counts, folded = _cap_counts(merged, cap)
         return CategoricalSummary(
-            _merge_dtype(self.dtype, other.dtype), self.count + other.count,
-            self.null_count + other.null_count, cats, counts,
-            self.other_count + other.other_count + folded, cap,
+            _merge_dtype(self.dtype, other.dtype),
+            self.count + other.count,
+            self.null_count + other.null_count,
+            cats,
+            counts,
+            self.other_count + other.other_count + folded,
+            cap,
         )
 
 
@@ -177,7 +196,9 @@ def _merge_dtype(a: str, b: str) -> str:
     return a if b in parts else f"{a}|{b}"
 
 
-def _cap_counts(counts: Mapping[str, int], cap: int) -> tuple[tuple[str, ...], NDArray[np.int64], int]:
+def _cap_counts(
+    counts: Mapping[str, int], cap: int
+) -> tuple[tuple[str, ...], NDArray[np.int64], int]:
     """Keep the ``cap`` most frequent (ties broken by value), return (cats, counts, folded)."""
     items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     kept, rest = items[:cap], items[cap:]
@@ -207,8 +228,16 @@ class JointSample:
             return self
         take_a = min(len(self.values), round(size * self.population / pop))
         take_b = min(len(other.values), size - take_a)
-        a = self.values[rng.choice(len(self.values), take_a, replace=False)] if take_a else self.values[:0]
-        b = other.values[rng.choice(len(other.values), take_b, replace=False)] if take_b else other.values[:0]
+        a = (
+            self.values[rng.choice(len(self.values), take_a, replace=False)]
+            if take_a
+            else self.values[:0]
+        )
+        b = (
+            other.values[rng.choice(len(other.values), take_b, replace=False)]
+            if take_b
+            else other.values[:0]
+        )
         return JointSample(self.columns, np.vstack([a, b]), pop)
 
 
@@ -242,7 +271,9 @@ class ReferenceProfile:
     def categorical_columns(self) -> list[str]:
         return [c for c, s in self.columns.items() if s.kind == "categorical"]
 
-    def merge(self, other: ReferenceProfile, rng: np.random.Generator | None = None) -> ReferenceProfile:
+    def merge(
+        self, other: ReferenceProfile, rng: np.random.Generator | None = None
+    ) -> ReferenceProfile:
         """The profile of both inputs' rows together (see the module docstring for the error)."""
         if self.options != other.options:
             raise IncompatibleProfilesError(f"options differ: {self.options} vs {other.options}")
@@ -253,21 +284,26 @@ class ReferenceProfile:
         merged: dict[str, ColumnSummary] = {}
         for name, a in self.columns.items():
             b = other.columns[name]
-            if isinstance(a, NumericSummary) and isinstance(b, NumericSummary):
-                merged[name] = a.merge(b)
-            elif isinstance(a, CategoricalSummary) and isinstance(b, CategoricalSummary):
+            if isinstance(a, NumericSummary) and isinstance(b, NumericSummary) or isinstance(a, CategoricalSummary) and isinstance(b, CategoricalSummary):
                 merged[name] = a.merge(b)
             else:
-                raise IncompatibleProfilesError(f"column {name!r} is {a.kind} in one profile, {b.kind} in the other")
+                raise IncompatibleProfilesError(
+                    f"column {name!r} is {a.kind} in one profile, {b.kind} in the other"
+                )
         joint = None
         if self.joint_sample is not None and other.joint_sample is not None:
             joint = self.joint_sample.merge(
-                other.joint_sample, self.options.joint_sample_size,
+                other.joint_sample,
+                self.options.joint_sample_size,
                 rng if rng is not None else np.random.default_rng(self.row_count + other.row_count),
             )
         return ReferenceProfile(
-            merged, self.row_count + other.row_count, self.options, joint,
-            {**self.metadata, **other.metadata}, self.created_at or other.created_at,
+            merged,
+            self.row_count + other.row_count,
+            self.options,
+            joint,
+            {**self.metadata, **other.metadata},
+            self.created_at or other.created_at,
         )
 
     # -- files -------------------------------------------------------------------------
@@ -313,7 +349,9 @@ def is_numeric_dtype(dtype: pl.DataType) -> bool:
 
 
 def is_categorical_dtype(dtype: pl.DataType) -> bool:
-    return dtype in (pl.String, pl.Boolean, pl.Categorical) or isinstance(dtype, pl.Enum | pl.Categorical)
+    return dtype in (pl.String, pl.Boolean, pl.Categorical) or isinstance(
+        dtype, pl.Enum | pl.Categorical
+    )
 
 
 def resolve_columns(
@@ -324,12 +362,13 @@ def resolve_columns(
         raise InvalidInputError(f"expected a polars.DataFrame, got {type(frame).__name__}")
     cats = set(categorical)
     names = list(columns) if columns is not None else list(frame.columns)
-    missing = [c for c in [*names, *cats] if c not in frame.columns]
+    schema = frame.schema
+    missing = [c for c in [*names, *cats] if c not in schema]
     if missing:
         raise InvalidInputError(f"columns not in the data: {missing}; the data has {frame.columns}")
     kinds: dict[str, Literal["numeric", "categorical"]] = {}
     for name in names:
-        dtype = frame.schema[name]
+        dtype = schema[name]
         if name in cats or is_categorical_dtype(dtype):
             kinds[name] = "categorical"
         elif is_numeric_dtype(dtype):
@@ -356,13 +395,27 @@ def numeric_values(series: pl.Series) -> tuple[FloatArray, int]:
 def _numeric_summary(series: pl.Series, sketch_size: int) -> NumericSummary:
     vals, nulls = numeric_values(series)
     if not len(vals):
-        return NumericSummary(str(series.dtype), 0, nulls, math.nan, math.nan, math.nan, 0.0,
-                              QuantileSketch.empty(sketch_size))
+        return NumericSummary(
+            str(series.dtype),
+            0,
+            nulls,
+            math.nan,
+            math.nan,
+            math.nan,
+            0.0,
+            QuantileSketch.empty(sketch_size),
+        )
     s = np.sort(vals)
     mean = float(s.mean())
     m2 = float(np.square(s - mean).sum())
     return NumericSummary(
-        str(series.dtype), len(s), nulls, float(s[0]), float(s[-1]), mean, m2,
+        str(series.dtype),
+        len(s),
+        nulls,
+        float(s[0]),
+        float(s[-1]),
+        mean,
+        m2,
         QuantileSketch.from_sorted(s, sketch_size),
     )
 
@@ -378,7 +431,9 @@ def category_counts(series: pl.Series) -> tuple[dict[str, int], int]:
 def _categorical_summary(series: pl.Series, cap: int) -> CategoricalSummary:
     counts, nulls = category_counts(series)
     cats, kept, folded = _cap_counts(counts, cap)
-    return CategoricalSummary(str(series.dtype), int(sum(counts.values())), nulls, cats, kept, folded, cap)
+    return CategoricalSummary(
+        str(series.dtype), int(sum(counts.values())), nulls, cats, kept, folded, cap
+    )
 
 
 def build_profile(
@@ -488,24 +543,42 @@ def _to_file(p: ReferenceProfile) -> _ProfileFile:
     for name, s in p.columns.items():
         if isinstance(s, NumericSummary):
             cols[name] = _NumericFile(
-                s.dtype, s.count, s.null_count, _nan_to_none(s.min), _nan_to_none(s.max),
-                _nan_to_none(s.mean), s.m2, _SketchFile(**s.sketch.to_dict()),
+                s.dtype,
+                s.count,
+                s.null_count,
+                _nan_to_none(s.min),
+                _nan_to_none(s.max),
+                _nan_to_none(s.mean),
+                s.m2,
+                _SketchFile(**s.sketch.to_dict()),
                 [float(e) for e in s.bin_edges(p.options.n_bins)],
             )
         else:
             cols[name] = _CategoricalFile(
-                s.dtype, s.count, s.null_count, list(s.categories), [int(c) for c in s.counts],
-                s.other_count, s.max_categories,
+                s.dtype,
+                s.count,
+                s.null_count,
+                list(s.categories),
+                [int(c) for c in s.counts],
+                s.other_count,
+                s.max_categories,
             )
     joint = None
     if p.joint_sample is not None:
         js = p.joint_sample
-        joint = _JointFile(list(js.columns), int(js.values.shape[0]), js.population, _encode(js.values.ravel()))
+        joint = _JointFile(
+            list(js.columns), int(js.values.shape[0]), js.population, _encode(js.values.ravel())
+        )
     o = p.options
     return _ProfileFile(
-        PROFILE_FORMAT, PROFILE_VERSION, p.row_count,
+        PROFILE_FORMAT,
+        PROFILE_VERSION,
+        p.row_count,
         _OptionsFile(o.sketch_size, o.max_categories, o.n_bins, o.joint_sample_size),
-        cols, joint, dict(p.metadata), p.created_at,
+        cols,
+        joint,
+        dict(p.metadata),
+        p.created_at,
     )
 
 
@@ -522,18 +595,33 @@ def _from_file(f: _ProfileFile) -> ReferenceProfile:
         cols: dict[str, ColumnSummary] = {}
         for name, c in f.columns.items():
             if isinstance(c, _NumericFile):
-                sk = QuantileSketch.from_dict(msgspec.structs.asdict(c.sketch), f"columns.{name}.sketch")
+                sk = QuantileSketch.from_dict(
+                    msgspec.structs.asdict(c.sketch), f"columns.{name}.sketch"
+                )
                 if abs(sk.total - c.count) > 1e-6 * max(1, c.count):
-                    raise ProfileFormatError(f"columns.{name}: sketch weight {sk.total} != count {c.count}")
+                    raise ProfileFormatError(
+                        f"columns.{name}: sketch weight {sk.total} != count {c.count}"
+                    )
                 nan = math.nan
                 cols[name] = NumericSummary(
-                    c.dtype, c.count, c.null_count, nan if c.min is None else c.min,
-                    nan if c.max is None else c.max, nan if c.mean is None else c.mean, c.m2, sk,
+                    c.dtype,
+                    c.count,
+                    c.null_count,
+                    nan if c.min is None else c.min,
+                    nan if c.max is None else c.max,
+                    nan if c.mean is None else c.mean,
+                    c.m2,
+                    sk,
                 )
             else:
                 cols[name] = CategoricalSummary(
-                    c.dtype, c.count, c.null_count, tuple(c.categories),
-                    np.array(c.counts, dtype=np.int64), c.other_count, c.max_categories,
+                    c.dtype,
+                    c.count,
+                    c.null_count,
+                    tuple(c.categories),
+                    np.array(c.counts, dtype=np.int64),
+                    c.other_count,
+                    c.max_categories,
                 )
         joint = None
         if f.joint_sample is not None:
@@ -541,7 +629,9 @@ def _from_file(f: _ProfileFile) -> ReferenceProfile:
             flat = _decode(j.values, "joint_sample.values")
             if len(flat) != j.rows * len(j.columns):
                 raise ProfileFormatError("joint_sample.values has the wrong number of values")
-            joint = JointSample(tuple(j.columns), flat.reshape(j.rows, len(j.columns)), j.population)
+            joint = JointSample(
+                tuple(j.columns), flat.reshape(j.rows, len(j.columns)), j.population
+            )
     except ProfileFormatError:
         raise
     except InvalidInputError as exc:
@@ -549,11 +639,18 @@ def _from_file(f: _ProfileFile) -> ReferenceProfile:
     return ReferenceProfile(cols, f.row_count, opts, joint, dict(f.metadata), f.created_at)
 
 
-def summarise_column(series: pl.Series, kind: str, options: ProfileOptions) -> ColumnSummary:
+def summarise_column(
+    series: pl.Series,
+    kind: str,
+    options: ProfileOptions,
+    *,
+    sketch_size: int | None = None,
+    max_categories: int | None = None,
+) -> ColumnSummary:
     """Summary of one column (used for current windows in the streaming monitor)."""
     if kind == "numeric":
-        return _numeric_summary(series, options.sketch_size)
-    return _categorical_summary(series, options.max_categories)
+        return _numeric_summary(series, sketch_size or options.sketch_size)
+    return _categorical_summary(series, max_categories or options.max_categories)
 
 
 __all__ = [

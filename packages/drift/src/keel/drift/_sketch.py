@@ -48,7 +48,9 @@ def _decode(text: str, what: str) -> FloatArray:
     except (ValueError, UnicodeEncodeError) as exc:
         raise ProfileFormatError(f"{what}: not valid base64 ({exc})") from exc
     if len(raw) % 8:
-        raise ProfileFormatError(f"{what}: {len(raw)} bytes is not a whole number of float64 values")
+        raise ProfileFormatError(
+            f"{what}: {len(raw)} bytes is not a whole number of float64 values"
+        )
     return np.frombuffer(raw, dtype="<f8").astype(np.float64)
 
 
@@ -67,7 +69,9 @@ class QuantileSketch:
         if self.values.shape != self.weights.shape or self.values.ndim != 1:
             raise InvalidInputError("sketch values and weights must be 1-D arrays of equal length")
         if len(self.values) > self.max_size:
-            raise InvalidInputError(f"sketch holds {len(self.values)} points > max_size {self.max_size}")
+            raise InvalidInputError(
+                f"sketch holds {len(self.values)} points > max_size {self.max_size}"
+            )
         if len(self.values) and (
             not np.all(np.isfinite(self.values))
             or np.any(np.diff(self.values) <= 0)
@@ -82,7 +86,9 @@ class QuantileSketch:
 
     # -- construction -----------------------------------------------------------------
     @classmethod
-    def _trusted(cls, values: FloatArray, weights: FloatArray, rank_error: float, max_size: int) -> QuantileSketch:
+    def _trusted(
+        cls, values: FloatArray, weights: FloatArray, rank_error: float, max_size: int
+    ) -> QuantileSketch:
         """Construct without the O(n) validation (internal: inputs known to be valid)."""
         obj = object.__new__(cls)
         object.__setattr__(obj, "values", values)
@@ -101,7 +107,9 @@ class QuantileSketch:
         return cls(np.empty(0), np.empty(0), 0.0, max_size)
 
     @classmethod
-    def from_values(cls, values: NDArray[Any], max_size: int = DEFAULT_SKETCH_SIZE) -> QuantileSketch:
+    def from_values(
+        cls, values: NDArray[Any], max_size: int = DEFAULT_SKETCH_SIZE
+    ) -> QuantileSketch:
         """Sketch of finite values (any order). Raises on NaN/inf: drop them first."""
         arr = np.asarray(values, dtype=np.float64)
         if arr.ndim != 1:
@@ -111,7 +119,9 @@ class QuantileSketch:
         return cls.from_sorted(np.sort(arr), max_size)
 
     @classmethod
-    def from_sorted(cls, sorted_values: FloatArray, max_size: int = DEFAULT_SKETCH_SIZE) -> QuantileSketch:
+    def from_sorted(
+        cls, sorted_values: FloatArray, max_size: int = DEFAULT_SKETCH_SIZE
+    ) -> QuantileSketch:
         """Sketch of already sorted finite float64 values (not re-checked: internal fast path)."""
         if max_size < 2:
             raise InvalidInputError(f"sketch max_size must be >= 2, got {max_size}")
@@ -149,7 +159,10 @@ class QuantileSketch:
         if not len(self.values):
             raise InvalidInputError("cdf of an empty sketch")
         cum = self.cumulative()
-        return cum[np.searchsorted(self.values, np.asarray(x, dtype=np.float64), side="right")] / cum[-1]
+        return (
+            cum[np.searchsorted(self.values, np.asarray(x, dtype=np.float64), side="right")]
+            / cum[-1]
+        )
 
     def quantile(self, q: NDArray[Any] | float) -> FloatArray:
         """Smallest sketch value v with ``F̂(v) >= q``."""
@@ -164,7 +177,11 @@ class QuantileSketch:
         """Sketch of the union of both inputs (see the module docstring for the error)."""
         size = min(self.max_size, other.max_size)
         if not len(other.values):
-            return self if len(self.values) <= size else _compact(self.values, self.weights, self.rank_error, size)
+            return (
+                self
+                if len(self.values) <= size
+                else _compact(self.values, self.weights, self.rank_error, size)
+            )
         if not len(self.values):
             return other.merge(self)
         values = np.concatenate([self.values, other.values])

@@ -67,7 +67,9 @@ class SortedSample:
     rank_error: float = 0.0
 
     @classmethod
-    def from_sorted(cls, values: FloatArray, weights: FloatArray | None = None, rank_error: float = 0.0) -> SortedSample:
+    def from_sorted(
+        cls, values: FloatArray, weights: FloatArray | None = None, rank_error: float = 0.0
+    ) -> SortedSample:
         n = len(values)
         if not n:
             raise InvalidInputError("cannot compare an empty distribution")
@@ -202,7 +204,9 @@ def wasserstein(ref: QuantileSketch, cur: QuantileSketch) -> float:
     return ks_and_wasserstein(ref, SortedSample.of_sketch(cur))[1]
 
 
-def psi(ref_props: NDArray[np.float64], cur_props: NDArray[np.float64], eps: float = PSI_EPS) -> float:
+def psi(
+    ref_props: NDArray[np.float64], cur_props: NDArray[np.float64], eps: float = PSI_EPS
+) -> float:
     """Population stability index of two proportion vectors over the same bins."""
     r = np.maximum(np.asarray(ref_props, dtype=np.float64), eps)
     c = np.maximum(np.asarray(cur_props, dtype=np.float64), eps)
@@ -230,7 +234,9 @@ def chi2_homogeneity(
     """Chi-squared test of homogeneity of two count vectors: ``(statistic, dof, p_value)``."""
     from scipy.special import chdtrc
 
-    table = np.vstack([np.asarray(ref_counts, dtype=np.float64), np.asarray(cur_counts, dtype=np.float64)])
+    table = np.vstack(
+        [np.asarray(ref_counts, dtype=np.float64), np.asarray(cur_counts, dtype=np.float64)]
+    )
     table = table[:, table.sum(axis=0) > 0]
     rows = table.sum(axis=1)
     if table.shape[1] < 2 or np.any(rows == 0):

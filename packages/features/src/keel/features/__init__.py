@@ -2,6 +2,9 @@
 
 - Definitions: :class:`Entity`, :class:`FeatureView`, :class:`Aggregation`, :class:`Transform`,
   sources :class:`EventSource` / :class:`TableSource`, a code-first :class:`Registry`.
+- Streaming engine: :class:`StreamingEngine` (bucketed, bounded state; exact at bucket bounds).
+- Stores: online :class:`SQLiteOnlineStore` / :class:`RedisOnlineStore` (conditional on event
+  time), :class:`OfflineStore` (Parquet by date), state snapshots (SQLite, Redis, memory).
 - Batch engine (Polars, lazy, vectorised): :func:`compute_at`, :func:`backfill`, :func:`latest`,
   and point-in-time-correct :func:`training_set`.
 
@@ -29,24 +32,70 @@ from keel.features._errors import (
     NotFoundError,
     UnavailableError,
 )
+from keel.features._stores import (
+    MemoryStateStore,
+    OfflineStore,
+    OnlineRow,
+    OnlineStore,
+    RedisOnlineStore,
+    RedisStateStore,
+    SQLiteOnlineStore,
+    SQLiteStateStore,
+    StateStore,
+    keel_home,
+    open_online_store,
+)
+from keel.features._streaming import (
+    DeadLetter,
+    IngestReport,
+    StreamingEngine,
+    entity_key,
+    events_to_frame,
+)
+from keel.features._worker import (
+    FeatureWorker,
+    event_log_dataset,
+    event_log_to_frame,
+    namespace,
+)
 
 __all__ = [
+    "namespace",
+    "event_log_to_frame",
+    "event_log_dataset",
+    "FeatureWorker",
+    "open_online_store",
+    "keel_home",
+    "StateStore",
+    "SQLiteStateStore",
+    "SQLiteOnlineStore",
+    "RedisStateStore",
+    "RedisOnlineStore",
+    "OnlineStore",
+    "OnlineRow",
+    "OfflineStore",
+    "MemoryStateStore",
     "AGG_FUNCTIONS",
     "Aggregation",
     "ConflictError",
+    "DeadLetter",
     "Entity",
     "EventSource",
     "FeatureView",
     "FeaturesError",
+    "IngestReport",
     "InvalidDefinitionError",
     "InvalidInputError",
     "NotFoundError",
     "Registry",
+    "StreamingEngine",
     "TableSource",
     "Transform",
     "UnavailableError",
     "backfill",
     "compute_at",
+    "entity_key",
+    "events_to_frame",
     "latest",
     "registry_from_objects",
     "training_set",

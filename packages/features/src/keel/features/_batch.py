@@ -167,9 +167,15 @@ def _finalize(view: FeatureView, lasts: Sequence[str]) -> list[pl.Expr]:
             e = p("dc").fill_null(0).cast(pl.Int64)
         else:  # last
             assert c is not None
-            e = pl.when(pl.col(_lt(c)) > pl.col(T) - w).then(pl.col(_lv(c))).cast(FIELD_TYPES[types[c]])
+            e = (
+                pl.when(pl.col(_lt(c)) > pl.col(T) - w)
+                .then(pl.col(_lv(c)))
+                .cast(FIELD_TYPES[types[c]])
+            )
         if view.ttl is not None:
-            stale = pl.col(LAST_ANY).is_null() | (pl.col(T) - pl.col(LAST_ANY) > duration_us(view.ttl))
+            stale = pl.col(LAST_ANY).is_null() | (
+                pl.col(T) - pl.col(LAST_ANY) > duration_us(view.ttl)
+            )
             e = pl.when(~stale).then(e)
         out.append(e.alias(agg.name))
     return out
@@ -190,23 +196,31 @@ def _union_partials(
 ) -> pl.DataFrame:
     """Partials at each query row from ``events`` (all visible at their own event time)."""
     keys = list(view.join_keys)
-    ev = events.lazy().select([*keys, ET, *[c for c in _value_cols(parts, lasts)]]).with_columns(
-        pl.lit(False).alias(Q), pl.lit(None, pl.UInt32).alias(QID), pl.lit(1, pl.Int64).alias(ONE)
+    ev = (
+        events.lazy()
+        .select([*keys, ET, *[c for c in _value_cols(parts, lasts)]])
+        .with_columns(
+            pl.lit(False).alias(Q),
+            pl.lit(None, pl.UInt32).alias(QID),
+            pl.lit(1, pl.Int64).alias(ONE),
+        )
     )
-    q = queries.lazy().select([*keys, pl.col(T).alias(ET), QID]).with_columns(
-        pl.lit(True).alias(Q), pl.lit(0, pl.Int64).alias(ONE)
+    q = (
+        queries.lazy()
+        .select([*keys, pl.col(T).alias(ET), QID])
+        .with_columns(pl.lit(True).alias(Q), pl.lit(0, pl.Int64).alias(ONE))
     )
     union = pl.concat([ev, q], how="diagonal_relaxed").sort([*keys, ET, Q])
     cols = _rolling_exprs(view, parts, lasts)
     if view.ttl is not None:
-        cols.append(
-            pl.when(~pl.col(Q)).then(pl.col(ET)).forward_fill().over(keys).alias(LAST_ANY)
-        )
+        cols.append(pl.when(~pl.col(Q)).then(pl.col(ET)).forward_fill().over(keys).alias(LAST_ANY))
     return (
         union.with_columns(cols)
         .filter(pl.col(Q))
-        .select([QID, *[p.name for p in parts], *[f(c) for c in lasts for f in (_lv, _lt)]]
-                + ([LAST_ANY] if view.ttl is not None else []))
+        .select(
+            [QID, *[p.name for p in parts], *[f(c) for c in lasts for f in (_lv, _lt)]]
+            + ([LAST_ANY] if view.ttl is not None else [])
+        )
         .collect()
     )
 
@@ -236,7 +250,9 @@ def _late_partials(
         queries.lazy()
         .select([*keys, T, QID])
         .join(late.lazy(), on=keys, how="inner")
-        .filter((pl.col(ET) <= pl.col(T)) & (pl.col(RT) <= pl.col(T)) & (pl.col(ET) > pl.col(T) - span))
+        .filter(
+            (pl.col(ET) <= pl.col(T)) & (pl.col(RT) <= pl.col(T)) & (pl.col(ET) > pl.col(T) - span)
+        )
         .sort([QID, ET])
     )
     aggs: list[pl.Expr] = []
@@ -287,19 +303,32 @@ def _late_partials(
             )
             seen = ontime.select([*keys, c, ET]).drop_nulls(c).sort(ET)
             matched = pairs.join_asof(
-                seen, left_on=T, right_on=ET, by=[*keys, c], strategy="backward", check_sortedness=False
+                seen,
+                left_on=T,
+                right_on=ET,
+                by=[*keys, c],
+                strategy="backward",
+                check_sortedness=False,
             )
             new = (
                 matched.filter(pl.col(ET).is_null() | (pl.col(ET) <= pl.col(T) - p.window_us))
                 .group_by(QID)
                 .agg(pl.len().cast(pl.Int64).alias(p.name))
             )
-            agg = agg.drop(p.name).join(new, on=QID, how="left").with_columns(pl.col(p.name).fill_null(0))
+            agg = (
+                agg.drop(p.name)
+                .join(new, on=QID, how="left")
+                .with_columns(pl.col(p.name).fill_null(0))
+            )
     return agg.drop([*keys, T])
 
 
 def _merge(
-    base: pl.DataFrame, late: pl.DataFrame, view: FeatureView, parts: list[_Partial], lasts: list[str]
+    base: pl.DataFrame,
+    late: pl.DataFrame,
+    view: FeatureView,
+    parts: list[_Partial],
+    lasts: list[str],
 ) -> pl.DataFrame:
     if late.height == 0:
         return base
@@ -322,7 +351,9 @@ def _merge(
         exprs.append(pl.when(take_late).then(lv).otherwise(ov).alias(_lv(c)))
         exprs.append(pl.when(take_late).then(lt).otherwise(ot).alias(_lt(c)))
     if view.ttl is not None:
-        exprs.append(pl.max_horizontal(pl.col(LAST_ANY), pl.col(f"{LAST_ANY}__late")).alias(LAST_ANY))
+        exprs.append(
+            pl.max_horizontal(pl.col(LAST_ANY), pl.col(f"{LAST_ANY}__late")).alias(LAST_ANY)
+        )
     return merged.with_columns(exprs).select(base.columns)
 
 
@@ -364,7 +395,9 @@ def _partials_at(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> 
         late = prepared.filter(rt > pl.col(ET)).with_columns(rt.alias(RT))
         base = _union_partials(view, ontime, q, parts, lasts)
         if late.height:
-            base = _merge(base, _late_partials(view, late, ontime, q, parts, lasts), view, parts, lasts)
+            base = _merge(
+                base, _late_partials(view, late, ontime, q, parts, lasts), view, parts, lasts
+            )
     return base.sort(QID).join(q.select([QID, T]), on=QID, how="left", maintain_order="left")
 
 
@@ -404,7 +437,9 @@ def backfill(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataF
     prepared = _prepared(view, events)
     keys = list(view.join_keys)
     parts, lasts = _partials(view)
-    out_time = pl.from_epoch(pl.col(T), time_unit="us").dt.replace_time_zone("UTC").alias(view.event_time)
+    out_time = (
+        pl.from_epoch(pl.col(T), time_unit="us").dt.replace_time_zone("UTC").alias(view.event_time)
+    )
     if view.record_time is None:
         lf = prepared.lazy().sort([*keys, ET]).with_columns(pl.lit(1, pl.Int64).alias(ONE))
         cols = _rolling_exprs(view, parts, lasts)
@@ -435,9 +470,15 @@ def latest(view: FeatureView, events: pl.DataFrame | pl.LazyFrame, at: datetime)
 def prepared_to_events(view: FeatureView, prepared: pl.DataFrame) -> pl.DataFrame:
     """Turn a prepared frame back into the view's input shape (used to re-enter the engine)."""
     cols: list[pl.Expr] = [pl.col(k) for k in view.join_keys]
-    cols.append(pl.from_epoch(pl.col(ET), time_unit="us").dt.replace_time_zone("UTC").alias(view.event_time))
+    cols.append(
+        pl.from_epoch(pl.col(ET), time_unit="us").dt.replace_time_zone("UTC").alias(view.event_time)
+    )
     if view.record_time is not None:
-        cols.append(pl.from_epoch(pl.col(RT), time_unit="us").dt.replace_time_zone("UTC").alias(view.record_time))
+        cols.append(
+            pl.from_epoch(pl.col(RT), time_unit="us")
+            .dt.replace_time_zone("UTC")
+            .alias(view.record_time)
+        )
     if view.id_column is not None:
         cols.append(pl.col("__id").alias(view.id_column))
     cols.extend(pl.col(c) for c in view.fields)

@@ -80,7 +80,12 @@ def duration_us(value: timedelta) -> int:
 def window_label(window: timedelta) -> str:
     """A short human label for a window: 600s -> '10m', 86400s -> '1d'."""
     us = duration_us(window)
-    for unit, size in (("d", 86_400_000_000), ("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000)):
+    for unit, size in (
+        ("d", 86_400_000_000),
+        ("h", 3_600_000_000),
+        ("m", 60_000_000),
+        ("s", 1_000_000),
+    ):
         if us % size == 0:
             return f"{us // size}{unit}"
     return f"{us}us"
@@ -178,7 +183,9 @@ class Transform:
     def __post_init__(self) -> None:
         _check_name("transform", self.name)
         if not isinstance(self.expr, pl.Expr):
-            raise InvalidDefinitionError(f"transform {self.name!r}: expr must be a polars expression")
+            raise InvalidDefinitionError(
+                f"transform {self.name!r}: expr must be a polars expression"
+            )
         if self.dtype not in FIELD_TYPES:
             raise InvalidDefinitionError(
                 f"transform {self.name!r}: dtype {self.dtype!r} is not one of {sorted(FIELD_TYPES)}"
@@ -231,7 +238,9 @@ class FeatureView:
         if len(set(keys)) != len(keys):
             raise InvalidDefinitionError(f"view {self.name!r}: entities share a join key: {keys}")
         if not isinstance(self.fields, Mapping):
-            raise InvalidDefinitionError(f"view {self.name!r}: fields must be a mapping column -> type")
+            raise InvalidDefinitionError(
+                f"view {self.name!r}: fields must be a mapping column -> type"
+            )
         flds = dict(self.fields)
         for col, typ in flds.items():
             _check_name(f"view {self.name!r} field", col)
@@ -250,15 +259,21 @@ class FeatureView:
                 f"view {self.name!r}: {sorted(clash)} are key/time/id columns and cannot also be fields"
             )
         if self.record_time is not None and self.record_time == self.event_time:
-            raise InvalidDefinitionError(f"view {self.name!r}: record_time must differ from event_time")
+            raise InvalidDefinitionError(
+                f"view {self.name!r}: record_time must differ from event_time"
+            )
         trs = tuple(self.transforms)
         object.__setattr__(self, "transforms", trs)
         types = dict(flds)
         for tr in trs:
             if not isinstance(tr, Transform):
-                raise InvalidDefinitionError(f"view {self.name!r}: transforms must be Transform objects")
+                raise InvalidDefinitionError(
+                    f"view {self.name!r}: transforms must be Transform objects"
+                )
             if tr.name in types or tr.name in reserved:
-                raise InvalidDefinitionError(f"view {self.name!r}: transform {tr.name!r} shadows a column")
+                raise InvalidDefinitionError(
+                    f"view {self.name!r}: transform {tr.name!r} shadows a column"
+                )
             missing = set(tr.expr.meta.root_names()) - set(types)
             if missing:
                 raise InvalidDefinitionError(
@@ -272,9 +287,13 @@ class FeatureView:
         names: set[str] = set()
         for agg in feats:
             if not isinstance(agg, Aggregation):
-                raise InvalidDefinitionError(f"view {self.name!r}: features must be Aggregation objects")
+                raise InvalidDefinitionError(
+                    f"view {self.name!r}: features must be Aggregation objects"
+                )
             if agg.name in names:
-                raise InvalidDefinitionError(f"view {self.name!r}: duplicate feature name {agg.name!r}")
+                raise InvalidDefinitionError(
+                    f"view {self.name!r}: duplicate feature name {agg.name!r}"
+                )
             names.add(agg.name)
             if agg.column is not None:
                 if agg.column not in types:
@@ -332,7 +351,11 @@ class FeatureView:
         """The definition as canonical JSON-able data (what ``version`` hashes)."""
         src: dict[str, Any]
         if isinstance(self.source, EventSource):
-            src = {"kind": "event", "event_type": self.source.event_type, "stream": self.source.stream}
+            src = {
+                "kind": "event",
+                "event_type": self.source.event_type,
+                "stream": self.source.stream,
+            }
         else:
             src = {"kind": "table", "dataset": self.source.dataset}
         return {
@@ -345,7 +368,12 @@ class FeatureView:
             "id_column": self.id_column,
             "transforms": [t.canonical() for t in self.transforms],
             "features": [
-                {"name": a.name, "function": a.function, "column": a.column, "window_us": duration_us(a.window)}
+                {
+                    "name": a.name,
+                    "function": a.function,
+                    "column": a.column,
+                    "window_us": duration_us(a.window),
+                }
                 for a in self.features
             ],
             "ttl_us": duration_us(self.ttl) if self.ttl is not None else None,
@@ -380,7 +408,9 @@ class Registry:
 
     def register(self, view: FeatureView) -> FeatureView:
         if not isinstance(view, FeatureView):
-            raise InvalidDefinitionError(f"only FeatureView objects can be registered, got {view!r}")
+            raise InvalidDefinitionError(
+                f"only FeatureView objects can be registered, got {view!r}"
+            )
         existing = self._views.get(view.name)
         if existing is not None and existing.version != view.version:
             raise ConflictError(

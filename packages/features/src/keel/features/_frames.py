@@ -60,10 +60,14 @@ def from_us(us: int) -> datetime:
 def time_to_us_expr(frame_schema: pl.Schema, column: str, what: str) -> pl.Expr:
     """Expression turning a timezone-aware datetime column into epoch microseconds (Int64)."""
     if column not in frame_schema:
-        raise InvalidInputError(f"{what} column {column!r} is missing (columns: {list(frame_schema)})")
+        raise InvalidInputError(
+            f"{what} column {column!r} is missing (columns: {list(frame_schema)})"
+        )
     dtype = frame_schema[column]
     if not isinstance(dtype, pl.Datetime):
-        raise InvalidInputError(f"{what} column {column!r} must be a timezone-aware Datetime, got {dtype}")
+        raise InvalidInputError(
+            f"{what} column {column!r} must be a timezone-aware Datetime, got {dtype}"
+        )
     if dtype.time_zone is None:
         raise InvalidInputError(
             f"{what} column {column!r} is timezone-naive ({dtype}); convert it with "
@@ -90,7 +94,9 @@ def prepare(view: FeatureView, frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFra
     """
     lf = frame.lazy() if isinstance(frame, pl.DataFrame) else frame
     if not isinstance(lf, pl.LazyFrame):
-        raise InvalidInputError(f"expected a polars DataFrame or LazyFrame, got {type(frame).__name__}")
+        raise InvalidInputError(
+            f"expected a polars DataFrame or LazyFrame, got {type(frame).__name__}"
+        )
     schema = lf.collect_schema()
     missing = [c for c in (*view.join_keys, *view.fields) if c not in schema]
     if missing:
@@ -98,9 +104,13 @@ def prepare(view: FeatureView, frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFra
             f"view {view.name!r}: input is missing columns {missing} (has {list(schema)})"
         )
     exprs: list[pl.Expr] = [pl.col(k) for k in view.join_keys]
-    exprs.append(time_to_us_expr(schema, view.event_time, f"view {view.name!r} event-time").alias(ET))
+    exprs.append(
+        time_to_us_expr(schema, view.event_time, f"view {view.name!r} event-time").alias(ET)
+    )
     if view.record_time is not None:
-        exprs.append(time_to_us_expr(schema, view.record_time, f"view {view.name!r} record-time").alias(RT))
+        exprs.append(
+            time_to_us_expr(schema, view.record_time, f"view {view.name!r} record-time").alias(RT)
+        )
     if view.id_column is not None:
         if view.id_column not in schema:
             raise InvalidInputError(f"view {view.name!r}: id column {view.id_column!r} is missing")
@@ -115,7 +125,11 @@ def prepare(view: FeatureView, frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFra
     out = lf.select(exprs)
     for tr in view.transforms:
         out = out.with_columns(tr.expr.cast(FIELD_TYPES[tr.dtype]).alias(tr.name))
-    needed = [*view.join_keys, ET] + ([RT] if view.record_time else []) + ([ID] if view.id_column else [])
+    needed = (
+        [*view.join_keys, ET]
+        + ([RT] if view.record_time else [])
+        + ([ID] if view.id_column else [])
+    )
     return out.select([*needed, *value_columns(view)])
 
 

@@ -108,8 +108,12 @@ class StreamingEngine:
         self.ring = self._span_b + -(-self._lateness // self._b) + 2
         self._parts, self._lasts = _partials(view)
         types = view.column_types
-        self._num_cols = sorted({p.column for p in self._parts if p.column is not None and p.kind != "dc"})
-        self._dc_cols = sorted({p.column for p in self._parts if p.kind == "dc" and p.column is not None})
+        self._num_cols = sorted(
+            {p.column for p in self._parts if p.column is not None and p.kind != "dc"}
+        )
+        self._dc_cols = sorted(
+            {p.column for p in self._parts if p.kind == "dc" and p.column is not None}
+        )
         self._last_obj = {c for c in self._lasts if types[c] == "str"}
         self._types = types
         self._keys: list[str] = []
@@ -126,7 +130,11 @@ class StreamingEngine:
     # -- state arrays -------------------------------------------------------------
     def _specs(self) -> dict[str, tuple[Any, Any]]:
         """name -> (dtype, identity value) for every state array."""
-        s: dict[str, tuple[Any, Any]] = {"bucket": (np.int64, _MIN), "n": (np.int64, 0), "any_t": (np.int64, _MIN)}
+        s: dict[str, tuple[Any, Any]] = {
+            "bucket": (np.int64, _MIN),
+            "n": (np.int64, 0),
+            "any_t": (np.int64, _MIN),
+        }
         for c in self._num_cols:
             s[f"nn:{c}"] = (np.int64, 0)
             s[f"sum:{c}"] = (np.float64, 0.0)
@@ -159,6 +167,14 @@ class StreamingEngine:
     def state_cells(self) -> int:
         """Number of (entity, bucket slot) cells held: entities x ring size, independent of events."""
         return len(self._keys) * self.ring
+
+    @property
+    def earliest_query_time(self) -> datetime | None:
+        """The earliest bucket boundary :meth:`values_at` can still answer exactly."""
+        if self._max_et == _MIN:
+            return None
+        oldest_intact = (self._max_et - 1) // self._b - self.ring + 1
+        return from_us((oldest_intact + self._span_b) * self._b)
 
     @property
     def watermark(self) -> datetime | None:
@@ -207,13 +223,14 @@ class StreamingEngine:
                 )
             self.counters[reason] += int(mask.sum())
         self.counters["duplicates"] += report.duplicates
+        if ids is not None:  # late events count as handled too: a redelivery is a duplicate
+            for i in np.flatnonzero(ok | late):
+                self._seen[ids[i]] = int(et[i])
         if not ok.any():
             return report
         self._max_et = max(self._max_et, int(cm[-1]))
         sel = np.flatnonzero(ok)
         if ids is not None:
-            for i in sel:
-                self._seen[ids[i]] = int(et[i])
             self._prune_seen()
         sub = df[sel]
         self._apply(sub, [keys[i] for i in sel], et[sel])
@@ -226,7 +243,11 @@ class StreamingEngine:
         ks = self.view.join_keys
         if len(ks) == 1:
             return df[ks[0]].cast(pl.String).to_list()
-        return df.select(pl.concat_str([pl.col(k).cast(pl.String) for k in ks], separator=_KEY_SEP)).to_series().to_list()
+        return (
+            df.select(pl.concat_str([pl.col(k).cast(pl.String) for k in ks], separator=_KEY_SEP))
+            .to_series()
+            .to_list()
+        )
 
     def _prune_seen(self) -> None:
         if len(self._seen) < 2 * self._seen_pruned_at + 1024:
@@ -291,7 +312,9 @@ class StreamingEngine:
                 else:
                     cur.add(x)
 
-    def _apply_last(self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray, et: np.ndarray) -> None:
+    def _apply_last(
+        self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray, et: np.ndarray
+    ) -> None:
         A = self._arrays
         nn = col.is_not_null().to_numpy()
         if not nn.any():
@@ -367,7 +390,7 @@ class StreamingEngine:
         def window_mask(w_us: int) -> np.ndarray:
             if w_us not in in_w:
                 wb = w_us // self._b
-                in_w[w_us] = (B >= mm - wb) & (B <= mm - 1) & known[:, None]
+                in_w[w_us] = (mm - wb <= B) & (mm - 1 >= B) & known[:, None]
             return in_w[w_us]
 
         def masked_sum(name: str, mask: np.ndarray) -> np.ndarray:
@@ -375,7 +398,7 @@ class StreamingEngine:
 
         stale = None
         if self.view.ttl is not None:
-            upto = (B <= mm - 1) & known[:, None]
+            upto = (mm - 1 >= B) & known[:, None]
             any_t = np.where(upto, A["any_t"][rows], _MIN).max(axis=1)
             t_us = m * self._b
             stale = (any_t == _MIN) | (t_us - any_t > duration_us(self.view.ttl))
@@ -395,14 +418,20 @@ class StreamingEngine:
                 nn = masked_sum(f"nn:{c}", mask)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     mean = s / nn
-                vals = [None if k == 0 else float(x) for x, k in zip(mean.tolist(), nn.tolist(), strict=True)]
+                vals = [
+                    None if k == 0 else float(x)
+                    for x, k in zip(mean.tolist(), nn.tolist(), strict=True)
+                ]
             elif fn == "std":
                 s = masked_sum(f"sum:{c}", mask)
                 ss = masked_sum(f"sumsq:{c}", mask)
                 nn = masked_sum(f"nn:{c}", mask).astype(np.float64)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     var = (ss - s * s / nn) / (nn - 1)
-                vals = [None if k < 2 else math.sqrt(max(0.0, x)) for x, k in zip(var.tolist(), nn.tolist(), strict=True)]
+                vals = [
+                    None if k < 2 else math.sqrt(max(0.0, x))
+                    for x, k in zip(var.tolist(), nn.tolist(), strict=True)
+                ]
             elif fn == "min":
                 mn = np.where(mask, A[f"min:{c}"][rows], np.inf).min(axis=1)
                 vals = [None if x == np.inf else float(x) for x in mn.tolist()]
@@ -424,7 +453,10 @@ class StreamingEngine:
                 arg = lt.argmax(axis=1)
                 best = lt[np.arange(len(keys)), arg]
                 lv = A[f"last_v:{c}"][rows, arg]
-                vals = [None if b == _MIN else self._cast_last(c, x) for b, x in zip(best.tolist(), lv.tolist(), strict=True)]
+                vals = [
+                    None if b == _MIN else self._cast_last(c, x)
+                    for b, x in zip(best.tolist(), lv.tolist(), strict=True)
+                ]
             if stale is not None:
                 vals = [None if st else x for x, st in zip(vals, stale.tolist(), strict=True)]
             cols[agg.name] = vals
@@ -460,10 +492,14 @@ class StreamingEngine:
             if part.dtype == object:
                 if name.startswith("dc:"):
                     objects[name] = [
-                        [int(i), sorted(v, key=str)] for i, v in enumerate(part.ravel().tolist()) if v
+                        [int(i), sorted(v, key=str)]
+                        for i, v in enumerate(part.ravel().tolist())
+                        if v
                     ]
                 else:
-                    objects[name] = [[int(i), v] for i, v in enumerate(part.ravel().tolist()) if v is not None]
+                    objects[name] = [
+                        [int(i), v] for i, v in enumerate(part.ravel().tolist()) if v is not None
+                    ]
             else:
                 buf = io.BytesIO()
                 np.save(buf, np.ascontiguousarray(part), allow_pickle=False)
@@ -539,7 +575,9 @@ def _type_ok(typ: str, value: Any) -> bool:
     return isinstance(value, bool)
 
 
-def events_to_frame(view: FeatureView, events: Iterable[Any]) -> tuple[pl.DataFrame, list[DeadLetter]]:
+def events_to_frame(
+    view: FeatureView, events: Iterable[Any]
+) -> tuple[pl.DataFrame, list[DeadLetter]]:
     """Turn keel.events ``Event`` objects into the view's input frame.
 
     Each event becomes a row of its JSON payload's declared fields; ``event_time``,
@@ -570,7 +608,11 @@ def events_to_frame(view: FeatureView, events: Iterable[Any]) -> tuple[pl.DataFr
             if problems:
                 raise ValueError("; ".join(problems))
         except Exception as exc:  # translate anything the payload throws into a dead letter
-            dead.append(DeadLetter("invalid", str(exc), ev.id, ev.key, et if getattr(et, "tzinfo", None) else None))
+            dead.append(
+                DeadLetter(
+                    "invalid", str(exc), ev.id, ev.key, et if getattr(et, "tzinfo", None) else None
+                )
+            )
             continue
         for k in keys:
             v = payload.get(k, ev.key)

@@ -7,7 +7,7 @@
     c.labels(stream="orders").inc()
     srv = start_metrics_server(m.registry, host="127.0.0.1", port=0)   # srv.port, srv.stop()
 
-SLI vocabulary: ServingMetrics, FeatureMetrics, StreamMetrics, DriftMetrics,
+SLI vocabulary: ServingMetrics, FeatureMetrics, DriftMetrics,
 ModelQualityMetrics. SLOs as code: AvailabilitySLO, LatencySLO, FreshnessSLO,
 DriftSLO -> render_rules / render_dashboard / render_runbooks; Keel's own
 SLOs are PLATFORM_SLOS, rendered into ops/ by `python -m keel.telemetry.generate ops/`.
@@ -66,7 +66,6 @@ from keel.telemetry._vocabulary import (
     FeatureMetrics,
     ModelQualityMetrics,
     ServingMetrics,
-    StreamMetrics,
     metric_name,
 )
 
@@ -98,7 +97,6 @@ __all__ = [
     "ModelQualityMetrics",
     "SLOSpec",
     "ServingMetrics",
-    "StreamMetrics",
     "TelemetryError",
     "TelemetryUnavailableError",
     "configure_logging",

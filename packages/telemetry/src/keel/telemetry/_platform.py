@@ -87,13 +87,16 @@ PLATFORM_SLOS: tuple[SLOSpec, ...] = (
     DriftSLO(
         name="model-drift",
         objective=0.95,
-        description="Time during which every monitored feature of a model has PSI at most 0.2 against its training reference.",
+        description=(
+            "Time during which every monitored feature of a model has PSI at most 0.2 against its training"
+            " reference (keel.drift's keel_drift_feature_score; per model where the series carry a model label)."
+        ),
         gauge=metric_name("drift", DriftMetrics.SCORE),
-        matchers='test="psi"',
+        matchers='method="psi"',
         max_score=0.2,
         group_by=("model",),
         diagnose=(
-            'Find the drifting features: `topk(5, keel_drift_score{test="psi"})`.',
+            'Find the drifting features: `topk(5, keel_drift_feature_score{method="psi"})`.',
             "Open the drift report (JSON/HTML) of the latest window for the model and compare distributions with the reference profile.",
             "Rule out a data-quality incident upstream (a broken feature shows as sudden drift across many features).",
         ),

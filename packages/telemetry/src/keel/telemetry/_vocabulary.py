@@ -6,9 +6,11 @@ base units and labels are the same everywhere and the SLO rules
 
 - `model`, `version`: the model name and its registry version;
 - `feature_view`, `feature`: a feature view and one of its features;
-- `stream`, `consumer`: an event stream and a durable consumer;
+- `stream`, `consumer`: an event stream and a durable consumer (keel.events
+  declares the stream SLIs itself: `keel_events_published_total{stream}`,
+  `keel_events_consumer_lag_events{stream, consumer}`, ...);
 - `outcome`: one of a small closed set (see each class);
-- `test`: a drift statistic (psi, ks, chi2, js, wasserstein, ...);
+- `method`: a drift statistic (psi, ks, chi2, js, wasserstein, ...);
 - `metric`: a model-quality metric (auc, log_loss, ...).
 
 Times are seconds, sizes bytes, ratios 0..1; counters end in `_total`.
@@ -35,7 +37,6 @@ __all__ = [
     "FeatureMetrics",
     "ModelQualityMetrics",
     "ServingMetrics",
-    "StreamMetrics",
     "metric_name",
 ]
 
@@ -208,56 +209,19 @@ class FeatureMetrics:
         self.events.labels(feature_view=feature_view, outcome=outcome).inc(n)
 
 
-class StreamMetrics:
-    """Event stream SLIs (component `events` by default).
-
-    - `published_total{stream}`, `publish_latency_seconds{stream}`;
-    - `consumed_total{stream, consumer, outcome}`: outcome `ack`, `nak`, `dead_letter`;
-    - `consumer_lag_events{stream, consumer}`: events not yet acknowledged.
-    """
-
-    PUBLISHED: Final = "published_total"
-    PUBLISH_LATENCY: Final = "publish_latency_seconds"
-    CONSUMED: Final = "consumed_total"
-    LAG: Final = "consumer_lag_events"
-    OUTCOMES: Final = ("ack", "nak", "dead_letter")
-
-    def __init__(self, metrics: ComponentMetrics) -> None:
-        self.metrics = metrics
-        self.published = metrics.counter(self.PUBLISHED, "Events published.", labels=("stream",))
-        self.publish_latency = metrics.histogram(
-            self.PUBLISH_LATENCY,
-            "Publish latency (until durably stored).",
-            labels=("stream",),
-            buckets=LATENCY_BUCKETS_SECONDS,
-        )
-        self.consumed = metrics.counter(
-            self.CONSUMED,
-            "Deliveries settled, by outcome (ack, nak, dead_letter).",
-            labels=("stream", "consumer", "outcome"),
-        )
-        self.lag = metrics.gauge(
-            self.LAG, "Events not yet acknowledged by the consumer.", labels=("stream", "consumer")
-        )
-
-    def count_consumed(
-        self, stream: str, consumer: str, n: int = 1, *, outcome: str = "ack"
-    ) -> None:
-        _check_outcome(outcome, self.OUTCOMES)
-        self.consumed.labels(stream=stream, consumer=consumer, outcome=outcome).inc(n)
-
-
 class DriftMetrics:
     """Drift monitoring SLIs (component `drift` by default).
 
-    - `score{model, feature, test}`: the latest drift statistic for a feature
-      (unitless; `test` is psi, ks, chi2, js, wasserstein, multivariate, ...);
+    - `feature_score{model, feature, method}`: the latest drift statistic for a
+      feature (unitless; `method` is psi, ks, chi2, js, wasserstein, ...); the
+      same name and labels keel.drift exposes (it may leave `model` to the
+      scrape target's labels);
     - `detected{model, feature}`: 1 while the drift policy says drifted, else 0;
     - `windows_evaluated_total{model}`: monitoring windows evaluated;
     - `detections_total{model}`: windows that raised drift.detected.
     """
 
-    SCORE: Final = "score"
+    SCORE: Final = "feature_score"
     DETECTED: Final = "detected"
     WINDOWS: Final = "windows_evaluated_total"
     DETECTIONS: Final = "detections_total"
@@ -266,8 +230,8 @@ class DriftMetrics:
         self.metrics = metrics
         self.score = metrics.gauge(
             self.SCORE,
-            "Latest drift statistic per feature and test (unitless).",
-            labels=("model", "feature", "test"),
+            "Latest drift statistic per feature and method (unitless).",
+            labels=("model", "feature", "method"),
         )
         self.detected = metrics.gauge(
             self.DETECTED,
@@ -284,12 +248,12 @@ class DriftMetrics:
     def record_window(
         self, model: str, scores: dict[tuple[str, str], float], drifted: Sequence[str] = ()
     ) -> None:
-        """Record one evaluated window: `scores[(feature, test)] = value`, `drifted`
+        """Record one evaluated window: `scores[(feature, method)] = value`, `drifted`
         lists the features the policy flagged."""
         drifted_set = set(drifted)
         features = {feature for feature, _ in scores} | drifted_set
-        for (feature, test), value in scores.items():
-            self.score.labels(model=model, feature=feature, test=test).set(value)
+        for (feature, method), value in scores.items():
+            self.score.labels(model=model, feature=feature, method=method).set(value)
         for feature in features:
             self.detected.labels(model=model, feature=feature).set(
                 1 if feature in drifted_set else 0

@@ -1,0 +1,33 @@
+"""keel.drift stays light: no torch/ray/mlflow, no eager scipy.stats/matplotlib, bounded import time."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+FORBIDDEN = ("torch", "ray", "mlflow")
+LAZY = ("scipy.stats", "matplotlib")
+BUDGET_S = 3.0  # cumulative import time of keel.drift (polars + numpy dominate)
+
+
+def test_import_is_light() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import keel.drift"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = {}
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|(\s*)(\S+)", line)
+        if m:
+            modules[m.group(3)] = int(m.group(1))
+    assert "keel.drift" in modules
+    bad = sorted(name for name in modules if name.split(".")[0] in FORBIDDEN)
+    assert not bad, f"keel.drift imports forbidden modules: {bad}"
+    eager = sorted(
+        name for name in modules if any(name == lz or name.startswith(lz + ".") for lz in LAZY)
+    )
+    assert not eager, f"keel.drift imports heavy modules eagerly: {eager}"
+    assert modules["keel.drift"] / 1e6 < BUDGET_S
