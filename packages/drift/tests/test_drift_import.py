@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,8 @@ def test_import_is_light() -> None:
         [sys.executable, "-X", "importtime", "-c", "import keel.drift"],
         capture_output=True,
         text=True,
+        # the child sees exactly this interpreter's path (Pants/pex set it up without PYTHONPATH)
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
         check=True,
     )
     modules = {}

@@ -15,11 +15,11 @@ from keel.drift import (
 )
 
 
-def window(scores: dict[str, float], n: int = 1000, kind: str = "numeric") -> DriftResult:
+def window(scores: dict[str, float], n: int = 1000) -> DriftResult:
     feats = {
         name: FeatureDrift(
-            name, kind, 10_000, n, 0.0, 0.0, s, s / 2, ("+inf",), (1.0,), (1.0,), ks=s / 3
-        )  # type: ignore[arg-type]
+            name, "numeric", 10_000, n, 0.0, 0.0, s, s / 2, ("+inf",), (1.0,), (1.0,), ks=s / 3
+        )
         for name, s in scores.items()
     }
     return DriftResult(n, feats)

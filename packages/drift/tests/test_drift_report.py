@@ -14,6 +14,7 @@ from keel.drift import (
     DriftPolicy,
     DriftReport,
     InvalidInputError,
+    PolicyDecision,
     ReportWindow,
     build_profile,
     check_drift,
@@ -28,7 +29,8 @@ def make_report(n_cols: int = 6, windows: int = 4, rows: int = 2000) -> DriftRep
     )
     profile = build_profile(ref, options=None)
     policy = DriftPolicy(consecutive=1)
-    out, hist = [], []
+    out: list[ReportWindow] = []
+    hist: list[PolicyDecision] = []
     for k in range(windows):
         shift = 0.0 if k < windows // 2 else 1.0
         cur = pl.DataFrame(

@@ -57,7 +57,9 @@ def test_sketched_reference_stays_within_documented_error(
     ref = QuantileSketch.from_values(x, max_size=size)
     cur = QuantileSketch.from_values(y)
     err = ref.rank_error
-    assert abs(ks_statistic(ref, cur) - sst.ks_2samp(x, y, method="asymp").statistic) <= err + 1e-12
+    with np.errstate(divide="ignore"):
+        exact_d = sst.ks_2samp(x, y, method="asymp").statistic
+    assert abs(ks_statistic(ref, cur) - exact_d) <= err + 1e-12
     span = x.max() - x.min()
     assert abs(wasserstein(ref, cur) - sst.wasserstein_distance(x, y)) <= err * span + 1e-7 * (
         1 + span
@@ -151,6 +153,8 @@ def test_german_credit_detects_a_real_shift() -> None:
     same = check_drift(profile, good.sample(300, seed=1), options=CheckOptions(multivariate=False))
     shifted = check_drift(profile, bad, options=CheckOptions(multivariate=False))
     col = "status_of_existing_checking_account"
-    assert shifted.features[col].chi2_pvalue < 1e-10 < same.features[col].chi2_pvalue
+    p_shift, p_same = shifted.features[col].chi2_pvalue, same.features[col].chi2_pvalue
+    assert p_shift is not None and p_same is not None and p_shift < 1e-10 < p_same
     assert shifted.features[col].psi > 0.25 > same.features[col].psi
-    assert shifted.features["duration_in_month"].ks_pvalue < 1e-3
+    ks_p = shifted.features["duration_in_month"].ks_pvalue
+    assert ks_p is not None and ks_p < 1e-3

@@ -101,6 +101,32 @@ def test_acked_events_are_not_redelivered_unacked_are_after_ack_wait(make_bus: A
     assert c.fetch(10, timeout_s=1.5) == []
 
 
+def test_mixed_settlement_within_one_fetched_batch(make_bus: Any) -> None:
+    """Ack some of a batch (batched and single), nak one, term one, leave the rest: only the
+    nak'ed and the unsettled come back (delivery_count 2), the termed one is dead-lettered."""
+    bus, s = make_bus(), make_bus.stream()
+    bus.publish_batch(s, [ev(i) for i in range(10)])
+    c = bus.consumer(s, "w", ack_wait_s=1.0, max_deliver=5)
+    ds = c.fetch(10, timeout_s=2.0)
+    assert [d.seq for d in ds] == list(range(1, 11))
+    c.ack_all(ds[0:3])
+    ds[3].ack()
+    ds[4].nak(delay_s=0)
+    ds[5].term("bad")
+    again: list[Delivery] = []
+    deadline = time.monotonic() + 8
+    while len(again) < 5 and time.monotonic() < deadline:
+        got = c.fetch(10, timeout_s=2.0)
+        c.ack_all(got)
+        again += got
+    assert sorted((d.seq, d.delivery_count) for d in again) == [(5, 2)] + [
+        (seq, 2) for seq in range(7, 11)
+    ]
+    assert [d.seq for d in bus.dead_letters(s)] == [6]
+    assert c.fetch(10, timeout_s=1.5) == []
+    assert c.info().ack_pending == 0
+
+
 def test_nak_redelivers_after_delay_and_max_deliver_dead_letters(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     bus.publish_batch(s, [ev(0), ev(1)])

@@ -93,3 +93,22 @@ def test_retention_by_count_and_age_keeps_the_file_bounded(tmp_path: Path) -> No
         bus.compact()
         sizes.append((tmp_path / "e.db").stat().st_size)
     assert max(sizes[2:]) <= sizes[1] * 1.1, sizes
+
+
+def test_a_fetched_batch_is_one_lease_and_stale_acks_after_expiry_still_settle(
+    tmp_path: Path,
+) -> None:
+    bus = open_bus(f"sqlite://{tmp_path / 'e.db'}")
+    bus.publish_batch("s", [mk(i) for i in range(6)])
+    c = bus.consumer("s", "g", ack_wait_s=0.3)
+    first = c.fetch(10, timeout_s=1.0)
+    conn = bus._conn  # type: ignore[attr-defined]
+    assert conn.execute("SELECT lo, hi FROM keel_leases").fetchall() == [(1, 6)]
+    assert conn.execute("SELECT COUNT(*) FROM keel_pending").fetchone()[0] == 0
+    assert c.info().ack_pending == 6
+    again = c.fetch(10, timeout_s=3.0)  # the lease expired: split, all redelivered
+    assert [(d.seq, d.delivery_count) for d in again] == [(s, 2) for s in range(1, 7)]
+    assert conn.execute("SELECT COUNT(*) FROM keel_leases").fetchone()[0] == 0
+    c.ack_all(first)  # the original deliveries' ack settles the split rows too
+    assert c.info().ack_pending == 0
+    assert c.fetch(10, timeout_s=0.8) == []

@@ -32,11 +32,11 @@ from keel.drift._multivariate import domain_classifier_test
 from keel.drift._performance import ScoreHistogram
 from keel.drift._policy import DriftPolicy, PolicyDecision
 from keel.drift._profile import (
-    CategoricalSummary,
     ColumnSummary,
     NumericSummary,
     ReferenceProfile,
     is_numeric_dtype,
+    merge_summaries,
     summarise_column,
 )
 from keel.drift._report import ReportWindow
@@ -270,12 +270,10 @@ class StreamingMonitor:
                 max_categories=max(sketch_opts.max_categories * 4, 64),
             )
             prev = pane.columns.get(name)
-            if prev is None:
-                pane.columns[name] = summary
-            elif isinstance(prev, NumericSummary) and isinstance(summary, NumericSummary) or isinstance(prev, CategoricalSummary) and isinstance(summary, CategoricalSummary):
-                pane.columns[name] = prev.merge(summary)
-            else:
-                pane.columns[name] = summary  # kind changed mid-pane: keep the latest view
+            # a kind change mid-pane keeps the latest view
+            pane.columns[name] = (
+                summary if prev is None else merge_summaries(prev, summary) or summary
+            )
             if (
                 isinstance(ref, NumericSummary)
                 and isinstance(summary, NumericSummary)
@@ -346,10 +344,7 @@ class StreamingMonitor:
             seen |= p.seen_columns
             for name, s in p.columns.items():
                 prev = current.get(name)
-                if prev is None:
-                    current[name] = s
-                elif isinstance(prev, NumericSummary) and isinstance(s, NumericSummary) or isinstance(prev, CategoricalSummary) and isinstance(s, CategoricalSummary):
-                    current[name] = prev.merge(s)
+                current[name] = s if prev is None else merge_summaries(prev, s) or prev
             for name, c in p.out_of_range.items():
                 oor[name] = oor.get(name, 0) + c
         missing = [c for c in self.profile.columns if c not in seen]

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,22 +37,21 @@ class ScoreHistogram:
     """Mergeable per-window statistics of predicted probabilities (and labels, when known)."""
 
     bins: int = 1000
-    count: FloatArray | None = None  # rows per cell
-    psum: FloatArray | None = None  # Σ p per cell
-    pos: FloatArray | None = None  # labelled positives per cell
-    neg: FloatArray | None = None  # labelled negatives per cell
+    count: FloatArray = field(default_factory=lambda: np.zeros(0))  # rows per cell
+    psum: FloatArray = field(default_factory=lambda: np.zeros(0))  # sum of p per cell
+    pos: FloatArray = field(default_factory=lambda: np.zeros(0))  # labelled positives per cell
+    neg: FloatArray = field(default_factory=lambda: np.zeros(0))  # labelled negatives per cell
     brier_sum: float = 0.0
-    labelled_p: FloatArray | None = None  # Σ p of labelled rows per cell (calibration)
+    labelled_p: FloatArray = field(default_factory=lambda: np.zeros(0))  # sum of p, labelled rows
 
     def __post_init__(self) -> None:
         if not 10 <= self.bins <= 100_000:
             raise InvalidInputError(f"score bins must be in [10, 1e5], got {self.bins}")
-        z = np.zeros(self.bins)
-        self.count = z.copy() if self.count is None else self.count
-        self.psum = z.copy() if self.psum is None else self.psum
-        self.pos = z.copy() if self.pos is None else self.pos
-        self.neg = z.copy() if self.neg is None else self.neg
-        self.labelled_p = z.copy() if self.labelled_p is None else self.labelled_p
+        for name in ("count", "psum", "pos", "neg", "labelled_p"):
+            if not len(getattr(self, name)):
+                setattr(self, name, np.zeros(self.bins))
+            elif len(getattr(self, name)) != self.bins:
+                raise InvalidInputError(f"{name} must have {self.bins} cells")
 
     def _cells(self, p: FloatArray) -> NDArray[np.intp]:
         return np.minimum((p * self.bins).astype(np.intp), self.bins - 1)
@@ -67,7 +66,6 @@ class ScoreHistogram:
     def add_scores(self, p: FloatArray) -> None:
         p = self._check(p)
         cells = self._cells(p)
-        assert self.count is not None and self.psum is not None
         self.count += np.bincount(cells, minlength=self.bins)
         self.psum += np.bincount(cells, weights=p, minlength=self.bins)
 
@@ -77,7 +75,6 @@ class ScoreHistogram:
         if y.shape != p.shape or (y.size and not np.all((y == 0) | (y == 1))):
             raise InvalidInputError("labels must be 0/1, one per score")
         cells = self._cells(p)
-        assert self.pos is not None and self.neg is not None and self.labelled_p is not None
         self.pos += np.bincount(cells, weights=y, minlength=self.bins)
         self.neg += np.bincount(cells, weights=1 - y, minlength=self.bins)
         self.labelled_p += np.bincount(cells, weights=p, minlength=self.bins)
@@ -89,17 +86,16 @@ class ScoreHistogram:
         return ScoreHistogram(
             self.bins,
             self.count + other.count,
-            self.psum + other.psum,  # type: ignore[operator]
+            self.psum + other.psum,
             self.pos + other.pos,
-            self.neg + other.neg,  # type: ignore[operator]
+            self.neg + other.neg,
             self.brier_sum + other.brier_sum,
-            self.labelled_p + other.labelled_p,  # type: ignore[operator]
+            self.labelled_p + other.labelled_p,
         )
 
     # -- estimates ---------------------------------------------------------------------
     def estimated(self, threshold: float = 0.5) -> dict[str, float | None]:
         """CBPE-style expected AUC and accuracy from scores alone."""
-        assert self.count is not None and self.psum is not None
         n = float(self.count.sum())
         if n == 0:
             return {"estimated_auc": None, "estimated_accuracy": None}
@@ -111,7 +107,6 @@ class ScoreHistogram:
 
     def realised(self) -> dict[str, float | None]:
         """AUC, Brier score, expected calibration error and label count of labelled rows."""
-        assert self.pos is not None and self.neg is not None and self.labelled_p is not None
         n = float(self.pos.sum() + self.neg.sum())
         if n == 0:
             return {"realised_auc": None, "brier": None, "ece": None, "labels": 0.0}

@@ -21,6 +21,7 @@ window decides NONE; ``episode_start`` marks the one window that should emit a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -124,7 +125,7 @@ class DriftPolicy:
         out: dict[str, float] = {}
         for name, fd in result.features.items():
             stat = fd.statistic(self.threshold_for(name, fd.kind).method)
-            if stat is not None and stat == stat and fd.n_cur >= self.min_samples:
+            if stat is not None and math.isfinite(stat) and fd.n_cur >= self.min_samples:
                 out[name] = float(stat)
         return out
 

@@ -8,7 +8,7 @@ bucket; and a small uniform row sample of the numeric columns for the
 multivariate (domain-classifier) test. NaN and infinite values count as nulls.
 
 Profiles are mergeable: ``merge(profile(A), profile(B))`` equals
-``profile(A ∪ B)`` exactly for counts, nulls, ranges, means/variances (to float
+``profile(A + B)`` (all rows of both) exactly for counts, nulls, ranges, means/variances (to float
 rounding) and uncapped categorical counts; sketches carry their own rank-error
 bound (see ``_sketch``); capped categorical counts may be under-counted by at most
 the inputs' "other" counts. So a profile can be built in chunks or in parallel.
@@ -191,6 +191,13 @@ class CategoricalSummary:
 ColumnSummary = NumericSummary | CategoricalSummary
 
 
+def merge_summaries(a: ColumnSummary, b: ColumnSummary) -> ColumnSummary | None:
+    """Merge two summaries of the same kind; None when the kinds differ."""
+    if isinstance(a, NumericSummary):
+        return a.merge(b) if isinstance(b, NumericSummary) else None
+    return a.merge(b) if isinstance(b, CategoricalSummary) else None
+
+
 def _merge_dtype(a: str, b: str) -> str:
     parts = a.split("|")
     return a if b in parts else f"{a}|{b}"
@@ -284,8 +291,9 @@ class ReferenceProfile:
         merged: dict[str, ColumnSummary] = {}
         for name, a in self.columns.items():
             b = other.columns[name]
-            if isinstance(a, NumericSummary) and isinstance(b, NumericSummary) or isinstance(a, CategoricalSummary) and isinstance(b, CategoricalSummary):
-                merged[name] = a.merge(b)
+            both = merge_summaries(a, b)
+            if both is not None:
+                merged[name] = both
             else:
                 raise IncompatibleProfilesError(
                     f"column {name!r} is {a.kind} in one profile, {b.kind} in the other"

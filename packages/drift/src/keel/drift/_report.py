@@ -251,12 +251,12 @@ class DriftReport:
     @staticmethod
     def _feature_card(fd: FeatureDrift, score: float | None) -> str:
         esc = html.escape
-        stats = [("PSI", fd.psi), ("JS distance", fd.js)]
+        stats: list[tuple[str, float | None]] = [("PSI", fd.psi), ("JS distance", fd.js)]
         if fd.kind == "numeric":
             stats += [
                 ("KS D", fd.ks),
                 ("KS p", fd.ks_pvalue),
-                ("Wasserstein / σ", fd.wasserstein_norm),
+                ("Wasserstein / std", fd.wasserstein_norm),
             ]
         else:
             stats += [("χ² p", fd.chi2_pvalue)]
@@ -369,7 +369,7 @@ def _safe(name: str) -> str:
 
 def _num(v: float | None) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "–"
+        return "-"
     if v == 0:
         return "0"
     if abs(v) < 0.001 or abs(v) >= 10000:
@@ -430,7 +430,7 @@ th {{ background: #f0f2f5; position: sticky; top: 0; }}
 <section><h2>Data quality (latest window)</h2>
 <table><tr><th>severity</th><th>check</th><th>column</th><th>finding</th></tr>{quality}</table></section>
 <section><h2>All features (latest window, by score: {method})</h2>
-<table><tr><th>feature</th><th>kind</th><th>status</th><th>score</th><th>PSI</th><th>JS</th><th>KS D</th><th>W/σ</th><th>χ² p</th><th>nulls ref → cur</th><th>rows</th></tr>
+<table><tr><th>feature</th><th>kind</th><th>status</th><th>score</th><th>PSI</th><th>JS</th><th>KS D</th><th>W/std</th><th>χ² p</th><th>nulls ref → cur</th><th>rows</th></tr>
 {rows}</table></section>
 </main></body></html>
 """

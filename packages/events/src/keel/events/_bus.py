@@ -26,14 +26,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
+
 from keel.events._config import ConsumerConfig, StartPosition
 from keel.events._envelope import Event, decode_event
 
 
-@dataclass(frozen=True)
-class PublishAck:
+class PublishAck(msgspec.Struct, frozen=True):
     """The outcome of publishing one event: its stream sequence, and whether it was a
-    duplicate of an already-stored id (then `seq` is the stored event's, where known, else 0)."""
+    duplicate of an already-stored id (then `seq` is the stored event's, where known, else 0).
+
+    (A msgspec Struct, not a dataclass: a batch publish builds one per event, and a Struct is
+    created in C — a frozen dataclass's __init__ cost about 1 us per event.)"""
 
     stream: str
     seq: int

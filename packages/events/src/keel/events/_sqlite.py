@@ -9,8 +9,14 @@ the lock uses SQLite's busy handler (`busy_timeout_s`). Readers never block writ
 Layout: `keel_streams` (name -> table id, last sequence, limits); one table per stream
 `keel_ev_<id>(seq INTEGER PRIMARY KEY, msg_id UNIQUE, publish_us, data)` so publishing is
 an append with per-stream contiguous sequences; `keel_consumers` (durable cursor);
-`keel_pending` (in-flight deliveries: delivery count and the time they become visible
-again); `keel_dead_letters`.
+`keel_leases` + `keel_pending` (in-flight deliveries, see below); `keel_dead_letters`.
+
+In-flight tracking (the cost of at-least-once): a fetch hands out first deliveries as *leases*
+— one `keel_leases` row per contiguous run of sequences `[lo, hi]` (one row per fetched batch
+in the common case), visible again at `now + ack_wait`. Acking the whole run deletes that one
+row; so a fetch + `ack_all` costs two rows, not two per event. Anything finer-grained — a
+partial ack, a nak, a term, or the lease timing out — first *splits* the lease into per-event
+`keel_pending` rows (delivery count, visible time), which carry redeliveries from then on.
 
 Retention: limits per stream (max age, max events), applied by `compact()` and automatically
 every `compact_every` events published by this process; deleted pages are returned to the
@@ -27,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +56,7 @@ from keel.events._config import (
     check_name,
     check_stream_name,
 )
-from keel.events._envelope import Event, decode_event, encode_event
+from keel.events._envelope import Event, decode_event, decode_events, encode_event
 from keel.events._errors import (
     ConflictError,
     EventsError,
@@ -87,6 +94,15 @@ CREATE TABLE IF NOT EXISTS keel_pending (
     PRIMARY KEY (stream, durable, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS keel_pending_visible ON keel_pending (stream, durable, visible_us);
+CREATE TABLE IF NOT EXISTS keel_leases (
+    stream TEXT NOT NULL,
+    durable TEXT NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    visible_us INTEGER NOT NULL,
+    PRIMARY KEY (stream, durable, lo)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keel_leases_visible ON keel_leases (stream, durable, visible_us);
 CREATE TABLE IF NOT EXISTS keel_dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     stream TEXT NOT NULL,
@@ -104,6 +120,7 @@ CREATE INDEX IF NOT EXISTS keel_dead_letters_stream ON keel_dead_letters (stream
 _US = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MSGID_CHUNK = 500
+_FALSES = repeat(False)
 
 
 def _to_us(t: datetime) -> int:
@@ -279,16 +296,21 @@ class SQLiteBus(Bus):
                 "SELECT last_seq, last_publish_us FROM keel_streams WHERE name=?", (stream,)
             ).fetchone()
             pub_us = max(now_us, last_us)  # publish times never go backwards within a stream
-            try:
-                c.execute("SAVEPOINT fast")
-                c.executemany(
-                    f"INSERT INTO {t} (seq, msg_id, publish_us, data) VALUES (?, ?, ?, ?)",
-                    [(last_seq + i, m, pub_us, d) for i, (m, d) in enumerate(rows, 1)],
-                )
+            # Fast path: insert all with consecutive sequences; OR IGNORE skips stored ids
+            # (cheaper than failing: no statement journal). Any skip leaves a sequence gap,
+            # so roll the batch back and take the slow path.
+            c.execute("SAVEPOINT fast")
+            n = c.executemany(
+                f"INSERT OR IGNORE INTO {t} (seq, msg_id, publish_us, data) VALUES (?, ?, ?, ?)",
+                [(last_seq + i, m, pub_us, d) for i, (m, d) in enumerate(rows, 1)],
+            ).rowcount
+            if n == len(rows):
                 c.execute("RELEASE fast")
-                acks = [PublishAck(stream, last_seq + i, False) for i in range(1, len(rows) + 1)]
                 new_last = last_seq + len(rows)
-            except sqlite3.IntegrityError:
+                acks = list(
+                    map(PublishAck, repeat(stream), range(last_seq + 1, new_last + 1), _FALSES)
+                )
+            else:
                 # Some ids are already stored (or repeated within the batch): slow path.
                 c.execute("ROLLBACK TO fast")
                 c.execute("RELEASE fast")
@@ -453,7 +475,9 @@ class SQLiteBus(Bus):
             c.execute("SELECT last_seq FROM keel_streams WHERE name=?", (stream,)).fetchone()[0]
         )
         pending = c.execute(
-            "SELECT COUNT(*) FROM keel_pending WHERE stream=? AND durable=?", (stream, durable)
+            "SELECT (SELECT COUNT(*) FROM keel_pending WHERE stream=?1 AND durable=?2) + "
+            "(SELECT COALESCE(SUM(hi - lo + 1), 0) FROM keel_leases WHERE stream=?1 AND durable=?2)",
+            (stream, durable),
         ).fetchone()[0]
         return ConsumerInfo(
             stream, durable, next_seq - 1, max(0, last - next_seq + 1), int(pending)
@@ -465,6 +489,7 @@ class SQLiteBus(Bus):
                 "DELETE FROM keel_consumers WHERE stream=? AND durable=?", (stream, durable)
             ).rowcount
             c.execute("DELETE FROM keel_pending WHERE stream=? AND durable=?", (stream, durable))
+            c.execute("DELETE FROM keel_leases WHERE stream=? AND durable=?", (stream, durable))
         if n == 0:
             raise NotFoundError(f"consumer {durable!r} of stream {stream!r} does not exist")
 
@@ -472,7 +497,7 @@ class SQLiteBus(Bus):
         with self._tx() as c:
             t = self._require_table(c, stream)
             c.execute(f"DROP TABLE IF EXISTS {t}")
-            for table in ("keel_consumers", "keel_pending", "keel_dead_letters"):
+            for table in ("keel_consumers", "keel_pending", "keel_leases", "keel_dead_letters"):
                 c.execute(f"DELETE FROM {table} WHERE stream=?", (stream,))
             c.execute("DELETE FROM keel_streams WHERE name=?", (stream,))
         self._tables.pop(stream, None)
@@ -619,6 +644,13 @@ class SQLiteConsumer(Consumer):
                 raise NotFoundError(f"consumer {durable!r} of stream {stream!r} was deleted")
             next_seq = int(row[0])
             visible = now + self._ack_wait_us
+            # 0. Leases whose ack wait has passed: split into per-event pending rows (below).
+            expired = c.execute(
+                "SELECT lo, hi FROM keel_leases WHERE stream=? AND durable=? AND visible_us <= ?",
+                (stream, durable, now),
+            ).fetchall()
+            for lo, hi in expired:
+                self._split_lease(c, (int(lo), int(hi)))
             # 1. Redeliveries: in-flight deliveries whose ack wait (or nak delay) has passed.
             due = c.execute(
                 f"SELECT p.seq, p.deliveries, e.data FROM keel_pending p LEFT JOIN {t} e "
@@ -662,7 +694,7 @@ class SQLiteConsumer(Consumer):
                     deletes.append((stream, durable, seq))
                     continue
                 updates.append((deliveries + 1, visible, stream, durable, seq))
-                out.append(Delivery(self, ev, seq, deliveries + 1, seq))
+                out.append(Delivery(self, ev, seq, deliveries + 1, None))
                 redelivered += 1
             if updates:
                 c.executemany(
@@ -674,24 +706,15 @@ class SQLiteConsumer(Consumer):
                 c.executemany(
                     "DELETE FROM keel_pending WHERE stream=? AND durable=? AND seq=?", deletes
                 )
-            # 2. First deliveries, in sequence order.
+            # 2. First deliveries, in sequence order, leased as runs of contiguous valid events.
             room = max_messages - len(out)
             if room > 0:
                 rows = c.execute(
                     f"SELECT seq, data FROM {t} WHERE seq >= ? ORDER BY seq LIMIT ?",
                     (next_seq, room),
                 ).fetchall()
-                inserts = []
-                for seq, data in rows:
-                    ev = self._validate(c, seq, 1, data)
-                    if ev is None:
-                        continue
-                    inserts.append((stream, durable, seq, 1, visible))
-                    out.append(Delivery(self, ev, seq, 1, seq))
-                if inserts:
-                    c.executemany(
-                        "INSERT OR REPLACE INTO keel_pending VALUES (?, ?, ?, ?, ?)", inserts
-                    )
+                if rows:
+                    out.extend(self._lease(c, rows, visible))
                 if rows:
                     next_seq = int(rows[-1][0]) + 1
                     c.execute(
@@ -701,7 +724,9 @@ class SQLiteConsumer(Consumer):
             next_visible = None
             if not out:
                 next_visible = c.execute(
-                    "SELECT MIN(visible_us) FROM keel_pending WHERE stream=? AND durable=?",
+                    "SELECT MIN(v) FROM (SELECT MIN(visible_us) AS v FROM keel_pending "
+                    "WHERE stream=?1 AND durable=?2 UNION ALL SELECT MIN(visible_us) "
+                    "FROM keel_leases WHERE stream=?1 AND durable=?2)",
                     (stream, durable),
                 ).fetchone()[0]
             if bus._metrics.enabled:
@@ -711,6 +736,74 @@ class SQLiteConsumer(Consumer):
                 bus._metrics.lag(stream, durable, max(0, int(last) - next_seq + 1))
         bus._metrics.consumed(stream, durable, len(out), redelivered)
         return out, next_visible
+
+    def _lease(
+        self, c: sqlite3.Connection, rows: list[tuple[int, bytes]], visible: int
+    ) -> list[Delivery]:
+        """First deliveries of `rows` (contiguous sequences): decode them in one call, lease
+        each run of valid events with one `keel_leases` row; invalid ones are dead-lettered
+        (and break the run)."""
+        schemas = self._schemas
+        lo, hi = rows[0][0], rows[-1][0]
+        events: list[Event | None] | None = None
+        if schemas is None:
+            try:
+                events = list(decode_events([d for _, d in rows]))
+            except InvalidEventError:
+                events = None  # some row is malformed: validate one by one below
+        if events is None:
+            events = [self._validate(c, seq, 1, data) for seq, data in rows]
+        runs: list[tuple[int, int]] = []
+        start: int | None = None
+        for (seq, _), ev in zip(rows, events, strict=True):
+            if ev is None:
+                if start is not None:
+                    runs.append((start, seq - 1))
+                    start = None
+            elif start is None:
+                start = seq
+        if start is not None:
+            runs.append((start, hi))
+        if not runs:
+            return []
+        stream, durable = self.stream, self.durable
+        c.executemany(
+            "INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?)",
+            [(stream, durable, a, b, visible) for a, b in runs],
+        )
+        if len(runs) == 1 and runs[0] == (lo, hi):
+            token = runs[0]
+            return [
+                Delivery(self, ev, seq, 1, token)  # type: ignore[arg-type]
+                for (seq, _), ev in zip(rows, events, strict=True)
+            ]
+        out = []
+        r = iter(runs)
+        cur = next(r)
+        for (seq, _), ev in zip(rows, events, strict=True):
+            if ev is None:
+                continue
+            while seq > cur[1]:
+                cur = next(r)
+            out.append(Delivery(self, ev, seq, 1, cur))
+        return out
+
+    def _split_lease(self, c: sqlite3.Connection, lease: tuple[int, int]) -> bool:
+        """Turn lease `(lo, hi)` into per-event pending rows (same visibility, 1 delivery);
+        False if it no longer exists (acked, split or deleted already)."""
+        stream, durable = self.stream, self.durable
+        key = (stream, durable, lease[0], lease[1])
+        where = "WHERE stream=? AND durable=? AND lo=? AND hi=?"
+        row = c.execute(f"SELECT visible_us FROM keel_leases {where}", key).fetchone()
+        if row is None:
+            return False
+        c.execute(f"DELETE FROM keel_leases {where}", key)
+        visible = int(row[0])
+        c.executemany(
+            "INSERT OR REPLACE INTO keel_pending VALUES (?, ?, ?, 1, ?)",
+            [(stream, durable, s, visible) for s in range(lease[0], lease[1] + 1)],
+        )
+        return True
 
     def _validate(
         self, c: sqlite3.Connection, seq: int, deliveries: int, data: bytes
@@ -741,15 +834,39 @@ class SQLiteConsumer(Consumer):
             return self._bus._consumer_info(c, self.stream, self.durable)
 
     def _ack(self, deliveries: Sequence[Delivery]) -> None:
+        stream, durable = self.stream, self.durable
+        first = deliveries[0]._token
+        if first is not None and all(d._token is first for d in deliveries):
+            groups: dict[Any, list[Delivery]] = {first: list(deliveries)}  # the common case
+        else:
+            groups = {}
+            for d in deliveries:
+                groups.setdefault(d._token, []).append(d)
+        singles = groups.pop(None, [])
         with self._bus._tx() as c:
-            c.executemany(
-                "DELETE FROM keel_pending WHERE stream=? AND durable=? AND seq=?",
-                [(self.stream, self.durable, d.seq) for d in deliveries],
-            )
-        self._bus._metrics.acked(self.stream, self.durable, len(deliveries))
+            for lease, ds in groups.items():
+                lo, hi = lease
+                if len({d.seq for d in ds}) == hi - lo + 1:  # the whole run: drop the lease
+                    n = c.execute(
+                        "DELETE FROM keel_leases WHERE stream=? AND durable=? AND lo=? AND hi=?",
+                        (stream, durable, lo, hi),
+                    ).rowcount
+                    if n:
+                        continue
+                else:
+                    self._split_lease(c, lease)
+                singles.extend(ds)  # split (now or earlier): per-event rows
+            if singles:
+                c.executemany(
+                    "DELETE FROM keel_pending WHERE stream=? AND durable=? AND seq=?",
+                    [(stream, durable, d.seq) for d in singles],
+                )
+        self._bus._metrics.acked(stream, durable, len(deliveries))
 
     def _nak(self, delivery: Delivery, delay_s: float) -> None:
         with self._bus._tx() as c:
+            if delivery._token is not None:
+                self._split_lease(c, delivery._token)  # type: ignore[arg-type]
             c.execute(
                 "UPDATE keel_pending SET visible_us=? WHERE stream=? AND durable=? AND seq=?",
                 (self._bus._now_us() + int(delay_s * _US), self.stream, self.durable, delivery.seq),
@@ -758,6 +875,8 @@ class SQLiteConsumer(Consumer):
     def _term(self, delivery: Delivery, reason: str) -> None:
         bus = self._bus
         with bus._tx() as c:
+            if delivery._token is not None:
+                self._split_lease(c, delivery._token)  # type: ignore[arg-type]
             n = c.execute(
                 "DELETE FROM keel_pending WHERE stream=? AND durable=? AND seq=?",
                 (self.stream, self.durable, delivery.seq),

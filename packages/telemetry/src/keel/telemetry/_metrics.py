@@ -104,7 +104,11 @@ _NON_BASE_UNIT_SUFFIXES: dict[str, str] = {
 
 
 class _LabelGuard:
-    """Bounds the distinct values each label of one metric may take (thread-safe)."""
+    """Bounds the distinct values each label of one metric may take (thread-safe).
+
+    The common case (every value already admitted) is a lock-free membership
+    check; only new values take the lock.
+    """
 
     def __init__(
         self,
@@ -116,7 +120,7 @@ class _LabelGuard:
         self._metric = metric
         self._labelnames = tuple(labelnames)
         self._limit = limit
-        self._seen: dict[str, set[str]] = {name: set() for name in labelnames}
+        self._seen: tuple[set[str], ...] = tuple(set() for _ in self._labelnames)
         self._overflow = overflow
         self._lock = threading.Lock()
 
@@ -124,63 +128,64 @@ class _LabelGuard:
     def limit(self) -> int:
         return self._limit
 
-    def admit(self, values: dict[str, str]) -> dict[str, str]:
-        """Return `values` with any value past the label's limit replaced by `__other__`."""
-        out = dict(values)
+    def admit(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        """Return `values` (in label order) with any value past its label's limit
+        replaced by `__other__`."""
+        seen = self._seen
+        if all(v in s for v, s in zip(values, seen, strict=True)):
+            return values
+        out = list(values)
         collapsed: list[str] = []
         with self._lock:
-            for name in self._labelnames:
-                value = out[name]
-                seen = self._seen[name]
-                if value in seen:
+            for i, value in enumerate(values):
+                known = seen[i]
+                if value in known:
                     continue
-                if len(seen) < self._limit:
-                    seen.add(value)
+                if len(known) < self._limit:
+                    known.add(value)
                 else:
-                    out[name] = OTHER_LABEL_VALUE
-                    collapsed.append(name)
+                    out[i] = OTHER_LABEL_VALUE
+                    collapsed.append(self._labelnames[i])
         for name in collapsed:
             self._overflow.labels(metric=self._metric, label=name).inc()
-        return out
+        return tuple(out)
 
     def reset(self) -> None:
         with self._lock:
-            for seen in self._seen.values():
-                seen.clear()
+            for known in self._seen:
+                known.clear()
 
     def distinct(self, label: str) -> int:
         """How many distinct values of `label` have been admitted so far."""
         with self._lock:
-            return len(self._seen[label])
-
-
-def _guarded_labelvalues(
-    metric: Any, labelnames: Sequence[str], args: tuple[object, ...], kwargs: dict[str, object]
-) -> dict[str, str]:
-    """Normalise `.labels()` arguments to a name -> str dict, with clear errors."""
-    if args and kwargs:
-        raise InvalidMetricError(
-            f"{metric}: pass label values either positionally or by name, not both"
-        )
-    if kwargs:
-        if sorted(kwargs) != sorted(labelnames):
-            raise InvalidMetricError(
-                f"{metric}: labels {sorted(kwargs)} do not match the declared labels {sorted(labelnames)}"
-            )
-        return {name: str(kwargs[name]) for name in labelnames}
-    if len(args) != len(labelnames):
-        raise InvalidMetricError(
-            f"{metric}: got {len(args)} label values for the declared labels {list(labelnames)}"
-        )
-    return {name: str(v) for name, v in zip(labelnames, args, strict=True)}
+            return len(self._seen[self._labelnames.index(label)])
 
 
 def _labels(self: Any, base: Any, args: tuple[object, ...], kwargs: dict[str, object]) -> Any:
-    guard: _LabelGuard | None = getattr(self, "_keel_guard", None)
+    """`.labels()` of a guarded metric: normalise to label order, guard, delegate."""
+    guard: _LabelGuard | None = self._keel_guard
     if guard is None:  # a child, or a metric built outside ComponentMetrics
         return base.labels(self, *args, **kwargs)
-    values = _guarded_labelvalues(self._name, self._labelnames, args, kwargs)
-    return base.labels(self, **guard.admit(values))
+    names: tuple[str, ...] = self._labelnames
+    if kwargs:
+        if args or len(kwargs) != len(names):
+            raise InvalidMetricError(
+                f"{self._name}: labels {sorted(kwargs)} (+{len(args)} positional) do not match "
+                f"the declared labels {sorted(names)}"
+            )
+        try:
+            values = tuple(str(kwargs[n]) for n in names)
+        except KeyError:
+            raise InvalidMetricError(
+                f"{self._name}: labels {sorted(kwargs)} do not match the declared labels {sorted(names)}"
+            ) from None
+    else:
+        if len(args) != len(names):
+            raise InvalidMetricError(
+                f"{self._name}: got {len(args)} label values for the declared labels {list(names)}"
+            )
+        values = tuple(str(v) for v in args)
+    return base.labels(self, *guard.admit(values))
 
 
 class GuardedCounter(Counter):

@@ -1,0 +1,141 @@
+"""drift-monitor wiring on the embedded bus: windows, one drift.detected per episode, /metrics, config."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from keel.drift import build_profile
+from keel.events import Event, open_bus
+from keel_drift_monitor.main import (
+    DRIFT_TYPE,
+    ConfigError,
+    DriftMonitorService,
+    MonitorConfig,
+    episode_event_id,
+    load_config,
+    run,
+)
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def predictions(
+    rng: np.random.Generator, hours: int, drift_from: int, per_hour: int = 400
+) -> list[Event]:
+    out = []
+    for h in range(hours):
+        shift = 1.0 if h >= drift_from else 0.0
+        for i in range(per_hour):
+            t = T0 + timedelta(hours=h, seconds=float(rng.uniform(0, 3600)))
+            feats = {
+                "amount": float(rng.lognormal(3 + shift, 1)),
+                "merchant": str(rng.choice(["a", "b", "c"])),
+            }
+            out.append(
+                Event.create(
+                    type="prediction.made",
+                    key=f"card-{i}",
+                    event_time=t,
+                    payload={"features": feats, "score": float(rng.beta(2, 5))},
+                )
+            )
+    return out
+
+
+@pytest.fixture()
+def profile_path(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    ref = pl.DataFrame(
+        {"amount": rng.lognormal(3, 1, 5000), "merchant": rng.choice(["a", "b", "c"], 5000)}
+    )
+    return build_profile(ref).save(tmp_path / "profile.json")
+
+
+def test_one_drift_event_per_episode(tmp_path: Path, profile_path: Path) -> None:
+    bus = open_bus(f"sqlite://{tmp_path / 'events.db'}")
+    rng = np.random.default_rng(1)
+    bus.publish_batch("predictions", predictions(rng, hours=8, drift_from=3))
+    cfg = MonitorConfig(
+        profile=profile_path,
+        model="fraud",
+        window_s=3600,
+        consecutive=2,
+        min_samples=100,
+        poll_timeout_s=0.05,
+        batch_size=500,
+    )
+    svc = DriftMonitorService(cfg, bus)
+    windows = []
+    for _ in range(20):
+        windows += svc.step()
+    windows += svc.flush()
+    assert len(windows) == 8
+    assert [w.decision.decision.value for w in windows if w.decision] == [
+        "none",
+        "none",
+        "none",
+        "warn",
+        "drift",
+        "drift",
+        "drift",
+        "drift",
+    ]
+    drift_events = [
+        d.event for d in bus.consumer("drift", "test").fetch(max_messages=100, timeout_s=0.2)
+    ]
+    assert [e.type for e in drift_events] == [DRIFT_TYPE]
+    body = drift_events[0].json()
+    assert body["model"] == "fraud" and "amount" in body["drifted"]
+    assert drift_events[0].id == episode_event_id("fraud", "2026-03-01T04:00:00Z")
+    text = svc.metrics.metrics.exposition().decode()
+    assert "keel_drift_episodes_total 1.0" in text
+    assert 'keel_drift_decision{decision="drift"} 1.0' in text
+    # a restart that re-evaluates the same episode publishes the same id: the bus dedupes it
+    bus.publish("drift", drift_events[0])
+    assert bus.stream_info("drift").count == 1
+    bus.close()
+
+
+def test_run_serves_metrics(tmp_path: Path, profile_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'events.db'}"
+    cfg = MonitorConfig(profile=profile_path, bus_url=url, metrics_port=0, poll_timeout_s=0.05)
+    stop = threading.Event()
+    ports: list[int] = []
+    started = threading.Event()
+
+    def on_start(port: int) -> None:
+        ports.append(port)
+        started.set()
+
+    th = threading.Thread(target=run, args=(cfg, stop, on_start), daemon=True)
+    th.start()
+    try:
+        assert started.wait(20)
+        r = httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5)
+        assert r.status_code == 200 and "keel_drift_windows_total" in r.text
+    finally:
+        stop.set()
+        th.join(20)
+    assert not th.is_alive()
+
+
+def test_config_is_validated(tmp_path: Path, profile_path: Path) -> None:
+    cfg = load_config({"KEEL_DRIFT_PROFILE": str(profile_path), "KEEL_DRIFT_WINDOW_S": "600"})
+    assert cfg.window_s == 600 and cfg.stream == "predictions"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config({"KEEL_DRIFT_PROFILE": str(tmp_path / "missing.json")})
+    with pytest.raises(ConfigError, match="KEEL_DRIFT_WINDOW_S"):
+        load_config({"KEEL_DRIFT_PROFILE": str(profile_path), "KEEL_DRIFT_WINDOW_S": "-1"})
+    toml = tmp_path / "m.toml"
+    toml.write_text(f'[drift_monitor]\nprofile = "{profile_path}"\nwindwo_s = 10\n')
+    with pytest.raises(ConfigError, match="windwo_s"):
+        load_config({"KEEL_DRIFT_CONFIG": str(toml)})
+    with pytest.raises(ConfigError, match="field required|Field required"):
+        load_config({})
