@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from keel_cli import cmd_events
+from keel_cli import cmd_drift, cmd_events, cmd_features
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
 
@@ -24,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(cmd_events.app, name="events")
+app.add_typer(cmd_features.app, name="features")
+app.add_typer(cmd_drift.app, name="drift")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,6 +46,23 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default
 def version() -> None:
     """Print Keel's version."""
     console.print(f"keel {keel_version()}")
+
+
+@app.command()
+def demo(
+    config: Path | None = ConfigOpt,
+    seed: int = typer.Option(7, help="seed for the synthetic transaction stream"),
+) -> None:
+    """Run the Keel loop end to end on embedded defaults (no services needed).
+
+    Card transactions with drift injected partway -> event bus -> features (batch and
+    streaming engines, checked equal) -> reference profile -> drift monitor -> HTML report.
+    """
+    from keel_cli.demo import run_demo
+
+    cfg = _config(config)
+    report = run_demo(cfg.home.expanduser().resolve(), seed, console)
+    console.print(f"\n[bold green]report:[/] {report}")
 
 
 @app.command()

@@ -199,3 +199,16 @@ def test_bad_config_and_input(profile) -> None:
         mon.observe(pl.DataFrame({"event_time": ["2026-01-01"], "amount": [1.0]}))
     with pytest.raises(InvalidInputError, match="score_column"):
         mon.observe_labels(pl.DataFrame({"event_time": [T0]}))
+
+
+def test_flush_without_partial_windows_drops_the_tail(profile) -> None:
+    rng = np.random.default_rng(9)
+    data = records(rng, 3000, T0, timedelta(hours=3))
+    cfg = WindowConfig(size=timedelta(hours=2), slide=timedelta(hours=1))
+    full = StreamingMonitor(profile, cfg)
+    everything = full.observe(data) + full.flush()
+    trimmed = StreamingMonitor(profile, cfg)
+    complete = trimmed.observe(data) + trimmed.flush(partial=False)
+    assert [w.result.window_end for w in everything][-1] == "2026-03-01T04:00:00Z"
+    assert [w.result.window_end for w in complete][-1] == "2026-03-01T03:00:00Z"
+    assert len(everything) == len(complete) + 1

@@ -104,3 +104,21 @@ def test_stream_created_idempotently_with_keel_config_and_msg_id_dedupe() -> Non
         a.delete_stream(s)
         a.close()
         b.close()
+
+
+def test_ack_metadata_fast_parse_agrees_with_nats_py() -> None:
+    """Keel parses the JetStream reply subject itself on the consume hot path; nats-py's own
+    `Msg.metadata` is the oracle, for the classic form and the domain/account form."""
+    from nats.aio.msg import Msg
+
+    from keel.events._nats import _ack_metadata
+
+    replies = [
+        "$JS.ACK.orders.worker.3.1042.17.1700000000000000000.25",
+        "$JS.ACK.hub.ACCHASH.orders.worker.1.7.7.1700000000000000000.0.rand",
+        "$JS.ACK._.ACCHASH.s.c.12.99999999999.5.1700000000000000000.123456.x",
+    ]
+    for reply in replies:
+        m = Msg(_client=None, reply=reply)  # type: ignore[arg-type]
+        md = m.metadata
+        assert _ack_metadata(m) == (md.sequence.stream, md.num_delivered, md.num_pending)

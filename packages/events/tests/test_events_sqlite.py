@@ -112,3 +112,32 @@ def test_a_fetched_batch_is_one_lease_and_stale_acks_after_expiry_still_settle(
     c.ack_all(first)  # the original deliveries' ack settles the split rows too
     assert c.info().ack_pending == 0
     assert c.fetch(10, timeout_s=0.8) == []
+
+
+def test_sequences_continue_after_retention_empties_the_stream(tmp_path: Path) -> None:
+    clock = FakeClock()
+    cfg = StreamConfig(max_age_s=3600, duplicate_window_s=60)
+    bus = open_bus(f"sqlite://{tmp_path / 'e.db'}", stream_config=cfg, clock=clock)
+    assert [a.seq for a in bus.publish_batch("s", [mk(i) for i in range(5)])] == [1, 2, 3, 4, 5]
+    clock.now += timedelta(hours=2)
+    assert bus.compact("s") == 5 and bus.stream_info("s").count == 0
+    acks = bus.publish_batch("s", [mk(i) for i in range(5, 8)] + [mk(6)])
+    assert [(a.seq, a.duplicate) for a in acks] == [(6, False), (7, False), (8, False), (7, True)]
+    acks = bus.publish_batch("s", [mk(8), mk(9)])  # back on the fast path: top seq == last
+    assert [(a.seq, a.duplicate) for a in acks] == [(9, False), (10, False)]
+    assert [s.seq for s in bus.replay("s")] == [6, 7, 8, 9, 10]
+
+
+def test_a_sequence_gap_splits_the_lease_and_is_never_delivered(tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite://{tmp_path / 'e.db'}")
+    bus.publish_batch("s", [mk(i) for i in range(6)])
+    conn = bus._conn  # type: ignore[attr-defined]
+    conn.execute("DELETE FROM keel_ev_1 WHERE seq = 3")  # white-box: a hole in the log
+    c = bus.consumer("s", "g", ack_wait_s=0.3)
+    ds = c.fetch(10, timeout_s=1.0)
+    assert [d.seq for d in ds] == [1, 2, 4, 5, 6]
+    assert conn.execute("SELECT lo, hi FROM keel_leases ORDER BY lo").fetchall() == [(1, 2), (4, 6)]
+    again = c.fetch(10, timeout_s=3.0)  # both leases expire; seq 3 is not conjured up
+    assert [(d.seq, d.delivery_count) for d in again] == [(s, 2) for s in (1, 2, 4, 5, 6)]
+    c.ack_all(again)
+    assert c.info().ack_pending == 0 and bus.dead_letters("s") == []

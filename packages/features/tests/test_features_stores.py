@@ -22,6 +22,7 @@ from keel.features import (
     RedisStateStore,
     SQLiteOnlineStore,
     SQLiteStateStore,
+    StateStore,
     open_online_store,
 )
 
@@ -148,6 +149,7 @@ def test_offline_store_partitions_by_date(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
 def test_state_stores_round_trip(kind: str, tmp_path: Path) -> None:
     name = unique_name("state")
+    st: StateStore
     if kind == "memory":
         st = MemoryStateStore()
     elif kind == "sqlite":

@@ -123,7 +123,7 @@ def test_streaming_equals_batch_at_every_bucket_boundary(
     dups = 0
     for i in range(0, len(arrival), batch):
         rep = eng.ingest(frame(arrival[i : i + batch]))
-        got_late += [d.event_id for d in rep.dead_letters if d.reason == "late"]
+        got_late += [str(d.event_id) for d in rep.dead_letters if d.reason == "late"]
         dups += rep.duplicates
         assert all(d.reason == "late" for d in rep.dead_letters)
     assert sorted(got_late) == sorted(late_ids)

@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -359,12 +359,40 @@ def quality_issues(
     return issues
 
 
+def _map(fn: Any, items: Sequence[str], workers: int) -> list[Any]:
+    if workers <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def summarise_current(
-    profile: ReferenceProfile, frame: pl.DataFrame, columns: Sequence[str], workers: int
-) -> tuple[dict[str, ColumnSummary], dict[str, int]]:
-    """Exact summaries of the current data (kind as in the profile where the dtype allows)."""
+    profile: ReferenceProfile,
+    frame: pl.DataFrame,
+    columns: Sequence[str],
+    workers: int,
+    *,
+    compare: bool = False,
+) -> tuple[dict[str, ColumnSummary], dict[str, int], dict[str, FeatureDrift]]:
+    """Exact summaries of the current data (kind as in the profile where the dtype allows).
+
+    With ``compare=True`` each column is also compared with the profile right away and its
+    sorted values are released, so memory stays at ``workers`` columns, not all of them.
+    """
+    features: dict[str, FeatureDrift] = {}
 
     def one(name: str) -> tuple[ColumnSummary, int]:
+        summary, oor = summarise(name)
+        ref = profile.columns[name]
+        if compare:
+            if isinstance(ref, NumericSummary) and isinstance(summary, NumericSummary):
+                features[name] = compare_numeric(name, ref, summary, profile.options.n_bins)
+                summary = replace(summary, sample=None)
+            elif isinstance(ref, CategoricalSummary) and isinstance(summary, CategoricalSummary):
+                features[name] = compare_categorical(name, ref, summary)
+        return summary, oor
+
+    def summarise(name: str) -> tuple[ColumnSummary, int]:
         series = frame[name]
         ref = profile.columns[name]
         dtype = series.dtype
@@ -386,7 +414,10 @@ def summarise_current(
                 ), 0
             # sum of squares about the median first, then shift to the mean (one pass, stable)
             c = float(s[len(s) // 2])
-            sq = float(np.dot(s - c, s - c))
+            dev = s - c
+            dev *= dev
+            sq = float(dev.sum())  # not np.dot: BLAS threads contend with our column threads
+            del dev
             sample = SortedSample.from_sorted(s)
             mean = sample.mean
             m2 = max(0.0, sq - len(s) * (mean - c) ** 2)
@@ -415,11 +446,11 @@ def summarise_current(
             str(dtype), int(arr.sum()), nulls, cats, arr, 0, max(1, len(cats))
         ), 0
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(one, columns))
+    results = _map(one, columns, workers)
     return (
         {c: r[0] for c, r in zip(columns, results, strict=True)},
         {c: r[1] for c, r in zip(columns, results, strict=True)},
+        {c: features[c] for c in columns if c in features},
     )
 
 
@@ -437,8 +468,7 @@ def compare_summaries(
         return None
 
     names = list(current)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        out = list(pool.map(one, names))
+    out = _map(one, names, workers)
     return {n: r for n, r in zip(names, out, strict=True) if r is not None}
 
 
@@ -467,8 +497,7 @@ def check_drift(
     present = [c for c in profile.columns if c in have]
     missing = [c for c in profile.columns if c not in have]
     unexpected = [c for c in frame.columns if c not in profile.columns]
-    current, oor = summarise_current(profile, frame, present, n_workers)
-    features = compare_summaries(profile, current, n_workers)
+    current, oor, features = summarise_current(profile, frame, present, n_workers, compare=True)
     issues = quality_issues(profile, current, oor, opts, missing, unexpected)
     multi = None
     js = profile.joint_sample

@@ -225,10 +225,18 @@ class StreamingMonitor:
             kept += part.height
         return kept
 
-    def flush(self) -> list[ReportWindow]:
-        """Close every window that has data (end of stream)."""
+    def flush(self, *, partial: bool = True) -> list[ReportWindow]:
+        """Close the open windows (end of stream). With ``partial=False`` windows that end
+        after the pane holding the latest event are dropped: with sliding windows those
+        cover only the stream's tail and would compare a fraction of a day with a whole one."""
         out: list[ReportWindow] = []
+        last_end = None
+        if not partial and self._max_time_us is not None:
+            last_end = self._max_time_us // self.config.slide_us + 1
         while self._panes and self._next_end is not None:
+            if last_end is not None and self._next_end > last_end:
+                self._panes.clear()
+                break
             out.extend(self._emit_next())
         return out
 

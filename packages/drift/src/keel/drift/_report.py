@@ -172,6 +172,7 @@ class DriftReport:
                 {k: [w.performance.get(k) for w in self.windows] for k in perf_keys},
                 x_labels,
                 title="Model performance per window (estimated without labels vs realised)",
+                y_min=None,
                 y_label="value",
                 height=220,
             )
@@ -397,7 +398,7 @@ main {{ padding: 20px 32px; max-width: 1200px; }}
 .cards {{ display: flex; flex-wrap: wrap; gap: 12px; margin-bottom: 18px; }}
 .kpi {{ background: #fff; border-radius: 8px; padding: 12px 16px; box-shadow: 0 1px 2px rgba(0,0,0,.08); min-width: 140px; }}
 .kpi b {{ display: block; font-size: 22px; }} .kpi span {{ color: #666; font-size: 12px; }}
-.badge {{ color: #fff; background: {badge}; border-radius: 6px; padding: 2px 10px; text-transform: uppercase; }}
+.kpi .badge {{ color: #fff; background: {badge}; border-radius: 6px; padding: 2px 10px; text-transform: uppercase; }}
 section {{ background: #fff; border-radius: 8px; padding: 14px 18px; margin-bottom: 18px; box-shadow: 0 1px 2px rgba(0,0,0,.08); }}
 h2 {{ font-size: 17px; margin: 0 0 10px; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 14px; }}

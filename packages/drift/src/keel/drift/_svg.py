@@ -87,17 +87,28 @@ def line_chart(
     height: int = 260,
     title: str = "",
     y_label: str = "",
+    y_min: float | None = 0.0,
 ) -> str:
-    """Lines over windows (None = gap), with dashed horizontal threshold lines."""
+    """Lines over windows (None = gap), with dashed horizontal threshold lines.
+
+    ``y_min=None`` fits the axis to the data (for metrics like AUC that live near 1)."""
     n = max(1, len(x_labels))
     left, right, top, bottom = 50, 170, 24, 40
     pw, ph = width - left - right, height - top - bottom
     values = [v for s in series.values() for v in s if v is not None and math.isfinite(v)]
     vmax = max([*values, *(thresholds or {}).values(), 1e-9]) * 1.08
+    vmin = 0.0
+    if y_min is None and values:
+        lo, hi = min(values), max(values)
+        pad = max((hi - lo) * 0.25, 0.02)
+        vmin, vmax = max(0.0, lo - pad), hi + pad
+    elif y_min is not None:
+        vmin = y_min
+    span = max(vmax - vmin, 1e-12)
 
     def xy(i: int, v: float) -> tuple[float, float]:
         x = left + (pw * i / (n - 1) if n > 1 else pw / 2)
-        return x, top + ph * (1 - min(v, vmax) / vmax)
+        return x, top + ph * (1 - (min(max(v, vmin), vmax) - vmin) / span)
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -112,11 +123,11 @@ def line_chart(
             f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
         )
         parts.append(
-            f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#666">{_fmt(vmax * frac)}</text>'
+            f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#666">{_fmt(vmin + span * frac)}</text>'
         )
     show_every = max(1, math.ceil(n / 10))
     for i, lab in enumerate(x_labels):
-        if i % show_every == 0 or i == n - 1:
+        if i % show_every == 0 or (i == n - 1 and (n - 1) % show_every > show_every // 2):
             x, _ = xy(i, 0)
             parts.append(
                 f'<text x="{x:.1f}" y="{top + ph + 14}" font-size="9" fill="#555" text-anchor="middle">{_esc(lab)}</text>'

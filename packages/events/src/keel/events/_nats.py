@@ -51,6 +51,8 @@ from keel.events._bus import (
     PublishAck,
     StoredEvent,
     StreamInfo,
+    check_publishable,
+    count_duplicates,
 )
 from keel.events._config import (
     DLQ_SUFFIX,
@@ -297,12 +299,7 @@ class NatsBus(Bus):
         check_stream_name(stream)
         if not events:
             return []
-        schemas = self._schemas
-        for ev in events:
-            if not isinstance(ev, Event):
-                raise InvalidEventError(f"publish expects Event objects, got {type(ev).__name__}")
-            if schemas is not None:
-                schemas.check(ev)
+        check_publishable(events, self._schemas)
         replace = msgspec.structs.replace
         now = self._clock()
         msgs = [(ev.id, encode_event(replace(ev, publish_time=now))) for ev in events]
@@ -319,7 +316,7 @@ class NatsBus(Bus):
         acks = self._run(
             self._apublish(stream, self._subject(stream), msgs), f"publishing to {stream}"
         )
-        dups = sum(1 for a in acks if a.duplicate)
+        dups = count_duplicates(acks)
         self._metrics.published(stream, len(acks) - dups, dups, time.perf_counter() - t0)
         return acks
 
@@ -665,7 +662,7 @@ def _ack_metadata(m: Any) -> tuple[int, int, int]:
     reply subject `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`
     directly (nats-py's `Msg.metadata` builds nested dataclasses and a datetime per message,
     several microseconds on the consume hot path); other forms go through nats-py."""
-    tokens = m.reply.split(".") if m.reply else ()
+    tokens: list[str] = m.reply.split(".") if m.reply else []
     if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
         return int(tokens[5]), int(tokens[4]), int(tokens[8])
     md = m.metadata

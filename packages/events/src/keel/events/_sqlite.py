@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
+from operator import attrgetter, is_
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ from keel.events._bus import (
     PublishAck,
     StoredEvent,
     StreamInfo,
+    check_publishable,
+    count_duplicates,
 )
 from keel.events._config import (
     ConsumerConfig,
@@ -121,6 +124,9 @@ _US = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MSGID_CHUNK = 500
 _FALSES = repeat(False)
+_ONES = repeat(1)
+_TOKEN = attrgetter("_token")
+_SEQ = attrgetter("seq")
 
 
 def _to_us(t: datetime) -> int:
@@ -249,18 +255,16 @@ class SQLiteBus(Bus):
         check_stream_name(stream)
         if not events:
             return []
-        schemas = self._schemas
-        for ev in events:
-            if not isinstance(ev, Event):
-                raise InvalidEventError(f"publish expects Event objects, got {type(ev).__name__}")
-            if schemas is not None:
-                schemas.check(ev)
+        check_publishable(events, self._schemas)
         t0 = time.perf_counter()
         replace = msgspec.structs.replace
+        now_us = self._now_us()
+        publish_time = _from_us(now_us)
+        # Rows are built (and encoded) before the write lock is taken, as they are inserted.
+        rows = [
+            (ev.id, now_us, encode_event(replace(ev, publish_time=publish_time))) for ev in events
+        ]
         with self._lock:
-            now_us = self._now_us()
-            publish_time = _from_us(now_us)
-            rows = [(ev.id, encode_event(replace(ev, publish_time=publish_time))) for ev in events]
             acks = self._append(stream, rows, now_us)
         self._after_publish(stream, acks, time.perf_counter() - t0)
         return acks
@@ -271,12 +275,13 @@ class SQLiteBus(Bus):
             raise InvalidEventError("publish_raw expects bytes and a non-empty msg_id")
         t0 = time.perf_counter()
         with self._lock:
-            acks = self._append(stream, [(msg_id, data)], self._now_us())
+            now_us = self._now_us()
+            acks = self._append(stream, [(msg_id, now_us, data)], now_us)
         self._after_publish(stream, acks, time.perf_counter() - t0)
         return acks[0]
 
     def _after_publish(self, stream: str, acks: list[PublishAck], seconds: float) -> None:
-        dups = sum(1 for a in acks if a.duplicate)
+        dups = count_duplicates(acks)
         self._metrics.published(stream, len(acks) - dups, dups, seconds)
         n = self._since_compact.get(stream, 0) + len(acks) - dups
         if n >= self._compact_every:
@@ -284,7 +289,11 @@ class SQLiteBus(Bus):
             self._compact_stream(stream, checkpoint="PASSIVE")
         self._since_compact[stream] = n
 
-    def _append(self, stream: str, rows: list[tuple[str, bytes]], now_us: int) -> list[PublishAck]:
+    def _append(
+        self, stream: str, rows: list[tuple[str, int, bytes]], pub_us: int
+    ) -> list[PublishAck]:
+        """Store `rows` (msg id, publish time us = `pub_us`, data) with the next sequences,
+        skipping stored ids; one transaction."""
         with self._tx() as c:
             t = (
                 self._require_table(c, stream)
@@ -295,25 +304,27 @@ class SQLiteBus(Bus):
             last_seq, last_us = c.execute(
                 "SELECT last_seq, last_publish_us FROM keel_streams WHERE name=?", (stream,)
             ).fetchone()
-            pub_us = max(now_us, last_us)  # publish times never go backwards within a stream
-            # Fast path: insert all with consecutive sequences; OR IGNORE skips stored ids
-            # (cheaper than failing: no statement journal). Any skip leaves a sequence gap,
-            # so roll the batch back and take the slow path.
-            c.execute("SAVEPOINT fast")
-            n = c.executemany(
-                f"INSERT OR IGNORE INTO {t} (seq, msg_id, publish_us, data) VALUES (?, ?, ?, ?)",
-                [(last_seq + i, m, pub_us, d) for i, (m, d) in enumerate(rows, 1)],
-            ).rowcount
-            if n == len(rows):
-                c.execute("RELEASE fast")
-                new_last = last_seq + len(rows)
-                acks = list(
-                    map(PublishAck, repeat(stream), range(last_seq + 1, new_last + 1), _FALSES)
-                )
+            if last_us > pub_us:  # publish times never go backwards within a stream
+                pub_us = last_us
+                rows = [(m, pub_us, d) for m, _, d in rows]
+            # Fast path, while the table's top sequence is `last_seq` (i.e. retention has not
+            # emptied it): INSERT OR IGNORE with SQLite's own rowid allocation (max + 1), which
+            # gives the inserted rows exactly the next sequences with no gaps even when stored
+            # ids are skipped — so no savepoint (its sub-journal copies every page touched) and
+            # no per-row probe of explicit keys. Duplicates are then looked up for their acks.
+            (top,) = c.execute(f"SELECT MAX(seq) FROM {t}").fetchone()
+            if (top or 0) == last_seq:
+                n = c.executemany(
+                    f"INSERT OR IGNORE INTO {t} (msg_id, publish_us, data) VALUES (?, ?, ?)", rows
+                ).rowcount
+                new_last = last_seq + n
+                if n == len(rows):
+                    acks = list(
+                        map(PublishAck, repeat(stream), range(last_seq + 1, new_last + 1), _FALSES)
+                    )
+                else:
+                    acks = self._acks_with_duplicates(c, t, stream, rows, last_seq)
             else:
-                # Some ids are already stored (or repeated within the batch): slow path.
-                c.execute("ROLLBACK TO fast")
-                c.execute("RELEASE fast")
                 acks, new_last = self._append_dedupe(c, t, stream, rows, last_seq, pub_us)
             c.execute(
                 "UPDATE keel_streams SET last_seq=?, last_publish_us=? WHERE name=?",
@@ -322,24 +333,49 @@ class SQLiteBus(Bus):
         return acks
 
     @staticmethod
-    def _append_dedupe(
-        c: sqlite3.Connection,
-        t: str,
-        stream: str,
-        rows: list[tuple[str, bytes]],
-        last_seq: int,
-        pub_us: int,
-    ) -> tuple[list[PublishAck], int]:
+    def _stored_seqs(c: sqlite3.Connection, t: str, ids: list[str]) -> dict[str, int]:
         known: dict[str, int] = {}
-        ids = [m for m, _ in rows]
         for i in range(0, len(ids), _MSGID_CHUNK):
             chunk = ids[i : i + _MSGID_CHUNK]
             marks = ",".join("?" * len(chunk))
             known.update(c.execute(f"SELECT msg_id, seq FROM {t} WHERE msg_id IN ({marks})", chunk))
+        return known
+
+    @classmethod
+    def _acks_with_duplicates(
+        cls,
+        c: sqlite3.Connection,
+        t: str,
+        stream: str,
+        rows: list[tuple[str, int, bytes]],
+        last_seq: int,
+    ) -> list[PublishAck]:
+        """Acks for a batch inserted with INSERT OR IGNORE where some ids were skipped: an id
+        is new if its stored sequence is past `last_seq` and it is its first occurrence."""
+        known = cls._stored_seqs(c, t, [m for m, _, _ in rows])
+        seen: set[str] = set()
+        acks = []
+        for m, _, _ in rows:
+            seq = known[m]
+            acks.append(PublishAck(stream, seq, seq <= last_seq or m in seen))
+            seen.add(m)
+        return acks
+
+    @classmethod
+    def _append_dedupe(
+        cls,
+        c: sqlite3.Connection,
+        t: str,
+        stream: str,
+        rows: list[tuple[str, int, bytes]],
+        last_seq: int,
+        pub_us: int,
+    ) -> tuple[list[PublishAck], int]:
+        known = cls._stored_seqs(c, t, [m for m, _, _ in rows])
         acks: list[PublishAck] = []
         inserts = []
         seq = last_seq
-        for m, d in rows:
+        for m, _, d in rows:
             if m in known:
                 acks.append(PublishAck(stream, known[m], True))
                 continue
@@ -526,8 +562,9 @@ class SQLiteBus(Bus):
             letters = [d for d in letters if d.data]
             if not letters:
                 return 0
-            rows = [(f"{d.event_id or 'raw'}~requeue~{d.id}", d.data) for d in letters]
-            self._append(stream, rows, self._now_us())
+            now_us = self._now_us()
+            rows = [(f"{d.event_id or 'raw'}~requeue~{d.id}", now_us, d.data) for d in letters]
+            self._append(stream, rows, now_us)
             with self._tx() as c:
                 c.executemany(
                     "DELETE FROM keel_dead_letters WHERE id=?", [(int(d.id),) for d in letters]
@@ -740,52 +777,47 @@ class SQLiteConsumer(Consumer):
     def _lease(
         self, c: sqlite3.Connection, rows: list[tuple[int, bytes]], visible: int
     ) -> list[Delivery]:
-        """First deliveries of `rows` (contiguous sequences): decode them in one call, lease
-        each run of valid events with one `keel_leases` row; invalid ones are dead-lettered
-        (and break the run)."""
-        schemas = self._schemas
+        """First deliveries of `rows` (in sequence order): decode them in one call and lease
+        each run of consecutive valid events with one `keel_leases` row; invalid ones are
+        dead-lettered (and, like a sequence gap, end a run)."""
+        stream, durable = self.stream, self.durable
         lo, hi = rows[0][0], rows[-1][0]
+        seqs = [seq for seq, _ in rows]
         events: list[Event | None] | None = None
-        if schemas is None:
+        if self._schemas is None:
             try:
                 events = list(decode_events([d for _, d in rows]))
             except InvalidEventError:
                 events = None  # some row is malformed: validate one by one below
+        if events is not None and hi - lo + 1 == len(rows):
+            # The common case: all valid, no gap — one lease, deliveries built in C.
+            lease = (lo, hi)
+            c.execute(
+                "INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?)",
+                (stream, durable, lo, hi, visible),
+            )
+            return list(map(Delivery, repeat(self), events, seqs, _ONES, repeat(lease)))  # type: ignore[arg-type]
         if events is None:
             events = [self._validate(c, seq, 1, data) for seq, data in rows]
-        runs: list[tuple[int, int]] = []
-        start: int | None = None
-        for (seq, _), ev in zip(rows, events, strict=True):
-            if ev is None:
-                if start is not None:
-                    runs.append((start, seq - 1))
-                    start = None
-            elif start is None:
-                start = seq
-        if start is not None:
-            runs.append((start, hi))
-        if not runs:
-            return []
-        stream, durable = self.stream, self.durable
-        c.executemany(
-            "INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?)",
-            [(stream, durable, a, b, visible) for a, b in runs],
-        )
-        if len(runs) == 1 and runs[0] == (lo, hi):
-            token = runs[0]
-            return [
-                Delivery(self, ev, seq, 1, token)  # type: ignore[arg-type]
-                for (seq, _), ev in zip(rows, events, strict=True)
-            ]
-        out = []
-        r = iter(runs)
-        cur = next(r)
-        for (seq, _), ev in zip(rows, events, strict=True):
-            if ev is None:
-                continue
-            while seq > cur[1]:
-                cur = next(r)
-            out.append(Delivery(self, ev, seq, 1, cur))
+        out: list[Delivery] = []
+        leases: list[tuple[str, str, int, int, int]] = []
+        run: list[tuple[int, Event]] = []
+
+        def close_run() -> None:
+            if run:
+                lease = (run[0][0], run[-1][0])
+                leases.append((stream, durable, lease[0], lease[1], visible))
+                out.extend(Delivery(self, ev, seq, 1, lease) for seq, ev in run)
+                run.clear()
+
+        for seq, ev in zip(seqs, events, strict=True):
+            if ev is None or (run and seq != run[-1][0] + 1):
+                close_run()
+            if ev is not None:
+                run.append((seq, ev))
+        close_run()
+        if leases:
+            c.executemany("INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?)", leases)
         return out
 
     def _split_lease(self, c: sqlite3.Connection, lease: tuple[int, int]) -> bool:
@@ -836,17 +868,17 @@ class SQLiteConsumer(Consumer):
     def _ack(self, deliveries: Sequence[Delivery]) -> None:
         stream, durable = self.stream, self.durable
         first = deliveries[0]._token
-        if first is not None and all(d._token is first for d in deliveries):
-            groups: dict[Any, list[Delivery]] = {first: list(deliveries)}  # the common case
+        if first is not None and all(map(is_, map(_TOKEN, deliveries), repeat(first))):
+            groups: dict[Any, Sequence[Delivery]] = {first: deliveries}  # the common case
         else:
             groups = {}
             for d in deliveries:
-                groups.setdefault(d._token, []).append(d)
-        singles = groups.pop(None, [])
+                groups.setdefault(d._token, []).append(d)  # type: ignore[attr-defined]
+        singles = list(groups.pop(None, []))
         with self._bus._tx() as c:
             for lease, ds in groups.items():
                 lo, hi = lease
-                if len({d.seq for d in ds}) == hi - lo + 1:  # the whole run: drop the lease
+                if len(set(map(_SEQ, ds))) == hi - lo + 1:  # the whole run: drop the lease
                     n = c.execute(
                         "DELETE FROM keel_leases WHERE stream=? AND durable=? AND lo=? AND hi=?",
                         (stream, durable, lo, hi),

@@ -22,6 +22,7 @@ from keel.features._definitions import (
     Registry,
     TableSource,
     Transform,
+    load_registry,
     registry_from_objects,
 )
 from keel.features._errors import (
@@ -97,6 +98,7 @@ __all__ = [
     "entity_key",
     "events_to_frame",
     "latest",
+    "load_registry",
     "registry_from_objects",
     "training_set",
 ]

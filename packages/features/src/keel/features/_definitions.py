@@ -212,13 +212,13 @@ class FeatureView:
 
     name: str
     source: Source
-    entities: tuple[Entity, ...]
+    entities: Sequence[Entity]
     fields: Mapping[str, str]
-    features: tuple[Aggregation, ...]
+    features: Sequence[Aggregation]
     event_time: str = "event_time"
     record_time: str | None = None
     id_column: str | None = None
-    transforms: tuple[Transform, ...] = ()
+    transforms: Sequence[Transform] = ()
     ttl: timedelta | None = None
     bucket: timedelta | None = None
     allowed_lateness: timedelta = timedelta(minutes=5)
@@ -252,7 +252,9 @@ class FeatureView:
         for special in (self.event_time, self.record_time, self.id_column):
             if special is not None:
                 _check_name(f"view {self.name!r} column", special)
-        reserved = {self.event_time, self.record_time, self.id_column, *keys} - {None}
+        reserved: set[str] = {
+            c for c in (self.event_time, self.record_time, self.id_column, *keys) if c
+        }
         clash = reserved & set(flds)
         if clash:
             raise InvalidDefinitionError(
@@ -457,4 +459,40 @@ def registry_from_objects(objects: Sequence[object] | Mapping[str, object]) -> R
         elif isinstance(obj, Registry):
             for v in obj:
                 reg.register(v)
+    return reg
+
+
+def load_registry(spec: str) -> Registry:
+    """Load a code-first registry from ``spec``: a ``.py`` file path or an importable module name.
+
+    Every FeatureView (and Registry) defined at the module's top level is collected.
+    """
+    import importlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if not spec:
+        raise InvalidDefinitionError(
+            "no feature definitions given: pass a .py file or a module name"
+        )
+    try:
+        if spec.endswith(".py"):
+            path = Path(spec).absolute()
+            if not path.is_file():
+                raise NotFoundError(f"feature definitions file {path} does not exist")
+            name = f"keel_feature_defs_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+            loader_spec = importlib.util.spec_from_file_location(name, path)
+            if loader_spec is None or loader_spec.loader is None:
+                raise InvalidDefinitionError(f"cannot load feature definitions from {path}")
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
+            loader_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        raise NotFoundError(f"feature definitions module {spec!r} not found: {exc}") from exc
+    reg = registry_from_objects(vars(module))
+    if not len(reg):
+        raise NotFoundError(f"{spec!r} defines no FeatureView")
     return reg

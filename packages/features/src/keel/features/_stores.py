@@ -184,7 +184,7 @@ class RedisOnlineStore:
             raise UnavailableError(f"Redis online read failed: {exc}") from exc
         if t is None or v is None:
             return None
-        return OnlineRow(_dec.decode(v), from_us(int(t)))
+        return OnlineRow(_dec.decode(bytes(v)), from_us(int(t)))  # type: ignore[arg-type]
 
     def read_many(self, namespace: str, entities: Sequence[str]) -> list[OnlineRow | None]:
         try:
@@ -379,7 +379,7 @@ class RedisStateStore:
             v = self._r.get(self.prefix + name)
         except self._redis_mod.RedisError as exc:
             raise UnavailableError(f"Redis state load failed: {exc}") from exc
-        return None if v is None else bytes(v)
+        return None if v is None else bytes(v)  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._r.close()

@@ -1,0 +1,1 @@
+"""The feature-worker app: wiring only (see keel.features.FeatureWorker)."""

@@ -1,0 +1,264 @@
+"""Feature benchmarks: batch (Keel vs hand-written Polars vs pandas), streaming, online reads.
+
+    ./pants run tools/bench/features:features -- [--quick]
+
+Prints figures and, as the last line, one JSON object
+{"bench": "features", "figures": {...}, "ratios": {...}, "goals_met": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import numpy as np
+import polars as pl
+
+from keel.features import (
+    Aggregation,
+    Entity,
+    EventSource,
+    FeatureView,
+    SQLiteOnlineStore,
+    StreamingEngine,
+    backfill,
+)
+
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
+WINDOWS = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "1d": timedelta(days=1)}
+
+
+def make_view() -> FeatureView:
+    feats = []
+    for label, w in WINDOWS.items():
+        feats += [
+            Aggregation("count", None, w, name=f"count_{label}"),
+            Aggregation("sum", "amount", w, name=f"sum_{label}"),
+            Aggregation("max", "amount", w, name=f"max_{label}"),
+        ]
+    return FeatureView(
+        name="bench_txn",
+        source=EventSource("txn.created"),
+        entities=[Entity("card")],
+        fields={"amount": "float"},
+        features=feats,
+        id_column="event_id",
+        allowed_lateness=timedelta(minutes=10),
+    )
+
+
+def make_events(n: int, n_ent: int, seed: int = 7) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    t_us = np.sort(rng.integers(0, 7 * 86_400_000_000, n)) + int(BASE.timestamp()) * 1_000_000
+    return pl.DataFrame(
+        {
+            "card": pl.Series(rng.integers(0, n_ent, n)).cast(pl.String),
+            "event_time": pl.from_epoch(pl.Series(t_us), time_unit="us").dt.replace_time_zone(
+                "UTC"
+            ),
+            "event_id": pl.int_range(0, n, eager=True).cast(pl.String),
+            "amount": np.round(rng.gamma(2.0, 20.0, n), 2),
+        }
+    )
+
+
+def hand_polars(df: pl.DataFrame) -> pl.DataFrame:
+    """What a Polars user would write by hand for the same nine features."""
+    out = df.sort("card", "event_time").with_columns(pl.lit(1, pl.Int64).alias("one"))
+    cols = []
+    for label, w in WINDOWS.items():
+        cols += [
+            pl.col("one")
+            .rolling_sum_by("event_time", w, closed="right")
+            .over("card")
+            .alias(f"count_{label}"),
+            pl.col("amount")
+            .rolling_sum_by("event_time", w, closed="right")
+            .over("card")
+            .alias(f"sum_{label}"),
+            pl.col("amount")
+            .rolling_max_by("event_time", w, closed="right")
+            .over("card")
+            .alias(f"max_{label}"),
+        ]
+    return out.select("card", "event_time", *cols)
+
+
+def pandas_impl(df: pl.DataFrame) -> pl.DataFrame:
+    import pandas as pd
+
+    p = (
+        df.select("card", "event_time", "amount")
+        .to_pandas()
+        .sort_values(["card", "event_time"], kind="stable")
+    )
+    p = p.set_index("event_time")
+    g = p.groupby("card", sort=True)["amount"]
+    out = pd.DataFrame({"card": p["card"].to_numpy()}, index=p.index)
+    for label, w in WINDOWS.items():
+        r = g.rolling(w, closed="right")
+        out[f"count_{label}"] = r.count().to_numpy().astype("int64")
+        out[f"sum_{label}"] = r.sum().to_numpy()
+        out[f"max_{label}"] = r.max().to_numpy()
+    return pl.from_pandas(out.reset_index())
+
+
+def timed(fn, *args, repeat: int = 1):  # type: ignore[no-untyped-def]
+    best, res = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best, res
+
+
+def agree(a: pl.DataFrame, b: pl.DataFrame, names: list[str]) -> bool:
+    a = a.sort("card", "event_time", *names)
+    b = b.sort("card", "event_time", *names)
+    if a.height != b.height:
+        return False
+    for n in names:
+        x, y = a[n].cast(pl.Float64).to_numpy(), b[n].cast(pl.Float64).to_numpy()
+        if not np.allclose(x, y, rtol=1e-9, atol=1e-6, equal_nan=True):
+            return False
+    return True
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--events", type=int)
+    ap.add_argument("--entities", type=int)
+    args = ap.parse_args()
+    n = args.events or (200_000 if args.quick else 10_000_000)
+    n_ent = args.entities or (5_000 if args.quick else 100_000)
+    view = make_view()
+    names = list(view.feature_names)
+    figs: dict[str, float | int | bool] = {"events": n, "entities": n_ent, "features": len(names)}
+
+    df = make_events(n, n_ent)
+    print(f"batch: {n:,} events, {n_ent:,} entities, {len(names)} features (3 aggs x 3 windows)")
+    reps = 2 if args.quick else 1
+    t_keel, keel_out = timed(backfill, view, df, repeat=reps)
+    t_pl, pl_out = timed(hand_polars, df, repeat=reps)
+    figs["batch_keel_s"] = round(t_keel, 3)
+    figs["batch_polars_s"] = round(t_pl, 3)
+    figs["batch_keel_polars_agree"] = agree(keel_out, pl_out, names)
+    del pl_out
+    # pandas anchor on a 10% entity subset (full size would take many minutes); Keel on the same subset.
+    sub = df.filter(pl.col("card").cast(pl.Int64) % 10 == 0)
+    t_pd, pd_out = timed(pandas_impl, sub)
+    t_keel_sub, keel_sub = timed(backfill, view, sub, repeat=2)
+    figs["pandas_subset_events"] = sub.height
+    figs["batch_pandas_subset_s"] = round(t_pd, 3)
+    figs["batch_keel_subset_s"] = round(t_keel_sub, 3)
+    figs["batch_keel_pandas_agree"] = agree(keel_sub, pd_out, names)
+    figs["batch_peak_rss_mib"] = round(rss_mib(), 1)
+    del keel_out, pd_out, keel_sub, sub
+    print(
+        f"  keel {t_keel:.2f}s  hand-written polars {t_pl:.2f}s  pandas(10% subset) {t_pd:.2f}s vs keel {t_keel_sub:.2f}s"
+    )
+
+    # Streaming: events/s through the incremental engine (time-ordered micro-batches of 10k).
+    n_stream = min(n, 100_000 if args.quick else 2_000_000)
+    stream_df = df.head(n_stream)
+    eng = StreamingEngine(view, clock=lambda: BASE + timedelta(days=30))
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for i in range(0, n_stream, 10_000):
+        eng.ingest(stream_df.slice(i, 10_000))
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    figs["stream_events_per_s"] = round(n_stream / wall)
+    figs["stream_events_per_cpu_s"] = round(n_stream / cpu)
+    figs["stream_state_cells"] = eng.state_cells()
+    print(f"streaming: {n_stream / wall:,.0f} events/s wall, {n_stream / cpu:,.0f} per CPU-second")
+
+    with TemporaryDirectory() as tmp:
+        online = SQLiteOnlineStore(Path(tmp) / "online.db")
+        # p99 event -> online-visible: one event per micro-batch, ingest + values + conditional write.
+        lat = []
+        tail = df.slice(n_stream, 2_000) if n > n_stream + 2_000 else df.tail(2_000)
+        for row in tail.iter_slices(1):
+            t0 = time.perf_counter()
+            rep = eng.ingest(row)
+            if rep.updated:
+                vals, times = eng.current(rep.updated)
+                online.write(
+                    "bench",
+                    [
+                        (k, r, t)
+                        for k, r, t in zip(
+                            rep.updated, vals.drop("entity").to_dicts(), times, strict=True
+                        )
+                    ],
+                )
+            lat.append(time.perf_counter() - t0)
+        figs["stream_event_to_online_p99_ms"] = round(float(np.percentile(lat, 99)) * 1e3, 3)
+        figs["stream_event_to_online_p50_ms"] = round(float(np.percentile(lat, 50)) * 1e3, 3)
+
+        # Online read: 1 entity x 50 features.
+        values = {f"f{i}": float(i) * 1.5 for i in range(50)}
+        online.write("read", [(f"e{i}", values, BASE) for i in range(10_000)])
+        reads = []
+        rng = np.random.default_rng(1)
+        for k in rng.integers(0, 10_000, 20_000):
+            t0 = time.perf_counter()
+            got = online.read("read", f"e{k}")
+            reads.append(time.perf_counter() - t0)
+            assert got is not None and len(got.values) == 50
+        figs["online_read_sqlite_p99_ms"] = round(float(np.percentile(reads, 99)) * 1e3, 4)
+        online.close()
+    try:
+        from keel.features import RedisOnlineStore
+
+        url = os.environ.get("KEEL_REDIS_URL", "redis://127.0.0.1:6379/0")
+        prefix = f"keelbench:{os.getpid()}:"
+        r = RedisOnlineStore(url, prefix=prefix)
+        r.write("read", [(f"e{i}", values, BASE) for i in range(2_000)])
+        reads = []
+        for k in np.random.default_rng(2).integers(0, 2_000, 5_000):
+            t0 = time.perf_counter()
+            got = r.read("read", f"e{k}")
+            reads.append(time.perf_counter() - t0)
+        figs["online_read_redis_p99_ms"] = round(float(np.percentile(reads, 99)) * 1e3, 4)
+        r.delete_namespace("read")
+        r.close()
+    except Exception as exc:  # Redis absent: report, do not fail the other figures
+        print(f"redis: skipped ({exc})", file=sys.stderr)
+    figs["peak_rss_mib"] = round(rss_mib(), 1)
+
+    ratios = {
+        "keel_vs_hand_polars_time_ratio": round(t_keel / t_pl, 3),
+        "keel_vs_pandas_speedup": round(t_pd / t_keel_sub, 1),
+    }
+    goals = {
+        "keel_within_1_15x_of_hand_polars": ratios["keel_vs_hand_polars_time_ratio"] <= 1.15,
+        "keel_20x_faster_than_pandas": ratios["keel_vs_pandas_speedup"] >= 20,
+        "all_three_agree": bool(
+            figs["batch_keel_polars_agree"] and figs["batch_keel_pandas_agree"]
+        ),
+        "stream_250k_events_per_s": figs["stream_events_per_s"] >= 250_000,
+        "stream_p99_event_to_online_5ms": figs["stream_event_to_online_p99_ms"] <= 5.0,
+        "online_read_sqlite_p99_0_3ms": figs["online_read_sqlite_p99_ms"] <= 0.3,
+    }
+    if "online_read_redis_p99_ms" in figs:
+        goals["online_read_redis_p99_1ms"] = figs["online_read_redis_p99_ms"] <= 1.0
+    for k, v in figs.items():
+        print(f"  {k}: {v}")
+    print(json.dumps({"bench": "features", "figures": figs, "ratios": ratios, "goals_met": goals}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
