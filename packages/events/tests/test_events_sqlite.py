@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from keel.events import Event, StreamConfig, open_bus
 
@@ -141,3 +142,28 @@ def test_a_sequence_gap_splits_the_lease_and_is_never_delivered(tmp_path: Path) 
     assert [(d.seq, d.delivery_count) for d in again] == [(s, 2) for s in (1, 2, 4, 5, 6)]
     c.ack_all(again)
     assert c.info().ack_pending == 0 and bus.dead_letters("s") == []
+
+
+def test_an_idle_fetch_waits_without_spinning_and_wakes_on_a_commit(tmp_path: Path) -> None:
+    """Regression: the fetch's own (empty) commit used to count as "the database changed",
+    so an idle fetch re-ran its transaction in a busy loop until the timeout."""
+    import threading
+
+    url = f"sqlite://{tmp_path / 'e.db'}"
+    bus = open_bus(url)
+    c: Any = bus.consumer("s", "g")
+    calls: list[int] = []
+    fetch_once = c._fetch_once
+
+    def counting(n: int) -> Any:
+        calls.append(n)
+        return fetch_once(n)
+
+    c._fetch_once = counting
+    assert c.fetch(10, timeout_s=0.5) == []
+    assert len(calls) == 1  # one transaction, then polling PRAGMA data_version
+    other = open_bus(url)  # a commit by another connection wakes it ...
+    threading.Timer(0.2, lambda: other.publish("s", mk(1))).start()
+    assert [d.event.id for d in c.fetch(10, timeout_s=30.0)] == ["e1"]
+    threading.Timer(0.2, lambda: bus.publish("s", mk(2))).start()  # ... and one on this bus
+    assert [d.event.id for d in c.fetch(10, timeout_s=30.0)] == ["e2"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
@@ -156,11 +156,10 @@ def decode_event(data: bytes) -> Event:
         raise InvalidEventError(f"malformed event envelope: {exc}") from exc
 
 
-def decode_events(datas: list[bytes]) -> list[Event]:
+def decode_events(datas: Iterable[bytes]) -> list[Event]:
     """`decode_event` over a batch in one call (the consume hot path); InvalidEventError if
     any of them is malformed (callers then fall back to one-by-one to find which)."""
-    decode = _DECODER.decode
     try:
-        return [decode(d) for d in datas]
+        return list(map(_DECODER.decode, datas))
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidEventError(f"malformed event envelope: {exc}") from exc

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import repeat
-from operator import attrgetter, is_
+from operator import attrgetter, is_, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,7 @@ _FALSES = repeat(False)
 _ONES = repeat(1)
 _TOKEN = attrgetter("_token")
 _SEQ = attrgetter("seq")
+_DATA = itemgetter(1)
 
 
 def _to_us(t: datetime) -> int:
@@ -651,11 +652,12 @@ class SQLiteConsumer(Consumer):
             raise InvalidConfigError(f"max_messages must be >= 1, got {max_messages}")
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:
-            version = self._bus._data_version()
-            out, next_visible_us = self._fetch_once(max_messages)
+            out, next_visible_us, version = self._fetch_once(max_messages)
             if out:
                 return out
             # Wait until another writer commits, a pending delivery times out, or the deadline.
+            # (`version` was read inside the fetch's transaction, so neither a commit that
+            # raced it is missed nor does the fetch's own commit count as a change.)
             while True:
                 now = time.monotonic()
                 if now >= deadline:
@@ -666,7 +668,9 @@ class SQLiteConsumer(Consumer):
                     break
                 time.sleep(min(self._bus._poll_s, deadline - now))
 
-    def _fetch_once(self, max_messages: int) -> tuple[list[Delivery], int | None]:
+    def _fetch_once(
+        self, max_messages: int
+    ) -> tuple[list[Delivery], int | None, tuple[int, int] | None]:
         bus, stream, durable = self._bus, self.stream, self.durable
         out: list[Delivery] = []
         redelivered = 0
@@ -758,8 +762,15 @@ class SQLiteConsumer(Consumer):
                         "UPDATE keel_consumers SET next_seq=? WHERE stream=? AND durable=?",
                         (next_seq, stream, durable),
                     )
-            next_visible = None
+            next_visible = version = None
             if not out:
+                # The database version as of this transaction: other connections' commits
+                # change PRAGMA data_version; this bus's own commits (other threads) bump
+                # _local_version — once more for this transaction's own commit.
+                version = (
+                    int(c.execute("PRAGMA data_version").fetchone()[0]),
+                    bus._local_version + 1,
+                )
                 next_visible = c.execute(
                     "SELECT MIN(v) FROM (SELECT MIN(visible_us) AS v FROM keel_pending "
                     "WHERE stream=?1 AND durable=?2 UNION ALL SELECT MIN(visible_us) "
@@ -772,7 +783,7 @@ class SQLiteConsumer(Consumer):
                 ).fetchone()[0]
                 bus._metrics.lag(stream, durable, max(0, int(last) - next_seq + 1))
         bus._metrics.consumed(stream, durable, len(out), redelivered)
-        return out, next_visible
+        return out, next_visible, version
 
     def _lease(
         self, c: sqlite3.Connection, rows: list[tuple[int, bytes]], visible: int
@@ -782,11 +793,10 @@ class SQLiteConsumer(Consumer):
         dead-lettered (and, like a sequence gap, end a run)."""
         stream, durable = self.stream, self.durable
         lo, hi = rows[0][0], rows[-1][0]
-        seqs = [seq for seq, _ in rows]
         events: list[Event | None] | None = None
         if self._schemas is None:
             try:
-                events = list(decode_events([d for _, d in rows]))
+                events = decode_events(map(_DATA, rows))  # type: ignore[assignment]
             except InvalidEventError:
                 events = None  # some row is malformed: validate one by one below
         if events is not None and hi - lo + 1 == len(rows):
@@ -796,7 +806,10 @@ class SQLiteConsumer(Consumer):
                 "INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?)",
                 (stream, durable, lo, hi, visible),
             )
-            return list(map(Delivery, repeat(self), events, seqs, _ONES, repeat(lease)))  # type: ignore[arg-type]
+            return list(
+                map(Delivery, repeat(self), events, range(lo, hi + 1), _ONES, repeat(lease))  # type: ignore[arg-type]
+            )
+        seqs = [seq for seq, _ in rows]
         if events is None:
             events = [self._validate(c, seq, 1, data) for seq, data in rows]
         out: list[Delivery] = []
