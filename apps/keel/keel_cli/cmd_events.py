@@ -102,7 +102,11 @@ def stats(stream: str | None = typer.Argument(None), url: str | None = UrlOpt) -
 def replay(
     stream: str,
     from_seq: int | None = typer.Option(None, "--from-seq"),
-    from_time: str | None = typer.Option(None, "--from-time", help="ISO time with timezone."),
+    from_time: str | None = typer.Option(
+        None,
+        "--from-time",
+        help="Publish time to start at (ISO, with timezone); events published at or after it.",
+    ),
     limit: int | None = typer.Option(None, "--limit"),
     to_stream: str | None = typer.Option(
         None,

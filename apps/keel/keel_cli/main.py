@@ -92,7 +92,19 @@ def doctor(config: Path | None = ConfigOpt) -> None:
 
 
 def main() -> None:
-    app(prog_name="keel")
+    """Entry point: a Keel library error becomes one clear line and exit code 1.
+
+    Library errors already say what was wrong and what to do (STYLE.md #8); a
+    traceback from deep inside would only hide that. Anything else is a bug and
+    keeps its traceback.
+    """
+    try:
+        app(prog_name="keel")  # usage errors: click prints them and exits 2
+    except Exception as e:
+        if not type(e).__module__.startswith("keel."):
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
