@@ -136,3 +136,29 @@ class StreamConfig:
                 f"duplicate_window_s ({self.duplicate_window_s}) must not exceed max_age_s "
                 f"({self.max_age_s})"
             )
+
+
+def consumer_config(
+    stream: str,
+    durable: str,
+    *,
+    ack_wait_s: float,
+    max_deliver: int,
+    backoff_s: tuple[float, ...],
+    start: StartPosition | None,
+    schemas: object,
+) -> ConsumerConfig:
+    """The argument checks every backend's `Bus.consumer` shares: names, schema registry
+    type, and the validated `ConsumerConfig`."""
+    from keel.events._schemas import SchemaRegistry
+
+    check_stream_name(stream)
+    check_name("consumer", durable)
+    if schemas is not None and not isinstance(schemas, SchemaRegistry):
+        raise InvalidConfigError("schemas must be a keel.events.SchemaRegistry")
+    return ConsumerConfig(
+        ack_wait_s=ack_wait_s,
+        max_deliver=max_deliver,
+        backoff_s=tuple(backoff_s),
+        start=start or StartPosition.all(),
+    )

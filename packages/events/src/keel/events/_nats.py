@@ -61,6 +61,7 @@ from keel.events._config import (
     StreamConfig,
     check_name,
     check_stream_name,
+    consumer_config,
 )
 from keel.events._envelope import Event, decode_event, encode_event
 from keel.events._errors import (
@@ -354,16 +355,15 @@ class NatsBus(Bus):
         start: StartPosition | None = None,
         schemas: object = None,
     ) -> NatsConsumer:
-        check_stream_name(stream)
-        check_name("consumer", durable)
-        config = ConsumerConfig(
+        config = consumer_config(
+            stream,
+            durable,
             ack_wait_s=ack_wait_s,
             max_deliver=max_deliver,
-            backoff_s=tuple(backoff_s),
-            start=start or StartPosition.all(),
+            backoff_s=backoff_s,
+            start=start,
+            schemas=schemas,
         )
-        if schemas is not None and not isinstance(schemas, SchemaRegistry):
-            raise InvalidConfigError("schemas must be a keel.events.SchemaRegistry")
         sub = self._run(self._aconsumer(stream, durable, config), f"creating consumer {durable}")
         return NatsConsumer(
             self,

@@ -56,8 +56,8 @@ from keel.events._config import (
     ConsumerConfig,
     StartPosition,
     StreamConfig,
-    check_name,
     check_stream_name,
+    consumer_config,
 )
 from keel.events._envelope import Event, decode_event, decode_events, encode_event
 from keel.events._errors import (
@@ -401,16 +401,15 @@ class SQLiteBus(Bus):
         start: StartPosition | None = None,
         schemas: object = None,
     ) -> SQLiteConsumer:
-        check_stream_name(stream)
-        check_name("consumer", durable)
-        config = ConsumerConfig(
+        config = consumer_config(
+            stream,
+            durable,
             ack_wait_s=ack_wait_s,
             max_deliver=max_deliver,
-            backoff_s=tuple(backoff_s),
-            start=start or StartPosition.all(),
+            backoff_s=backoff_s,
+            start=start,
+            schemas=schemas,
         )
-        if schemas is not None and not isinstance(schemas, SchemaRegistry):
-            raise InvalidConfigError("schemas must be a keel.events.SchemaRegistry")
         ack_wait_us = int(config.ack_wait_s * _US)
         with self._tx() as c:
             t = self._table(c, stream, create=True)
