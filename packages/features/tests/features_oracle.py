@@ -81,6 +81,9 @@ def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> d
             v = float(max(vals)) if vals else None
         elif fn == "distinct_count":
             v = len(set(vals))
+        elif fn == "approx_distinct_count":
+            assert agg.column is not None
+            v = naive_hll(set(vals), view.column_types[agg.column])
         elif fn == "last":
             cands = [
                 (e.et, e.values[agg.column]) for e in win if e.values.get(agg.column) is not None
@@ -90,6 +93,29 @@ def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> d
             raise AssertionError(fn)
         out[agg.name] = None if stale else v
     return out
+
+
+def naive_hll(values: set[Any], typ: str) -> int:
+    """HyperLogLog estimate of ``values``, registers built one value at a time in Python.
+
+    The hash (Polars' seeded 64-bit hash of the value in its declared type) and the final
+    estimator formula are shared with the engines; the register logic is re-derived here.
+    """
+    import polars as pl
+
+    from keel.features import _hll
+    from keel.features._definitions import FIELD_TYPES
+
+    regs = [0] * _hll.M
+    for x in values:
+        h = int(pl.Series([x], dtype=FIELD_TYPES[typ]).hash(seed=_hll.SEED)[0])
+        reg, rest = h >> (64 - _hll.P), h & ((1 << (64 - _hll.P)) - 1)
+        rho = (64 - _hll.P) - rest.bit_length() + 1
+        regs[reg] = max(regs[reg], rho)
+    z = sum(2.0**-r for r in regs if r)
+    nset = sum(1 for r in regs if r)
+    est = pl.select(_hll.estimate(pl.lit(z), pl.lit(nset, pl.Int64))).item()
+    return int(est)
 
 
 def same(a: Any, b: Any, *, rel: float = 1e-9) -> bool:

@@ -40,6 +40,8 @@ def make_view(record_time: bool, ttl: bool) -> FeatureView:
             Aggregation("last", "merchant", w),
             Aggregation("distinct_count", "merchant", w),
         ]
+        if not record_time:  # sketches are not merged point-in-time with late records
+            feats.append(Aggregation("approx_distinct_count", "merchant", w))
     return FeatureView(
         name="txn",
         source=EventSource("txn.created"),

@@ -32,6 +32,8 @@ def make_view(ttl: bool) -> FeatureView:
             feats.append(Aggregation(fn, "amount", w))
         feats.append(Aggregation("last", "merchant", w))
         feats.append(Aggregation("distinct_count", "merchant", w))
+        feats.append(Aggregation("approx_distinct_count", "merchant", w))
+        feats.append(Aggregation("approx_distinct_count", "qty", w))
         feats.append(Aggregation("last", "qty", w))
     return FeatureView(
         name="parity",
@@ -154,3 +156,99 @@ def test_streaming_equals_batch_at_every_bucket_boundary(
     # Snapshot round trip gives the same state.
     again = StreamingEngine.restore(view, eng.snapshot(), clock=lambda: NOW)
     assert again.values_at(keys, times[-1]).to_dicts() == eng.values_at(keys, times[-1]).to_dicts()
+
+
+def make_record_time_view(ttl: bool) -> FeatureView:
+    v = make_view(ttl)
+    feats = [a for a in v.features if a.function != "approx_distinct_count"]
+    return FeatureView(
+        name="parity_rt",
+        source=v.source,
+        entities=list(v.entities),
+        fields=dict(v.fields),
+        features=feats,
+        id_column="event_id",
+        record_time="recorded_at",
+        ttl=v.ttl,
+        allowed_lateness=v.allowed_lateness,
+    )
+
+
+@given(
+    evs=st.lists(event_st, min_size=1, max_size=100),
+    dup_every=st.integers(2, 9),
+    ttl=st.booleans(),
+)
+def test_streaming_read_at_T_equals_batch_with_arrival_as_record_time(
+    evs: list[tuple], dup_every: int, ttl: bool
+) -> None:
+    """The record-time mapping: streaming applies events on arrival, so a streaming read at
+    ``T`` taken once the engine has ingested exactly the events that arrived by ``T`` equals
+    the batch value at ``T`` for a view whose record time is the arrival time (late arrivals
+    for windows ending at ``T`` are invisible to both until they arrive)."""
+    view = make_record_time_view(ttl)
+    arrivals = []
+    for i, (key, minute, off, amount, merchant, qty, jitter) in enumerate(evs):
+        et = BASE + timedelta(microseconds=minute * MIN + off)
+        row = {
+            "card": key,
+            "event_time": et,
+            "recorded_at": et + timedelta(minutes=jitter),
+            "event_id": f"id{i}",
+            "amount": amount,
+            "merchant": merchant,
+            "qty": qty,
+        }
+        arrivals.append(row)
+        if i % dup_every == 0:  # a redelivery, arriving later with its own arrival time
+            arrivals.append({**row, "recorded_at": row["recorded_at"] + timedelta(minutes=7)})
+    arrivals.sort(key=lambda r: r["recorded_at"])  # stable
+
+    def rt_frame(rows: list[dict]) -> pl.DataFrame:
+        return pl.DataFrame(
+            rows,
+            schema={
+                "card": pl.String,
+                "event_time": pl.Datetime("us", "UTC"),
+                "recorded_at": pl.Datetime("us", "UTC"),
+                "event_id": pl.String,
+                "amount": pl.Float64,
+                "merchant": pl.String,
+                "qty": pl.Int64,
+            },
+        )
+
+    b = view.bucket
+    assert b is not None
+    t = BASE
+    while t < arrivals[0]["recorded_at"]:
+        t += b
+    eng = StreamingEngine(view, clock=lambda: NOW)
+    keys = ["a", "b", "c", "zz"]
+    read_times: list[datetime] = []
+    got: list[dict] = []
+    dead: set[str] = set()
+    i = 0
+    while i < len(arrivals) or not read_times:
+        j = i
+        while j < len(arrivals) and arrivals[j]["recorded_at"] <= t:
+            j += 1
+        if j > i:
+            rep = eng.ingest(rt_frame(arrivals[i:j]))
+            dead |= {str(d.event_id) for d in rep.dead_letters}
+            i = j
+        if eng.watermark is not None:
+            read_times.append(t)
+            got += eng.values_at(keys, t).drop("entity").to_dicts()
+        t += b
+    accepted = [r for r in arrivals if r["event_id"] not in dead]
+    queries = pl.DataFrame(
+        {
+            "card": [k for _ in read_times for k in keys],
+            "timestamp": [x for x in read_times for _ in keys],
+        },
+        schema={"card": pl.String, "timestamp": pl.Datetime("us", "UTC")},
+    )
+    want = compute_at(view, rt_frame(accepted), queries).drop("card", "timestamp").to_dicts()
+    for n, (w, g) in enumerate(zip(want, got, strict=True)):
+        assert w == g, (queries.row(n), {k: (w[k], g[k]) for k in w if w[k] != g[k]})

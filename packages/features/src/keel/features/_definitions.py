@@ -8,7 +8,7 @@ Window semantics (shared by every engine): a feature with window ``w`` evaluated
 ``T`` aggregates the entity's events with ``T - w < event_time <= T`` (left-open,
 right-closed), and, when the view has a record-time column, only events with
 ``record_time <= T``. Null input values are ignored (SQL semantics). Empty windows give
-``0`` for count / sum / distinct_count and null for mean / min / max / last / std (std is
+``0`` for count / sum / distinct_count / approx_distinct_count and null for mean / min / max / last / std (std is
 the sample standard deviation, null below two values). ``last`` is the value of the
 latest event; events tied on event time are ordered by value (largest wins), so the
 result never depends on arrival order.
@@ -29,7 +29,9 @@ import polars as pl
 
 from keel.features._errors import ConflictError, InvalidDefinitionError, NotFoundError
 
-AggFunction = Literal["count", "sum", "mean", "min", "max", "last", "distinct_count", "std"]
+AggFunction = Literal[
+    "count", "sum", "mean", "min", "max", "last", "distinct_count", "approx_distinct_count", "std"
+]
 FieldType = Literal["float", "int", "str", "bool"]
 
 AGG_FUNCTIONS: tuple[str, ...] = (
@@ -40,6 +42,7 @@ AGG_FUNCTIONS: tuple[str, ...] = (
     "max",
     "last",
     "distinct_count",
+    "approx_distinct_count",
     "std",
 )
 FIELD_TYPES: dict[str, pl.DataType] = {
@@ -308,6 +311,12 @@ class FeatureView:
                         f"view {self.name!r}: {agg.function} needs a numeric column, "
                         f"{agg.column!r} is {types[agg.column]}"
                     )
+            if agg.function == "approx_distinct_count" and self.record_time is not None:
+                raise InvalidDefinitionError(
+                    f"view {self.name!r}: approx_distinct_count is not supported together with "
+                    "a record-time column (late-recorded events cannot be merged into the "
+                    "window sketches point-in-time); use distinct_count"
+                )
         if self.ttl is not None:
             _check_duration(f"view {self.name!r} ttl", self.ttl)
         _check_duration(f"view {self.name!r} allowed_lateness", self.allowed_lateness)

@@ -7,8 +7,10 @@ Time is cut into buckets of ``view.bucket`` (``b``); bucket ``j`` holds events w
 ``R = ceil(span/b) + ceil(lateness/b) + 2`` slots (``span`` = largest window or ttl); slot
 ``j % R`` holds bucket ``j``'s partial aggregates: row count, and per column non-null count,
 sum, sum of squares, min, max, the latest (event time, value) pair, the set of distinct
-values (distinct-count columns only) and the latest event time. All numeric state lives in
-NumPy arrays of shape ``(entities, R)`` updated with vectorised ``ufunc.at`` calls.
+values (distinct-count columns only), a 256-register HyperLogLog sketch (approx-distinct
+columns only: fixed size whatever the number of distinct values, see ``_hll``) and the latest
+event time. All numeric state lives in NumPy arrays of shape ``(entities, R)`` (sketches:
+``(entities, R, 256)`` bytes) updated with vectorised ``ufunc.at`` calls.
 
 Exactness: a window ``w`` evaluated at a bucket boundary ``T = m*b`` is the union of buckets
 ``m - w/b .. m-1``, so values at bucket boundaries equal the batch engine's exactly (proven by
@@ -19,9 +21,12 @@ Late, duplicate and bad events
 The watermark is ``max event time seen - allowed_lateness``. Events older than the watermark
 are not applied; they are returned as dead letters (reason ``late``) and counted. Events more
 than ``max_future`` ahead of the injected clock are dead-lettered (``future``) so one bad
-clock cannot advance the watermark. Repeated event ids are dropped (first wins); ids are
-remembered while their events are within the lateness horizon (older ones are rejected as
-late anyway).
+clock cannot advance the watermark. Repeated event ids are dropped (first wins). The
+dedupe window is the allowed-lateness horizon: an id is remembered while its event time is
+at or after the watermark; older ids are pruned (amortised: whenever the id map has doubled
+since the last prune, plus 1024), because a redelivery of such an event would be rejected as
+late anyway. So id memory is bounded by the events of one lateness horizon (at most twice
+that plus 1024 between prunes), not by the stream's length.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
+from keel.features import _hll
 from keel.features._batch import _partials
 from keel.features._definitions import FeatureView, duration_us
 from keel.features._errors import InvalidInputError
@@ -109,10 +115,17 @@ class StreamingEngine:
         self._parts, self._lasts = _partials(view)
         types = view.column_types
         self._num_cols = sorted(
-            {p.column for p in self._parts if p.column is not None and p.kind != "dc"}
+            {
+                p.column
+                for p in self._parts
+                if p.column is not None and p.kind not in ("dc", "hz", "hn")
+            }
         )
         self._dc_cols = sorted(
             {p.column for p in self._parts if p.kind == "dc" and p.column is not None}
+        )
+        self._hll_cols = sorted(
+            {p.column for p in self._parts if p.kind == "hz" and p.column is not None}
         )
         self._last_obj = {c for c in self._lasts if types[c] == "str"}
         self._types = types
@@ -146,14 +159,19 @@ class StreamingEngine:
             s[f"last_v:{c}"] = (object, None) if c in self._last_obj else (np.float64, np.nan)
         for c in self._dc_cols:
             s[f"dc:{c}"] = (object, None)
+        for c in self._hll_cols:
+            s[f"hll:{c}"] = (np.uint8, 0)
         return s
+
+    def _shape(self, name: str, cap: int) -> tuple[int, ...]:
+        return (cap, self.ring, _hll.M) if name.startswith("hll:") else (cap, self.ring)
 
     def _grow(self, need: int) -> None:
         if need <= self._cap:
             return
         cap = max(need, self._cap * 2)
         for name, (dtype, ident) in self._specs().items():
-            arr = np.full((cap, self.ring), ident, dtype=dtype)
+            arr = np.full(self._shape(name, cap), ident, dtype=dtype)
             if name in self._arrays:
                 arr[: self._cap] = self._arrays[name]
             self._arrays[name] = arr
@@ -301,6 +319,13 @@ class StreamingEngine:
             np.maximum.at(A[f"max:{c}"], (r, s), x)
         for c in self._lasts:
             self._apply_last(c, df[c], rows, slots, et)
+        for c in self._hll_cols:
+            codes = df.select(_hll.code_expr(c).alias("code"))["code"]
+            nn = codes.is_not_null().to_numpy()
+            if nn.any():
+                code = codes.filter(pl.Series(nn)).to_numpy()
+                rho = (code % 64).astype(np.uint8)
+                np.maximum.at(A[f"hll:{c}"], (rows[nn], slots[nn], code // 64), rho)
         for c in self._dc_cols:
             sets = A[f"dc:{c}"]
             for r, s, x in zip(rows.tolist(), slots.tolist(), df[c].to_list(), strict=True):
@@ -447,6 +472,16 @@ class StreamingEngine:
                         if sset:
                             u |= sset
                     vals.append(len(u))
+            elif fn == "approx_distinct_count":
+                regs = np.where(mask[:, :, None], A[f"hll:{c}"][rows], 0).max(axis=1)
+                is_set = regs > 0
+                z = np.where(is_set, np.ldexp(1.0, -regs.astype(np.int64)), 0.0).sum(axis=1)
+                vals = (
+                    pl.DataFrame({"z": z, "n": is_set.sum(axis=1).astype(np.int64)})
+                    .select(_hll.estimate(pl.col("z"), pl.col("n")))
+                    .to_series()
+                    .to_list()
+                )
             else:  # last
                 assert c is not None
                 lt = np.where(mask, A[f"last_t:{c}"][rows], _MIN)
@@ -464,7 +499,7 @@ class StreamingEngine:
 
         schema: dict[str, pl.DataType] = {"entity": pl.String()}
         for agg in self.view.features:
-            if agg.function in ("count", "distinct_count"):
+            if agg.function in ("count", "distinct_count", "approx_distinct_count"):
                 schema[agg.name] = pl.Int64()
             elif agg.function == "last":
                 assert agg.column is not None
@@ -513,6 +548,8 @@ class StreamingEngine:
             "seen": self._seen,
             "ent_max": self._ent_max[:n].tolist(),
             "counters": self.counters,
+            # HyperLogLog registers depend on Polars' hash: only comparable within a version.
+            "hll_hash": f"polars-{pl.__version__}" if self._hll_cols else None,
             "arrays": arrays,
             "objects": objects,
         }
@@ -529,6 +566,11 @@ class StreamingEngine:
             raise InvalidInputError(
                 f"state snapshot was taken for view {blob.get('view')!r} version {blob.get('version')}, "
                 f"not {view.name!r} version {view.version}; rebuild the state (backfill) instead"
+            )
+        if blob.get("hll_hash") not in (None, f"polars-{pl.__version__}"):
+            raise InvalidInputError(
+                f"state snapshot holds HyperLogLog sketches hashed by {blob['hll_hash']}, "
+                f"not polars-{pl.__version__}; rebuild the state (backfill) instead"
             )
         keys = list(blob["keys"])
         eng = cls(view, initial_capacity=max(1, len(keys)), **kwargs)
