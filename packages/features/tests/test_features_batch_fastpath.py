@@ -162,3 +162,67 @@ def test_time_ordered_index_repairs_shared_hash_prefixes(monkeypatch: pytest.Mon
     assert len(runs) == len(set(cards))  # each entity's rows are contiguous
     assert got_bf.sort("card", "event_time").equals(want_bf)
     assert compute_at(view, frame, q).equals(want_q)
+
+
+@given(seed=st.integers(0, 2**32 - 1), chunk=st.sampled_from([1, 2, 3, 7, 64]))
+def test_backfill_chunks_give_the_same_values(seed: int, chunk: int) -> None:
+    # Backfills are evaluated in row chunks across threads: windows reaching back over chunk
+    # boundaries, ties on time split by a boundary and entity changes inside a chunk must
+    # not change any value (bit for bit) against one chunk holding every row.
+    rng = np.random.default_rng(seed)
+    view = fast_view(ttl=True)
+    evs = gen_events(rng, 400, 8)
+    if seed % 2:
+        evs.sort(key=lambda e: e.et)
+    frame = to_frame(evs)
+    one = backfill(view, frame)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_fastwin, "_CHUNK", chunk)
+        assert _uses_fast_path(view, frame)
+        assert backfill(view, frame).equals(one)
+
+
+def test_entity_hash_collisions_fall_back_to_the_general_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(5)
+    view = fast_view(ttl=True)
+    real = _fastwin._hashes
+
+    def colliding(frame: pl.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        h1, h2 = real(frame, keys)
+        return h1 & np.uint64(3 << 62), h2  # 4 distinct first hashes for 20 entities
+
+    for time_ordered in (True, False):
+        evs = gen_events(rng, 1500, 20)
+        if time_ordered:
+            evs.sort(key=lambda e: e.et)
+        frame = to_frame(evs)
+        q = q_frame(queries(rng, 500, 20))
+        want_bf = backfill(view, frame).sort("card", "event_time")
+        want_q = compute_at(view, frame, q)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(_fastwin, "_hashes", colliding)
+            assert not _uses_fast_path(view, frame)
+            got_bf = backfill(view, frame).sort("card", "event_time")
+            got_q = compute_at(view, frame, q)
+        for a, b in ((got_bf, want_bf), (got_q, want_q)):
+            assert a.columns == b.columns and a.height == b.height
+            for name in view.feature_names:
+                x, y = a[name].cast(pl.Float64).to_numpy(), b[name].cast(pl.Float64).to_numpy()
+                assert np.allclose(x, y, rtol=1e-9, atol=1e-9, equal_nan=True), name
+
+
+def test_windows_longer_than_the_sparse_tables_allow_fall_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(9)
+    view = fast_view(ttl=False)
+    frame = to_frame(sorted(gen_events(rng, 800, 3), key=lambda e: e.et))
+    want = backfill(view, frame).sort("card", "event_time")
+    monkeypatch.setattr(_fastwin, "_MAX_TABLE_LEVELS", 1)  # only 1-row windows fit
+    assert not _uses_fast_path(view, frame)
+    got = backfill(view, frame).sort("card", "event_time")
+    for name in view.feature_names:
+        x, y = got[name].cast(pl.Float64).to_numpy(), want[name].cast(pl.Float64).to_numpy()
+        assert np.allclose(x, y, rtol=1e-9, atol=1e-9, equal_nan=True), name

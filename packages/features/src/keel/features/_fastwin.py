@@ -14,6 +14,16 @@ array: ``en`` = first row with key > ``(entity, T)`` and ``st`` = first row with
   levels of pairwise extrema), two gathers per query;
 - TTL's "latest visible event" = the event time of row ``en - 1`` when it is the same entity.
 
+Backfills (the queries are the sorted events themselves, so both bounds are non-decreasing
+along the rows) are evaluated chunk by chunk (``_backfill``): a chunk's binary searches,
+prefix-sum gathers and a local sparse table touch only that chunk and the rows its windows
+reach back to, so the work stays in cache instead of a dozen full-frame passes per feature;
+chunks run in a small thread pool (NumPy releases the GIL). The values are the same
+expressions as above, bit for bit. A time-ordered log is put in (entity, time) order by one
+stable sort on the top 32 bits of the entity hash: two 16-bit LSD radix passes (NumPy's
+stable sort of 16-bit keys is a linear radix sort), then a repair of the rare runs where two
+entities share those bits.
+
 Window semantics are the engine's: ``T - w < event_time <= T`` (every row at exactly ``T``
 included). Entity codes come from a 64-bit hash of the join keys, checked against a second
 independent hash (a collision between two entities of one frame is detected, not trusted).
@@ -24,6 +34,7 @@ would overflow) return ``None`` and the caller uses the general rolling plan.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -66,9 +77,13 @@ def build_index(
     keys: list[str],
     et_col: str,
     value_cols: list[str],
-    carry: list[str] | None = None,
+    carry: list[str] | None,
+    threads: ThreadPoolExecutor,
 ) -> _Index | None:
-    """Sort ``events`` (prepared, non-empty) by packed key; None when the key would overflow."""
+    """Sort ``events`` (prepared, non-empty) by packed key; None when the key would overflow.
+
+    ``carry`` columns travel along in sorted order (constant within an entity run).
+    """
     h1, h2 = _hashes(events, keys)
     et = events[et_col].to_numpy()
     t0 = int(et.min())
@@ -76,40 +91,39 @@ def build_index(
     stride = span + 2
     if bool((et[1:] >= et[:-1]).all()):
         # Time-ordered input (the usual event log): one stable sort by entity hash yields
-        # (entity, time) order directly. The sort key is the hash's top 32 bits (a much
-        # faster sort than 64); runs where two entities share those bits are re-sorted by the
-        # full hash afterwards (few and short: ~n_entities^2 / 2^33 of them).
-        prefix = (h1 >> np.uint64(64 - _SORT_BITS)).astype(np.uint32)
-        srt = (
-            pl.DataFrame({"s": prefix, "h": h1, "h2": h2, "et": et})
-            .with_row_index("perm")
-            .sort("s", maintain_order=True)
-        )
-        perm = srt["perm"].to_numpy().astype(np.int64)
-        h1s, h2s, et_s = srt["h"].to_numpy(), srt["h2"].to_numpy(), srt["et"].to_numpy()
-        pre_s = srt["s"].to_numpy()
-        mixed = np.flatnonzero((pre_s[1:] == pre_s[:-1]) & (h1s[1:] != h1s[:-1]))
-        if len(mixed):
-            h1s, h2s, et_s = h1s.copy(), h2s.copy(), et_s.copy()
+        # (entity, time) order directly. The sort key is the hash's top 32 bits, sorted by two
+        # 16-bit radix passes (NumPy's stable sort of 16-bit keys is a linear radix sort);
+        # runs where two entities share those bits are re-sorted by the full hash afterwards
+        # (few and short: ~n_entities^2 / 2^33 of them).
+        perm = _radix_perm(h1, _SORT_BITS)
+        raw = _value_arrays(events, value_cols)
+        h1s, h2s, et_s, *vals_s = threads.map(lambda a: np.take(a, perm), [h1, h2, et, *raw])
+        change = np.flatnonzero(h1s[1:] != h1s[:-1]) + 1
+        shift = np.uint64(64 - _SORT_BITS)
+        mixed = change[(h1s[change] >> shift) == (h1s[change - 1] >> shift)]
+        if len(mixed):  # a new entity without a new prefix: its prefix run is interleaved
+            pre_s = h1s >> shift
             run_starts = np.flatnonzero(np.r_[True, pre_s[1:] != pre_s[:-1]])
             run_ends = np.r_[run_starts[1:], len(pre_s)]
             for r in np.unique(np.searchsorted(run_starts, mixed, side="right") - 1):
                 a, b = int(run_starts[r]), int(run_ends[r])
                 local = np.argsort(h1s[a:b], kind="stable")
-                for arr in (perm, h1s, h2s, et_s):
+                for arr in (perm, h1s, h2s, et_s, *vals_s):
                     arr[a:b] = arr[a:b][local]
-        change = np.flatnonzero(h1s[1:] != h1s[:-1]) + 1
+            change = np.flatnonzero(h1s[1:] != h1s[:-1]) + 1
         starts = np.concatenate([np.zeros(1, dtype=np.int64), change])
         codes_s = np.zeros(len(h1s), dtype=np.int64)
         codes_s[change] = 1
         np.cumsum(codes_s, out=codes_s)
         uniq = h1s[starts]
-        if bool(((h2s[1:] != h2s[:-1]) & (h1s[1:] == h1s[:-1])).any()):
+        change2 = np.flatnonzero(h2s[1:] != h2s[:-1]) + 1
+        if len(np.setdiff1d(change2, change, assume_unique=True)):
             return None  # two different entities share a 64-bit hash: use the general plan
         if len(uniq) * stride >= _KEY_LIMIT:
             return None
         keys_s = codes_s * stride + (et_s - t0)
-        srt = events.select([*_value_exprs(value_cols), *(carry or [])])[perm]
+        values = _values_dict(value_cols, vals_s, len(perm))
+        carried = _carried(events, carry, perm, starts, codes_s)
         return _Index(
             uniq,
             h2s[starts],
@@ -121,8 +135,8 @@ def build_index(
             codes_s,
             et_s,
             starts,
-            _sorted_values(srt, value_cols),
-            srt.select(carry or []),
+            values,
+            carried,
         )
     uniq, inv = np.unique(h1, return_inverse=True)
     inv = inv.astype(np.int64, copy=False)
@@ -138,37 +152,66 @@ def build_index(
     codes_s = inv[perm]
     change = np.flatnonzero(codes_s[1:] != codes_s[:-1]) + 1
     starts = np.concatenate([np.zeros(1, dtype=np.int64), change])
-    srt = events.select([*_value_exprs(value_cols), *(carry or [])])[perm]
+    raw = _value_arrays(events, value_cols)
+    values = _values_dict(value_cols, list(threads.map(lambda a: np.take(a, perm), raw)), len(perm))
+    carried = _carried(events, carry, perm, starts, codes_s)
     return _Index(
-        uniq,
-        h2_of,
-        t0,
-        span,
-        stride,
-        perm,
-        keys_s,
-        codes_s,
-        et[perm],
-        starts,
-        _sorted_values(srt, value_cols),
-        srt.select(carry or []),
+        uniq, h2_of, t0, span, stride, perm, keys_s, codes_s, et[perm], starts, values, carried
     )
 
 
-def _value_exprs(value_cols: list[str]) -> list[pl.Expr]:
-    out: list[pl.Expr] = []
-    for i, c in enumerate(value_cols):
-        x = pl.col(c).cast(pl.Float64)
-        out += [x.fill_null(0.0).alias(f"__v{i}"), x.is_not_null().alias(f"__ok{i}")]
+def _radix_perm(h: np.ndarray, bits: int) -> np.ndarray:
+    """Stable argsort of the top ``bits`` (<= 32) bits of uint64 ``h`` by 16-bit LSD radix passes."""
+    if bits == 32 and sys.byteorder == "little":
+        halves = h.view(np.uint16).reshape(-1, 4)  # bits 32-47 and 48-63, copied contiguous
+        lo, hi = halves[:, 2].copy(), halves[:, 3].copy()
+    else:
+        top = h >> np.uint64(64 - bits)
+        lo = (top & np.uint64(0xFFFF)).astype(np.uint16)
+        hi = (top >> np.uint64(16)).astype(np.uint16)
+    perm = np.argsort(lo, kind="stable")
+    if bits > 16:
+        perm = np.take(perm, np.argsort(np.take(hi, perm), kind="stable"))
+    return perm
+
+
+def _value_arrays(events: pl.DataFrame, value_cols: list[str]) -> list[np.ndarray]:
+    """Per value column its float64 values (nulls as 0), then a non-null mask if it has nulls."""
+    out: list[np.ndarray] = []
+    for c in value_cols:
+        x = events[c].cast(pl.Float64)
+        if x.null_count() == 0:
+            out.append(x.to_numpy())
+        else:
+            out += [x.fill_null(0.0).to_numpy(), x.is_not_null().to_numpy()]
     return out
 
 
-def _sorted_values(
-    srt: pl.DataFrame, value_cols: list[str]
+def _values_dict(
+    value_cols: list[str], arrays: list[np.ndarray], n: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {
-        c: (srt[f"__v{i}"].to_numpy(), srt[f"__ok{i}"].to_numpy()) for i, c in enumerate(value_cols)
-    }
+    """Column -> (values, non-null mask) from arrays laid out as by ``_value_arrays``."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    i = 0
+    for c in value_cols:
+        masked = i + 1 < len(arrays) and arrays[i + 1].dtype == np.bool_
+        out[c] = (arrays[i], arrays[i + 1] if masked else np.ones(n, dtype=bool))
+        i += 2 if masked else 1
+    return out
+
+
+def _carried(
+    events: pl.DataFrame,
+    carry: list[str] | None,
+    perm: np.ndarray,
+    starts: np.ndarray,
+    codes_s: np.ndarray,
+) -> pl.DataFrame:
+    """``carry`` columns in sorted order: constant within an entity run, so one row per entity
+    is gathered and then expanded by entity code (ascending: that gather walks memory in order)."""
+    if not carry:
+        return pl.DataFrame()
+    return events.select(carry)[perm[starts]][codes_s]
 
 
 def _local_cumsum(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -224,42 +267,41 @@ def partials(
     for _, c, _, _ in parts:
         if c is not None and events.schema[c].is_float() and bool(events[c].is_nan().any()):
             return None
-    value_cols = sorted({c for _, c, _, _ in parts if c is not None})
-    idx = build_index(events, keys, et_col, value_cols, keys if queries is None else None)
-    if idx is None:
-        return None
-    n = events.height
-    if queries is None:
-        # Backfill: the queries are the sorted events themselves (sorted needles: the binary
-        # searches walk memory in order); results stay in that order.
-        order = None
-        qcode = idx.codes
-        rel = idx.et - idx.t0
-        found = np.ones(n, dtype=bool)
-    else:
-        q1, q2 = _hashes(queries, keys)
-        pos = np.searchsorted(idx.uniq, q1)
-        pos_c = np.minimum(pos, len(idx.uniq) - 1)
-        found_in = (pos < len(idx.uniq)) & (idx.uniq[pos_c] == q1) & (idx.h2[pos_c] == q2)
-        code_in = np.where(found_in, pos_c, 0)
-        rel_in = queries[t_col].to_numpy() - idx.t0
-        order = np.argsort(
-            np.where(found_in, code_in * idx.stride + np.clip(rel_in, -1, idx.span), -1)
-        )
-        qcode, rel, found = code_in[order], rel_in[order], found_in[order]
-    if queries is None:
-        # Each sorted event's window ends after the last event with the same packed key.
-        run_end = np.flatnonzero(idx.keys[1:] != idx.keys[:-1]) + 1
-        ends = np.append(run_end, n)
-        en = np.repeat(ends, np.diff(np.concatenate([np.zeros(1, dtype=np.int64), ends])))
-    else:
-        end_key = qcode * idx.stride + np.clip(rel, -1, idx.span)
-        en = np.where(found, np.searchsorted(idx.keys, end_key, side="right"), 0)
-    threads = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+    threads = ThreadPoolExecutor(max_workers=_workers())
     try:
-        return _evaluate(idx, parts, ttl_col, events, et_col, order, qcode, rel, found, en, threads)
+        return _partials(events, queries, keys, et_col, t_col, parts, ttl_col, threads)
     finally:
         threads.shutdown()
+
+
+def _partials(
+    events: pl.DataFrame,
+    queries: pl.DataFrame | None,
+    keys: list[str],
+    et_col: str,
+    t_col: str,
+    parts: list[tuple[str, str | None, int, str]],
+    ttl_col: str | None,
+    threads: ThreadPoolExecutor,
+) -> pl.DataFrame | None:
+    value_cols = sorted({c for _, c, _, _ in parts if c is not None})
+    carry = keys if queries is None else None
+    idx = build_index(events, keys, et_col, value_cols, carry, threads)
+    if idx is None:
+        return None
+    if queries is None:
+        return _backfill(idx, parts, ttl_col, et_col, threads)
+    q1, q2 = _hashes(queries, keys)
+    pos = np.searchsorted(idx.uniq, q1)
+    pos_c = np.minimum(pos, len(idx.uniq) - 1)
+    found_in = (pos < len(idx.uniq)) & (idx.uniq[pos_c] == q1) & (idx.h2[pos_c] == q2)
+    code_in = np.where(found_in, pos_c, 0)
+    rel_in = queries[t_col].to_numpy() - idx.t0
+    order = np.argsort(np.where(found_in, code_in * idx.stride + np.clip(rel_in, -1, idx.span), -1))
+    qcode, rel, found = code_in[order], rel_in[order], found_in[order]
+    end_key = qcode * idx.stride + np.clip(rel, -1, idx.span)
+    en = np.where(found, np.searchsorted(idx.keys, end_key, side="right"), 0)
+    return _evaluate(idx, parts, ttl_col, events, order, qcode, rel, found, en, threads)
 
 
 def _evaluate(
@@ -267,8 +309,7 @@ def _evaluate(
     parts: list[tuple[str, str | None, int, str]],
     ttl_col: str | None,
     events: pl.DataFrame,
-    et_col: str,
-    order: np.ndarray | None,
+    order: np.ndarray,
     qcode: np.ndarray,
     rel: np.ndarray,
     found: np.ndarray,
@@ -280,13 +321,7 @@ def _evaluate(
     base = qcode * idx.stride
     all_found = bool(found.all())
 
-    backfill = order is None
-    if backfill:  # needles are the sorted keys themselves, floored at the entity's start
-        floor = base - 1
-
     def start(w: int) -> np.ndarray:
-        if backfill:
-            return np.searchsorted(idx.keys, np.maximum(idx.keys - w, floor), side="right")
         st = np.searchsorted(idx.keys, base + np.clip(rel - w, -1, idx.span), side="right")
         return st if all_found else np.where(found, st, 0)
 
@@ -312,11 +347,8 @@ def _evaluate(
     def window_sum(key: tuple[str, str], w: int) -> np.ndarray:
         st = bounds[w]
         a, cs = needs[key], prefix[key]
-        if backfill:  # every window holds its own event: st <= row < en
-            out: np.ndarray = cs[last] - cs[st] + a[st]
-            return out
         first = np.minimum(st, n - 1)
-        out = np.where(en > st, cs[last] - (cs[first] - a[first]), 0)
+        out: np.ndarray = np.where(en > st, cs[last] - (cs[first] - a[first]), 0)
         return out
 
     def nonnull(c: str, w: int) -> np.ndarray:
@@ -360,16 +392,6 @@ def _evaluate(
         has = (en > 0) & found & (idx.codes[last] == qcode)
         results.append((ttl_col, idx.et[last], ~has, pl.Int64()))
 
-    if order is None:  # backfill: rows stay grouped by entity, time-ordered
-        cols = [pl.Series(r[0], r[1], dtype=r[3]) for r in results]
-        cols = [
-            c if r[2] is None or not r[2].any() else c.set(pl.Series(r[2]), None)
-            for c, r in zip(cols, results, strict=True)
-        ]
-        return pl.concat(
-            [idx.carried, pl.DataFrame([pl.Series(et_col, idx.et), *cols])], how="horizontal"
-        )
-
     # Back from sorted-query order to the caller's row order.
     def unsort(r: tuple[str, np.ndarray, np.ndarray | None, pl.DataType]) -> pl.Series:
         name, v, null, dtype = r
@@ -383,3 +405,167 @@ def _evaluate(
         return series
 
     return pl.DataFrame(list(threads.map(unsort, results)))
+
+
+_CHUNK = 1 << 15  # backfill rows evaluated together (their working set stays in L2)
+_LOG2 = np.frexp(np.arange(1 << 16))[1].astype(np.int64) - 1  # floor(log2(i)) for i >= 1
+
+
+def _workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class _TooLong(Exception):
+    """A window spans more rows than the sparse tables allow: use the general plan."""
+
+
+def _backfill(
+    idx: _Index,
+    parts: list[tuple[str, str | None, int, str]],
+    ttl_col: str | None,
+    et_col: str,
+    threads: ThreadPoolExecutor,
+) -> pl.DataFrame | None:
+    """Every part at every sorted event's own time (a backfill), rows grouped by entity.
+
+    The queries are the sorted events themselves, so each window is ``[st, en)`` with
+    ``st <= row < en`` and both bounds non-decreasing along the rows. Rows are evaluated in
+    chunks of ``_CHUNK``: a chunk's binary searches, prefix-sum gathers and range-extremum
+    tables only touch the chunk and the rows its windows reach back to, all cache-resident,
+    instead of a dozen full passes over the whole frame per feature. Chunks run in threads
+    (NumPy releases the GIL). Values are the same expressions as for ``compute_at``.
+    """
+    keys, codes, n = idx.keys, idx.codes, len(idx.keys)
+    # Window ends: the row after the last event with the same packed key (ties on time all
+    # count); with no ties that is simply row + 1.
+    en_all: np.ndarray | None = None
+    if n > 1 and not bool((keys[1:] != keys[:-1]).all()):
+        ends = np.append(np.flatnonzero(keys[1:] != keys[:-1]) + 1, n)
+        en_all = np.repeat(ends, np.diff(np.concatenate([np.zeros(1, dtype=np.int64), ends])))
+    windows = sorted({w for _, _, w, _ in parts})
+    vals = idx.values
+    # Prefix sums each part needs (computed once, shared by every window).
+    needs: dict[tuple[str, str], np.ndarray] = {}
+    for kind, c, _, _ in parts:
+        if c is None:
+            continue
+        a, ok = vals[c]
+        if kind in ("sum", "sumsq") and (kind, c) not in needs:
+            needs[(kind, c)] = a if kind == "sum" else a * a
+        if kind not in ("sum", "sumsq") and not bool(ok.all()):
+            needs[("nn", c)] = ok.astype(np.int64)
+    pkeys = list(needs)
+    prefix = dict(
+        zip(pkeys, threads.map(lambda k: _local_cumsum(needs[k], idx.starts), pkeys), strict=True)
+    )
+    specs: dict[tuple[str, str], tuple[np.ndarray, np.ufunc]] = {}
+    for kind, c, _, _ in parts:
+        if kind in ("min", "max") and c is not None and (kind, c) not in specs:
+            a, ok = vals[c]
+            fill = -np.inf if kind == "max" else np.inf
+            fn = np.maximum if kind == "max" else np.minimum
+            specs[(kind, c)] = (a if bool(ok.all()) else np.where(ok, a, fill), fn)
+
+    out = {p[3]: np.empty(n, dtype=np.int64 if p[0] in ("n", "nn") else np.float64) for p in parts}
+    nulls = {p[3]: np.zeros(n, dtype=bool) for p in parts if p[0] in ("min", "max")}
+
+    def chunk(a: int, b: int) -> None:
+        k = keys[a:b]
+        floor = codes[a:b] * idx.stride - 1  # needles never leave the entity
+        en = np.arange(a + 1, b + 1) if en_all is None else en_all[a:b]
+        last = en - 1
+        st: dict[int, np.ndarray] = {}
+        for w in windows:
+            nd = np.maximum(k - w, floor)  # non-decreasing: both terms are
+            lo = int(np.searchsorted(keys[:b], nd[0], side="right"))
+            s = np.searchsorted(keys[lo:b], nd, side="right")
+            s += lo
+            st[w] = s
+        cnt = {w: en - st[w] for w in windows}
+        sums: dict[tuple[tuple[str, str], int], np.ndarray] = {}
+
+        def window_sum(key: tuple[str, str], w: int) -> np.ndarray:
+            if (key, w) not in sums:
+                cs, v, s = prefix[key], needs[key], st[w]
+                cl = cs[a:b] if en_all is None else cs[last]
+                sums[(key, w)] = cl - cs[s] + v[s]
+            return sums[(key, w)]
+
+        def nonnull(c: str, w: int) -> np.ndarray:
+            return window_sum(("nn", c), w) if ("nn", c) in needs else cnt[w]
+
+        tables: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
+        if specs:
+            longest = max(int(cnt[w].max()) for w in windows)
+            levels = max(1, longest.bit_length())
+            if levels > _MAX_TABLE_LEVELS:
+                raise _TooLong
+            lo_min = min(int(st[w][0]) for w in windows)
+            hi = int(en[-1])
+            for spec, (arr, fn) in specs.items():
+                tables[spec] = (_table(arr[lo_min:hi], levels, fn), lo_min)
+        for kind, c, w, name in parts:
+            dst = out[name][a:b]
+            if kind == "n":
+                dst[:] = cnt[w]
+            elif kind == "nn":
+                assert c is not None
+                dst[:] = nonnull(c, w)
+            elif kind in ("sum", "sumsq"):
+                assert c is not None
+                dst[:] = window_sum((kind, c), w)
+            else:
+                assert c is not None
+                flat, base = tables[(kind, c)]
+                _query(flat, hi - base, st[w] - base, en - base, specs[(kind, c)][1], dst)
+                np.equal(nonnull(c, w), 0, out=nulls[name][a:b])
+
+    bounds = list(range(0, n, _CHUNK))
+    workers = min(len(bounds), _workers())
+    groups = [g for g in np.array_split(np.array(bounds, dtype=np.int64), workers) if len(g)]
+
+    def run(group: np.ndarray) -> None:
+        for a in group.tolist():
+            chunk(a, min(a + _CHUNK, n))
+
+    try:
+        list(threads.map(run, groups))
+    except _TooLong:
+        return None
+
+    cols = [idx.carried, pl.DataFrame([pl.Series(et_col, idx.et)])]
+    series = []
+    for kind, _, _, name in parts:
+        sr = pl.Series(name, out[name], dtype=pl.Int64 if kind in ("n", "nn") else pl.Float64)
+        if name in nulls and nulls[name].any():
+            sr = sr.set(pl.Series(nulls[name]), None)
+        series.append(sr)
+    if ttl_col is not None:  # the latest visible event at an event's own time is itself
+        series.append(pl.Series(ttl_col, idx.et, dtype=pl.Int64))
+    cols.append(pl.DataFrame(series))
+    return pl.concat(cols, how="horizontal")
+
+
+def _table(a: np.ndarray, levels: int, fn: np.ufunc) -> np.ndarray:
+    """Sparse table over ``a``, flattened: level ``k`` holds fn over ``[i, i + 2**k)``."""
+    m = len(a)
+    table = np.empty((levels, m), dtype=np.float64)
+    table[0] = a
+    for k in range(1, levels):
+        half = 1 << (k - 1)
+        fn(table[k - 1][: m - half], table[k - 1][half:], out=table[k][: m - half])
+        table[k][m - half :] = table[k - 1][m - half :]
+    return table.reshape(-1)
+
+
+def _query(
+    flat: np.ndarray, m: int, st: np.ndarray, en: np.ndarray, fn: np.ufunc, out: np.ndarray
+) -> None:
+    """fn over rows ``[st, en)`` (non-empty) from a flattened sparse table of ``m`` rows."""
+    length = en - st
+    k = (
+        _LOG2[length]
+        if int(length.max()) < len(_LOG2)
+        else np.frexp(length)[1].astype(np.int64) - 1
+    )
+    fn(flat[k * m + st], flat[k * m + en - np.left_shift(1, k)], out=out)
