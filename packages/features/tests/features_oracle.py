@@ -124,3 +124,25 @@ def same(a: Any, b: Any, *, rel: float = 1e-9) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=1e-9)
     return bool(a == b)
+
+
+def by_entity(events: Sequence[Ev]) -> dict[str, list[Ev]]:
+    """The de-duplicated events grouped by entity key, in input order."""
+    out: dict[str, list[Ev]] = {}
+    for e in dedupe(events):
+        out.setdefault(e.key, []).append(e)
+    return out
+
+
+def assert_rows_match_naive(
+    view: FeatureView,
+    events: Sequence[Ev],
+    queries: Sequence[tuple[str, int]],
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """Each engine row (one per ``(entity, t)`` query, same order) equals the naive values."""
+    grouped = by_entity(events)
+    for (key, t), row in zip(queries, rows, strict=True):
+        want = naive_values(view, grouped.get(key, []), key, t)
+        for name, value in want.items():
+            assert same(row[name], value), (name, key, t, row[name], value)

@@ -13,7 +13,7 @@ from datetime import timedelta
 import numpy as np
 import polars as pl
 import pytest
-from features_oracle import Ev, dedupe, naive_values, same
+from features_oracle import Ev, assert_rows_match_naive, by_entity, dedupe, naive_values, same
 from hypothesis import given
 from hypothesis import strategies as st
 from test_features_batch_oracle import gen_events, q_frame, queries, to_frame
@@ -78,17 +78,12 @@ def test_fast_path_matches_naive_oracle(
     assert _uses_fast_path(view, frame)
     qs = queries(rng, 200, n_ent)
     got = compute_at(view, frame, q_frame(qs)).to_dicts()
-    by_key: dict[str, list[Ev]] = {}
-    for e in dedupe(evs):
-        by_key.setdefault(e.key, []).append(e)
-    for (key, t), row in zip(qs, got, strict=True):
-        want = naive_values(view, by_key.get(key, []), key, t)
-        for name, value in want.items():
-            assert same(row[name], value), (name, key, t, row[name], value)
+    assert_rows_match_naive(view, evs, qs, got)
 
     # Backfill: one row per de-duplicated event, grouped by entity, time-ordered within it,
     # valued at its own time.
     kept = dedupe(evs)
+    by_key = by_entity(evs)
     bf = backfill(view, frame)
     assert bf.height == len(kept)
     cards = bf["card"].to_list()

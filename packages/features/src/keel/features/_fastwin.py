@@ -223,6 +223,29 @@ def _local_cumsum(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
     return np.cumsum(a2)
 
 
+_Arrays = dict[tuple[str, str], np.ndarray]
+
+
+def _prefix_sums(
+    parts: list[tuple[str, str | None, int, str]], idx: _Index, threads: ThreadPoolExecutor
+) -> tuple[_Arrays, _Arrays]:
+    """The summands every part needs and their per-entity prefix sums, computed once and
+    shared by every window: ``("sum", c)`` and ``("sumsq", c)`` of the values, ``("nn", c)``
+    of the non-null mask (only where column ``c`` has nulls)."""
+    needs: dict[tuple[str, str], np.ndarray] = {}
+    for kind, c, _, _ in parts:
+        if c is None:
+            continue
+        a, ok = idx.values[c]
+        if kind in ("sum", "sumsq") and (kind, c) not in needs:
+            needs[(kind, c)] = a if kind == "sum" else a * a
+        if kind not in ("sum", "sumsq") and not bool(ok.all()):
+            needs[("nn", c)] = ok.astype(np.int64)
+    keys = list(needs)
+    sums = threads.map(lambda k: _local_cumsum(needs[k], idx.starts), keys)
+    return needs, dict(zip(keys, sums, strict=True))
+
+
 class _Extremum:
     """Sparse table for range min/max queries over the sorted rows."""
 
@@ -328,20 +351,7 @@ def _evaluate(
     windows = sorted({w for _, _, w, _ in parts})
     bounds = dict(zip(windows, threads.map(start, windows), strict=True))
     vals = idx.values
-    # Prefix sums each part needs (computed once, shared by every window).
-    needs: dict[tuple[str, str], np.ndarray] = {}
-    for kind, c, _, _ in parts:
-        if c is None:
-            continue
-        a, ok = vals[c]
-        if kind in ("sum", "sumsq") and (kind, c) not in needs:
-            needs[(kind, c)] = a if kind == "sum" else a * a
-        if kind != "sum" and kind != "sumsq" and not bool(ok.all()):
-            needs[("nn", c)] = ok.astype(np.int64)
-    keys = list(needs)
-    prefix = dict(
-        zip(keys, threads.map(lambda k: _local_cumsum(needs[k], idx.starts), keys), strict=True)
-    )
+    needs, prefix = _prefix_sums(parts, idx, threads)
     last = np.maximum(en - 1, 0)
 
     def window_sum(key: tuple[str, str], w: int) -> np.ndarray:
@@ -444,20 +454,7 @@ def _backfill(
         en_all = np.repeat(ends, np.diff(np.concatenate([np.zeros(1, dtype=np.int64), ends])))
     windows = sorted({w for _, _, w, _ in parts})
     vals = idx.values
-    # Prefix sums each part needs (computed once, shared by every window).
-    needs: dict[tuple[str, str], np.ndarray] = {}
-    for kind, c, _, _ in parts:
-        if c is None:
-            continue
-        a, ok = vals[c]
-        if kind in ("sum", "sumsq") and (kind, c) not in needs:
-            needs[(kind, c)] = a if kind == "sum" else a * a
-        if kind not in ("sum", "sumsq") and not bool(ok.all()):
-            needs[("nn", c)] = ok.astype(np.int64)
-    pkeys = list(needs)
-    prefix = dict(
-        zip(pkeys, threads.map(lambda k: _local_cumsum(needs[k], idx.starts), pkeys), strict=True)
-    )
+    needs, prefix = _prefix_sums(parts, idx, threads)
     specs: dict[tuple[str, str], tuple[np.ndarray, np.ufunc]] = {}
     for kind, c, _, _ in parts:
         if kind in ("min", "max") and c is not None and (kind, c) not in specs:

@@ -134,6 +134,19 @@ class SQLiteOnlineStore:
             self._db.close()
 
 
+def _connect_redis(url: str) -> tuple[Any, Any]:
+    """The `redis` module (imported lazily) and a client for `url`, pinged once so an
+    unreachable server fails here, as `UnavailableError`, not on the first write."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url)
+        client.ping()
+    except redis.RedisError as exc:
+        raise UnavailableError(f"cannot reach Redis at {url}: {exc}") from exc
+    return redis, client
+
+
 _LUA_CONDITIONAL_SET = """
 local cur = redis.call('HGET', KEYS[1], 't')
 if cur == false or tonumber(ARGV[1]) >= tonumber(cur) then
@@ -152,15 +165,8 @@ class RedisOnlineStore:
     """
 
     def __init__(self, url: str, *, prefix: str = "keel:features:") -> None:
-        import redis
-
-        self._redis_mod = redis
+        self._redis_mod, self._r = _connect_redis(url)
         self.prefix = prefix
-        try:
-            self._r = redis.Redis.from_url(url)
-            self._r.ping()
-        except redis.RedisError as exc:
-            raise UnavailableError(f"cannot reach Redis at {url}: {exc}") from exc
         self._set = self._r.register_script(_LUA_CONDITIONAL_SET)
 
     def _key(self, namespace: str, entity: str) -> str:
@@ -358,15 +364,8 @@ class RedisStateStore:
     """Snapshots in Redis under ``<prefix><name>``."""
 
     def __init__(self, url: str, *, prefix: str = "keel:features:state:") -> None:
-        import redis
-
-        self._redis_mod = redis
+        self._redis_mod, self._r = _connect_redis(url)
         self.prefix = prefix
-        try:
-            self._r = redis.Redis.from_url(url)
-            self._r.ping()
-        except redis.RedisError as exc:
-            raise UnavailableError(f"cannot reach Redis at {url}: {exc}") from exc
 
     def save(self, name: str, data: bytes) -> None:
         try:
