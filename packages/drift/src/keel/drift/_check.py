@@ -173,31 +173,48 @@ def _fmt_edge(x: float) -> str:
     return f"{x:.4g}"
 
 
+# Statistics only a numeric column has (NaN when one side has no values).
+_NUMERIC_ONLY = (
+    "ks",
+    "ks_pvalue",
+    "ks_error",
+    "wasserstein",
+    "wasserstein_norm",
+    "wasserstein_error",
+)
+
+
+def _no_values(
+    name: str,
+    kind: Literal["numeric", "categorical"],
+    ref: NumericSummary | CategoricalSummary,
+    cur: NumericSummary | CategoricalSummary,
+    **undefined: Any,
+) -> FeatureDrift:
+    """One side has no non-null values: every statistic is NaN (undefined, never "no drift")."""
+    nan = math.nan
+    return FeatureDrift(
+        name,
+        kind,
+        ref.count,
+        cur.count,
+        ref.null_rate,
+        cur.null_rate,
+        nan,
+        nan,
+        (),
+        (),
+        (),
+        **undefined,
+    )
+
+
 def compare_numeric(
     name: str, ref: NumericSummary, cur: NumericSummary, n_bins: int
 ) -> FeatureDrift:
     """All numeric statistics of ``cur`` against ``ref``."""
     if not ref.count or not cur.count:
-        nan = math.nan
-        return FeatureDrift(
-            name,
-            "numeric",
-            ref.count,
-            cur.count,
-            ref.null_rate,
-            cur.null_rate,
-            nan,
-            nan,
-            (),
-            (),
-            (),
-            nan,
-            nan,
-            nan,
-            nan,
-            nan,
-            nan,
-        )
+        return _no_values(name, "numeric", ref, cur, **dict.fromkeys(_NUMERIC_ONLY, math.nan))
     edges = ref.bin_edges(n_bins)
     cur_dist = cur.sample if cur.sample is not None else SortedSample.of_sketch(cur.sketch)
     rp = bin_proportions(ref.sketch, edges)
@@ -231,28 +248,14 @@ def compare_categorical(
     name: str, ref: CategoricalSummary, cur: CategoricalSummary
 ) -> FeatureDrift:
     """All categorical statistics of ``cur`` against ``ref`` (unseen values go to "other")."""
+    if not ref.count or not cur.count:
+        return _no_values(
+            name, "categorical", ref, cur, chi2=math.nan, chi2_dof=0, chi2_pvalue=math.nan
+        )
     cur_counts = cur.as_dict()
     rc = np.r_[ref.counts.astype(np.float64), float(ref.other_count)]
     cc_known = np.array([cur_counts.get(c, 0) for c in ref.categories], dtype=np.float64)
     cc = np.r_[cc_known, float(cur.count - cc_known.sum())]
-    if not ref.count or not cur.count:
-        nan = math.nan
-        return FeatureDrift(
-            name,
-            "categorical",
-            ref.count,
-            cur.count,
-            ref.null_rate,
-            cur.null_rate,
-            nan,
-            nan,
-            (),
-            (),
-            (),
-            chi2=nan,
-            chi2_dof=0,
-            chi2_pvalue=nan,
-        )
     rp, cp = rc / rc.sum(), cc / cc.sum()
     stat, dof, p = chi2_homogeneity(rc, cc)
     return FeatureDrift(

@@ -69,8 +69,23 @@ class ProfileOptions:
 # ---------------------------------------------------------------------------------------
 # Column summaries
 # ---------------------------------------------------------------------------------------
+class _NullCounts:
+    """`rows` and `null_rate` of a column summary, from its `count` and `null_count`."""
+
+    count: int
+    null_count: int
+
+    @property
+    def rows(self) -> int:
+        return self.count + self.null_count
+
+    @property
+    def null_rate(self) -> float:
+        return self.null_count / self.rows if self.rows else 0.0
+
+
 @dataclass(frozen=True, eq=False)
-class NumericSummary:
+class NumericSummary(_NullCounts):
     """Statistics of one numeric column (NaN/inf counted as nulls)."""
 
     dtype: str
@@ -84,14 +99,6 @@ class NumericSummary:
     kind: Literal["numeric"] = "numeric"
     # Current-window data compared exactly (sorted raw values); None for reference profiles.
     sample: SortedSample | None = None
-
-    @property
-    def rows(self) -> int:
-        return self.count + self.null_count
-
-    @property
-    def null_rate(self) -> float:
-        return self.null_count / self.rows if self.rows else 0.0
 
     @property
     def std(self) -> float:
@@ -135,7 +142,7 @@ class NumericSummary:
 
 
 @dataclass(frozen=True, eq=False)
-class CategoricalSummary:
+class CategoricalSummary(_NullCounts):
     """Value counts of one categorical column: the most frequent values plus an "other" bucket."""
 
     dtype: str
@@ -154,14 +161,6 @@ class CategoricalSummary:
             raise InvalidInputError("more categories than max_categories")
         if int(self.counts.sum()) + self.other_count != self.count:
             raise InvalidInputError("category counts do not add up to count")
-
-    @property
-    def rows(self) -> int:
-        return self.count + self.null_count
-
-    @property
-    def null_rate(self) -> float:
-        return self.null_count / self.rows if self.rows else 0.0
 
     @property
     def truncated(self) -> bool:
