@@ -128,8 +128,9 @@ def check_nats(cfg: KeelConfig) -> Check:
             return Check(
                 "nats", False, f"{host}:{port} answered but is not NATS", "check KEEL_NATS_URL"
             )
-        js = '"jetstream":true' in line.replace(" ", "")
-        ver = re.search(r'"version":"([^"]+)"', line.replace(" ", ""))
+        info = line.replace(" ", "")
+        js = '"jetstream":true' in info
+        ver = re.search(r'"version":"([^"]+)"', info)
         detail = f"{host}:{port} nats-server {ver.group(1) if ver else '?'}, JetStream {'on' if js else 'OFF'}"
         return Check("nats", js, detail, "" if js else "restart nats-server with -js")
     except OSError as e:
