@@ -30,6 +30,14 @@ from keel.governance._attributions import (
     global_importance,
     integrated_gradients,
 )
+from keel.governance._card import (
+    CARD_SCHEMA,
+    CARD_SCHEMA_VERSION,
+    build_card,
+    card_json,
+    load_card,
+    render_card_html,
+)
 from keel.governance._clock import Clock, iso_utc, parse_iso_utc, system_clock
 from keel.governance._errors import (
     GovernanceError,
@@ -61,6 +69,8 @@ from keel.governance._tier import (
 )
 
 __all__ = [
+    "CARD_SCHEMA",
+    "CARD_SCHEMA_VERSION",
     "GENESIS",
     "Approval",
     "ApprovalLedger",
@@ -89,6 +99,8 @@ __all__ = [
     "Use",
     "VerifyReport",
     "assess_risk",
+    "build_card",
+    "card_json",
     "check_promotion",
     "controls_for",
     "fairness_report",
@@ -96,6 +108,8 @@ __all__ = [
     "group_fairness",
     "integrated_gradients",
     "iso_utc",
+    "load_card",
     "parse_iso_utc",
+    "render_card_html",
     "system_clock",
 ]
