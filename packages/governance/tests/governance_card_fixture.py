@@ -50,7 +50,9 @@ def credit_card() -> dict[str, Any]:
     fair = fairness_report(data.y, data.score, {"sex": data.sex, "age_band": data.age_band})
     approvals = [
         Approval("german-credit", DIGEST, "ana", "validator", "approve", "ee" * 32, AT),  # type: ignore[arg-type]
-        Approval("german-credit", "sha256:" + "00" * 32, "bob", "risk_officer", "approve", "ee" * 32, AT),  # type: ignore[arg-type]
+        Approval(
+            "german-credit", "sha256:" + "00" * 32, "bob", "risk_officer", "approve", "ee" * 32, AT
+        ),  # type: ignore[arg-type]
     ]
     return build_card(
         manifest(),

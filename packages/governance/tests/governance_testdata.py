@@ -23,7 +23,12 @@ NUMERIC = [
     "present_residence_since",
     "number_of_existing_credits_at_this_bank",
 ]
-CATEGORICAL = ["status_of_existing_checking_account", "credit_history", "savings_account_and_bonds", "housing"]
+CATEGORICAL = [
+    "status_of_existing_checking_account",
+    "credit_history",
+    "savings_account_and_bonds",
+    "housing",
+]
 AGE_BANDS = (25, 35, 50)  # <25, 25-34, 35-49, 50+
 
 
@@ -36,7 +41,7 @@ def german_credit_frame() -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class CreditData:
-    x: np.ndarray  # standardised features (rows × features), float64
+    x: np.ndarray  # standardised features (rows x features), float64
     y: np.ndarray  # 1 = good credit (the favourable outcome), 0 = bad
     sex: np.ndarray  # "female" / "male"
     age_band: np.ndarray  # "<25", "25-34", "35-49", "50+"

@@ -35,9 +35,15 @@ class StepClock:
 def _fill(path: Path, n: int = 5) -> ApprovalLedger:
     ledger = ApprovalLedger(path, clock=StepClock())
     for i in range(n):
-        ledger.record(model="credit", artifact_digest=DIGEST, approver=f"p{i}", role="validator",
-                      decision="approve" if i % 2 == 0 else "reject", evidence_digest=EVIDENCE,
-                      note=f"note {i}")
+        ledger.record(
+            model="credit",
+            artifact_digest=DIGEST,
+            approver=f"p{i}",
+            role="validator",
+            decision="approve" if i % 2 == 0 else "reject",
+            evidence_digest=EVIDENCE,
+            note=f"note {i}",
+        )
     return ledger
 
 
@@ -92,7 +98,9 @@ def test_edited_entry_with_recomputed_hash_breaks_the_next_link(tmp_path: Path) 
     lines[1] = json.dumps(entry)
     path.write_text("\n".join(lines) + "\n")
     problems = ledger.verify().problems
-    assert problems == ("line 3: entry 2 does not link to the entry before it: entries were deleted, reordered or replaced",)
+    assert problems == (
+        "line 3: entry 2 does not link to the entry before it: entries were deleted, reordered or replaced",
+    )
 
 
 def test_reordered_and_deleted_entries_are_detected(tmp_path: Path) -> None:
@@ -139,8 +147,14 @@ def test_appending_after_a_broken_tail_is_refused(tmp_path: Path) -> None:
 def _writer(path: str, who: int, n: int) -> None:
     ledger = ApprovalLedger(path)
     for i in range(n):
-        ledger.record(model="credit", artifact_digest=DIGEST, approver=f"w{who}-{i}",
-                      role="validator", decision="approve", evidence_digest=EVIDENCE)
+        ledger.record(
+            model="credit",
+            artifact_digest=DIGEST,
+            approver=f"w{who}-{i}",
+            role="validator",
+            decision="approve",
+            evidence_digest=EVIDENCE,
+        )
 
 
 def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:

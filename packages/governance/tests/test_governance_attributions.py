@@ -13,10 +13,18 @@ from keel.governance import InvalidInputError, global_importance, integrated_gra
 
 def _mlp(d: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(d, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8), torch.nn.Softplus(),
-        torch.nn.Linear(8, 1), torch.nn.Sigmoid(),
-    ).to(torch.float64).eval()
+    return (
+        torch.nn.Sequential(
+            torch.nn.Linear(d, 16),
+            torch.nn.Tanh(),
+            torch.nn.Linear(16, 8),
+            torch.nn.Softplus(),
+            torch.nn.Linear(8, 1),
+            torch.nn.Sigmoid(),
+        )
+        .to(torch.float64)
+        .eval()
+    )
 
 
 def test_linear_model_gets_exactly_weight_times_distance() -> None:
@@ -50,9 +58,12 @@ def test_equals_captum_integrated_gradients() -> None:
     x = torch.as_tensor(data.x[:100])
     base = torch.zeros_like(x)
     ours = integrated_gradients(model, x, None, steps=50)
-    theirs = IntegratedGradients(model).attribute(x, baselines=base, target=0, n_steps=50,
-                                                  method="gausslegendre")
-    np.testing.assert_allclose(ours.values, theirs.detach().numpy(), rtol=1e-9, atol=1e-10)  # float64 summation order
+    theirs = IntegratedGradients(model).attribute(
+        x, baselines=base, target=0, n_steps=50, method="gausslegendre"
+    )
+    np.testing.assert_allclose(
+        ours.values, theirs.detach().numpy(), rtol=1e-9, atol=1e-10
+    )  # float64 summation order
 
 
 def test_multi_output_needs_a_target_and_float32_works() -> None:
@@ -77,7 +88,7 @@ def test_global_importance_ranks_by_mean_absolute_attribution() -> None:
 
 def test_bad_inputs_are_clear_errors() -> None:
     lin = torch.nn.Linear(3, 1)
-    with pytest.raises(InvalidInputError, match="rows × features"):
+    with pytest.raises(InvalidInputError, match="rows x features"):
         integrated_gradients(lin, np.zeros(3))
     with pytest.raises(InvalidInputError, match="baseline shape"):
         integrated_gradients(lin, np.zeros((2, 3)), np.zeros(4))

@@ -26,10 +26,19 @@ CARD = credit_card()
 def test_card_schema_is_stable() -> None:
     assert tuple(CARD) == CARD_KEYS
     assert CARD["schema_version"] == CARD_SCHEMA_VERSION == 1
-    assert sorted(CARD["model"]) == ["code_version", "created_at", "digest", "format_version", "lock_hash", "name", "owner"]
+    assert sorted(CARD["model"]) == [
+        "code_version",
+        "created_at",
+        "digest",
+        "format_version",
+        "lock_hash",
+        "name",
+        "owner",
+    ]
     assert sorted(CARD["training_data"]) == ["feature_views", "fingerprint", "rows", "time_range"]
     assert CARD["training_data"]["feature_views"] == [
-        {"name": "applicant_profile", "version": "v3"}, {"name": "credit_history", "version": "v7"},
+        {"name": "applicant_profile", "version": "v3"},
+        {"name": "credit_history", "version": "v7"},
     ]
     assert CARD["risk"]["tier"] == 1 and CARD["risk"]["controls"]["approvals_required"] == 2
     assert CARD["evaluation"]["metrics"] == {"auc": 0.7877, "ks": 0.43, "log_loss": 0.47}
@@ -63,7 +72,12 @@ def test_load_card_refuses_unknown_versions(edit, match: str) -> None:  # type: 
 
 
 def test_manifest_fields_are_checked() -> None:
-    kw = {"owner": "o", "intended_use": "u", "risk": RiskFactors("low", "low", "internal"), "generated_at": AT}
+    kw = {
+        "owner": "o",
+        "intended_use": "u",
+        "risk": RiskFactors("low", "low", "internal"),
+        "generated_at": AT,
+    }
     for bad, match in (
         ({"digest": DIGEST}, "'name' is required"),
         ({"name": "m"}, "digest is required"),
@@ -92,8 +106,14 @@ def test_html_is_self_contained_with_inline_svg(tmp_path: Path) -> None:
 
 def test_html_escapes_everything_it_is_given() -> None:
     evil = dict(manifest(), name="<script>alert(1)</script>")
-    card = build_card(evil, owner="<b>o</b>", intended_use="u & v", risk=RiskFactors("low", "low", "internal"),
-                      generated_at=AT, limitations=["<img onerror=x>"])
+    card = build_card(
+        evil,
+        owner="<b>o</b>",
+        intended_use="u & v",
+        risk=RiskFactors("low", "low", "internal"),
+        generated_at=AT,
+        limitations=["<img onerror=x>"],
+    )
     page = render_card_html(card)
     assert "<script>" not in page and "<img" not in page and "<b>o" not in page
     assert re.search(r"&lt;script&gt;alert\(1\)&lt;/script&gt;", page)

@@ -32,7 +32,9 @@ TOL = 1e-12
 @pytest.mark.parametrize("threshold", [0.5, 0.7])
 def test_summary_metrics_equal_fairlearn(attr: str, threshold: float) -> None:
     pred = (DATA.score >= threshold).astype(int)
-    ours = group_fairness(DATA.y, ATTRS[attr], y_score=DATA.score, threshold=threshold, attribute=attr)
+    ours = group_fairness(
+        DATA.y, ATTRS[attr], y_score=DATA.score, threshold=threshold, attribute=attr
+    )
     sf = ATTRS[attr]
     assert ours.demographic_parity_difference == pytest.approx(
         demographic_parity_difference(DATA.y, pred, sensitive_features=sf), abs=TOL
@@ -115,7 +117,9 @@ def test_german_credit_fairness_and_gate() -> None:
     assert age.demographic_parity_difference > 0.1
     verdict = FairnessGate().evaluate(report)
     assert not verdict.passed
-    assert len(verdict.reasons) == 1 and verdict.reasons[0].startswith("age_band: demographic parity")
+    assert len(verdict.reasons) == 1 and verdict.reasons[0].startswith(
+        "age_band: demographic parity"
+    )
     only_sex = FairnessGate().evaluate(fairness_report(DATA.y, DATA.score, {"sex": DATA.sex}))
     assert only_sex.passed, only_sex.reasons
     assert report.to_dict()["attributes"][0]["attribute"] == "sex"

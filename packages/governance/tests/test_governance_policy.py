@@ -25,18 +25,42 @@ DIGEST = "sha256:" + "ab" * 32
 EVIDENCE = "cd" * 32
 
 
-def _approval(who: str, *, decision: str = "approve", age: timedelta = timedelta(hours=1),
-              digest: str = DIGEST, role: str = "validator") -> Approval:
-    return Approval(model="credit", artifact_digest=digest, approver=who, role=role,
-                    decision=decision, evidence_digest=EVIDENCE, decided_at=NOW - age)  # type: ignore[arg-type]
+def _approval(
+    who: str,
+    *,
+    decision: str = "approve",
+    age: timedelta = timedelta(hours=1),
+    digest: str = DIGEST,
+    role: str = "validator",
+) -> Approval:
+    return Approval(
+        model="credit",
+        artifact_digest=digest,
+        approver=who,
+        role=role,
+        decision=decision,
+        evidence_digest=EVIDENCE,
+        decided_at=NOW - age,
+    )  # type: ignore[arg-type]
 
 
 def _check(tier: int, approvals: list[Approval], **kw: object):
-    args: dict = {"validation_note": "backtest and challenger review ok", "validator": "vera",
-                  "fairness_passed": True, "has_model_card": True}
+    args: dict = {
+        "validation_note": "backtest and challenger review ok",
+        "validator": "vera",
+        "fairness_passed": True,
+        "has_model_card": True,
+    }
     args.update(kw)
-    return check_promotion(controls_for(tier), model="credit", artifact_digest=DIGEST,
-                           trainer="tom", approvals=approvals, now=NOW, **args)
+    return check_promotion(
+        controls_for(tier),
+        model="credit",
+        artifact_digest=DIGEST,
+        trainer="tom",
+        approvals=approvals,
+        now=NOW,
+        **args,
+    )
 
 
 @pytest.mark.parametrize(
@@ -63,7 +87,9 @@ def test_tier_is_monotone_in_every_factor() -> None:
         base = assess_risk(RiskFactors(levels[m], levels[c], uses[u])).tier
         for dm, dc, du in ((1, 0, 0), (0, 1, 0), (0, 0, 1)):
             if m + dm < 3 and c + dc < 3 and u + du < 3:
-                riskier = assess_risk(RiskFactors(levels[m + dm], levels[c + dc], uses[u + du])).tier
+                riskier = assess_risk(
+                    RiskFactors(levels[m + dm], levels[c + dc], uses[u + du])
+                ).tier
                 assert riskier <= base  # never a laxer tier for a riskier model
 
 
@@ -80,8 +106,18 @@ def test_bad_factors_and_rules_are_clear_errors() -> None:
 
 def test_controls_per_tier() -> None:
     t1, t2, t3 = controls_for(1), controls_for(RiskTier.TIER_2), controls_for(3)
-    assert (t1.approvals_required, t1.trainer_may_approve, t1.independent_validation, t1.fairness_gate) == (2, False, True, True)
-    assert (t2.approvals_required, t2.trainer_may_approve, t2.independent_validation, t2.fairness_gate) == (1, False, False, True)
+    assert (
+        t1.approvals_required,
+        t1.trainer_may_approve,
+        t1.independent_validation,
+        t1.fairness_gate,
+    ) == (2, False, True, True)
+    assert (
+        t2.approvals_required,
+        t2.trainer_may_approve,
+        t2.independent_validation,
+        t2.fairness_gate,
+    ) == (1, False, False, True)
     assert (t3.approvals_required, t3.trainer_may_approve, t3.fairness_gate) == (1, True, False)
     assert all(c.model_card for c in (t1, t2, t3))
 
@@ -116,12 +152,18 @@ def test_tier1_needs_independent_validation_and_fairness_gate() -> None:
 
 
 def test_latest_decision_per_person_stands_and_rejection_vetoes() -> None:
-    withdrawn = [_approval("ana", age=timedelta(hours=2)), _approval("bob"),
-                 _approval("ana", decision="reject", age=timedelta(hours=1))]
+    withdrawn = [
+        _approval("ana", age=timedelta(hours=2)),
+        _approval("bob"),
+        _approval("ana", decision="reject", age=timedelta(hours=1)),
+    ]
     d = _check(1, withdrawn)
     assert not d.allowed and "rejected by ana" in d.reasons
-    reconsidered = [_approval("ana", decision="reject", age=timedelta(hours=2)), _approval("bob"),
-                    _approval("ana", age=timedelta(hours=1))]
+    reconsidered = [
+        _approval("ana", decision="reject", age=timedelta(hours=2)),
+        _approval("bob"),
+        _approval("ana", age=timedelta(hours=1)),
+    ]
     assert _check(1, reconsidered).allowed
 
 
@@ -143,11 +185,18 @@ def test_tier3_trainer_may_self_certify_but_needs_someone() -> None:
 
 def test_policy_inputs_are_validated() -> None:
     with pytest.raises(InvalidInputError, match="trainer"):
-        check_promotion(controls_for(1), model="m", artifact_digest=DIGEST, trainer=" ",
-                        approvals=[], now=NOW)
+        check_promotion(
+            controls_for(1), model="m", artifact_digest=DIGEST, trainer=" ", approvals=[], now=NOW
+        )
     with pytest.raises(InvalidInputError, match="time zone"):
-        check_promotion(controls_for(1), model="m", artifact_digest=DIGEST, trainer="t",
-                        approvals=[], now=NOW.replace(tzinfo=None))
+        check_promotion(
+            controls_for(1),
+            model="m",
+            artifact_digest=DIGEST,
+            trainer="t",
+            approvals=[],
+            now=NOW.replace(tzinfo=None),
+        )
     with pytest.raises(InvalidInputError, match="hex digest"):
         _approval("ana", digest="not-a-digest")
     with pytest.raises(InvalidInputError, match="'approve' or 'reject'"):

@@ -141,7 +141,9 @@ class LedgerHead:
     def parse(cls, text: str) -> LedgerHead:
         seq, _, digest = text.partition(":")
         if not seq.isdigit() or len(digest) != 64 or not set(digest) <= _HEX:
-            raise InvalidInputError(f"ledger head must look like '<seq>:<sha256 hex>'; got {text!r}")
+            raise InvalidInputError(
+                f"ledger head must look like '<seq>:<sha256 hex>'; got {text!r}"
+            )
         return cls(int(seq), digest)
 
 
@@ -304,9 +306,7 @@ class ApprovalLedger:
     def approvals_for(self, model: str, artifact_digest: str) -> list[Approval]:
         """The verified approvals of one artifact of one model, oldest first."""
         return [
-            a
-            for a in self.entries()
-            if a.model == model and a.artifact_digest == artifact_digest
+            a for a in self.entries() if a.model == model and a.artifact_digest == artifact_digest
         ]
 
 

@@ -1,12 +1,12 @@
 """Feature attributions for torch models: Integrated Gradients (Sundararajan et al., 2017).
 
-    IG_i(x) = (x_i − x'_i) · ∫₀¹ ∂f(x' + α(x − x'))/∂x_i dα
+    IG_i(x) = (x_i - x'_i) · integral_0^1 df(x' + a(x - x'))/dx_i da
 
-The integral is a Gauss–Legendre quadrature over ``steps`` nodes (Captum's default rule),
+The integral is a Gauss-Legendre quadrature over ``steps`` nodes (Captum's default rule),
 evaluated for all rows and all nodes in one forward/backward pass per chunk of
 ``chunk_rows`` rows — no Python loop per row or per step. Completeness
-(Σ_i IG_i = f(x) − f(x')) holds up to the quadrature error, reported per row as
-``delta``; it is exact for a model linear in its inputs, where IG = w · (x − x').
+(sum_i IG_i = f(x) - f(x')) holds up to the quadrature error, reported per row as
+``delta``; it is exact for a model linear in its inputs, where IG = w · (x - x').
 
 torch is imported lazily, inside `integrated_gradients`: ``import keel.governance`` never
 loads it (tested). Results are NumPy arrays, so cards and serving can use them without
@@ -30,10 +30,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Attributions:
-    """Per-row attributions (rows × features) and the completeness error of each row."""
+    """Per-row attributions (rows x features) and the completeness error of each row."""
 
     values: npt.NDArray[np.float64]
-    delta: npt.NDArray[np.float64]  # Σ attributions − (f(x) − f(baseline)), per row
+    delta: npt.NDArray[np.float64]  # sum attributions - (f(x) - f(baseline)), per row
     output: npt.NDArray[np.float64]  # f(x), per row
     baseline_output: npt.NDArray[np.float64]  # f(baseline), per row
 
@@ -63,7 +63,9 @@ def _select(out: torch.Tensor, target: int | None) -> torch.Tensor:
         if not 0 <= target < out.shape[1]:
             raise InvalidInputError(f"target {target} out of range for {out.shape[1]} outputs")
         return out[:, target]
-    raise InvalidInputError(f"model output must be (rows,) or (rows, outputs); got {tuple(out.shape)}")
+    raise InvalidInputError(
+        f"model output must be (rows,) or (rows, outputs); got {tuple(out.shape)}"
+    )
 
 
 def integrated_gradients(
@@ -75,10 +77,10 @@ def integrated_gradients(
     steps: int = 50,
     chunk_rows: int = 1024,
 ) -> Attributions:
-    """Integrated Gradients of ``model`` at ``inputs`` (rows × features) against ``baseline``.
+    """Integrated Gradients of ``model`` at ``inputs`` (rows x features) against ``baseline``.
 
     ``baseline``: None (zeros), one row broadcast to all rows, or one row per input row.
-    ``model`` maps a float tensor (rows × features) to (rows,) or (rows, outputs); pick the
+    ``model`` maps a float tensor (rows x features) to (rows,) or (rows, outputs); pick the
     explained output with ``target``. The model is not switched to eval mode here: do that
     before (dropout would make attributions random).
     """
@@ -92,7 +94,9 @@ def integrated_gradients(
     if not torch.is_floating_point(x):
         x = x.to(torch.float32)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise InvalidInputError(f"inputs must be a non-empty rows × features array; got {tuple(x.shape)}")
+        raise InvalidInputError(
+            f"inputs must be a non-empty rows x features array; got {tuple(x.shape)}"
+        )
     if not torch.isfinite(x).all():
         raise InvalidInputError("inputs hold NaN or infinite values")
     if baseline is None:
@@ -137,7 +141,9 @@ def global_importance(
     attributions: Attributions | npt.ArrayLike, feature_names: Sequence[str]
 ) -> list[FeatureImportance]:
     """Features ranked by mean |attribution| over rows (the card's global ranking)."""
-    values = attributions.values if isinstance(attributions, Attributions) else np.asarray(attributions)
+    values = (
+        attributions.values if isinstance(attributions, Attributions) else np.asarray(attributions)
+    )
     if values.ndim != 2 or values.shape[1] != len(feature_names):
         raise InvalidInputError(
             f"attributions of shape {values.shape} do not match {len(feature_names)} feature names"
@@ -145,4 +151,6 @@ def global_importance(
     mean_abs = np.abs(values).mean(axis=0)
     mean = values.mean(axis=0)
     order = np.argsort(-mean_abs, kind="stable")
-    return [FeatureImportance(str(feature_names[i]), float(mean_abs[i]), float(mean[i])) for i in order]
+    return [
+        FeatureImportance(str(feature_names[i]), float(mean_abs[i]), float(mean[i])) for i in order
+    ]

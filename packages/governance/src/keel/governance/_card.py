@@ -238,7 +238,8 @@ th{background:#f5f5f5}.mono{font-family:ui-monospace,Menlo,monospace;font-size:1
 
 def _kv_table(rows: Iterable[tuple[str, Any]]) -> str:
     body = "".join(
-        f"<tr><th>{esc(k)}</th><td class='mono'>{esc('—' if v is None else v)}</td></tr>" for k, v in rows
+        f"<tr><th>{esc(k)}</th><td class='mono'>{esc('—' if v is None else v)}</td></tr>"
+        for k, v in rows
     )
     return f"<table>{body}</table>"
 
@@ -246,7 +247,9 @@ def _kv_table(rows: Iterable[tuple[str, Any]]) -> str:
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{esc(fmt(c) if isinstance(c, float) or c is None else c)}</td>" for c in r) + "</tr>"
+        "<tr>"
+        + "".join(f"<td>{esc(fmt(c) if isinstance(c, float) or c is None else c)}</td>" for c in r)
+        + "</tr>"
         for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -301,41 +304,97 @@ def render_card_html(card: Mapping[str, Any]) -> str:
             [
                 ("fingerprint", td.get("fingerprint")),
                 ("rows", td.get("rows")),
-                ("time range", " → ".join(map(str, td["time_range"])) if td.get("time_range") else None),
+                (
+                    "time range",
+                    " → ".join(map(str, td["time_range"])) if td.get("time_range") else None,
+                ),
             ]
         ),
     ]
     if td["feature_views"]:
-        parts.append(_table(["feature view", "version"], [(f["name"], f["version"]) for f in td["feature_views"]]))
+        parts.append(
+            _table(
+                ["feature view", "version"],
+                [(f["name"], f["version"]) for f in td["feature_views"]],
+            )
+        )
     if card["lineage"]:
         parts += ["<h2>Lineage</h2>", _kv_table(card["lineage"].items())]
     metrics = card["evaluation"]["metrics"]
     parts.append("<h2>Evaluation</h2>")
-    parts.append(_table(["metric", "value"], metrics.items()) if metrics else "<p class='muted'>no metrics recorded</p>")
+    parts.append(
+        _table(["metric", "value"], metrics.items())
+        if metrics
+        else "<p class='muted'>no metrics recorded</p>"
+    )
     fair = card.get("fairness")
     parts.append("<h2>Fairness by group</h2>")
     if fair is None:
         parts.append("<p class='muted'>not assessed</p>")
     else:
         verdict = fair["verdict"]
-        status = "<span class='pass'>passed</span>" if verdict["passed"] else "<span class='fail'>failed</span>"
-        parts.append(f"<p>Fairness gate {status} (decision threshold {fmt(fair['threshold'])}).</p>")
+        status = (
+            "<span class='pass'>passed</span>"
+            if verdict["passed"]
+            else "<span class='fail'>failed</span>"
+        )
+        parts.append(
+            f"<p>Fairness gate {status} (decision threshold {fmt(fair['threshold'])}).</p>"
+        )
         if verdict["reasons"]:
-            parts.append("<ul>" + "".join(f"<li>{esc(r)}</li>" for r in verdict["reasons"]) + "</ul>")
+            parts.append(
+                "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in verdict["reasons"]) + "</ul>"
+            )
         for a in fair["attributes"]:
             groups = [g["group"] for g in a["groups"]]
             parts.append(f"<h3>{esc(a['attribute'])}</h3>")
             parts.append(
                 _table(
-                    ["demographic parity diff.", "disparate impact ratio", "equal opportunity diff.", "equalized odds diff.", "AUC diff."],
-                    [(a["demographic_parity_difference"], a["disparate_impact_ratio"], a["equal_opportunity_difference"], a["equalized_odds_difference"], a["auc_difference"])],
+                    [
+                        "demographic parity diff.",
+                        "disparate impact ratio",
+                        "equal opportunity diff.",
+                        "equalized odds diff.",
+                        "AUC diff.",
+                    ],
+                    [
+                        (
+                            a["demographic_parity_difference"],
+                            a["disparate_impact_ratio"],
+                            a["equal_opportunity_difference"],
+                            a["equalized_odds_difference"],
+                            a["auc_difference"],
+                        )
+                    ],
                 )
             )
             parts.append(
                 _table(
-                    ["group", "rows", "base rate", "selection rate", "TPR", "FPR", "AUC", "mean score", "Brier", "ECE"],
                     [
-                        (g["group"], g["count"], g["base_rate"], g["selection_rate"], g["true_positive_rate"], g["false_positive_rate"], g["auc"], g["mean_score"], g["brier"], g["ece"])
+                        "group",
+                        "rows",
+                        "base rate",
+                        "selection rate",
+                        "TPR",
+                        "FPR",
+                        "AUC",
+                        "mean score",
+                        "Brier",
+                        "ECE",
+                    ],
+                    [
+                        (
+                            g["group"],
+                            g["count"],
+                            g["base_rate"],
+                            g["selection_rate"],
+                            g["true_positive_rate"],
+                            g["false_positive_rate"],
+                            g["auc"],
+                            g["mean_score"],
+                            g["brier"],
+                            g["ece"],
+                        )
                         for g in a["groups"]
                     ],
                 )
@@ -344,7 +403,10 @@ def render_card_html(card: Mapping[str, Any]) -> str:
             parts.append(
                 grouped_bars(
                     groups,
-                    [("selection rate", [g["selection_rate"] for g in a["groups"]]), ("true-positive rate", [g["true_positive_rate"] for g in a["groups"]])],
+                    [
+                        ("selection rate", [g["selection_rate"] for g in a["groups"]]),
+                        ("true-positive rate", [g["true_positive_rate"] for g in a["groups"]]),
+                    ],
                     title=f"{a['attribute']}: selection and true-positive rates",
                     vmax=1.0,
                 )
@@ -352,7 +414,10 @@ def render_card_html(card: Mapping[str, Any]) -> str:
             parts.append(
                 grouped_bars(
                     groups,
-                    [("mean score", [g["mean_score"] for g in a["groups"]]), ("observed rate", [g["base_rate"] for g in a["groups"]])],
+                    [
+                        ("mean score", [g["mean_score"] for g in a["groups"]]),
+                        ("observed rate", [g["base_rate"] for g in a["groups"]]),
+                    ],
                     title=f"{a['attribute']}: calibration (predicted vs observed)",
                     vmax=1.0,
                 )
@@ -375,7 +440,17 @@ def render_card_html(card: Mapping[str, Any]) -> str:
         parts.append(
             _table(
                 ["when", "who", "role", "decision", "evidence", "note"],
-                [(a["decided_at"], a["approver"], a["role"], a["decision"], a["evidence_digest"][:23], a["note"]) for a in card["approvals"]],
+                [
+                    (
+                        a["decided_at"],
+                        a["approver"],
+                        a["role"],
+                        a["decision"],
+                        a["evidence_digest"][:23],
+                        a["note"],
+                    )
+                    for a in card["approvals"]
+                ],
             )
         )
     else:

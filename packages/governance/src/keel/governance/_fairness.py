@@ -3,13 +3,13 @@
 For one protected attribute with groups g:
 
 * selection rate ``P(ŷ=1 | g)``, true-positive rate ``P(ŷ=1 | y=1, g)``, false-positive rate;
-* **demographic parity difference**: max − min selection rate across groups;
+* **demographic parity difference**: max - min selection rate across groups;
 * **disparate impact ratio**: min / max selection rate (the "four-fifths rule" reads it
   against 0.8); fairlearn calls it ``demographic_parity_ratio``;
-* **equal-opportunity difference**: max − min true-positive rate;
+* **equal-opportunity difference**: max - min true-positive rate;
 * **equalized-odds difference**: the larger of the TPR and FPR spreads;
-* per group **AUC** (Mann–Whitney with average ranks for ties) and **calibration**: Brier
-  score, calibration-in-the-large (mean score − observed rate) and expected calibration
+* per group **AUC** (Mann-Whitney with average ranks for ties) and **calibration**: Brier
+  score, calibration-in-the-large (mean score - observed rate) and expected calibration
   error over ``n_bins`` equal-width score bins.
 
 The definitions are fairlearn's (``fairlearn.metrics``); the tests check equality with
@@ -47,7 +47,7 @@ class GroupStats:
     auc: float  # NaN without scores or with one class
     mean_score: float
     brier: float
-    calibration_gap: float  # mean score − base rate
+    calibration_gap: float  # mean score - base rate
     ece: float  # expected calibration error
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +139,9 @@ def _div(num: FloatArray, den: FloatArray) -> FloatArray:
     return out
 
 
-def grouped_auc(y: FloatArray, score: FloatArray, codes: npt.NDArray[np.intp], k: int) -> FloatArray:
+def grouped_auc(
+    y: FloatArray, score: FloatArray, codes: npt.NDArray[np.intp], k: int
+) -> FloatArray:
     """ROC AUC of every group at once: rank-sum (ties share their average rank)."""
     n = y.shape[0]
     order = np.lexsort((score, codes))
@@ -307,7 +309,9 @@ class FairnessGate:
             big = [g for g in attr.groups if g.count >= self.min_group_size]
             small = [g.group for g in attr.groups if g.count < self.min_group_size]
             if small:
-                notes.append(f"{attr.attribute}: groups {small} have < {self.min_group_size} rows; not assessed")
+                notes.append(
+                    f"{attr.attribute}: groups {small} have < {self.min_group_size} rows; not assessed"
+                )
             if len(big) < 2:
                 failures.append(
                     f"{attr.attribute}: fewer than two groups with >= {self.min_group_size} rows; cannot assess"
@@ -337,4 +341,3 @@ class FairnessGate:
             "max_equal_opportunity_difference": self.max_equal_opportunity_difference,
             "min_group_size": self.min_group_size,
         }
-

@@ -95,7 +95,9 @@ def check_promotion(
         if not controls.trainer_may_approve and key == trainer_id:
             ignored.append(f"{a.approver} trained the model and may not approve it")
         elif a.decided_at > now:
-            ignored.append(f"approval by {a.approver} is dated in the future ({iso_utc(a.decided_at)})")
+            ignored.append(
+                f"approval by {a.approver} is dated in the future ({iso_utc(a.decided_at)})"
+            )
         elif controls.approval_max_age_days is not None and now - a.decided_at > timedelta(
             days=controls.approval_max_age_days
         ):

@@ -46,7 +46,9 @@ def grouped_bars(
     ]
     for frac in (0.0, 0.5, 1.0):
         y = top + ph * (1 - frac)
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>')
+        out.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>'
+        )
         out.append(
             f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end" fill="#666">{fmt(top_v * frac)}</text>'
         )

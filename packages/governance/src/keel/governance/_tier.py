@@ -8,7 +8,7 @@ A model's tier follows from three facts its owner declares (SR 11-7 style):
 
 Points: materiality low/medium/high = 0/2/4, complexity low/medium/high = 0/1/2, use
 internal/decision_support/automated_decision = 0/1/2. Tier 1 (most scrutiny) at 5 points or
-more, or whenever a highly material model decides automatically; tier 2 at 3–4; tier 3 below.
+more, or whenever a highly material model decides automatically; tier 2 at 3-4; tier 3 below.
 The thresholds are data (`TierRules`), so a bank with a different rulebook passes its own.
 """
 
