@@ -17,8 +17,8 @@ from rich.console import Console
 app = typer.Typer(
     help="Governance: model cards, approvals and the promotion check (model-risk controls)."
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # paths, digests and ledger heads stay on one line
+err_console = Console(stderr=True, soft_wrap=True)
 
 LedgerOpt = Annotated[
     Path | None,
