@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -57,7 +57,11 @@ def _read_json(path: Path, what: str) -> Any:
 def _read_table(path: Path) -> Any:
     import polars as pl
 
-    readers = {".csv": pl.read_csv, ".parquet": pl.read_parquet, ".pq": pl.read_parquet}
+    readers: dict[str, Any] = {
+        ".csv": pl.read_csv,
+        ".parquet": pl.read_parquet,
+        ".pq": pl.read_parquet,
+    }
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise _fail(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
@@ -206,13 +210,12 @@ def approve(
     ledger: LedgerOpt = None,
 ) -> None:
     """Record an approval (or rejection) in the append-only, hash-chained ledger."""
-    from keel.governance import Approval, ApprovalLedger, GovernanceError, system_clock
+    from keel.governance import Approval, ApprovalLedger, Decision, GovernanceError, system_clock
 
     path = _ledger_path(ledger)
     try:
-        entry = Approval(
-            model, digest, approver, role, decision, evidence_digest, system_clock(), note
-        )  # type: ignore[arg-type]
+        kind = cast(Decision, decision)  # a str: Approval validates it
+        entry = Approval(model, digest, approver, role, kind, evidence_digest, system_clock(), note)
         head = ApprovalLedger(path).append(entry)
     except GovernanceError as exc:
         raise _fail(str(exc), 1) from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from keel_cli.main import app
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 runner = CliRunner()
 DIGEST = "sha256:" + "5e" * 32
@@ -106,7 +106,7 @@ def _approve(ledger: Path, who: str, decision: str = "approve") -> None:
     assert "ledger head: " in result.output
 
 
-def _check(ledger: Path, card: Path, *extra: str) -> object:
+def _check(ledger: Path, card: Path, *extra: str) -> Result:
     return runner.invoke(
         app,
         [

@@ -10,7 +10,10 @@ from governance_testdata import german_credit
 
 from keel.governance import (
     Approval,
+    Decision,
+    Level,
     RiskFactors,
+    Use,
     build_card,
     fairness_report,
     global_importance,
@@ -49,17 +52,23 @@ def credit_card() -> dict[str, Any]:
     attr = integrated_gradients(model, data.x, data.x.mean(axis=0), steps=32)
     fair = fairness_report(data.y, data.score, {"sex": data.sex, "age_band": data.age_band})
     approvals = [
-        Approval("german-credit", DIGEST, "ana", "validator", "approve", "ee" * 32, AT),  # type: ignore[arg-type]
+        Approval("german-credit", DIGEST, "ana", "validator", Decision.APPROVE, "ee" * 32, AT),
         Approval(
-            "german-credit", "sha256:" + "00" * 32, "bob", "risk_officer", "approve", "ee" * 32, AT
-        ),  # type: ignore[arg-type]
+            "german-credit",
+            "sha256:" + "00" * 32,
+            "bob",
+            "risk_officer",
+            Decision.APPROVE,
+            "ee" * 32,
+            AT,
+        ),
     ]
     return build_card(
         manifest(),
         owner="credit-risk team <credit@bank.example>",
         intended_use="Rank consumer-credit applications for manual review.",
         out_of_scope=["automated rejection without review"],
-        risk=RiskFactors("high", "low", "decision_support"),
+        risk=RiskFactors(Level.HIGH, Level.LOW, Use.DECISION_SUPPORT),
         generated_at=AT,
         lineage={"parent_version": "4", "training_run": "run-17"},
         evaluation={"ks": 0.43, "auc": float(np.round(0.7877, 4))},

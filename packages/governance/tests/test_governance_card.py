@@ -11,8 +11,10 @@ from governance_card_fixture import AT, DIGEST, credit_card, manifest
 from keel.governance import (
     CARD_SCHEMA_VERSION,
     InvalidInputError,
+    Level,
     ManifestFieldError,
     RiskFactors,
+    Use,
     build_card,
     card_json,
     load_card,
@@ -75,7 +77,7 @@ def test_manifest_fields_are_checked() -> None:
     kw = {
         "owner": "o",
         "intended_use": "u",
-        "risk": RiskFactors("low", "low", "internal"),
+        "risk": RiskFactors(Level.LOW, Level.LOW, Use.INTERNAL),
         "generated_at": AT,
     }
     for bad, match in (
@@ -110,7 +112,7 @@ def test_html_escapes_everything_it_is_given() -> None:
         evil,
         owner="<b>o</b>",
         intended_use="u & v",
-        risk=RiskFactors("low", "low", "internal"),
+        risk=RiskFactors(Level.LOW, Level.LOW, Use.INTERNAL),
         generated_at=AT,
         limitations=["<img onerror=x>"],
     )

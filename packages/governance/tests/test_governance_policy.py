@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 
 from keel.governance import (
     Approval,
+    Decision,
     InvalidInputError,
     Level,
     RiskFactors,
@@ -38,7 +40,7 @@ def _approval(
         artifact_digest=digest,
         approver=who,
         role=role,
-        decision=decision,
+        decision=cast(Decision, decision),  # a str: validated by Approval
         evidence_digest=EVIDENCE,
         decided_at=NOW - age,
     )  # type: ignore[arg-type]

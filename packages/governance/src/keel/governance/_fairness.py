@@ -206,10 +206,10 @@ def group_fairness(
     k = len(labels)
 
     counts = np.bincount(codes, minlength=k).astype(np.float64)
-    pos = np.bincount(codes, weights=yf, minlength=k)
+    pos = np.bincount(codes, weights=yf, minlength=k).astype(np.float64, copy=False)
     selected = np.bincount(codes, weights=pred, minlength=k)
-    tp = np.bincount(codes, weights=pred * yf, minlength=k)
-    fp = selected - tp
+    tp = np.bincount(codes, weights=pred * yf, minlength=k).astype(np.float64, copy=False)
+    fp: FloatArray = selected - tp
     base = pos / counts
     sel = selected / counts
     tpr = _div(tp, pos)

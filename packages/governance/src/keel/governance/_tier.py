@@ -43,7 +43,7 @@ class RiskTier(IntEnum):
 
 def _enum(cls: type[StrEnum], value: object, what: str) -> Any:
     try:
-        return cls(value)
+        return cls(str(value))
     except ValueError:
         allowed = ", ".join(m.value for m in cls)
         raise InvalidInputError(f"{what} must be one of {allowed}; got {value!r}") from None
