@@ -41,7 +41,7 @@ from keel.telemetry._metrics import (
     GuardedGauge,
     GuardedHistogram,
 )
-from keel.telemetry._platform import PLATFORM_SLOS
+from keel.telemetry._platform import PLANNED_SLOS, PLATFORM_SLOS
 from keel.telemetry._rules import render_rules, rule_groups
 from keel.telemetry._runbooks import render_runbooks
 from keel.telemetry._server import (
@@ -77,6 +77,7 @@ __all__ = [
     "DURATION_BUCKETS_SECONDS",
     "LATENCY_BUCKETS_SECONDS",
     "OTHER_LABEL_VALUE",
+    "PLANNED_SLOS",
     "PLATFORM_SLOS",
     "AvailabilitySLO",
     "BurnRateAlert",
