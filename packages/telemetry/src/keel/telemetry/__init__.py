@@ -42,6 +42,7 @@ from keel.telemetry._metrics import (
     GuardedHistogram,
 )
 from keel.telemetry._platform import PLANNED_SLOS, PLATFORM_SLOS
+from keel.telemetry._redact import redact_url
 from keel.telemetry._rules import render_rules, rule_groups
 from keel.telemetry._runbooks import render_runbooks
 from keel.telemetry._server import (
@@ -107,6 +108,7 @@ __all__ = [
     "metric_name",
     "metrics_asgi_app",
     "metrics_wsgi_app",
+    "redact_url",
     "render_dashboard",
     "render_rules",
     "render_runbooks",
