@@ -307,3 +307,14 @@ def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path: Path) -> None
     proc = run("test", "rules", str(_write_tests(tmp_path, [wrong], _planned_rules(tmp_path))))
     assert proc.returncode != 0
     assert "KeelServingAvailabilityBudgetBurnFast" in proc.stdout + proc.stderr
+
+
+GOLDEN_DIR = Path(__file__).resolve().parents[3] / "packages" / "telemetry" / "tests" / "golden"
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN_DIR.glob("*.prom")), ids=lambda p: p.name)
+def test_promtool_check_metrics_on_golden_files(path: Path) -> None:
+    """The committed goldens are valid exposition for Prometheus' own linter too."""
+    body = path.read_text(encoding="utf-8").replace("<created>", "1.7e9").encode()
+    proc = run("check", "metrics", stdin=body)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
