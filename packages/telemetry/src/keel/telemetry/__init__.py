@@ -10,9 +10,14 @@
 SLI vocabulary: ServingMetrics, FeatureMetrics, DriftMetrics,
 ModelQualityMetrics. SLOs as code: AvailabilitySLO, LatencySLO, FreshnessSLO,
 DriftSLO -> render_rules / render_dashboard / render_runbooks; Keel's own
-SLOs are PLATFORM_SLOS, rendered into ops/ by `python -m keel.telemetry.generate ops/`.
+SLOs are PLATFORM_SLOS, rendered into ops/ by `python -m keel.telemetry.generate ops/`
+(PLANNED_SLOS: the serving app's, not rendered until it exists).
 
-Never imports torch, ray, mlflow or polars (tested).
+`redact_url(url)` masks passwords and tokens in any URL Keel prints or logs. The one
+convention every app binary follows (config rule, --help, JSON logs, start/stop lines,
+one-line errors) is `keel.telemetry.app.App` (docs/apps.md).
+
+Never imports torch, ray, mlflow, polars, numpy or pydantic (tested).
 """
 
 from keel.telemetry._dashboard import render_dashboard
