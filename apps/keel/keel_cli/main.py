@@ -67,7 +67,7 @@ def demo(
     config: Path | None = ConfigOpt,
     seed: int = typer.Option(7, help="seed for the synthetic transaction stream"),
 ) -> None:
-    """Run the Keel loop end to end on embedded defaults (no services needed).
+    """Run the built part of the Keel loop end to end on embedded defaults (no services needed).
 
     Card transactions with drift injected partway -> event bus -> features (batch and
     streaming engines, checked equal) -> reference profile -> drift monitor -> HTML report.
