@@ -107,9 +107,7 @@ def doctor(
             table.add_column(column)
         style = {"ok": "[green]ok[/]", "FAIL": "[bold red]FAIL[/]"}
         for c in checks:
-            table.add_row(
-                c.name, style.get(c.status, "[yellow]unavailable[/]"), c.detail, c.hint
-            )
+            table.add_row(c.name, style.get(c.status, "[yellow]unavailable[/]"), c.detail, c.hint)
         console.print(table, highlight=False)
     if failed_required:
         raise typer.Exit(1)

@@ -133,7 +133,9 @@ def test_idle_half_open_sockets_neither_pile_up_threads_nor_block_scrapes(
                 assert b"400" in _recv_all(bad)
             with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as gone:
                 gone.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
-                gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                gone.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
         finally:
             for s in idle:
                 s.close()

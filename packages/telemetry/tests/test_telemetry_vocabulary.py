@@ -107,7 +107,9 @@ def test_drift_record_window_sets_scores_decision_and_flags() -> None:
     def key(**labels: str) -> frozenset[tuple[str, str]]:
         return frozenset(labels.items())
 
-    assert v[("keel_drift_feature_score", key(model="fraud", feature="amount", method="psi"))] == 0.05
+    assert (
+        v[("keel_drift_feature_score", key(model="fraud", feature="amount", method="psi"))] == 0.05
+    )
     assert v[("keel_drift_feature_drifted", key(model="fraud", feature="amount"))] == 0
     for decision, n in (("drift", 1), ("none", 1), ("warn", 0), ("not_judged", 1)):
         assert v[("keel_drift_windows_total", key(model="fraud", decision=decision))] == n

@@ -70,7 +70,7 @@ class Sample:
     labels: dict[str, str]
 
 
-def _env(**app_settings: dict[str, str]) -> dict[str, str]:
+def _env(**app_settings: dict[str, tuple[str, str]]) -> dict[str, str]:
     """The process env, with each app's settings under the app-convention variable
     (KEEL_<APP>_<KEY>) and the name the app read before it (both, until every app is
     wired to keel.telemetry.app)."""
@@ -87,7 +87,9 @@ def _scrape(proc: subprocess.Popen[str], port: int, ready: str, deadline: float)
     """Poll /metrics until `ready` appears in it (or the process dies)."""
     while True:
         if proc.poll() is not None:
-            raise AssertionError(f"app exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"app exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+            )
         try:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
             if ready in text:
@@ -166,7 +168,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
     )
     procs = [
         subprocess.Popen(
-            [sys.executable, main.__file__], env=env, stderr=subprocess.PIPE, text=True
+            [sys.executable, str(main.__file__)], env=env, stderr=subprocess.PIPE, text=True
         )
         for main, env in ((worker_main, worker_env), (monitor_main, monitor_env))
     ]
@@ -174,7 +176,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
         deadline = time.monotonic() + 90
         texts = {
             "feature-worker": _scrape(
-                procs[0], wport, 'keel_features_events_processed_total{feature_view="card_txn"', deadline
+                procs[0],
+                wport,
+                'keel_features_events_processed_total{feature_view="card_txn"',
+                deadline,
             ),
             "drift-monitor": _scrape(procs[1], mport, "keel_drift_window_rows{", deadline),
         }
@@ -192,7 +197,9 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
 
 # -- 2. every referenced series exists ---------------------------------------------------
 
-_SELECTOR = re.compile(r"(?P<name>\b[a-zA-Z_][a-zA-Z0-9_]*)?\{(?P<matchers>[^{}]*)\}|\b(?P<bare>keel_[a-zA-Z0-9_]+)\b")
+_SELECTOR = re.compile(
+    r"(?P<name>\b[a-zA-Z_][a-zA-Z0-9_]*)?\{(?P<matchers>[^{}]*)\}|\b(?P<bare>keel_[a-zA-Z0-9_]+)\b"
+)
 _MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 
 
@@ -236,7 +243,8 @@ def test_every_series_a_rule_reads_is_emitted_by_a_running_app(scraped: list[Sam
             hit = any(s.name == metric and _matches(s.labels, s.name, matchers) for s in scraped)
         else:  # {__name__=~"..."}: a declared family is enough (no sample until it happens)
             names = [
-                s.name.removeprefix("__family__") + ("_total" if s.labels["type"] == "counter" else "")
+                s.name.removeprefix("__family__")
+                + ("_total" if s.labels["type"] == "counter" else "")
                 for s in scraped
                 if s.name.startswith("__family__")
             ]
@@ -332,14 +340,21 @@ def _rule_test(scraped: list[Sample], *, faulty: bool) -> dict[str, Any]:
                     "eval_time": EVAL,
                     "alertname": rule["alert"],
                     "exp_alerts": [
-                        {"exp_labels": {**rule["labels"], **g}, "exp_annotations": rule["annotations"]}
+                        {
+                            "exp_labels": {**rule["labels"], **g},
+                            "exp_annotations": rule["annotations"],
+                        }
                         for g in groups
                     ],
                 }
             )
     # label overflow: the scraped overflow counter families, collapsing values all along
     families = sorted(
-        {(s.job, s.name.removeprefix("__family__")) for s in scraped if s.name.endswith("label_overflow")}
+        {
+            (s.job, s.name.removeprefix("__family__"))
+            for s in scraped
+            if s.name.endswith("label_overflow")
+        }
     )
     assert families, "no app declares a label_overflow_total counter"
     rule = alerts["KeelLabelCardinalityOverflow"]
@@ -356,7 +371,12 @@ def _rule_test(scraped: list[Sample], *, faulty: bool) -> dict[str, Any]:
             "alertname": rule["alert"],
             "exp_alerts": [
                 {
-                    "exp_labels": {**rule["labels"], "job": job, "metric": name, "label": "feature"},
+                    "exp_labels": {
+                        **rule["labels"],
+                        "job": job,
+                        "metric": name,
+                        "label": "feature",
+                    },
                     "exp_annotations": rule["annotations"],
                 }
                 for job, name in families
@@ -370,12 +390,18 @@ def _rule_test(scraped: list[Sample], *, faulty: bool) -> dict[str, Any]:
 
 def _promtool_test(tmp_path: Path, tests: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
     promtool = shutil.which("promtool")
-    assert promtool, "promtool not found: install Debian's `prometheus` package (tools/ci/services.sh)"
+    assert (
+        promtool
+    ), "promtool not found: install Debian's `prometheus` package (tools/ci/services.sh)"
     path = tmp_path / "from-scrapes.test.yml"
     doc = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}
     path.write_text(json.dumps(doc), encoding="utf-8")
     return subprocess.run(
-        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=300, check=False
+        [promtool, "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 

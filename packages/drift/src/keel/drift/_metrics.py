@@ -53,9 +53,9 @@ def decision_label(window: ReportWindow) -> str:
 class DriftMetrics:
     """Updates the drift metrics of one monitored ``model`` from evaluated windows.
 
-        metrics = DriftMetrics(model="fraud")            # its own CollectorRegistry
-        metrics.record(window)                           # each ReportWindow the monitor yields
-        start_metrics_server(metrics.registry)
+    metrics = DriftMetrics(model="fraud")            # its own CollectorRegistry
+    metrics.record(window)                           # each ReportWindow the monitor yields
+    start_metrics_server(metrics.registry)
     """
 
     def __init__(
