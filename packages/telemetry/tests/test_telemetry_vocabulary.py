@@ -73,7 +73,7 @@ def test_serving_rejects_unknown_outcome() -> None:
 
 def test_feature_freshness_and_staleness_in_seconds() -> None:
     m = ComponentMetrics("features")
-    f = FeatureMetrics(m)
+    f = FeatureMetrics(m, clock=lambda: 0.0)
     assert f.set_freshness("card_1h", NOW - timedelta(minutes=2), NOW) == 120.0
     assert f.set_staleness("card_1h", "txn_count", NOW - timedelta(seconds=5), NOW) == 5.0
     # an event time in the future (clock skew) reads as fresh, never negative
@@ -88,6 +88,19 @@ def test_feature_freshness_and_staleness_in_seconds() -> None:
     assert v[("keel_features_events_processed_total", late)] == 2
     with pytest.raises(InvalidMetricError, match="timezone"):
         f.set_freshness("x", datetime(2026, 1, 1), NOW)  # naive datetime
+
+
+def test_freshness_keeps_growing_when_no_event_arrives() -> None:
+    """The alert must fire when the stream stops: the gauge ages at scrape time."""
+    elapsed = [100.0]
+    f = FeatureMetrics(ComponentMetrics("features"), clock=lambda: elapsed[0])
+    f.set_freshness("card_1h", NOW - timedelta(seconds=10), NOW)
+    key = ("keel_features_freshness_seconds", frozenset({("feature_view", "card_1h")}))
+    assert values(f.metrics)[key] == 10
+    elapsed[0] += 600  # ten minutes without an event
+    assert values(f.metrics)[key] == 610
+    f.set_freshness("card_1h", NOW + timedelta(seconds=600), NOW + timedelta(seconds=601))
+    assert values(f.metrics)[key] == 1
 
 
 def test_drift_record_window_sets_scores_decision_and_flags() -> None:

@@ -145,7 +145,9 @@ class FeatureMetrics:
     """Feature pipeline SLIs (component `features` by default).
 
     - `freshness_seconds{feature_view}`: now minus the event time of the newest
-      event applied to the online store (data freshness);
+      event applied to the online store (data freshness). It keeps growing between
+      updates (evaluated at scrape time), so it rises when events stop arriving and the
+      freshness alert can fire;
     - `feature_staleness_seconds{feature_view, feature}`: age of the feature
       value served at lookup time;
     - `events_processed_total{feature_view, outcome}`: outcome `ok`, `late`
@@ -161,8 +163,13 @@ class FeatureMetrics:
     LOOKUP_LATENCY: Final = "online_lookup_latency_seconds"
     OUTCOMES: Final = ("ok", "late", "error")
 
-    def __init__(self, metrics: ComponentMetrics) -> None:
+    def __init__(
+        self, metrics: ComponentMetrics, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`clock` (seconds, monotonic) measures the time elapsed since the last
+        `set_freshness`, which the freshness gauge adds at scrape time."""
         self.metrics = metrics
+        self._clock = clock
         self.freshness = metrics.gauge(
             self.FRESHNESS,
             "Seconds since the event time of the newest event applied.",
@@ -194,7 +201,10 @@ class FeatureMetrics:
     def set_freshness(self, feature_view: str, newest_event_time: datetime, now: datetime) -> float:
         """Set freshness from the newest applied event time; returns the age in seconds."""
         age = _age_seconds(newest_event_time, now)
-        self.freshness.labels(feature_view=feature_view).set(age)
+        clock, since = self._clock, self._clock()
+        self.freshness.labels(feature_view=feature_view).set_function(
+            lambda: age + max(0.0, clock() - since)
+        )
         return age
 
     def set_staleness(
