@@ -65,7 +65,7 @@ def version() -> None:
 @app.command()
 def demo(
     config: Path | None = ConfigOpt,
-    seed: int = typer.Option(7, help="seed for the synthetic transaction stream"),
+    seed: int = typer.Option(7, min=0, help="seed for the synthetic transaction stream (>= 0)"),
 ) -> None:
     """Run the built part of the Keel loop end to end on embedded defaults (no services needed).
 

@@ -121,3 +121,12 @@ def test_unexpected_errors_are_one_line(
     err = capsys.readouterr().err
     assert exc.value.code == 1 and err.count("\n") == 1
     assert "disk full" in err and "Traceback" not in err
+
+
+def test_negative_demo_seed_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from keel_cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main(["demo", "--seed", "-1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "--seed" in err
