@@ -84,8 +84,7 @@ def doctor(
     config: Path | None = ConfigOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """Check Python, Pants, KEEL_HOME, the services Keel can use (NATS, Redis; PostgreSQL,
-    MLflow and Ray for the planned registry and trainer) and GPUs. Secrets are masked."""
+    """Check Python, Pants, KEEL_HOME, reachable services and GPUs (secrets masked)."""
     from keel_cli.doctor import run_checks
 
     cfg = _config(config)
