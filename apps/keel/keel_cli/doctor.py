@@ -149,6 +149,8 @@ def check_nats(cfg: KeelConfig) -> Check:
         js = '"jetstream":true' in info
         ver = re.search(r'"version":"([^"]+)"', info)
         detail = f"{host}:{port} nats-server {ver.group(1) if ver else '?'}, JetStream {'on' if js else 'OFF'}"
+        if '"auth_required":true' in info:
+            detail += ", auth required (credentials in KEEL_NATS_URL)"
         return Check("nats", js, detail, "" if js else "restart nats-server with -js")
     except OSError as e:
         return Check(
