@@ -23,9 +23,9 @@ from keel_cli.version import keel_version
 app = typer.Typer(
     name="keel",
     help=(
-        "Keel: event bus, features (batch + streaming) and drift monitoring, on embedded"
-        " defaults or real services. Planned, not built yet: training, model registry, serving,"
-        " retraining."
+        "Keel: event bus, features (batch + streaming), drift monitoring and model governance,"
+        " on embedded defaults or real services. Planned, not built yet: training, model"
+        " registry, serving, retraining."
     ),
     no_args_is_help=True,
     add_completion=True,
