@@ -1,4 +1,4 @@
-"""Per-test-process isolation (STYLE.md #13, #15).
+"""Per-test-process isolation.
 
 Pants runs test files in parallel processes and sets KEEL_TEST_SLOT (the
 `[pytest] execution_slot_var`) to a number unique among concurrently running

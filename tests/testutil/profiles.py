@@ -1,4 +1,4 @@
-"""Hypothesis profiles (STYLE.md #14): `fast` for every run (default),
+"""Hypothesis profiles: `fast` for every run (default),
 `expensive` for nightly/bench runs, picked by KEEL_HYPOTHESIS_PROFILE."""
 
 from __future__ import annotations

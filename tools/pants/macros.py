@@ -1,6 +1,6 @@
 # Build macros shared by every BUILD file (loaded via [GLOBAL] build_file_prelude_globs).
 #
-# The architecture lives here: DESIGN.md's dependency table is enforced through
+# The architecture lives here: docs/architecture.md's dependency table is enforced through
 # Pants visibility rules. `keel_package` declares a shared library's allowed
 # imports (other Keel packages + named third-party projects); `keel_app` does
 # the same for a thin binary. A violation fails `./pants dependencies/test/
@@ -10,7 +10,7 @@
 # wheels get it here; `keel version` reads it as a resource.
 KEEL_VERSION = open("VERSION").read().strip()  # noqa: SIM115 (BUILD prelude)
 
-# Which Keel packages each package may import (DESIGN.md, "Libraries").
+# Which Keel packages each package may import (docs/architecture.md, "Libraries").
 def _layers():
     return {
         "events": ["telemetry"],  # ADR 0001: events reports its SLIs through keel.telemetry
@@ -75,7 +75,9 @@ def keel_package(name, third_party=(), test_third_party=(), description="", inst
             name="keel-" + _pkg_dir(name),
             version=KEEL_VERSION,
             description=description or ("Keel " + name),
-            python_requires=">=3.11,<3.12",
+            # CI tests on CPython 3.11; no known incompatibility above it, so no upper cap
+            # (a cap would make pip refuse the wheel on 3.12+ for no reason).
+            python_requires=">=3.11",
         ),
         generate_setup=True,
         wheel=True,

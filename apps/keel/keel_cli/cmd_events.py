@@ -1,15 +1,20 @@
 """`keel events`: tail a stream, consumer lag, replay, dead letters (list / requeue).
 
 The bus URL comes from --url, else $KEEL_NATS_URL, else the embedded $KEEL_HOME/events.db.
+Read-only commands (tail, stats, replay without --to, dlq list) never create an
+embedded log: a missing file is an error, not an empty bus.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import typer
+
+from keel.telemetry import redact_url
 
 app = typer.Typer(help="Inspect and operate the Keel event bus.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead-letter queue: list and requeue.", no_args_is_help=True)
@@ -19,10 +24,28 @@ UrlOpt = typer.Option(None, "--url", help="Bus URL (sqlite:///path or nats://hos
 IdsArg = typer.Argument(None, help="Dead-letter ids (default: all).")
 
 
-def _bus(url: str | None) -> Any:
-    from keel.events import open_bus
+class NoEventLogError(Exception):
+    """A read-only command was pointed at an embedded log that does not exist."""
 
-    return open_bus(url)
+
+def _bus(url: str | None, *, read_only: bool = True) -> Any:
+    """Open the bus; for a read-only command an embedded log must already exist."""
+    from keel.events import default_url, open_bus
+
+    url = url or default_url()
+    if read_only and url.startswith("sqlite://"):
+        path = Path("/" + url[len("sqlite://") :].lstrip("/"))
+        if not path.is_file():
+            raise NoEventLogError(
+                f"no event log at {path}: nothing was published there "
+                "(check --url / KEEL_HOME; read-only commands do not create it)"
+            )
+    try:
+        return open_bus(url)
+    except Exception as exc:
+        if type(exc).__module__.startswith("keel."):
+            raise
+        raise NoEventLogError(f"cannot open the bus at {redact_url(url)}: {exc}") from exc
 
 
 def _start(from_seq: int | None, from_time: str | None) -> Any:
@@ -70,7 +93,7 @@ def _line(seq: int, data: bytes) -> str:
 @app.command()
 def tail(
     stream: str,
-    n: int = typer.Option(10, "-n", help="How many of the latest events."),
+    n: int = typer.Option(10, "-n", min=1, help="How many of the latest events (>= 1)."),
     url: str | None = UrlOpt,
 ) -> None:
     """Print the last N events of STREAM as JSON lines."""
@@ -84,18 +107,47 @@ def tail(
 
 
 @app.command()
-def stats(stream: str | None = typer.Argument(None), url: str | None = UrlOpt) -> None:
+def stats(
+    stream: str | None = typer.Argument(None),
+    url: str | None = UrlOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
     """Stream sizes and, per durable consumer, lag and in-flight deliveries."""
     with _bus(url) as bus:
+        out = []
         for s in [stream] if stream else bus.streams():
             i = bus.stream_info(s)
-            typer.echo(
-                f"{s}: events={i.count} seq={i.first_seq}..{i.last_seq} dead_letters={len(bus.dead_letters(s, limit=100000))}"
+            out.append(
+                {
+                    "stream": s,
+                    "events": i.count,
+                    "first_seq": i.first_seq,
+                    "last_seq": i.last_seq,
+                    "dead_letters": len(bus.dead_letters(s, limit=100000)),
+                    "consumers": [
+                        {
+                            "durable": c.durable,
+                            "delivered_seq": c.delivered_seq,
+                            "lag": c.lag,
+                            "ack_pending": c.ack_pending,
+                        }
+                        for c in bus.consumers(s)
+                    ],
+                }
             )
-            for c in bus.consumers(s):
-                typer.echo(
-                    f"  {c.durable}: delivered_seq={c.delivered_seq} lag={c.lag} ack_pending={c.ack_pending}"
-                )
+    if as_json:
+        typer.echo(json.dumps({"streams": out}))
+        return
+    for st in out:
+        typer.echo(
+            f"{st['stream']}: events={st['events']} seq={st['first_seq']}..{st['last_seq']}"
+            f" dead_letters={st['dead_letters']}"
+        )
+        for c in st["consumers"]:
+            typer.echo(
+                f"  {c['durable']}: delivered_seq={c['delivered_seq']} lag={c['lag']}"
+                f" ack_pending={c['ack_pending']}"
+            )
 
 
 @app.command()
@@ -107,7 +159,7 @@ def replay(
         "--from-time",
         help="Publish time to start at (ISO, with timezone); events published at or after it.",
     ),
-    limit: int | None = typer.Option(None, "--limit"),
+    limit: int | None = typer.Option(None, "--limit", min=1),
     to_stream: str | None = typer.Option(
         None,
         "--to",
@@ -116,7 +168,7 @@ def replay(
     url: str | None = UrlOpt,
 ) -> None:
     """Read STREAM from a position or a time; print it, or copy it into another stream."""
-    with _bus(url) as bus:
+    with _bus(url, read_only=to_stream is None) as bus:
         n = 0
         for r in bus.replay(stream, _start(from_seq, from_time), max_messages=limit):
             if to_stream:
@@ -130,7 +182,7 @@ def replay(
 
 @dlq_app.command("list")
 def dlq_list(
-    stream: str, limit: int = typer.Option(100, "--limit"), url: str | None = UrlOpt
+    stream: str, limit: int = typer.Option(100, "--limit", min=1), url: str | None = UrlOpt
 ) -> None:
     """List STREAM's dead letters with their reasons."""
     with _bus(url) as bus:
@@ -157,6 +209,6 @@ def dlq_requeue(
     url: str | None = UrlOpt,
 ) -> None:
     """Publish dead letters back to STREAM (same event ids) and remove them from the queue."""
-    with _bus(url) as bus:
+    with _bus(url, read_only=False) as bus:
         n = bus.requeue_dead_letters(stream, ids or None)
         typer.echo(f"requeued {n} dead letters into {stream}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-# Options that used to exist, with what replaced them (STYLE.md #7).
+# Options that used to exist, with what replaced them.
 _REMOVED: dict[str, str] = {}
 
 
@@ -104,5 +104,5 @@ def load_config(env: Mapping[str, str] | None = None, toml_path: Path | None = N
             key = ".".join(str(p) for p in err["loc"])
             env_var = next((v for v, k in _ENV.items() if k == key), None)
             where = f" (env {env_var})" if env_var else ""
-            lines.append(f"  {key}{where}: {err['msg']}")
-        raise ConfigError("invalid Keel configuration:\n" + "\n".join(lines)) from None
+            lines.append(f"{key}{where}: {err['msg']}")
+        raise ConfigError("invalid Keel configuration: " + "; ".join(lines)) from None

@@ -2,6 +2,8 @@
 
 Each probe is a small function returning a `Check`; none raises. Services are
 optional on embedded defaults, so an unreachable one is a hint, not a failure.
+No output carries a secret: every URL goes through `keel.telemetry.redact_url`,
+and `run_checks` masks any configured password that still shows up in a message.
 """
 
 from __future__ import annotations
@@ -13,11 +15,16 @@ import shutil
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+from keel.telemetry import redact_url
 from keel_cli.config import KeelConfig
+
+_URL_RE = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.I)
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,14 @@ class Check:
     detail: str
     hint: str = ""
     required: bool = False
+
+    @property
+    def status(self) -> str:
+        """`ok`, `FAIL` (a required check failed) or `unavailable` (an optional one)."""
+        return "ok" if self.ok else ("FAIL" if self.required else "unavailable")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status}
 
 
 def _tcp(host: str, port: int, timeout: float = 1.0) -> socket.socket:
@@ -95,7 +110,7 @@ def check_postgres(cfg: KeelConfig) -> Check:
             "postgresql",
             False,
             f"{u.hostname}:{u.port or 5432}: {type(e).__name__}: {str(e).strip()[:120]}",
-            "needed for the MLflow registry on PostgreSQL: start it (tools/ci/services.sh) or set KEEL_PG_DSN",
+            "only the planned registry (MLflow on PostgreSQL) will use it: start it (tools/ci/services.sh) or set KEEL_PG_DSN",
         )
 
 
@@ -106,12 +121,14 @@ def check_redis(cfg: KeelConfig) -> Check:
         r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=1, socket_timeout=1)
         info = r.info("server")
         r.close()
-        return Check("redis", True, f"{cfg.redis_url} redis {info.get('redis_version', '?')}")
+        return Check(
+            "redis", True, f"{redact_url(cfg.redis_url)} redis {info.get('redis_version', '?')}"
+        )
     except Exception as e:
         return Check(
             "redis",
             False,
-            f"{cfg.redis_url}: {type(e).__name__}: {str(e)[:120]}",
+            f"{redact_url(cfg.redis_url)}: {type(e).__name__}: {str(e)[:120]}",
             "online store on Redis: start redis-server (tools/ci/services.sh) or set KEEL_REDIS_URL; "
             "embedded SQLite works without it",
         )
@@ -132,6 +149,8 @@ def check_nats(cfg: KeelConfig) -> Check:
         js = '"jetstream":true' in info
         ver = re.search(r'"version":"([^"]+)"', info)
         detail = f"{host}:{port} nats-server {ver.group(1) if ver else '?'}, JetStream {'on' if js else 'OFF'}"
+        if '"auth_required":true' in info:
+            detail += ", auth required (credentials in KEEL_NATS_URL)"
         return Check("nats", js, detail, "" if js else "restart nats-server with -js")
     except OSError as e:
         return Check(
@@ -152,33 +171,32 @@ def check_mlflow(cfg: KeelConfig) -> Check:
         return Check(
             "mlflow server",
             ok,
-            f"{cfg.mlflow_url} HTTP {r.status_code}",
+            f"{redact_url(cfg.mlflow_url)} HTTP {r.status_code}",
             "" if ok else "check KEEL_MLFLOW_URL",
         )
     except Exception as e:
         return Check(
             "mlflow server",
             False,
-            f"{cfg.mlflow_url}: {type(e).__name__}",
-            "registry on a tracking server: run `mlflow server` and set KEEL_MLFLOW_URL; "
-            "the embedded sqlite:/// store in KEEL_HOME works without it",
+            f"{redact_url(cfg.mlflow_url)}: {type(e).__name__}",
+            "only the planned registry will use it: run `mlflow server` and set KEEL_MLFLOW_URL",
         )
 
 
 def check_ray(cfg: KeelConfig) -> Check:
     if not cfg.ray_address or cfg.ray_address == "local":
-        return Check("ray cluster", True, "RAY_ADDRESS unset: training uses a local Ray instance")
+        return Check("ray cluster", True, "RAY_ADDRESS unset (the planned trainer will use Ray)")
     addr = cfg.ray_address.removeprefix("ray://")
     host, _, port = addr.rpartition(":")
     try:
         with _tcp(host or "127.0.0.1", int(port or 6379)):
             pass
-        return Check("ray cluster", True, f"{cfg.ray_address} reachable")
+        return Check("ray cluster", True, f"{redact_url(cfg.ray_address)} reachable")
     except (OSError, ValueError) as e:
         return Check(
             "ray cluster",
             False,
-            f"{cfg.ray_address}: {e}",
+            f"{redact_url(cfg.ray_address)}: {e}",
             "start the cluster (`ray start --head`) or unset RAY_ADDRESS",
         )
 
@@ -186,7 +204,7 @@ def check_ray(cfg: KeelConfig) -> Check:
 def check_gpu() -> Check:
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return Check("gpu", True, "none visible (no nvidia-smi): training runs on CPU")
+        return Check("gpu", True, "none visible (no nvidia-smi); nothing in Keel needs one yet")
     try:
         out = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
@@ -201,19 +219,52 @@ def check_gpu() -> Check:
             "gpu",
             False,
             f"nvidia-smi failed: {e}",
-            "check the NVIDIA driver; CPU training still works",
+            "check the NVIDIA driver; nothing in Keel needs a GPU yet",
         )
 
 
+def _secrets(cfg: KeelConfig) -> list[str]:
+    """Passwords in the configured service URLs (to mask wherever they still show up)."""
+    out = []
+    for url in (cfg.nats_url, cfg.redis_url, cfg.pg_dsn, cfg.mlflow_url, cfg.ray_address or ""):
+        try:
+            u = urlparse(url)
+            secret = u.password or (u.username if u.scheme in ("nats", "tls") else None)
+        except ValueError:
+            continue
+        if secret:
+            out.append(secret)
+    return out
+
+
+def redact_text(text: str, secrets: list[str]) -> str:
+    """`text` with every URL redacted and every known secret replaced by ***."""
+    text = _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def run_checks(cfg: KeelConfig, cwd: Path) -> list[Check]:
+    secrets = _secrets(cfg)
+    probes: list[tuple[str, Callable[[], Check]]] = [
+        ("python", check_python),
+        ("pants", lambda: check_pants(cwd)),
+        ("KEEL_HOME", lambda: check_home(cfg)),
+        ("postgresql", lambda: check_postgres(cfg)),
+        ("redis", lambda: check_redis(cfg)),
+        ("nats", lambda: check_nats(cfg)),
+        ("mlflow server", lambda: check_mlflow(cfg)),
+        ("ray cluster", lambda: check_ray(cfg)),
+        ("gpu", check_gpu),
+    ]
+    checks = []
+    for name, probe in probes:
+        try:
+            checks.append(probe())
+        except Exception as e:  # a probe bug or a malformed URL: report it, never crash
+            checks.append(Check(name, False, f"{type(e).__name__}: {e}", "check its configuration"))
     return [
-        check_python(),
-        check_pants(cwd),
-        check_home(cfg),
-        check_postgres(cfg),
-        check_redis(cfg),
-        check_nats(cfg),
-        check_mlflow(cfg),
-        check_ray(cfg),
-        check_gpu(),
+        replace(c, detail=redact_text(c.detail, secrets), hint=redact_text(c.hint, secrets))
+        for c in checks
     ]

@@ -1,11 +1,15 @@
 """`keel`: the engineer's CLI. Wiring only — every command calls into a library.
 
-Heavy imports (polars, torch, ray, mlflow) happen inside commands, so
-`keel --help` and `keel doctor` start fast.
+Heavy imports (polars, numpy) happen inside commands, so `keel --help` and
+`keel doctor` start fast. Every error is one line on stderr and a non-zero exit
+(2: usage or configuration, 1: anything else); `KEEL_DEBUG=1` adds the traceback.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -18,9 +22,13 @@ from keel_cli.version import keel_version
 
 app = typer.Typer(
     name="keel",
-    help="Keel: the ML platform loop — events, features, training, registry, serving, drift.",
+    help=(
+        "Keel: event bus, features (batch + streaming), drift monitoring and model governance,"
+        " on embedded defaults or real services. Planned, not built yet: training, model"
+        " registry, serving, retraining."
+    ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 app.add_typer(cmd_events.app, name="events")
@@ -36,8 +44,14 @@ def _config(config: Path | None) -> KeelConfig:
     try:
         return load_config(toml_path=config)
     except ConfigError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        _error(str(e))
         raise typer.Exit(2) from None
+
+
+def _error(message: str) -> None:
+    """One line on stderr: `error: <message>` (newlines folded)."""
+    line = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="TOML config file (default: $KEEL_CONFIG)")
@@ -52,9 +66,9 @@ def version() -> None:
 @app.command()
 def demo(
     config: Path | None = ConfigOpt,
-    seed: int = typer.Option(7, help="seed for the synthetic transaction stream"),
+    seed: int = typer.Option(7, min=0, help="seed for the synthetic transaction stream (>= 0)"),
 ) -> None:
-    """Run the Keel loop end to end on embedded defaults (no services needed).
+    """Run the built part of the Keel loop end to end on embedded defaults (no services needed).
 
     Card transactions with drift injected partway -> event bus -> features (batch and
     streaming engines, checked equal) -> reference profile -> drift monitor -> HTML report.
@@ -67,45 +81,66 @@ def demo(
 
 
 @app.command()
-def doctor(config: Path | None = ConfigOpt) -> None:
-    """Check Python, Pants, KEEL_HOME, services (PostgreSQL, Redis, NATS, MLflow, Ray) and GPU."""
+def doctor(
+    config: Path | None = ConfigOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Check Python, Pants, KEEL_HOME, reachable services and GPUs (secrets masked)."""
     from keel_cli.doctor import run_checks
 
     cfg = _config(config)
-    table = Table(title=f"keel doctor — keel {keel_version()}")
-    table.add_column("check")
-    table.add_column("status")
-    table.add_column("detail")
-    table.add_column("what to do")
-    failed_required = False
-    for c in run_checks(cfg, Path.cwd()):
-        if c.ok:
-            status = "[green]ok[/]"
-        elif c.required:
-            status = "[bold red]FAIL[/]"
-            failed_required = True
-        else:
-            status = "[yellow]unavailable[/]"
-        table.add_row(c.name, status, c.detail, c.hint)
-    console.print(table)
+    checks = run_checks(cfg, Path.cwd())
+    failed_required = any(c.required and not c.ok for c in checks)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "keel_version": keel_version(),
+                    "ok": not failed_required,
+                    "checks": [c.to_dict() for c in checks],
+                }
+            )
+        )
+    else:
+        table = Table(title=f"keel doctor — keel {keel_version()}")
+        for column in ("check", "status", "detail", "what to do"):
+            table.add_column(column)
+        style = {"ok": "[green]ok[/]", "FAIL": "[bold red]FAIL[/]"}
+        for c in checks:
+            table.add_row(c.name, style.get(c.status, "[yellow]unavailable[/]"), c.detail, c.hint)
+        console.print(table, highlight=False)
     if failed_required:
         raise typer.Exit(1)
 
 
-def main() -> None:
-    """Entry point: a Keel library error becomes one clear line and exit code 1.
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every error becomes one line on stderr and a non-zero exit.
 
-    Library errors already say what was wrong and what to do (STYLE.md #8); a
-    traceback from deep inside would only hide that. Anything else is a bug and
-    keeps its traceback.
+    Library errors already say what was wrong and what to do; a traceback from
+    deep inside would only hide that. `KEEL_DEBUG=1` re-raises for the traceback.
     """
     try:
-        app(prog_name="keel")  # usage errors: click prints them and exits 2
+        code = app(args=argv, prog_name="keel", standalone_mode=False)
+    except typer.Exit as e:
+        code = e.exit_code
+    except typer.Abort:
+        _error("aborted")
+        code = 130
+    except typer.TyperException as e:  # usage errors: bad option, missing argument
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if message:  # empty for a group called without a command: its help was printed
+            _error(message)
+        code = int(getattr(e, "exit_code", 2))
+    except KeyboardInterrupt:
+        _error("interrupted")
+        code = 130
     except Exception as e:
-        if not type(e).__module__.startswith("keel."):
+        if os.environ.get("KEEL_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise SystemExit(1) from None
+        known = type(e).__module__.startswith(("keel.", "keel_cli")) or isinstance(e, OSError)
+        _error(str(e) if known else f"{type(e).__name__}: {e} (KEEL_DEBUG=1 shows the traceback)")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

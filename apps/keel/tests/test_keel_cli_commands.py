@@ -1,3 +1,4 @@
+import json
 import re
 import socket
 from pathlib import Path
@@ -79,3 +80,53 @@ def test_doctor_sees_the_real_services(tmp_path: Path) -> None:
     assert nats.ok and "JetStream on" in nats.detail, nats
     assert redis_.ok and "redis" in redis_.detail, redis_
     assert pg.ok and "server" in pg.detail, pg
+
+
+def test_doctor_never_prints_a_password(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        "KEEL_HOME": str(tmp_path),
+        "KEEL_REDIS_URL": f"redis://:hunter2@127.0.0.1:{port}/0",
+        "KEEL_PG_DSN": f"postgresql://keel:hunter2@127.0.0.1:{port}/keel",
+        "KEEL_NATS_URL": f"nats://hunter2@127.0.0.1:{port}",
+        "KEEL_MLFLOW_URL": f"http://u:hunter2@127.0.0.1:{port}",
+    }
+    table = runner.invoke(app, ["doctor"], env=env)
+    as_json = runner.invoke(app, ["doctor", "--json"], env=env)
+    for result in (table, as_json):
+        assert "hunter2" not in result.output
+    doc = json.loads(as_json.output)
+    by_name = {c["name"]: c for c in doc["checks"]}
+    assert by_name["redis"]["status"] == "unavailable" and "***" in by_name["redis"]["detail"]
+    assert doc["ok"] is True and doc["keel_version"]
+
+
+def test_help_offers_shell_completion_and_marks_planned_parts() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert "--install-completion" in result.output
+    assert "Planned" in result.output
+
+
+def test_unexpected_errors_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keel_cli import main as cli_main
+
+    def boom() -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(cli_main, "keel_version", boom)
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main(["version"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.count("\n") == 1
+    assert "disk full" in err and "Traceback" not in err
+
+
+def test_negative_demo_seed_is_a_one_line_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from keel_cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main(["demo", "--seed", "-1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "--seed" in err

@@ -115,3 +115,39 @@ def test_library_errors_are_one_clear_line(
     err = capsys.readouterr().err
     assert "error:" in err and "no-such-stream" in err
     assert "Traceback" not in err
+
+
+def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main(argv)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_read_only_commands_do_not_create_a_missing_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no" / "dir" / "events.db"
+    for argv in (
+        ["events", "stats", "--url", f"sqlite:///{missing}"],
+        ["events", "tail", "x", "--url", f"sqlite:///{missing}"],
+        ["events", "dlq", "list", "x", "--url", f"sqlite:///{missing}"],
+        ["events", "replay", "x", "--url", f"sqlite:///{missing}"],
+    ):
+        code, _, err = _main(argv, capsys)
+        assert code == 1, argv
+        assert err.count("\n") == 1 and "no event log" in err and str(missing) in err
+    assert not (tmp_path / "no").exists()
+
+
+def test_negative_counts_are_usage_errors(bus_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _main(["events", "tail", "txns", "-n", "-5", "--url", bus_url], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "-n" in err and "Traceback" not in err
+
+
+def test_stats_json(bus_url: str) -> None:
+    result = runner.invoke(app, ["events", "stats", "--json", "--url", bus_url])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["streams"][0]["stream"] == "txns" and doc["streams"][0]["events"] == 20

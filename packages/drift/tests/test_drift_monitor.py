@@ -169,7 +169,7 @@ def test_score_histogram_exact_on_cell_centres() -> None:
 def test_metrics_exposition(profile) -> None:
     rng = np.random.default_rng(8)
     reg = CollectorRegistry()
-    metrics = DriftMetrics(reg)
+    metrics = DriftMetrics(reg, model="fraud")
     mon = StreamingMonitor(
         profile,
         WindowConfig(size=timedelta(hours=1), score_column="score"),
@@ -179,12 +179,12 @@ def test_metrics_exposition(profile) -> None:
     mon.observe(records(rng, 2000, T0, timedelta(hours=1), shift=1.0))
     mon.flush()
     text = metrics.metrics.exposition().decode()
-    assert 'keel_drift_feature_score{feature="amount",method="psi"}' in text
-    assert 'keel_drift_decision{decision="drift"} 1.0' in text
-    assert 'keel_drift_windows_total{decision="drift"} 1.0' in text
-    assert "keel_drift_episodes_total 1.0" in text
-    assert 'keel_drift_model_performance{metric="estimated_auc"}' in text
-    assert "keel_drift_window_rows 2000.0" in text
+    assert 'keel_drift_feature_score{feature="amount",method="psi",model="fraud"}' in text
+    assert 'keel_drift_decision{decision="drift",model="fraud"} 1.0' in text
+    assert 'keel_drift_windows_total{decision="drift",model="fraud"} 1.0' in text
+    assert 'keel_drift_episodes_total{model="fraud"} 1.0' in text
+    assert 'keel_drift_model_performance{metric="estimated_auc",model="fraud"}' in text
+    assert 'keel_drift_window_rows{model="fraud"} 2000.0' in text
 
 
 def test_bad_config_and_input(profile) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from keel.telemetry import (
     TelemetryUnavailableError,
     metrics_asgi_app,
     metrics_wsgi_app,
+    redact_url,
     start_metrics_server,
 )
 
@@ -87,3 +90,66 @@ def test_asgi_app_negotiates_format() -> None:
     assert 'keel_serving_requests_total{model="fraud"} 3.0' in text.text
     assert om.headers["content-type"].startswith("application/openmetrics-text")
     assert om.text.endswith("# EOF\n")
+
+
+def test_head_is_answered_without_a_body_and_no_version_banner() -> None:
+    with start_metrics_server(_metrics().registry) as srv:
+        r = httpx.head(f"{srv.url}/metrics")
+        assert r.status_code == 200 and r.content == b""
+        assert int(r.headers["content-length"]) > 0
+        assert r.headers["server"] == "keel-metrics"
+        assert httpx.head(f"{srv.url}/healthz").status_code == 200
+        assert "Python" not in httpx.get(f"{srv.url}/metrics").headers["server"]
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_idle_half_open_sockets_neither_pile_up_threads_nor_block_scrapes(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    before = threading.active_count()
+    with start_metrics_server(_metrics().registry, timeout_s=0.5, max_connections=8) as srv:
+        idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(300)]
+        try:
+            # the cap closes what it cannot serve; the rest time out: threads stay bounded
+            assert threading.active_count() <= before + 1 + 8
+            # while idle sockets hold every slot a scrape is shed (closed at once); once
+            # they time out (0.5 s) the next scrape is served, as a scraper's retry would be
+            for _ in range(50):
+                try:
+                    r = httpx.get(f"{srv.url}/metrics", timeout=5)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert r.status_code == 200 and "keel_serving_requests_total" in r.text
+            # garbage and a client that vanishes mid-request get no traceback
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as bad:
+                bad.sendall(b"\x16\x03\x01garbage\r\n\r\n")
+                assert b"400" in _recv_all(bad)
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as gone:
+                gone.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                gone.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+        finally:
+            for s in idle:
+                s.close()
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+
+
+def test_redact_url_masks_passwords_and_tokens() -> None:
+    assert redact_url("redis://:s3cret@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert redact_url("postgresql://keel:pw@db:5432/keel") == "postgresql://keel:***@db:5432/keel"
+    assert redact_url("nats://tok3n@127.0.0.1:4222") == "nats://***@127.0.0.1:4222"
+    assert redact_url("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    masked = redact_url("https://h/x?token=abc&mode=ro")
+    assert "abc" not in masked and "mode=ro" in masked
+    assert redact_url("host=db password='a b' user=k") == "host=db password=*** user=k"
+    assert redact_url(None) == ""
+    assert "pw" not in redact_url("redis://u:pw@[::1")  # unparsable: still masked

@@ -161,7 +161,7 @@ def test_threshold_slos_record_an_indicator() -> None:
 
 def test_custom_runbook_base() -> None:
     text = render_rules(PLATFORM_SLOS, runbook_base="https://example.org/keel/ops/runbooks/")
-    assert "https://example.org/keel/ops/runbooks/KeelServingLatencyBudgetBurnFast.md" in text
+    assert "https://example.org/keel/ops/runbooks/KeelFeatureFreshnessBudgetBurnFast.md" in text
 
 
 def test_dashboard_is_deterministic_with_unique_ids_and_no_overlaps() -> None:

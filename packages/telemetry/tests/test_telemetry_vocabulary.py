@@ -10,6 +10,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from keel.telemetry import (
+    PLANNED_SLOS,
     PLATFORM_SLOS,
     AvailabilitySLO,
     ComponentMetrics,
@@ -72,7 +73,7 @@ def test_serving_rejects_unknown_outcome() -> None:
 
 def test_feature_freshness_and_staleness_in_seconds() -> None:
     m = ComponentMetrics("features")
-    f = FeatureMetrics(m)
+    f = FeatureMetrics(m, clock=lambda: 0.0)
     assert f.set_freshness("card_1h", NOW - timedelta(minutes=2), NOW) == 120.0
     assert f.set_staleness("card_1h", "txn_count", NOW - timedelta(seconds=5), NOW) == 5.0
     # an event time in the future (clock skew) reads as fresh, never negative
@@ -89,19 +90,67 @@ def test_feature_freshness_and_staleness_in_seconds() -> None:
         f.set_freshness("x", datetime(2026, 1, 1), NOW)  # naive datetime
 
 
-def test_drift_record_window_sets_scores_and_detection_flags() -> None:
+def test_freshness_keeps_growing_when_no_event_arrives() -> None:
+    """The alert must fire when the stream stops: the gauge ages at scrape time."""
+    elapsed = [100.0]
+    f = FeatureMetrics(ComponentMetrics("features"), clock=lambda: elapsed[0])
+    f.set_freshness("card_1h", NOW - timedelta(seconds=10), NOW)
+    key = ("keel_features_freshness_seconds", frozenset({("feature_view", "card_1h")}))
+    assert values(f.metrics)[key] == 10
+    elapsed[0] += 600  # ten minutes without an event
+    assert values(f.metrics)[key] == 610
+    f.set_freshness("card_1h", NOW + timedelta(seconds=600), NOW + timedelta(seconds=601))
+    assert values(f.metrics)[key] == 1
+
+
+def test_drift_record_window_sets_scores_decision_and_flags() -> None:
     m = ComponentMetrics("drift")
     d = DriftMetrics(m)
     d.record_window(
-        "fraud", {("amount", "psi"): 0.31, ("country", "psi"): 0.02}, drifted=["amount"]
+        "fraud",
+        {("amount", "psi"): 0.31, ("country", "psi"): 0.02},
+        drifted=["amount"],
+        episode_start=True,
+        rows=900,
     )
     d.record_window("fraud", {("amount", "psi"): 0.05, ("country", "psi"): 0.01})
+    d.record_window("fraud", {}, decision="not_judged", rows=3)
     v = values(m)
-    score = frozenset({("model", "fraud"), ("feature", "amount"), ("method", "psi")})
-    assert v[("keel_drift_feature_score", score)] == 0.05
-    assert v[("keel_drift_detected", frozenset({("model", "fraud"), ("feature", "amount")}))] == 0
-    assert v[("keel_drift_windows_evaluated_total", frozenset({("model", "fraud")}))] == 2
-    assert v[("keel_drift_detections_total", frozenset({("model", "fraud")}))] == 1
+
+    def key(**labels: str) -> frozenset[tuple[str, str]]:
+        return frozenset(labels.items())
+
+    assert (
+        v[("keel_drift_feature_score", key(model="fraud", feature="amount", method="psi"))] == 0.05
+    )
+    assert v[("keel_drift_feature_drifted", key(model="fraud", feature="amount"))] == 0
+    for decision, n in (("drift", 1), ("none", 1), ("warn", 0), ("not_judged", 1)):
+        assert v[("keel_drift_windows_total", key(model="fraud", decision=decision))] == n
+        latest = 1 if decision == "not_judged" else 0
+        assert v[("keel_drift_decision", key(model="fraud", decision=decision))] == latest
+    assert v[("keel_drift_episodes_total", key(model="fraud"))] == 1
+    assert v[("keel_drift_window_rows", key(model="fraud"))] == 3
+    with pytest.raises(InvalidMetricError, match="not_judged"):
+        d.record_window("fraud", {}, decision="insufficient")
+
+
+def test_drift_start_creates_every_decision_series_at_zero() -> None:
+    m = ComponentMetrics("drift")
+    DriftMetrics(m).start("churn")
+    v = values(m)
+    for decision in DriftMetrics.DECISIONS:
+        key = frozenset({("model", "churn"), ("decision", decision)})
+        assert v[("keel_drift_decision", key)] == 0
+        assert v[("keel_drift_windows_total", key)] == 0
+
+
+def test_feature_events_create_every_outcome_series() -> None:
+    f = FeatureMetrics(ComponentMetrics("features"))
+    f.count_events("card_1h", 3)
+    v = values(f.metrics)
+    for outcome, n in (("ok", 3), ("late", 0), ("error", 0)):
+        key = frozenset({("feature_view", "card_1h"), ("outcome", outcome)})
+        assert v[("keel_features_events_processed_total", key)] == n
 
 
 def test_quality_metrics() -> None:
@@ -143,7 +192,7 @@ def test_platform_slos_refer_to_declared_vocabulary_metrics() -> None:
         for metric in vars(vocab).values():
             if isinstance(metric, MetricWrapperBase):
                 declared[metric._name] = set(metric._labelnames)
-    for slo in PLATFORM_SLOS:
+    for slo in (*PLATFORM_SLOS, *PLANNED_SLOS):
         if isinstance(slo, AvailabilitySLO):
             base = slo.metric.removesuffix("_total")
         elif isinstance(slo, LatencySLO):

@@ -20,12 +20,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from keel.telemetry import (
+    PLANNED_SLOS,
     PLATFORM_SLOS,
     ComponentMetrics,
     DriftMetrics,
     FeatureMetrics,
     ModelQualityMetrics,
     ServingMetrics,
+    render_rules,
     rule_groups,
     start_metrics_server,
 )
@@ -106,7 +108,11 @@ def test_promtool_check_rules_on_committed_file() -> None:
 # --- promtool test rules -----------------------------------------------------------
 
 _ALERTS: dict[str, dict[str, Any]] = {
-    r["alert"]: r for g in rule_groups(PLATFORM_SLOS)["groups"] for r in g["rules"] if "alert" in r
+    r["alert"]: r
+    for slos in (PLATFORM_SLOS, PLANNED_SLOS)
+    for g in rule_groups(slos)["groups"]
+    for r in g["rules"]
+    if "alert" in r
 }
 
 
@@ -123,7 +129,8 @@ def series(name: str, values: str, **labels: str) -> dict[str, str]:
 REQ = "keel_serving_requests_total"
 LAT = "keel_serving_request_latency_seconds"
 
-RULE_TESTS: list[dict[str, Any]] = [
+# Serving is planned: its SLOs are rendered into a temporary rule file, not ops/.
+PLANNED_RULE_TESTS: list[dict[str, Any]] = [
     {
         # fraud: 20 errors per 1000 valid requests (2%) > 14.4 x 0.1% -> fast + slow burn.
         # 500 invalid requests/min would dilute the ratio under 1.44% if they counted.
@@ -186,6 +193,9 @@ RULE_TESTS: list[dict[str, Any]] = [
             },
         ],
     },
+]
+
+RULE_TESTS: list[dict[str, Any]] = [
     {
         # freshness: card goes stale (15 min) after one fresh hour; merchant stays fresh.
         "interval": "1m",
@@ -207,30 +217,16 @@ RULE_TESTS: list[dict[str, Any]] = [
         ],
     },
     {
-        # drift: fraud's PSI 0.5 > 0.2 -> burn; churn's KS is high but the SLO reads PSI only.
+        # drift: the policy decided DRIFT for fraud from minute 0; churn stays NONE; ltv's
+        # windows are not judged (too few rows) -> the judged SLO burns for ltv only.
         "interval": "1m",
         "input_series": [
-            series(
-                "keel_drift_feature_score",
-                "0.5+0x120",
-                model="fraud",
-                feature="amount",
-                method="psi",
-            ),
-            series(
-                "keel_drift_feature_score",
-                "0.05+0x120",
-                model="churn",
-                feature="tenure",
-                method="psi",
-            ),
-            series(
-                "keel_drift_feature_score",
-                "0.9+0x120",
-                model="churn",
-                feature="tenure",
-                method="ks",
-            ),
+            series("keel_drift_decision", "1+0x120", model="fraud", decision="drift"),
+            series("keel_drift_decision", "0+0x120", model="fraud", decision="not_judged"),
+            series("keel_drift_decision", "0+0x120", model="churn", decision="drift"),
+            series("keel_drift_decision", "0+0x120", model="churn", decision="not_judged"),
+            series("keel_drift_decision", "0+0x120", model="ltv", decision="drift"),
+            series("keel_drift_decision", "1+0x120", model="ltv", decision="not_judged"),
         ],
         "alert_rule_test": [
             {
@@ -238,33 +234,10 @@ RULE_TESTS: list[dict[str, Any]] = [
                 "alertname": "KeelModelDriftBudgetBurnFast",
                 "exp_alerts": [expect("KeelModelDriftBudgetBurnFast", model="fraud")],
             },
-        ],
-    },
-    {
-        # drift as keel.drift emits it today (no model label, one monitor per job):
-        # the SLO still evaluates, as one group without a model label.
-        "interval": "1m",
-        "input_series": [
-            series(
-                "keel_drift_feature_score",
-                "0.4+0x120",
-                job="drift-monitor",
-                feature="amount",
-                method="psi",
-            ),
-            series(
-                "keel_drift_feature_score",
-                "0.1+0x120",
-                job="drift-monitor",
-                feature="country",
-                method="psi",
-            ),
-        ],
-        "alert_rule_test": [
             {
                 "eval_time": "70m",
-                "alertname": "KeelModelDriftBudgetBurnFast",
-                "exp_alerts": [expect("KeelModelDriftBudgetBurnFast")],
+                "alertname": "KeelModelDriftJudgedBudgetBurnFast",
+                "exp_alerts": [expect("KeelModelDriftJudgedBudgetBurnFast", model="ltv")],
             },
         ],
     },
@@ -273,10 +246,10 @@ RULE_TESTS: list[dict[str, Any]] = [
         "interval": "1m",
         "input_series": [
             series(
-                "keel_serving_label_overflow_total",
+                "keel_drift_label_overflow_total",
                 "0+1x20 20+0x60",
-                job="serve",
-                metric="keel_serving_requests_total",
+                job="drift-monitor",
+                metric="keel_drift_feature_score",
                 label="model",
             ),
         ],
@@ -287,8 +260,8 @@ RULE_TESTS: list[dict[str, Any]] = [
                 "exp_alerts": [
                     expect(
                         "KeelLabelCardinalityOverflow",
-                        job="serve",
-                        metric="keel_serving_requests_total",
+                        job="drift-monitor",
+                        metric="keel_drift_feature_score",
                         label="model",
                     )
                 ],
@@ -299,10 +272,16 @@ RULE_TESTS: list[dict[str, Any]] = [
 ]
 
 
-def _write_tests(tmp_path: Path, tests: list[dict[str, Any]]) -> Path:
+def _write_tests(tmp_path: Path, tests: list[dict[str, Any]], rules: Path = RULES) -> Path:
     path = tmp_path / "keel-rules.test.yml"
-    doc = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}
+    doc = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": tests}
     path.write_text(json.dumps(doc, indent=2), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+def _planned_rules(tmp_path: Path) -> Path:
+    path = tmp_path / "planned-rules.yml"
+    path.write_text(render_rules(PLANNED_SLOS), encoding="utf-8")
     return path
 
 
@@ -312,12 +291,30 @@ def test_promtool_test_rules_burn_rate_alerts(tmp_path: Path) -> None:
     assert "SUCCESS" in proc.stdout
 
 
+def test_promtool_test_rules_planned_serving_slos(tmp_path: Path) -> None:
+    rules = _planned_rules(tmp_path)
+    assert run("check", "rules", str(rules)).returncode == 0
+    proc = run("test", "rules", str(_write_tests(tmp_path, PLANNED_RULE_TESTS, rules)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path: Path) -> None:
     """The harness has teeth: claiming the slow-burn case pages must fail."""
-    wrong = json.loads(json.dumps(RULE_TESTS[1]))
+    wrong = json.loads(json.dumps(PLANNED_RULE_TESTS[1]))
     wrong["alert_rule_test"][0]["exp_alerts"] = [
         expect("KeelServingAvailabilityBudgetBurnFast", model="slowburn")
     ]
-    proc = run("test", "rules", str(_write_tests(tmp_path, [wrong])))
+    proc = run("test", "rules", str(_write_tests(tmp_path, [wrong], _planned_rules(tmp_path))))
     assert proc.returncode != 0
     assert "KeelServingAvailabilityBudgetBurnFast" in proc.stdout + proc.stderr
+
+
+GOLDEN_DIR = Path(__file__).resolve().parents[3] / "packages" / "telemetry" / "tests" / "golden"
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN_DIR.glob("*.prom")), ids=lambda p: p.name)
+def test_promtool_check_metrics_on_golden_files(path: Path) -> None:
+    """The committed goldens are valid exposition for Prometheus' own linter too."""
+    body = path.read_text(encoding="utf-8").replace("<created>", "1.7e9").encode()
+    proc = run("check", "metrics", stdin=body)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -13,7 +13,7 @@ Figures:
 * Evidently anchor at ``--evidently-rows`` (a size it finishes in minutes) and Keel at that
   same size: ``keel_vs_evidently_speedup`` = Evidently seconds / Keel seconds.
 
-The last line printed is the JSON summary (DESIGN.md, Principles 5).
+The last line printed is the JSON summary (docs/architecture.md, principle 5).
 """
 
 from __future__ import annotations

@@ -10,9 +10,14 @@
 SLI vocabulary: ServingMetrics, FeatureMetrics, DriftMetrics,
 ModelQualityMetrics. SLOs as code: AvailabilitySLO, LatencySLO, FreshnessSLO,
 DriftSLO -> render_rules / render_dashboard / render_runbooks; Keel's own
-SLOs are PLATFORM_SLOS, rendered into ops/ by `python -m keel.telemetry.generate ops/`.
+SLOs are PLATFORM_SLOS, rendered into ops/ by `python -m keel.telemetry.generate ops/`
+(PLANNED_SLOS: the serving app's, not rendered until it exists).
 
-Never imports torch, ray, mlflow or polars (tested).
+`redact_url(url)` masks passwords and tokens in any URL Keel prints or logs. The one
+convention every app binary follows (config rule, --help, JSON logs, start/stop lines,
+one-line errors) is `keel.telemetry.app.App` (docs/apps.md).
+
+Never imports torch, ray, mlflow, polars, numpy or pydantic (tested).
 """
 
 from keel.telemetry._dashboard import render_dashboard
@@ -41,7 +46,8 @@ from keel.telemetry._metrics import (
     GuardedGauge,
     GuardedHistogram,
 )
-from keel.telemetry._platform import PLATFORM_SLOS
+from keel.telemetry._platform import PLANNED_SLOS, PLATFORM_SLOS
+from keel.telemetry._redact import redact_url
 from keel.telemetry._rules import render_rules, rule_groups
 from keel.telemetry._runbooks import render_runbooks
 from keel.telemetry._server import (
@@ -77,6 +83,7 @@ __all__ = [
     "DURATION_BUCKETS_SECONDS",
     "LATENCY_BUCKETS_SECONDS",
     "OTHER_LABEL_VALUE",
+    "PLANNED_SLOS",
     "PLATFORM_SLOS",
     "AvailabilitySLO",
     "BurnRateAlert",
@@ -106,6 +113,7 @@ __all__ = [
     "metric_name",
     "metrics_asgi_app",
     "metrics_wsgi_app",
+    "redact_url",
     "render_dashboard",
     "render_rules",
     "render_runbooks",

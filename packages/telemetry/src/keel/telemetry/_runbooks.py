@@ -30,8 +30,8 @@ _KIND_DIAGNOSE = {
         "Freshness is now minus the event time of the newest applied event: it grows when the pipeline stalls *or* when no new events arrive.",
     ),
     "drift": (
-        "Look at the *Keel SLOs* dashboard (row `{name}`): which `{groups}` drift and since when?",
-        "Sudden drift on many features at once is usually a data bug; gradual drift on a few is usually the world changing.",
+        "Look at the *Keel SLOs* dashboard (row `{name}`): which `{groups}` is affected and since when?",
+        "Sudden change on many features at once is usually a data bug; gradual drift on a few is usually the world changing.",
     ),
 }
 

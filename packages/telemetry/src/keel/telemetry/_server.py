@@ -19,7 +19,14 @@ from prometheus_client.exposition import choose_encoder, make_wsgi_app
 
 from keel.telemetry._errors import TelemetryUnavailableError
 
-__all__ = ["MetricsServer", "metrics_asgi_app", "metrics_wsgi_app", "start_metrics_server"]
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_TIMEOUT_S",
+    "MetricsServer",
+    "metrics_asgi_app",
+    "metrics_wsgi_app",
+    "start_metrics_server",
+]
 
 
 def render_metrics(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
@@ -38,6 +45,44 @@ def metrics_wsgi_app(registry: CollectorRegistry) -> Callable[..., Iterable[byte
     """A WSGI app serving `registry` (mount it at /metrics in any WSGI framework)."""
     app: Callable[..., Iterable[bytes]] = make_wsgi_app(registry=registry)
     return app
+
+
+# A scraper that opens a connection and sends nothing is dropped after this long.
+DEFAULT_TIMEOUT_S = 5.0
+# At most this many connections are served at once; more are closed at accept
+# (a scraper retries next interval), so idle sockets cannot pile up threads.
+DEFAULT_MAX_CONNECTIONS = 32
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer with a cap on concurrent connections and quiet errors."""
+
+    daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connects is queued, not refused
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the cap: close it, keep serving others
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets, times out or sends garbage is its own problem: no traceback."""
+        return
 
 
 class MetricsServer:
@@ -73,31 +118,47 @@ class MetricsServer:
         self.stop()
 
 
-def _handler_for(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+def _handler_for(registry: CollectorRegistry, timeout_s: float) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # headers and body go out as two writes; with Nagle on, a keep-alive
         # scraper's delayed ACK stalls the second one by ~40 ms
         disable_nagle_algorithm = True
+        # socket timeout: a half-open or idle keep-alive connection is closed after it
+        timeout = timeout_s
+        server_version = "keel-metrics"
+
+        def version_string(self) -> str:  # no Python version banner in `Server`
+            return self.server_version
 
         def do_GET(self) -> None:
+            self._respond(head=False)
+
+        def do_HEAD(self) -> None:
+            self._respond(head=True)
+
+        def _respond(self, *, head: bool) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 body, ctype = render_metrics(registry, self.headers.get("Accept"))
-                self._send(200, body, ctype)
+                self._send(200, body, ctype, head=head)
             elif path == "/healthz":
-                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+                self._send(200, b"ok\n", "text/plain; charset=utf-8", head=head)
             else:
                 self._send(
-                    404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8"
+                    404,
+                    b"not found: try /metrics or /healthz\n",
+                    "text/plain; charset=utf-8",
+                    head=head,
                 )
 
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
+        def _send(self, status: int, body: bytes, ctype: str, *, head: bool) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not head:
+                self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
             return
@@ -106,23 +167,31 @@ def _handler_for(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
 
 
 def start_metrics_server(
-    registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0
+    registry: CollectorRegistry,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> MetricsServer:
-    """Serve `registry` at http://host:port/metrics (and /healthz) from a daemon thread.
+    """Serve `registry` at http://host:port/metrics (and /healthz; GET and HEAD) from a daemon thread.
 
-    `port=0` picks a free port; read it back from `.port`. Raises
-    `TelemetryUnavailableError` when the address cannot be bound.
+    `port=0` picks a free port; read it back from `.port`. A connection idle for
+    `timeout_s` is closed; beyond `max_connections` concurrent connections new
+    ones are closed at once. Raises `TelemetryUnavailableError` when the address
+    cannot be bound.
     """
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    if not timeout_s > 0 or max_connections < 1:
+        raise ValueError("timeout_s must be > 0 and max_connections >= 1")
     try:
-        server = ThreadingHTTPServer((host, port), _handler_for(registry))
+        server = _BoundedServer((host, port), _handler_for(registry, timeout_s), max_connections)
     except OSError as exc:
         hint = " (port in use: pick another or port=0)" if exc.errno == errno.EADDRINUSE else ""
         raise TelemetryUnavailableError(
-            f"cannot serve metrics on {host}:{port}: {exc}{hint}"
+            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}{hint}"
         ) from exc
-    server.daemon_threads = True
     thread = threading.Thread(
         target=server.serve_forever,
         kwargs={"poll_interval": 0.1},

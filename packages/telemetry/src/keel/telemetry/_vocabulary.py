@@ -19,7 +19,7 @@ Times are seconds, sizes bytes, ratios 0..1; counters end in `_total`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Final
@@ -145,7 +145,9 @@ class FeatureMetrics:
     """Feature pipeline SLIs (component `features` by default).
 
     - `freshness_seconds{feature_view}`: now minus the event time of the newest
-      event applied to the online store (data freshness);
+      event applied to the online store (data freshness). It keeps growing between
+      updates (evaluated at scrape time), so it rises when events stop arriving and the
+      freshness alert can fire;
     - `feature_staleness_seconds{feature_view, feature}`: age of the feature
       value served at lookup time;
     - `events_processed_total{feature_view, outcome}`: outcome `ok`, `late`
@@ -161,8 +163,13 @@ class FeatureMetrics:
     LOOKUP_LATENCY: Final = "online_lookup_latency_seconds"
     OUTCOMES: Final = ("ok", "late", "error")
 
-    def __init__(self, metrics: ComponentMetrics) -> None:
+    def __init__(
+        self, metrics: ComponentMetrics, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`clock` (seconds, monotonic) measures the time elapsed since the last
+        `set_freshness`, which the freshness gauge adds at scrape time."""
         self.metrics = metrics
+        self._clock = clock
         self.freshness = metrics.gauge(
             self.FRESHNESS,
             "Seconds since the event time of the newest event applied.",
@@ -194,7 +201,10 @@ class FeatureMetrics:
     def set_freshness(self, feature_view: str, newest_event_time: datetime, now: datetime) -> float:
         """Set freshness from the newest applied event time; returns the age in seconds."""
         age = _age_seconds(newest_event_time, now)
-        self.freshness.labels(feature_view=feature_view).set(age)
+        clock, since = self._clock, self._clock()
+        self.freshness.labels(feature_view=feature_view).set_function(
+            lambda: age + max(0.0, clock() - since)
+        )
         return age
 
     def set_staleness(
@@ -205,62 +215,166 @@ class FeatureMetrics:
         return age
 
     def count_events(self, feature_view: str, n: int = 1, *, outcome: str = "ok") -> None:
+        """Count `n` events; the view's series for every outcome exist from its first
+        event on (at 0), so an error-ratio rule sees the first error as a rise."""
         _check_outcome(outcome, self.OUTCOMES)
+        for other in self.OUTCOMES:
+            self.events.labels(feature_view=feature_view, outcome=other)
         self.events.labels(feature_view=feature_view, outcome=outcome).inc(n)
 
 
 class DriftMetrics:
-    """Drift monitoring SLIs (component `drift` by default).
+    """Drift monitoring SLIs (component `drift` by default): the one vocabulary
+    keel.drift's monitor emits and the model-drift SLO reads. Every series
+    carries `model`.
 
+    - `decision{model, decision}`: 1 for the latest window's decision, else 0;
+      `decision` is `none`, `warn`, `drift` or `not_judged` (a window the policy
+      could not judge: too few rows, schema mismatch, no feature compared);
+    - `windows_total{model, decision}`: windows evaluated, by decision;
+    - `episodes_total{model}`: drift episodes started (one `drift.detected` each);
     - `feature_score{model, feature, method}`: the latest drift statistic for a
-      feature (unitless; `method` is psi, ks, chi2, js, wasserstein, ...); the
-      same name and labels keel.drift exposes (it may leave `model` to the
-      scrape target's labels);
-    - `detected{model, feature}`: 1 while the drift policy says drifted, else 0;
-    - `windows_evaluated_total{model}`: monitoring windows evaluated;
-    - `detections_total{model}`: windows that raised drift.detected.
+      feature (unitless; `method` is psi, ks, chi2, js, wasserstein, ...);
+    - `feature_drifted{model, feature}`: 1 while the policy flags the feature, else 0;
+    - `share{model}`: importance-weighted share of drifted features;
+    - `window_rows{model}`, `late_rows_total{model}`: rows in the latest window,
+      rows dropped because their window had closed;
+    - `quality_violations_total{model, check}`: data-quality findings;
+    - `model_performance{model, metric}`, `multivariate_auc{model}`: latest values.
+
+    `start(model)` creates every `decision` and `windows_total` series at 0, so
+    the alert rules see the model before its first window closes.
+
+        d = DriftMetrics(ComponentMetrics("drift"))
+        d.start("fraud")
+        d.record_window("fraud", {("amount", "psi"): 0.31}, drifted=["amount"], decision="drift")
     """
 
+    DECISION: Final = "decision"
+    WINDOWS: Final = "windows_total"
+    EPISODES: Final = "episodes_total"
     SCORE: Final = "feature_score"
-    DETECTED: Final = "detected"
-    WINDOWS: Final = "windows_evaluated_total"
-    DETECTIONS: Final = "detections_total"
+    FEATURE_DRIFTED: Final = "feature_drifted"
+    SHARE: Final = "share"
+    WINDOW_ROWS: Final = "window_rows"
+    LATE_ROWS: Final = "late_rows_total"
+    QUALITY: Final = "quality_violations_total"
+    PERFORMANCE: Final = "model_performance"
+    MULTIVARIATE_AUC: Final = "multivariate_auc"
+    DECISIONS: Final = ("none", "warn", "drift", "not_judged")
+    NOT_JUDGED: Final = "not_judged"
 
-    def __init__(self, metrics: ComponentMetrics) -> None:
+    def __init__(self, metrics: ComponentMetrics, *, max_features: int | None = None) -> None:
         self.metrics = metrics
-        self.score = metrics.gauge(
+        m = metrics
+        self.decision = m.gauge(
+            self.DECISION,
+            "1 for the latest window's decision (none, warn, drift, not_judged), else 0.",
+            labels=("model", "decision"),
+        )
+        self.windows = m.counter(
+            self.WINDOWS,
+            "Drift monitoring windows evaluated, by decision (none, warn, drift, not_judged).",
+            labels=("model", "decision"),
+        )
+        self.episodes = m.counter(
+            self.EPISODES,
+            "Drift episodes started (one drift.detected event each).",
+            labels=("model",),
+        )
+        self.score = m.gauge(
             self.SCORE,
             "Latest drift statistic per feature and method (unitless).",
             labels=("model", "feature", "method"),
+            max_label_values=max_features,
         )
-        self.detected = metrics.gauge(
-            self.DETECTED,
+        self.feature_drifted = m.gauge(
+            self.FEATURE_DRIFTED,
             "1 while the drift policy reports drift for the feature, else 0.",
             labels=("model", "feature"),
+            max_label_values=max_features,
         )
-        self.windows = metrics.counter(
-            self.WINDOWS, "Drift monitoring windows evaluated.", labels=("model",)
+        self.share = m.gauge(
+            self.SHARE,
+            "Importance-weighted share of drifted features in the latest window.",
+            labels=("model",),
         )
-        self.detections = metrics.counter(
-            self.DETECTIONS, "Windows in which drift was detected.", labels=("model",)
+        self.window_rows = m.gauge(
+            self.WINDOW_ROWS, "Rows in the latest evaluated window.", labels=("model",)
+        )
+        self.late_rows = m.counter(
+            self.LATE_ROWS, "Rows dropped because their windows had closed.", labels=("model",)
+        )
+        self.quality = m.counter(
+            self.QUALITY, "Data-quality findings, by check.", labels=("model", "check")
+        )
+        self.performance = m.gauge(
+            self.PERFORMANCE,
+            "Model performance in the latest window, by metric.",
+            labels=("model", "metric"),
+        )
+        self.multivariate_auc = m.gauge(
+            self.MULTIVARIATE_AUC,
+            "Domain-classifier AUC in the latest window (0.5 = no shift).",
+            labels=("model",),
         )
 
+    def start(self, model: str) -> None:
+        """Create the model's decision, window and episode series at 0."""
+        for d in self.DECISIONS:
+            self.decision.labels(model=model, decision=d).set(0)
+            self.windows.labels(model=model, decision=d)
+        self.episodes.labels(model=model)
+        self.late_rows.labels(model=model)
+
     def record_window(
-        self, model: str, scores: dict[tuple[str, str], float], drifted: Sequence[str] = ()
+        self,
+        model: str,
+        scores: Mapping[tuple[str, str], float],
+        drifted: Sequence[str] = (),
+        *,
+        decision: str | None = None,
+        rows: int | None = None,
+        drift_share: float | None = None,
+        episode_start: bool = False,
+        quality: Mapping[str, int] | None = None,
+        performance: Mapping[str, float] | None = None,
+        multivariate_auc: float | None = None,
     ) -> None:
-        """Record one evaluated window: `scores[(feature, method)] = value`, `drifted`
-        lists the features the policy flagged."""
+        """Record one evaluated window: `scores[(feature, method)] = value`; `drifted`
+        lists the features the policy flagged; `decision` is one of `DECISIONS`
+        (default: `drift` if anything drifted, else `none`)."""
+        decision = decision or ("drift" if drifted else "none")
+        _check_outcome(decision, self.DECISIONS)
+        self.start(model)
         drifted_set = set(drifted)
-        features = {feature for feature, _ in scores} | drifted_set
         for (feature, method), value in scores.items():
             self.score.labels(model=model, feature=feature, method=method).set(value)
-        for feature in features:
-            self.detected.labels(model=model, feature=feature).set(
+        for feature in {feature for feature, _ in scores} | drifted_set:
+            self.feature_drifted.labels(model=model, feature=feature).set(
                 1 if feature in drifted_set else 0
             )
-        self.windows.labels(model=model).inc()
-        if drifted_set:
-            self.detections.labels(model=model).inc()
+        for d in self.DECISIONS:
+            self.decision.labels(model=model, decision=d).set(1 if d == decision else 0)
+        self.windows.labels(model=model, decision=decision).inc()
+        if episode_start:
+            self.episodes.labels(model=model).inc()
+        if rows is not None:
+            self.window_rows.labels(model=model).set(rows)
+        if drift_share is not None:
+            self.share.labels(model=model).set(drift_share)
+        for check, n in (quality or {}).items():
+            if n > 0:
+                self.quality.labels(model=model, check=check).inc(n)
+        for metric, value in (performance or {}).items():
+            self.performance.labels(model=model, metric=metric).set(value)
+        if multivariate_auc is not None:
+            self.multivariate_auc.labels(model=model).set(multivariate_auc)
+
+    def record_late(self, model: str, rows: int) -> None:
+        """Count rows dropped because their window had already closed."""
+        if rows > 0:
+            self.late_rows.labels(model=model).inc(rows)
 
 
 class ModelQualityMetrics:

@@ -22,7 +22,15 @@ from keel.telemetry._rules import DEFAULT_RUNBOOK_BASE, render_rules
 from keel.telemetry._runbooks import render_runbooks
 from keel.telemetry._slo import SLOSpec
 
-__all__ = ["RULES_PATH", "DASHBOARD_PATH", "main", "ops_files", "stale_files", "write_ops_files"]
+__all__ = [
+    "DASHBOARD_PATH",
+    "RULES_PATH",
+    "main",
+    "ops_files",
+    "orphan_runbooks",
+    "stale_files",
+    "write_ops_files",
+]
 
 RULES_PATH = "prometheus/keel-rules.yml"
 DASHBOARD_PATH = "grafana/keel-slo-dashboard.json"
@@ -50,14 +58,23 @@ def stale_files(root: Path, files: dict[str, str]) -> list[str]:
     return stale
 
 
+def orphan_runbooks(root: Path, files: dict[str, str]) -> list[str]:
+    """Runbooks under `root` whose alert no longer exists."""
+    present = {f"runbooks/{p.name}" for p in (root / "runbooks").glob("*.md")}
+    return sorted(present - set(files))
+
+
 def write_ops_files(root: Path, files: dict[str, str]) -> list[str]:
-    """Write the files that changed; returns their relative paths."""
+    """Write the files that changed and remove orphaned runbooks; returns their relative paths."""
     changed = stale_files(root, files)
     for rel in changed:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(files[rel], encoding="utf-8")
-    return changed
+    orphans = orphan_runbooks(root, files)
+    for rel in orphans:
+        (root / rel).unlink()
+    return changed + orphans
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.ops_dir)
     files = ops_files(runbook_base=args.runbook_base)
     if args.check:
-        stale = stale_files(root, files)
+        stale = stale_files(root, files) + orphan_runbooks(root, files)
         for rel in stale:
             print(f"stale: {root / rel}", file=sys.stderr)
         if stale:

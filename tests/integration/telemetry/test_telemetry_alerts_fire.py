@@ -1,0 +1,425 @@
+"""The generated alerts can fire: every series they read is emitted by a running app, and a
+synthetic fault on exactly those series fires each alert (promtool test rules).
+
+1. Start the feature-worker and the drift-monitor binaries (subprocesses, embedded bus),
+   feed them events, scrape their /metrics and parse the scrape with prometheus_client's
+   text parser (an implementation independent of the one that wrote it).
+2. Every metric selector in every rule of ops/prometheus/keel-rules.yml must match a
+   scraped series (name and label matchers) -- a rule over a series nobody emits fails.
+3. From the scraped label sets, build promtool unit tests: the same series with a fault
+   (errors, stale features, a DRIFT decision, unjudged windows, label overflow) must fire
+   each alert with the scraped group labels; the same series healthy must fire none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import keel_drift_monitor.main as monitor_main
+import keel_feature_worker.main as worker_main
+import numpy as np
+import polars as pl
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from testutil.isolation import port_base
+
+from keel.drift import build_profile
+from keel.events import Event, open_bus
+from keel.telemetry import PLATFORM_SLOS, AvailabilitySLO, rule_groups
+from keel.telemetry._slo import _ThresholdSLO
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # promtool; app subprocesses
+
+RULES = Path(__file__).resolve().parents[3] / "ops" / "prometheus" / "keel-rules.yml"
+
+DEFS = textwrap.dedent(
+    """
+    from datetime import timedelta
+    from keel.features import Aggregation, Entity, EventSource, FeatureView
+
+    card_txn = FeatureView(
+        name="card_txn",
+        source=EventSource("txn.created", stream="transactions"),
+        entities=[Entity("card")],
+        fields={"amount": "float"},
+        features=[Aggregation("count", None, timedelta(hours=1))],
+        id_column="event_id",
+    )
+    """
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    job: str
+    name: str
+    labels: dict[str, str]
+
+
+def _env(**app_settings: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The process env, with each app's settings under the app-convention variable
+    (KEEL_<APP>_<KEY>) and the name the app read before it (both, until every app is
+    wired to keel.telemetry.app)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    for app, settings in app_settings.items():
+        for key, (legacy, value) in settings.items():
+            env[f"KEEL_{app}_{key}".upper()] = value
+            env[legacy] = value
+    return env
+
+
+def _scrape(proc: subprocess.Popen[str], port: int, ready: str, deadline: float) -> str:
+    """Poll /metrics until `ready` appears in it (or the process dies)."""
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"app exited {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            if ready in text:
+                return text
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"no {ready!r} on :{port} in time"
+        time.sleep(0.2)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
+    tmp = tmp_path_factory.mktemp("apps")
+    home = tmp / "home"
+    home.mkdir()
+    bus_url = f"sqlite:///{home}/events.db"
+    defs = tmp / "defs.py"
+    defs.write_text(DEFS)
+    now = datetime.now(UTC).replace(microsecond=0)
+    rng = np.random.default_rng(3)
+    ref = pl.DataFrame({"amount": rng.lognormal(3, 1, 2000)})
+    profile = build_profile(ref).save(tmp / "profile.json")
+    with open_bus(bus_url) as bus:
+        bus.publish_batch(
+            "transactions",
+            [
+                Event.create(
+                    type="txn.created",
+                    key="card-1",
+                    event_time=now - timedelta(minutes=i),
+                    payload={"amount": 2.0},
+                )
+                for i in range(3)
+            ],
+        )
+        t0 = datetime(2026, 3, 1, tzinfo=UTC)
+        bus.publish_batch(
+            "predictions",
+            [
+                Event.create(
+                    type="prediction.made",
+                    key=f"k{i}",
+                    event_time=t0 + timedelta(seconds=7 * i),
+                    payload={"features": {"amount": float(rng.lognormal(3, 1))}},
+                )
+                for i in range(1200)  # 2h20m: two hourly windows close
+            ],
+        )
+    wport, mport = port_base(71), port_base(72)
+    worker_env = _env(
+        feature_worker={
+            "home": ("KEEL_HOME", str(home)),
+            "definitions": ("KEEL_FEATURES_DEFINITIONS", str(defs)),
+            "metrics_port": ("KEEL_METRICS_PORT", str(wport)),
+            "bus_url": ("KEEL_BUS_URL", bus_url),
+        }
+    )
+    monitor_env = _env(
+        drift_monitor={
+            "profile": ("KEEL_DRIFT_PROFILE", str(profile)),
+            "bus_url": ("KEEL_DRIFT_BUS_URL", bus_url),
+            "metrics_port": ("KEEL_DRIFT_METRICS_PORT", str(mport)),
+            "model": ("KEEL_DRIFT_MODEL", "fraud"),
+            "min_samples": ("KEEL_DRIFT_MIN_SAMPLES", "50"),
+        }
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(main.__file__)], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for main, env in ((worker_main, worker_env), (monitor_main, monitor_env))
+    ]
+    try:
+        deadline = time.monotonic() + 90
+        texts = {
+            "feature-worker": _scrape(
+                procs[0],
+                wport,
+                'keel_features_events_processed_total{feature_view="card_txn"',
+                deadline,
+            ),
+            "drift-monitor": _scrape(procs[1], mport, "keel_drift_window_rows{", deadline),
+        }
+    finally:
+        for p in procs:
+            _stop(p)
+    samples = []
+    for job, text in texts.items():
+        for family in text_string_to_metric_families(text):
+            samples.append(Sample(job, f"__family__{family.name}", {"type": family.type}))
+            for s in family.samples:
+                samples.append(Sample(job, s.name, dict(s.labels)))
+    yield samples
+
+
+# -- 2. every referenced series exists ---------------------------------------------------
+
+_SELECTOR = re.compile(
+    r"(?P<name>\b[a-zA-Z_][a-zA-Z0-9_]*)?\{(?P<matchers>[^{}]*)\}|\b(?P<bare>keel_[a-zA-Z0-9_]+)\b"
+)
+_MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def _matches(labels: dict[str, str], name: str, matchers: list[tuple[str, str, str]]) -> bool:
+    for label, op, value in matchers:
+        have = name if label == "__name__" else labels.get(label, "")
+        ok = {
+            "=": have == value,
+            "!=": have != value,
+            "=~": re.fullmatch(value, have) is not None,
+            "!~": re.fullmatch(value, have) is None,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def referenced_selectors() -> list[tuple[str, str, list[tuple[str, str, str]]]]:
+    """(rule, metric name or "", matchers) for every raw keel_* selector in the rules
+    (the committed file is exactly this data: test_telemetry_ops_files checks it)."""
+    out = []
+    for group in rule_groups(PLATFORM_SLOS)["groups"]:
+        for rule in group["rules"]:
+            name = rule.get("alert") or rule.get("record")
+            for m in _SELECTOR.finditer(rule["expr"]):
+                metric = m.group("name") or m.group("bare") or ""
+                if metric.startswith(("slo:", "rate", "increase", "avg_over_time", "by")):
+                    continue
+                matchers = _MATCHER.findall(m.group("matchers") or "")
+                if metric.startswith("keel_") or any(lbl == "__name__" for lbl, _, _ in matchers):
+                    out.append((f"{group['name']}/{name}", metric, matchers))
+    return out
+
+
+def test_every_series_a_rule_reads_is_emitted_by_a_running_app(scraped: list[Sample]) -> None:
+    selectors = referenced_selectors()
+    assert len(selectors) >= 10  # the parser found the selectors
+    missing = []
+    for rule, metric, matchers in selectors:
+        if metric:
+            hit = any(s.name == metric and _matches(s.labels, s.name, matchers) for s in scraped)
+        else:  # {__name__=~"..."}: a declared family is enough (no sample until it happens)
+            names = [
+                s.name.removeprefix("__family__")
+                + ("_total" if s.labels["type"] == "counter" else "")
+                for s in scraped
+                if s.name.startswith("__family__")
+            ]
+            hit = any(_matches({}, n, matchers) for n in names)
+        if not hit:
+            missing.append((rule, metric, matchers))
+    assert not missing, f"rules read series no app emits: {missing}"
+
+
+def test_selector_check_has_teeth(scraped: list[Sample]) -> None:
+    assert not any(
+        s.name == "keel_drift_decision" and _matches(s.labels, s.name, [("decision", "=", "psi")])
+        for s in scraped
+    )
+
+
+# -- 3. each alert fires on a synthetic fault over the scraped series --------------------
+
+# 90 one-minute samples; at 80m every window pair has data (a rate or average over a
+# window longer than the data uses what there is), so Fast and Slow alerts both decide.
+STEPS = 90
+EVAL = "80m"
+
+
+def _series(sample: Sample, values: str) -> dict[str, str]:
+    labels = {**sample.labels, "job": sample.job}
+    inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    return {"series": f"{sample.name}{{{inner}}}", "values": values}
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    return {
+        r["alert"]: r
+        for g in rule_groups(PLATFORM_SLOS)["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    }
+
+
+def _case(
+    scraped: list[Sample], slo: Any, *, faulty: bool
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(input series, expected alert group labels) for one SLO, from the scraped series."""
+    series, groups = [], []
+    if isinstance(slo, AvailabilitySLO):
+        error = {a: c for a, _, c in _MATCHER.findall(slo.error_matchers)}
+        for s in scraped:
+            if s.name != slo.metric:
+                continue
+            bad = all(s.labels.get(k) == v for k, v in error.items())
+            rate = (50 if faulty else 0) if bad else 1000
+            series.append(_series(s, f"0+{rate}x{STEPS}"))
+            if bad and faulty:
+                groups.append({k: s.labels[k] for k in slo.group_by})
+    else:
+        assert isinstance(slo, _ThresholdSLO)
+        wanted = [(a, c) for a, _, c in _MATCHER.findall(slo.matchers)]
+        for s in scraped:
+            if s.name != slo.gauge:
+                continue
+            selected = all(s.labels.get(k) == v for k, v in wanted)
+            value = slo.threshold + 1 if (selected and faulty) else 0
+            series.append(_series(s, f"{value:g}+0x{STEPS}"))
+            if selected and faulty:
+                groups.append({k: s.labels[k] for k in slo.group_by})
+    assert series, f"{slo.name}: no scraped series for it"
+    return series, groups
+
+
+def _rule_test(scraped: list[Sample], *, faulty: bool) -> dict[str, Any]:
+    """One promtool test group: every SLO's scraped series (faulty or healthy) and the
+    scraped label-overflow counters, with the alerts expected at EVAL."""
+    alerts = _alerts()
+    series: list[dict[str, str]] = []
+    by_name: dict[str, dict[str, str]] = {}  # SLOs on one gauge (drift decision) share series
+    checks = []
+    for slo in PLATFORM_SLOS:
+        slo_series, groups = _case(scraped, slo, faulty=faulty)
+        assert groups or not faulty, f"{slo.name}: the fault touches no group"
+        for one in slo_series:
+            seen = by_name.get(one["series"])
+            if seen is None:
+                by_name[one["series"]] = one
+                series.append(one)
+            elif not seen["values"].startswith("0+0x"):
+                continue  # keep the fault another SLO put on this series
+            else:
+                seen["values"] = one["values"]
+        for alert in slo.alerts:
+            rule = alerts[slo.alert_name(alert)]
+            checks.append(
+                {
+                    "eval_time": EVAL,
+                    "alertname": rule["alert"],
+                    "exp_alerts": [
+                        {
+                            "exp_labels": {**rule["labels"], **g},
+                            "exp_annotations": rule["annotations"],
+                        }
+                        for g in groups
+                    ],
+                }
+            )
+    # label overflow: the scraped overflow counter families, collapsing values all along
+    families = sorted(
+        {
+            (s.job, s.name.removeprefix("__family__"))
+            for s in scraped
+            if s.name.endswith("label_overflow")
+        }
+    )
+    assert families, "no app declares a label_overflow_total counter"
+    rule = alerts["KeelLabelCardinalityOverflow"]
+    for job, name in families:
+        series.append(
+            {
+                "series": f'{name}_total{{job="{job}",metric="{name}",label="feature"}}',
+                "values": f"0+{1 if faulty else 0}x{STEPS}",
+            }
+        )
+    checks.append(
+        {
+            "eval_time": EVAL,
+            "alertname": rule["alert"],
+            "exp_alerts": [
+                {
+                    "exp_labels": {
+                        **rule["labels"],
+                        "job": job,
+                        "metric": name,
+                        "label": "feature",
+                    },
+                    "exp_annotations": rule["annotations"],
+                }
+                for job, name in families
+            ]
+            if faulty
+            else [],
+        }
+    )
+    return {"interval": "1m", "input_series": series, "alert_rule_test": checks}
+
+
+def _promtool_test(tmp_path: Path, tests: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    promtool = shutil.which("promtool")
+    assert (
+        promtool
+    ), "promtool not found: install Debian's `prometheus` package (tools/ci/services.sh)"
+    path = tmp_path / "from-scrapes.test.yml"
+    doc = {"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return subprocess.run(
+        [promtool, "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_each_alert_fires_on_a_fault_and_none_on_the_healthy_scraped_series(
+    scraped: list[Sample], tmp_path: Path
+) -> None:
+    faulty = _rule_test(scraped, faulty=True)
+    covered = {c["alertname"] for c in faulty["alert_rule_test"]}
+    assert covered == set(_alerts()), set(_alerts()) ^ covered  # every alert is exercised
+    assert all(c["exp_alerts"] for c in faulty["alert_rule_test"])
+    proc = _promtool_test(tmp_path, [faulty, _rule_test(scraped, faulty=False)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_harness_has_teeth(scraped: list[Sample], tmp_path: Path) -> None:
+    """Expecting the faulty alerts on the healthy series must fail."""
+    wrong = {
+        **_rule_test(scraped, faulty=False),
+        "alert_rule_test": _rule_test(scraped, faulty=True)["alert_rule_test"],
+    }
+    assert _promtool_test(tmp_path, [wrong]).returncode != 0
