@@ -1,4 +1,4 @@
-"""The clock seam (STYLE.md #10): every time keel.governance records comes from a `Clock`.
+"""The clock seam: every time keel.governance records comes from a `Clock`.
 
 Library code never calls ``datetime.now()`` directly; it takes a clock (a zero-argument
 callable returning an aware UTC datetime) with `system_clock` as the default, so tests pass

@@ -1,4 +1,4 @@
-"""keel.governance errors, grouped by what the caller does next (STYLE.md #8)."""
+"""keel.governance errors, grouped by what the caller does next."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`check_promotion`: may this artifact become ``champion``? A pure decision (STYLE.md #9).
+"""`check_promotion`: may this artifact become ``champion``? A pure decision.
 
 The pipeline gathers the state — the tier's controls, the verified approvals of the exact
 artifact digest, the trainer's identity, the validation note, the fairness verdict, the

@@ -1,4 +1,4 @@
-"""Model risk tiers and the controls each tier requires: a pure policy (STYLE.md #9).
+"""Model risk tiers and the controls each tier requires: a pure policy.
 
 A model's tier follows from three facts its owner declares (SR 11-7 style):
 
