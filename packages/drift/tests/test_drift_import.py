@@ -1,4 +1,7 @@
-"""keel.drift stays light: no torch/ray/mlflow, no eager scipy.stats/matplotlib, bounded import time."""
+"""keel.drift stays light: no torch/ray/mlflow, no eager scipy.stats/matplotlib.
+
+It asserts which modules load, never seconds: wall-clock budgets fail on a busy machine.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import keel.drift  # also tells Pants to ship keel.drift to this test's sandbox
 
 FORBIDDEN = ("torch", "ray", "mlflow")
 LAZY = ("scipy.stats", "matplotlib")
-BUDGET_S = 3.0  # cumulative import time of keel.drift (polars + numpy dominate)
 
 
 def test_import_is_light() -> None:
@@ -36,4 +38,3 @@ def test_import_is_light() -> None:
         name for name in modules if any(name == lz or name.startswith(lz + ".") for lz in LAZY)
     )
     assert not eager, f"keel.drift imports heavy modules eagerly: {eager}"
-    assert modules["keel.drift"] / 1e6 < BUDGET_S
