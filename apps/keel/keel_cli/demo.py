@@ -187,7 +187,7 @@ def score_and_label(df: pl.DataFrame, seed: int) -> pl.DataFrame:
 
 def _fail(msg: str) -> typer.Exit:
     """One clear line on stderr and exit status 2 (bad input or an unusable home)."""
-    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False)
+    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     return typer.Exit(2)
 
 
@@ -210,17 +210,19 @@ def _prepare_home(home: Path) -> Path:
     return out
 
 
-def run_demo(home: Path, seed: int, console: Console) -> Path:
-    """Run the demo under ``home`` (KEEL_HOME); returns the HTML report's path."""
+def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) -> Path:
+    """Run the demo under ``home`` (KEEL_HOME); returns the HTML report's path.
+
+    ``per_day``: transactions per simulated day (tests run a smaller stream)."""
     if not 0 <= seed <= MAX_SEED:
         raise _fail(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     try:
-        return _run(home, seed, console)
+        return _run(home, seed, console, per_day)
     except OSError as exc:  # e.g. the disk filled up or the home became read-only mid-run
         raise _fail(f"the demo could not write under {home}: {exc}") from None
 
 
-def _run(home: Path, seed: int, console: Console) -> Path:
+def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     import polars as pl
 
     from keel.drift import (
@@ -241,7 +243,7 @@ def _run(home: Path, seed: int, console: Console) -> Path:
     with _progress(console) as progress:
         # 1. the stream ----------------------------------------------------------------
         t = progress.add_task("generating transactions", total=1)
-        txns = generate_transactions(seed)
+        txns = generate_transactions(seed, per_day=per_day)
         progress.update(t, completed=1)
 
         # 2. publish through keel.events, consume back ----------------------------------

@@ -50,7 +50,13 @@ from keel.drift._profile import (
     ReferenceProfile,
     build_profile,
 )
-from keel.drift._report import REPORT_FORMAT, REPORT_VERSION, DriftReport, ReportWindow
+from keel.drift._report import (
+    REPORT_FORMAT,
+    REPORT_VERSION,
+    DriftReport,
+    ReportWindow,
+    json_safe,
+)
 from keel.drift._sketch import QuantileSketch
 from keel.drift._stats import (
     chi2_homogeneity,
@@ -103,6 +109,7 @@ __all__ = [
     "compare_summaries",
     "domain_classifier_test",
     "js_distance",
+    "json_safe",
     "ks_pvalue",
     "ks_statistic",
     "psi",
