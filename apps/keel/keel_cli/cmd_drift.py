@@ -178,7 +178,9 @@ def check(
     data: Annotated[Path, typer.Argument(help="current data (Parquet, CSV or NDJSON)")],
     json_out: Annotated[
         str | None,
-        typer.Option("--json", help="also write the full result as JSON to this file ('-': stdout)"),
+        typer.Option(
+            "--json", help="also write the full result as JSON to this file ('-': stdout)"
+        ),
     ] = None,
     top: Annotated[int, typer.Option(help="features to show")] = 20,
     fail_on: Annotated[

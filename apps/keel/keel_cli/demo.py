@@ -347,7 +347,9 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
             & (pl.col("event_time") < split)
         )
         current = data.filter(pl.col("event_time") >= split)
-        t = progress.add_task(f"reference profile (days {WARMUP_DAYS + 1}-{REFERENCE_DAYS})", total=1)
+        t = progress.add_task(
+            f"reference profile (days {WARMUP_DAYS + 1}-{REFERENCE_DAYS})", total=1
+        )
         profile = build_profile(
             reference.select(model_cols),
             categorical=["hour"],

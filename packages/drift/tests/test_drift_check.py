@@ -210,4 +210,6 @@ def test_the_multivariate_result_is_seeded(reference) -> None:
     cur = df.sample(1500, seed=4)
     a = check_drift(profile, cur, rng=np.random.default_rng(3)).multivariate
     b = check_drift(profile, cur, rng=np.random.default_rng(3)).multivariate
-    assert a == b and check_drift(profile, cur).multivariate == check_drift(profile, cur).multivariate
+    assert (
+        a == b and check_drift(profile, cur).multivariate == check_drift(profile, cur).multivariate
+    )

@@ -190,7 +190,7 @@ def naive_adjust(p: list[float], method: str) -> list[float]:
     out = []
     for i in range(m):
         if method == "bh":
-            out.append(min(1.0, min(p[j] * m / rank[j] for j in range(m) if rank[j] >= rank[i])))
+            out.append(min([1.0, *(p[j] * m / rank[j] for j in range(m) if rank[j] >= rank[i])]))
         else:
             out.append(
                 min(1.0, max(p[j] * (m - rank[j] + 1) for j in range(m) if rank[j] <= rank[i]))

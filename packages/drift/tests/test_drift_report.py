@@ -119,7 +119,10 @@ def test_not_judged_windows_are_their_own_state_with_a_legend() -> None:
     assert d.decision.value == "not_judged"
     rep = DriftReport(rep.title, profile, [*rep.windows, ReportWindow(small, d)], "t", policy)
     doc = json.loads(rep.to_json())
-    assert doc["summary"]["not_judged_windows"] == 1 and doc["summary"]["latest_decision"] == "not_judged"
+    assert (
+        doc["summary"]["not_judged_windows"] == 1
+        and doc["summary"]["latest_decision"] == "not_judged"
+    )
     assert doc["windows"][-1]["decision"]["judged"] is False
     page = rep.to_html()
     assert "not judged" in page and "too few rows or nothing comparable" in page

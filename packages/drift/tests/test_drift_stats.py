@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 import pytest
@@ -68,11 +70,9 @@ def test_sketched_reference_stays_within_documented_error(
 
 @given(st.integers(1, 10_000), st.integers(1, 10_000), st.floats(0.0, 1.0))
 def test_ks_pvalue_equals_scipy_auto_up_to_10k(n1: int, n2: int, d: float) -> None:
-    """SciPy's default method is exact while both samples have at most 10 000 values."""
-    # two samples realising exactly D = h / lcm: SciPy's auto method on data with that D
+    """SciPy's default method is exact while both samples have at most 10 000 values:
+    ks_2samp(method="auto") computes exactly this for any data whose statistic is D."""
     from scipy.stats._stats_py import _attempt_exact_2kssamp
-
-    import math
 
     ok, _, expected = _attempt_exact_2kssamp(n1, n2, math.gcd(n1, n2), d, "two-sided")
     if not ok:  # SciPy falls back to the asymptotic value; so does keel

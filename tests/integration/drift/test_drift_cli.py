@@ -98,7 +98,9 @@ def test_json_to_stdout_and_cli_equals_library(
     assert r.exit_code == 1
     assert not (tmp_path / "-").exists()
     doc = json.loads(r.stdout)  # stdout is only the JSON; the table went to stderr
-    lib = DriftPolicy().decide(check_drift(ReferenceProfile.load(prof), pl.read_parquet(stream)), [])
+    lib = DriftPolicy().decide(
+        check_drift(ReferenceProfile.load(prof), pl.read_parquet(stream)), []
+    )
     assert doc["decision"] == json_safe(lib.to_dict())
     assert doc["decision"]["decision"] == "drift"
 
@@ -186,5 +188,5 @@ def test_empty_reference_profile_is_refused(tmp_path: Path) -> None:
     ).write_parquet(nulls)
     r = runner.invoke(app, ["profile", str(nulls), "--out", str(tmp_path / "p.json")])
     assert r.exit_code == 2 and "blank" in r.output
-    assert [ln for ln in r.output.splitlines() if "error" in ln][0].endswith("fix the data")
+    assert next(ln for ln in r.output.splitlines() if "error" in ln).endswith("fix the data")
     assert not (tmp_path / "p.json").exists()

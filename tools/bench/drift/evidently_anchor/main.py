@@ -80,7 +80,8 @@ def main() -> int:
             "version": _version(),
         }
     elif len(sys.argv) == 3 and sys.argv[1] == "power":
-        manifest = json.loads(open(sys.argv[2]).read())
+        with open(sys.argv[2]) as fh:
+            manifest = json.load(fh)
         ref_arr = np.load(manifest["reference"])
         cols = [f"c{i}" for i in range(ref_arr.shape[1])]
         ref = pd.DataFrame(ref_arr, columns=cols)

@@ -234,9 +234,7 @@ class DriftPolicy:
                 f"multivariate_auc must be in [0.5, 1], got {self.multivariate_auc}"
             )
         if self.correction not in ("bh", "holm", "none"):
-            raise InvalidInputError(
-                f"correction must be bh, holm or none, got {self.correction!r}"
-            )
+            raise InvalidInputError(f"correction must be bh, holm or none, got {self.correction!r}")
         bad = {k: v for k, v in self.importance.items() if not v >= 0}
         if bad:
             raise InvalidInputError(f"importance weights must be >= 0: {bad}")
@@ -282,9 +280,7 @@ class DriftPolicy:
         prev = history[-1] if history else None
         prev_streak = prev.streak if prev else 0
         prev_episode = prev.in_episode if prev else False
-        errors = tuple(
-            f"{q.kind}: {q.message}" for q in result.quality if q.severity == "error"
-        )
+        errors = tuple(f"{q.kind}: {q.message}" for q in result.quality if q.severity == "error")
         if result.n_rows < self.min_samples:
             return PolicyDecision(
                 Level.NOT_JUDGED,

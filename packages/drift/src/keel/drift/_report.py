@@ -151,10 +151,13 @@ class DriftReport:
             title=f"Drift score per window ({policy.numeric.method}), most drifted features",
             y_label="score",
         )
-        strip = decision_strip(
-            [None if w.decision is None else w.decision.decision.value for w in self.windows],
-            x_labels,
-        ) + _legend()
+        strip = (
+            decision_strip(
+                [None if w.decision is None else w.decision.decision.value for w in self.windows],
+                x_labels,
+            )
+            + _legend()
+        )
         share_series: dict[str, list[float | None]] = {
             "drifted share": [w.decision.drift_share if w.decision else None for w in self.windows],
             "warn-or-worse share": [
@@ -284,9 +287,7 @@ class DriftReport:
     def _table_row(
         fd: FeatureDrift, score: float | None, drifted: bool, warned: bool, unjudged: bool = False
     ) -> str:
-        status = (
-            "drift" if drifted else "warn" if warned else "not_judged" if unjudged else "none"
-        )
+        status = "drift" if drifted else "warn" if warned else "not_judged" if unjudged else "none"
         cells = [
             html.escape(fd.name),
             fd.kind,
