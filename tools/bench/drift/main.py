@@ -278,7 +278,9 @@ def main() -> int:
         keel = score(windows, kf)
         keel_warn = score(windows, kf, "flagged_or_warned")
         ev_flags = evidently_flags(pex, ref, windows, tmp, args.timeout)
-        ev = score(windows, ev_flags) if isinstance(ev_flags, list) else {"error": ev_flags}
+        ev: dict[str, Any] = (
+            score(windows, ev_flags) if isinstance(ev_flags, list) else {"error": ev_flags}
+        )
         print(f"  keel power:      {keel}", flush=True)
         print(f"  evidently power: {ev}", flush=True)
         del windows
