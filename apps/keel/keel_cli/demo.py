@@ -453,7 +453,13 @@ def _summary(console: Console, f: DemoFigures, windows: list[Any]) -> None:
     table = Table(title="drift monitor: 1-day windows every 6 hours, after the reference period")
     for col in ("window end", "rows", "decision", "drifted features", "est. AUC", "realised AUC"):
         table.add_column(col)
-    colors = {"drift": "red", "warn": "yellow", "none": "green"}
+    colors = {
+        "drift": "red",
+        "warn": "yellow",
+        "none": "green",
+        "error": "magenta",
+        "not_judged": "bright_black",
+    }
     for w in windows:
         d = w.decision
         dec = d.decision.value if d else "-"
