@@ -1,7 +1,10 @@
 """`keel drift profile|check|report`: reference profiles, checks and reports from files.
 
 Data files are Parquet, CSV or NDJSON (by suffix). Heavy imports (polars,
-keel.drift, matplotlib) happen inside the commands.
+keel.drift, matplotlib) happen inside the commands. `check` decides with the library's
+own `DriftPolicy().decide(result, [])` and fails closed: a data-quality error (ERROR) or
+a window that cannot be judged (NOT_JUDGED) exits 1 under any `--fail-on` but `never`.
+Bad input is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ _READERS = {
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {msg}")
+    err_console.print(f"[bold red]error:[/] {msg}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -124,6 +127,8 @@ def profile(
         path = result.save(out)
     except DriftError as exc:
         raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc.strerror or exc}") from exc
     console.print(
         f"[green]profile written[/] {path} ({path.stat().st_size / 1024:.0f} KiB): {result.row_count:,} rows, "
         f"{len(result.numeric_columns)} numeric, {len(result.categorical_columns)} categorical columns"
@@ -132,10 +137,10 @@ def profile(
 
 def _summary_table(result: DriftResult, decision: PolicyDecision, top: int) -> Table:
     table = Table(title=f"drift check: {decision.decision.value.upper()} - {decision.reason}")
-    for col in ("feature", "kind", "score", "PSI", "KS D", "W/std", "chi2 p", "status"):
+    for col in ("feature", "kind", "score", "adj. p", "PSI", "KS D", "W/std", "chi2 p", "status"):
         table.add_column(col)
     scores = decision.scores
-    names = sorted(result.features, key=lambda n: -scores.get(n, 0.0))[:top]
+    names = sorted(result.features, key=lambda n: (-scores.get(n, 0.0), n))[:top]
     for n in names:
         fd = result.features[n]
         status = (
@@ -143,6 +148,8 @@ def _summary_table(result: DriftResult, decision: PolicyDecision, top: int) -> T
             if n in decision.drifted
             else "[yellow]warn[/]"
             if n in decision.warned
+            else "[dim]not judged[/]"
+            if n in decision.not_judged
             else "[green]ok[/]"
         )
 
@@ -153,6 +160,7 @@ def _summary_table(result: DriftResult, decision: PolicyDecision, top: int) -> T
             n,
             fd.kind,
             f(scores.get(n)),
+            f(decision.p_values.get(n)),
             f(fd.psi),
             f(fd.ks),
             f(fd.wasserstein_norm),
@@ -169,44 +177,81 @@ def check(
     ],
     data: Annotated[Path, typer.Argument(help="current data (Parquet, CSV or NDJSON)")],
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="also write the full result as JSON")
+        str | None,
+        typer.Option(
+            "--json", help="also write the full result as JSON to this file ('-': stdout)"
+        ),
     ] = None,
     top: Annotated[int, typer.Option(help="features to show")] = 20,
     fail_on: Annotated[
-        str, typer.Option(help="exit 1 when the decision is at least this: drift, warn or never")
+        str,
+        typer.Option(
+            help="exit 1 when the decision is at least this: drift, warn or never "
+            "(error and not_judged fail under drift and warn)"
+        ),
     ] = "drift",
 ) -> None:
     """Check data against a profile: statistics, data quality, policy decision."""
     import json
 
-    from keel.drift import DriftError, DriftPolicy, Level, ReferenceProfile, check_drift
+    import polars as pl
 
-    if fail_on not in ("drift", "warn", "never"):
-        raise _fail("--fail-on must be drift, warn or never")
+    from keel.drift import (
+        FAIL_ON,
+        DriftError,
+        DriftPolicy,
+        ReferenceProfile,
+        check_drift,
+        json_safe,
+    )
+
+    if fail_on not in FAIL_ON:
+        raise _fail(f"--fail-on must be one of {', '.join(FAIL_ON)}, got {fail_on!r}")
+    if top < 0:
+        raise _fail(f"--top must be >= 0, got {top}")
+    # with JSON on stdout, the human summary goes to stderr so the JSON stays parseable
+    out = err_console if json_out == "-" else console
     try:
         prof = ReferenceProfile.load(profile_path)
         frame = _read(data)
-        with console.status(f"checking {frame.height:,} rows x {frame.width} columns"):
+        with out.status(f"checking {frame.height:,} rows x {frame.width} columns"):
             result = check_drift(prof, frame)
-        decision = DriftPolicy(consecutive=1).decide(result)
+        decision = DriftPolicy().decide(result, [])
     except DriftError as exc:
         raise _fail(str(exc)) from exc
-    console.print(_summary_table(result, decision, top))
+    except pl.exceptions.PolarsError as exc:  # data polars cannot read as the profile says
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _fail(f"cannot check {data}: {first}") from exc
+    out.print(_summary_table(result, decision, top))
     for q in result.quality:
         color = "red" if q.severity == "error" else "yellow"
-        console.print(f"[{color}]{q.severity}[/] {q.kind}: {q.message}")
+        out.print(f"[{color}]{q.severity}[/] {q.kind}: {q.message}", highlight=False)
     if result.multivariate is not None:
         mv = result.multivariate
-        console.print(
-            f"domain classifier: AUC {mv.auc:.3f}, p={mv.p_value:.2g} ({'drift' if mv.drift else 'no drift'})"
+        out.print(
+            f"domain classifier: AUC {mv.auc:.3f}, p={mv.p_value:.2g} "
+            f"({'drift' if decision.multivariate_drift else 'no drift'})"
         )
+    color = {"none": "green", "warn": "yellow"}.get(decision.decision.value, "red")
+    out.print(
+        f"decision: [bold {color}]{decision.decision.value.upper()}[/] - {decision.reason}",
+        highlight=False,
+    )
     if json_out is not None:
-        json_out.write_text(
-            json.dumps({"result": result.to_dict(), "decision": decision.to_dict()}, default=str)
+        doc = json.dumps(
+            json_safe({"result": result.to_dict(), "decision": decision.to_dict()}),
+            default=str,
+            allow_nan=False,
         )
-        console.print(f"result written to {json_out}")
-    worst = {"drift": [Level.DRIFT], "warn": [Level.DRIFT, Level.WARN], "never": []}[fail_on]
-    if decision.decision in worst:
+        if json_out == "-":
+            typer.echo(doc)
+        else:
+            try:
+                Path(json_out).write_text(doc)
+            except OSError as exc:
+                raise _fail(f"cannot write {json_out}: {exc.strerror or exc}") from exc
+            out.print(f"result written to {json_out}")
+    if decision.fails(fail_on):
         raise typer.Exit(1)
 
 

@@ -4,14 +4,19 @@
    merchant mix, amounts by category, a fraud model's score) with drift injected on
    day 6: online and a new "crypto" category grow, amounts rise, a new country
    appears, traffic shifts to the night - and fraud starts to look different.
-2. Publish it through keel.events (the embedded SQLite log under KEEL_HOME) and
-   consume it back like the feature worker would.
+2. Publish it through keel.events - the embedded log ``KEEL_HOME/events.db``, the one
+   ``keel events stats`` reads with the same home, stream ``demo-transactions`` (replaced
+   on every run) - and consume it back like the feature worker would.
 3. Compute card features with both engines of keel.features - the batch (Polars)
    engine and the incremental streaming engine - and check they agree.
 4. Build a keel.drift reference profile from the first five days (as at training time),
    then run the streaming drift monitor over the rest in sliding 1-day windows, with a
    label-free performance estimate and, once the (late) labels arrive, the realised one.
-5. Write the HTML report (plus JSON and PNGs) under KEEL_HOME and return its path.
+5. Write the HTML report (plus JSON and PNGs) under KEEL_HOME/demo and return its path.
+
+Deterministic: the same seed gives the same JSON report in any home (tested). Every
+random draw comes from a generator seeded from ``seed``; rows are put in a fixed order
+before anything order-sensitive (the monitor's row sample) sees them; no wall clock.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -36,6 +42,9 @@ START = datetime(2026, 3, 2, tzinfo=UTC)
 DAYS = 10
 REFERENCE_DAYS = 5
 DRIFT_DAY = 6
+WARMUP_DAYS = 1
+STREAM = "demo-transactions"
+MAX_SEED = 2**32 - 1
 CATEGORIES = ["grocery", "fuel", "restaurant", "online", "travel", "atm"]
 BASE_MIX = [0.30, 0.14, 0.18, 0.24, 0.06, 0.08]
 DRIFT_MIX = [0.20, 0.10, 0.12, 0.40, 0.06, 0.05, 0.07]  # + "crypto"
@@ -127,7 +136,7 @@ def feature_view() -> FeatureView:
     h, d = timedelta(hours=1), timedelta(days=1)
     return FeatureView(
         name="card_activity",
-        source=EventSource("txn.created", stream="transactions"),
+        source=EventSource("txn.created", stream=STREAM),
         entities=(Entity("card"),),
         fields={"amount": "float", "merchant": "str", "country": "str", "channel": "str"},
         features=(
@@ -176,8 +185,44 @@ def score_and_label(df: pl.DataFrame, seed: int) -> pl.DataFrame:
     return df.with_columns(pl.Series("score", score), pl.Series("label", label))
 
 
-def run_demo(home: Path, seed: int, console: Console) -> Path:
-    """Run the demo under ``home`` (KEEL_HOME); returns the HTML report's path."""
+def _fail(msg: str) -> typer.Exit:
+    """One clear line on stderr and exit status 2 (bad input or an unusable home)."""
+    Console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _prepare_home(home: Path) -> Path:
+    """``home/demo`` emptied and writable, or one clear line naming the path and the cause."""
+    out = Path(home) / "demo"
+    try:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise _fail(
+            f"KEEL_HOME {home} is not usable for the demo ({reason}: {exc.filename or out}); "
+            "point KEEL_HOME (or --config's home) at a writable directory"
+        ) from None
+    return out
+
+
+def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) -> Path:
+    """Run the demo under ``home`` (KEEL_HOME); returns the HTML report's path.
+
+    ``per_day``: transactions per simulated day (tests run a smaller stream)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise _fail(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    try:
+        return _run(home, seed, console, per_day)
+    except OSError as exc:  # e.g. the disk filled up or the home became read-only mid-run
+        raise _fail(f"the demo could not write under {home}: {exc}") from None
+
+
+def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     import polars as pl
 
     from keel.drift import (
@@ -192,21 +237,21 @@ def run_demo(home: Path, seed: int, console: Console) -> Path:
     from keel.events import Event, open_bus
     from keel.features import StreamingEngine, backfill, compute_at, events_to_frame
 
-    out = Path(home) / "demo"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out = _prepare_home(home)
     console.rule("[bold]Keel demo: card transactions, features, drift")
 
     with _progress(console) as progress:
         # 1. the stream ----------------------------------------------------------------
         t = progress.add_task("generating transactions", total=1)
-        txns = generate_transactions(seed)
+        txns = generate_transactions(seed, per_day=per_day)
         progress.update(t, completed=1)
 
         # 2. publish through keel.events, consume back ----------------------------------
-        bus = open_bus(f"sqlite://{(out / 'events.db').absolute()}")
+        bus_path = (Path(home) / "events.db").absolute()
+        bus = open_bus(f"sqlite://{bus_path}")
         try:
+            if STREAM in bus.streams():  # a previous run's events: start afresh
+                bus.delete_stream(STREAM)
             rows = txns.to_dicts()
             t = progress.add_task("publishing to keel.events", total=len(rows))
             for i in range(0, len(rows), 5000):
@@ -220,9 +265,9 @@ def run_demo(home: Path, seed: int, console: Console) -> Path:
                     )
                     for j, r in enumerate(rows[i : i + 5000])
                 ]
-                bus.publish_batch("transactions", batch)
+                bus.publish_batch(STREAM, batch)
                 progress.advance(t, len(batch))
-            consumer = bus.consumer("transactions", "demo-features")
+            consumer = bus.consumer(STREAM, "demo-features")
             t = progress.add_task("consuming (feature worker)", total=len(rows))
             events: list[Any] = []
             while True:
@@ -245,13 +290,13 @@ def run_demo(home: Path, seed: int, console: Console) -> Path:
         engine = StreamingEngine(view, clock=lambda: START + timedelta(days=DAYS + 1))
         rng = np.random.default_rng(seed + 2)
         sample_cards = sorted(
-            set(rng.choice(frame["card"].unique().to_list(), 300, replace=False).tolist())
+            set(rng.choice(sorted(frame["card"].unique().to_list()), 300, replace=False).tolist())
         )
         checks: list[tuple[datetime, pl.DataFrame]] = []
         t = progress.add_task("features: streaming engine", total=frame.height)
         times = frame["event_time"].dt.epoch("us").to_numpy()
         if not np.all(np.diff(times) >= 0):  # ingest in event-time order, bound by bound
-            frame = frame.sort("event_time")
+            frame = frame.sort("event_time", maintain_order=True)
             times = frame["event_time"].dt.epoch("us").to_numpy()
         lo = 0
         for k in range(1, DAYS * 4 + 1):
@@ -276,23 +321,41 @@ def run_demo(home: Path, seed: int, console: Console) -> Path:
         mismatched = int(sum(_mismatches(want[c], got[c]) for c in names))
 
         # 4. model scores, reference profile, drift monitor ------------------------------
-        data = txns.join(
-            feats.unique(["card", "event_time"]), on=["card", "event_time"], how="left"
+        # one feature row per (card, time), then the stream's own row order: joins and
+        # unique() do not promise an order, and the monitor's row sample depends on it
+        data = (
+            txns.with_row_index("_row")
+            .join(
+                feats.sort(["card", "event_time"], maintain_order=True).unique(
+                    ["card", "event_time"], keep="last", maintain_order=True
+                ),
+                on=["card", "event_time"],
+                how="left",
+            )
+            .sort("_row")
+            .drop("_row")
         )
         data = score_and_label(
             data.with_columns(pl.col("event_time").dt.hour().alias("hour")), seed
         )
         model_cols = ["amount", "merchant", "country", "channel", "hour", *names]
         split = START + timedelta(days=REFERENCE_DAYS)
-        reference = data.filter(pl.col("event_time") < split)
+        # day 1 only warms up the 1-day windows (their values are low while they fill up):
+        # the reference is the model's training period after it
+        reference = data.filter(
+            (pl.col("event_time") >= START + timedelta(days=WARMUP_DAYS))
+            & (pl.col("event_time") < split)
+        )
         current = data.filter(pl.col("event_time") >= split)
-        t = progress.add_task("reference profile (days 1-5)", total=1)
+        t = progress.add_task(
+            f"reference profile (days {WARMUP_DAYS + 1}-{REFERENCE_DAYS})", total=1
+        )
         profile = build_profile(
             reference.select(model_cols),
             categorical=["hour"],
             options=ProfileOptions(),
             rng=np.random.default_rng(seed),
-            metadata={"model": "fraud-demo", "data": "days 1-5"},
+            metadata={"model": "fraud-demo", "data": f"days {WARMUP_DAYS + 1}-{REFERENCE_DAYS}"},
         )
         profile_path = profile.save(out / "reference-profile.json")
         progress.update(t, completed=1)
@@ -331,12 +394,16 @@ def run_demo(home: Path, seed: int, console: Console) -> Path:
     drift_windows = [w for w in final if w.decision and w.decision.decision.value == "drift"]
     notes = [
         f"{txns.height:,} card transactions over {DAYS} days, published to and consumed from keel.events "
-        f"(embedded log {out / 'events.db'}); drift injected from day {DRIFT_DAY + 1}.",
+        f"(embedded log KEEL_HOME/events.db, stream {STREAM}); drift injected from day {DRIFT_DAY + 1}.",
         f"Features computed by both keel.features engines; {compared:,} values compared at 6-hour bounds: "
         f"{compared - mismatched:,} equal, {mismatched} differ."
         + (f" {len(dead)} events dead-lettered." if dead else ""),
-        f"Reference profile: days 1-{REFERENCE_DAYS} ({reference.height:,} rows) -> {profile_path.name}. "
-        "Policy: PSI warn 0.1 / drift 0.25, 25% of features, 2 windows in a row.",
+        f"Reference profile: days {WARMUP_DAYS + 1}-{REFERENCE_DAYS} ({reference.height:,} rows; day 1 warms up the 1-day windows) -> {profile_path.name}. "
+        f"Policy: a feature drifts when its effect (numeric: {policy.numeric.method}, categorical: "
+        f"{policy.categorical.method}; warn {policy.numeric.warn} / drift {policy.numeric.drift}) is "
+        f"significant ({policy.correction.upper()}-adjusted p <= {policy.alpha}); a window drifts when "
+        f"{policy.drift_share:.0%} of features drift or the domain classifier separates it "
+        f"(AUC >= {policy.multivariate_auc}); {policy.consecutive} drift windows in a row decide DRIFT.",
         "Performance: 'estimated_auc' comes from the model's scores alone (CBPE); 'realised_auc' from labels that "
         "arrived after the windows closed.",
     ]
@@ -386,7 +453,13 @@ def _summary(console: Console, f: DemoFigures, windows: list[Any]) -> None:
     table = Table(title="drift monitor: 1-day windows every 6 hours, after the reference period")
     for col in ("window end", "rows", "decision", "drifted features", "est. AUC", "realised AUC"):
         table.add_column(col)
-    colors = {"drift": "red", "warn": "yellow", "none": "green"}
+    colors = {
+        "drift": "red",
+        "warn": "yellow",
+        "none": "green",
+        "error": "magenta",
+        "not_judged": "bright_black",
+    }
     for w in windows:
         d = w.decision
         dec = d.decision.value if d else "-"

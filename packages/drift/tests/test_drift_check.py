@@ -154,3 +154,62 @@ def test_result_serialises_to_plain_json(reference) -> None:
     doc = check_drift(profile, df.head(500)).to_dict()
     text = json.dumps(doc, allow_nan=False)
     assert json.loads(text)["features"]["amount"]["kind"] == "numeric"
+
+
+def test_unfit_data_never_crashes_and_never_passes(reference) -> None:
+    """Words in a numeric column, an all-null column, an empty frame, another schema."""
+    from keel.drift import DriftPolicy, Level
+
+    df, profile = reference
+    words = df.with_columns(
+        pl.when(pl.int_range(pl.len()) % 5 == 0)
+        .then(pl.lit("n/a"))
+        .otherwise(pl.col("amount").cast(pl.String))
+        .alias("amount")
+    )
+    nulls = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("amount"))
+    empty = df.head(0)
+    other = pl.DataFrame({"x": np.arange(1000.0)})
+    expect = {
+        "words": (words, Level.ERROR, "kind_changed"),
+        "nulls": (nulls, Level.ERROR, "no_values"),
+        "empty": (empty, Level.NOT_JUDGED, None),
+        "other": (other, Level.NOT_JUDGED, "missing_column"),
+    }
+    for name, (frame, level, issue) in expect.items():
+        result = check_drift(profile, frame)
+        decision = DriftPolicy().decide(result, [])
+        assert decision.decision is level, (name, decision.reason)
+        assert not decision.ok and decision.fails("drift")
+        if issue:
+            assert issue in kinds(result), name
+    assert check_drift(profile, words).multivariate is None  # skipped, not crashed
+
+
+def test_default_policy_flags_a_small_shift_in_a_fifth_of_the_columns() -> None:
+    """The issue's case: 200k x 50, 10 columns shifted by 0.3 sigma - and no false alarm."""
+    from keel.drift import DriftPolicy, Level
+
+    rng = np.random.default_rng(11)
+    n, cols = 200_000, 50
+    names = [f"c{i}" for i in range(cols)]
+    profile = build_profile(pl.DataFrame(rng.standard_normal((n, cols)), schema=names))
+    shifted = rng.standard_normal((n, cols))
+    shifted[:, :10] += 0.3
+    d = DriftPolicy().decide(check_drift(profile, pl.DataFrame(shifted, schema=names)), [])
+    assert d.decision is Level.DRIFT, d.reason
+    assert set(d.drifted) == set(names[:10]) and d.multivariate_drift
+    del shifted
+    same = pl.DataFrame(rng.standard_normal((n, cols)), schema=names)
+    calm = DriftPolicy().decide(check_drift(profile, same), [])
+    assert calm.decision is Level.NONE and calm.drifted == calm.warned == (), calm.reason
+
+
+def test_the_multivariate_result_is_seeded(reference) -> None:
+    df, profile = reference
+    cur = df.sample(1500, seed=4)
+    a = check_drift(profile, cur, rng=np.random.default_rng(3)).multivariate
+    b = check_drift(profile, cur, rng=np.random.default_rng(3)).multivariate
+    assert (
+        a == b and check_drift(profile, cur).multivariate == check_drift(profile, cur).multivariate
+    )

@@ -179,7 +179,7 @@ def test_metrics_exposition(profile) -> None:
     mon.observe(records(rng, 2000, T0, timedelta(hours=1), shift=1.0))
     mon.flush()
     text = metrics.metrics.exposition().decode()
-    assert 'keel_drift_feature_score{feature="amount",method="psi",model="fraud"}' in text
+    assert 'keel_drift_feature_score{feature="amount",method="wasserstein",model="fraud"}' in text
     assert 'keel_drift_decision{decision="drift",model="fraud"} 1.0' in text
     assert 'keel_drift_windows_total{decision="drift",model="fraud"} 1.0' in text
     assert 'keel_drift_episodes_total{model="fraud"} 1.0' in text

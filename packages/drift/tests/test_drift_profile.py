@@ -197,3 +197,17 @@ def test_joint_sample_is_reproducible_and_bounded() -> None:
     merged = p1.merge(p2)
     assert merged.joint_sample is not None and merged.joint_sample.values.shape == (2000, 2)
     assert merged.joint_sample.population == 10000
+
+
+def test_unusable_profiles_are_refused_at_write_time(tmp_path) -> None:
+    from keel.drift import InvalidInputError, build_profile
+
+    empty = build_profile(pl.DataFrame({"a": pl.Series([], dtype=pl.Float64)}))
+    with pytest.raises(InvalidInputError, match="empty reference profile"):
+        empty.save(tmp_path / "p.json")
+    blank = build_profile(
+        pl.DataFrame({"a": [1.0, 2.0], "b": pl.Series([None, None], dtype=pl.Float64)})
+    )
+    with pytest.raises(InvalidInputError, match="no values.*: b"):
+        blank.save(tmp_path / "p.json")
+    assert not (tmp_path / "p.json").exists()

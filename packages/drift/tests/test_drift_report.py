@@ -109,3 +109,22 @@ def test_thousand_columns_render_without_raw_data() -> None:
 def test_needs_a_window() -> None:
     with pytest.raises(InvalidInputError, match="at least one window"):
         DriftReport("t", build_profile(pl.DataFrame({"a": [1.0]})), [], "now")
+
+
+def test_not_judged_windows_are_their_own_state_with_a_legend() -> None:
+    rep = make_report()
+    profile, policy = rep.reference, DriftPolicy()
+    small = check_drift(profile, pl.DataFrame({"x0": [0.1, 0.2], "cat": ["a", "b"]}))
+    d = policy.decide(small, [w.decision for w in rep.windows if w.decision])
+    assert d.decision.value == "not_judged"
+    rep = DriftReport(rep.title, profile, [*rep.windows, ReportWindow(small, d)], "t", policy)
+    doc = json.loads(rep.to_json())
+    assert (
+        doc["summary"]["not_judged_windows"] == 1
+        and doc["summary"]["latest_decision"] == "not_judged"
+    )
+    assert doc["windows"][-1]["decision"]["judged"] is False
+    page = rep.to_html()
+    assert "not judged" in page and "too few rows or nothing comparable" in page
+    # the latest window is grey ("not judged"), never green "ok"
+    assert 'class="badge">not judged<' in page

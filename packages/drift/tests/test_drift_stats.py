@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 import pytest
@@ -41,7 +43,7 @@ props = hnp.arrays(np.float64, st.integers(2, 12), elements=st.floats(0, 100)).f
 def test_ks_and_wasserstein_equal_scipy_with_exact_reference(x: np.ndarray, y: np.ndarray) -> None:
     ref, cur = QuantileSketch.from_values(x), QuantileSketch.from_values(y)
     with np.errstate(divide="ignore"):  # scipy divides by zero for n = m = 1
-        expected = sst.ks_2samp(x, y, method="asymp")
+        expected = sst.ks_2samp(x, y)  # SciPy's default: method="auto" (exact at these sizes)
     d = ks_statistic(ref, cur)
     assert d == pytest.approx(expected.statistic, abs=1e-12)
     expected_p = 1.0 if np.isnan(expected.pvalue) else expected.pvalue  # scipy: nan when n = m = 1
@@ -64,6 +66,29 @@ def test_sketched_reference_stays_within_documented_error(
     assert abs(wasserstein(ref, cur) - sst.wasserstein_distance(x, y)) <= err * span + 1e-7 * (
         1 + span
     )
+
+
+@given(st.integers(1, 10_000), st.integers(1, 10_000), st.floats(0.0, 1.0))
+def test_ks_pvalue_equals_scipy_auto_up_to_10k(n1: int, n2: int, d: float) -> None:
+    """SciPy's default method is exact while both samples have at most 10 000 values:
+    ks_2samp(method="auto") computes exactly this for any data whose statistic is D."""
+    from scipy.stats._stats_py import _attempt_exact_2kssamp
+
+    ok, _, expected = _attempt_exact_2kssamp(n1, n2, math.gcd(n1, n2), d, "two-sided")
+    if not ok:  # SciPy falls back to the asymptotic value; so does keel
+        m, n = max(n1, n2), min(n1, n2)
+        expected = sst.kstwo.sf(d, round(m * n / (m + n)))
+    assert ks_pvalue(d, n1, n2) == pytest.approx(float(expected), rel=1e-12, abs=1e-300)
+
+
+def test_ks_pvalue_exact_on_real_samples() -> None:
+    rng = np.random.default_rng(3)
+    for n1, n2, shift in ((200, 150, 0.2), (1000, 999, 0.1), (10_000, 3_000, 0.05)):
+        x, y = rng.normal(0, 1, n1), rng.normal(shift, 1, n2)
+        ref = sst.ks_2samp(x, y)
+        exact = QuantileSketch.from_values(x, max_size=n1)  # holds the whole sample
+        d = ks_statistic(exact, QuantileSketch.from_values(y, max_size=n2))
+        assert ks_pvalue(d, n1, n2) == pytest.approx(ref.pvalue, rel=1e-9)
 
 
 def test_ks_pvalue_large_samples_uses_limiting_distribution() -> None:
@@ -115,9 +140,9 @@ def test_german_credit_statistics_equal_scipy() -> None:
     for col in NUMERIC:
         x, y = ref_df[col].to_numpy().astype(float), cur_df[col].to_numpy().astype(float)
         fd = result.features[col]
-        ks = sst.ks_2samp(x, y, method="asymp")
+        ks = sst.ks_2samp(x, y)  # method="auto": exact p at 600 vs 400
         assert fd.ks == pytest.approx(ks.statistic, abs=1e-12) and fd.ks_error == 0.0
-        assert fd.ks_pvalue == pytest.approx(ks.pvalue, abs=1e-9)
+        assert fd.ks_pvalue == pytest.approx(ks.pvalue, rel=1e-12, abs=1e-15)
         assert fd.wasserstein == pytest.approx(sst.wasserstein_distance(x, y), rel=1e-9)
         assert fd.wasserstein_norm == pytest.approx(
             sst.wasserstein_distance(x, y) / x.std(), rel=1e-9

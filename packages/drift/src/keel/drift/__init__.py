@@ -5,7 +5,7 @@
     profile = build_profile(train_df)                  # once, at training time
     profile.save("model/profile.json")                 # travels with the model artifact
     result = check_drift(ReferenceProfile.load("model/profile.json"), current_df)
-    decision = DriftPolicy().decide(result, history)   # none / warn / drift
+    decision = DriftPolicy().decide(result, [])        # none / warn / drift / error / not_judged
 
 Never imports torch, ray or mlflow (tested). scipy.stats and matplotlib are
 imported lazily, on first use.
@@ -30,7 +30,14 @@ from keel.drift._metrics import DriftMetrics
 from keel.drift._monitor import MonitorStats, StreamingMonitor, WindowConfig
 from keel.drift._multivariate import MultivariateResult, domain_classifier_test
 from keel.drift._performance import ScoreHistogram
-from keel.drift._policy import DriftPolicy, FeatureThreshold, Level, PolicyDecision
+from keel.drift._policy import (
+    FAIL_ON,
+    DriftPolicy,
+    FeatureThreshold,
+    Level,
+    PolicyDecision,
+    adjust_pvalues,
+)
 from keel.drift._profile import (
     OTHER_CATEGORY,
     PROFILE_FORMAT,
@@ -43,7 +50,13 @@ from keel.drift._profile import (
     ReferenceProfile,
     build_profile,
 )
-from keel.drift._report import REPORT_FORMAT, REPORT_VERSION, DriftReport, ReportWindow
+from keel.drift._report import (
+    REPORT_FORMAT,
+    REPORT_VERSION,
+    DriftReport,
+    ReportWindow,
+    json_safe,
+)
 from keel.drift._sketch import QuantileSketch
 from keel.drift._stats import (
     chi2_homogeneity,
@@ -55,6 +68,7 @@ from keel.drift._stats import (
 )
 
 __all__ = [
+    "FAIL_ON",
     "METHODS",
     "OTHER_CATEGORY",
     "PROFILE_FORMAT",
@@ -88,12 +102,14 @@ __all__ = [
     "ScoreHistogram",
     "StreamingMonitor",
     "WindowConfig",
+    "adjust_pvalues",
     "build_profile",
     "check_drift",
     "chi2_homogeneity",
     "compare_summaries",
     "domain_classifier_test",
     "js_distance",
+    "json_safe",
     "ks_pvalue",
     "ks_statistic",
     "psi",

@@ -73,7 +73,12 @@ class CheckOptions:
 @dataclass(frozen=True)
 class QualityIssue:
     """One data-quality finding. ``kind`` is one of: missing_column, unexpected_column,
-    kind_changed, dtype_changed, null_rate_jump, out_of_range, new_categories."""
+    kind_changed, dtype_changed, no_values, null_rate_jump, out_of_range, new_categories.
+
+    Severity ``error`` means the window cannot be trusted as it is (the policy decides
+    ERROR): a profiled column missing, its kind changed (numbers stored as strings, words
+    in a numeric column), no values where the reference had some, a null-rate jump.
+    """
 
     kind: str
     column: str
@@ -316,6 +321,17 @@ def quality_issues(
                     "dtype_changed", col, "warning", f"{col!r} dtype {ref.dtype} -> {cur.dtype}"
                 )
             )
+        if cur.rows and not cur.count and ref.count:
+            issues.append(
+                QualityIssue(
+                    "no_values",
+                    col,
+                    "error",
+                    f"{col!r} has no values in {cur.rows:,} rows (all null/NaN)",
+                    1.0,
+                )
+            )
+            continue
         jump = cur.null_rate - ref.null_rate
         if cur.rows and jump > options.null_rate_increase:
             issues.append(
@@ -488,7 +504,8 @@ def check_drift(
     """Check ``frame`` against ``profile``: every statistic per column, data-quality
     issues, and (when the profile has a joint sample) the domain-classifier test.
 
-    ``rng`` draws the current sample for the multivariate test (default: seeded with 0).
+    ``rng`` draws the current sample and the train/test split of the multivariate test
+    (default: a generator seeded with 0, so the same inputs give the same result).
     """
     if not isinstance(profile, ReferenceProfile):
         raise InvalidInputError(f"expected a ReferenceProfile, got {type(profile).__name__}")
@@ -504,7 +521,13 @@ def check_drift(
     issues = quality_issues(profile, current, oor, opts, missing, unexpected)
     multi = None
     js = profile.joint_sample
-    if opts.multivariate and js is not None and all(c in have for c in js.columns) and frame.height:
+    schema = frame.schema
+    if (
+        opts.multivariate
+        and js is not None
+        and all(c in have and is_numeric_dtype(schema[c]) for c in js.columns)
+        and frame.height
+    ):  # a joint column gone or no longer numeric is a quality error; the test is skipped
         gen = rng if rng is not None else np.random.default_rng(0)
         take = min(frame.height, max(len(js.values), 1))
         rows = (

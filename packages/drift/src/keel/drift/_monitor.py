@@ -188,8 +188,10 @@ class StreamingMonitor:
             mx = int(t.max())
             self._max_time_us = mx if self._max_time_us is None else max(self._max_time_us, mx)
             tagged = frame.with_columns(pl.Series("__pane", pane_ids))
+            # panes in first-seen order: the row-sample keys are drawn pane by pane, so an
+            # unordered partition would make the multivariate result differ run to run
             for key, part in tagged.partition_by(
-                "__pane", as_dict=True, maintain_order=False
+                "__pane", as_dict=True, maintain_order=True
             ).items():
                 pid = int(key[0]) if isinstance(key, tuple) else int(key)
                 self._add_to_pane(pid, part.drop("__pane"))

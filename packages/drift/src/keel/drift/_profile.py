@@ -327,8 +327,26 @@ class ReferenceProfile:
             raise ProfileFormatError(f"profile is not valid JSON: {exc}") from exc
         return _from_file(raw)
 
+    def check_usable(self) -> None:
+        """Raise if this profile could never judge anything: no rows, or a column with no
+        values (every check against it would be "not judged")."""
+        if not self.row_count or not self.columns:
+            raise InvalidInputError(
+                "refusing an empty reference profile (0 rows): profile the training data, "
+                "not an empty file or an empty filter result"
+            )
+        empty = [name for name, s in self.columns.items() if not s.count]
+        if empty:
+            raise InvalidInputError(
+                f"refusing a reference profile with columns that have no values "
+                f"(all null/NaN in {self.row_count:,} rows): {', '.join(empty)}; "
+                "leave them out (columns=[...] / --columns) or fix the data"
+            )
+
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the profile as JSON (atomically: temp file + rename)."""
+        """Write the profile as JSON (atomically: temp file + rename). An unusable profile
+        (no rows, or a column with no values) is refused: see :meth:`check_usable`."""
+        self.check_usable()
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_bytes(self.to_json())

@@ -23,7 +23,16 @@ from keel.drift._check import DriftResult, FeatureDrift
 from keel.drift._errors import InvalidInputError
 from keel.drift._policy import DriftPolicy, Level, PolicyDecision
 from keel.drift._profile import ReferenceProfile
-from keel.drift._svg import CUR_COLOR, PALETTE, REF_COLOR, bar_chart, decision_strip, line_chart
+from keel.drift._svg import (
+    CUR_COLOR,
+    DECISION_COLORS,
+    DECISION_LABELS,
+    PALETTE,
+    REF_COLOR,
+    bar_chart,
+    decision_strip,
+    line_chart,
+)
 
 REPORT_FORMAT = "keel.drift.report"
 REPORT_VERSION = 1
@@ -45,14 +54,14 @@ class ReportWindow:
         }
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe: NaN/inf become None (strict JSON has no NaN)."""
+def json_safe(obj: Any) -> Any:
+    """A JSON-safe copy: NaN/inf become None (strict JSON has no NaN), tuples lists."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -82,6 +91,8 @@ class DriftReport:
             "windows": len(self.windows),
             "latest_decision": last.decision.decision.value if last.decision else None,
             "drift_windows": sum(1 for d in decisions if d.decision is Level.DRIFT),
+            "error_windows": sum(1 for d in decisions if d.decision is Level.ERROR),
+            "not_judged_windows": sum(1 for d in decisions if d.decision is Level.NOT_JUDGED),
             "episodes": sum(1 for d in decisions if d.episode_start),
             "drifted_features": list(last.decision.drifted) if last.decision else [],
             "quality_issues": len(last.result.quality),
@@ -90,7 +101,7 @@ class DriftReport:
     # -- JSON ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         ref = self.reference
-        return _clean(
+        return json_safe(
             {
                 "format": REPORT_FORMAT,
                 "version": REPORT_VERSION,
@@ -140,14 +151,12 @@ class DriftReport:
             title=f"Drift score per window ({policy.numeric.method}), most drifted features",
             y_label="score",
         )
-        strip = decision_strip(
-            [
-                None
-                if w.decision is None or w.decision.level is Level.INSUFFICIENT
-                else w.decision.decision.value
-                for w in self.windows
-            ],
-            x_labels,
+        strip = (
+            decision_strip(
+                [None if w.decision is None else w.decision.decision.value for w in self.windows],
+                x_labels,
+            )
+            + _legend()
         )
         share_series: dict[str, list[float | None]] = {
             "drifted share": [w.decision.drift_share if w.decision else None for w in self.windows],
@@ -191,14 +200,17 @@ class DriftReport:
             )
         )
         warned = list(last.decision.warned) if last.decision else []
+        unjudged = set(last.decision.not_judged) if last.decision else set()
         plot_names = (drifted + warned)[:max_feature_plots]
         cards = "".join(
             self._feature_card(feats[n], last_scores.get(n)) for n in plot_names if n in feats
         )
-        decision = last.decision.decision.value if last.decision else "n/a"
+        decision = last.decision.decision.value if last.decision else "not_judged"
         summ = self.summary()
         rows = "".join(
-            self._table_row(fd, last_scores.get(name), name in drifted, name in warned)
+            self._table_row(
+                fd, last_scores.get(name), name in drifted, name in warned, name in unjudged
+            )
             for name, fd in sorted(feats.items(), key=lambda kv: -(last_scores.get(kv[0]) or 0.0))
         )
         quality = (
@@ -225,8 +237,8 @@ class DriftReport:
         return _PAGE.format(
             title=esc(self.title),
             generated=esc(self.generated_at),
-            decision=esc(decision),
-            badge=_BADGE.get(decision, "#777"),
+            decision=esc(DECISION_LABELS.get(decision, decision)),
+            badge=DECISION_COLORS.get(decision, "#777"),
             reason=reason,
             n_windows=summ["windows"],
             episodes=summ["episodes"],
@@ -272,12 +284,14 @@ class DriftReport:
         return f'<div class="card"><h3>{esc(fd.name)} <small>{esc(fd.kind)} · score {_num(score)}</small></h3>{chart}<div class="stats">{dl}</div></div>'
 
     @staticmethod
-    def _table_row(fd: FeatureDrift, score: float | None, drifted: bool, warned: bool) -> str:
-        status = "drift" if drifted else "warn" if warned else "ok"
+    def _table_row(
+        fd: FeatureDrift, score: float | None, drifted: bool, warned: bool, unjudged: bool = False
+    ) -> str:
+        status = "drift" if drifted else "warn" if warned else "not_judged" if unjudged else "none"
         cells = [
             html.escape(fd.name),
             fd.kind,
-            f'<span class="pill {status}">{status}</span>',
+            f'<span class="pill {status}">{DECISION_LABELS[status]}</span>',
             _num(score),
             _num(fd.psi),
             _num(fd.js),
@@ -384,7 +398,21 @@ def _short_time(ts: str | None) -> str | None:
     return ts[5:16].replace("T", " ") if len(ts) >= 16 else ts
 
 
-_BADGE = {"drift": "#c0392b", "warn": "#d68910", "none": "#2e9e5b"}
+def _legend() -> str:
+    """What each decision colour means (the same words as the strip's legend)."""
+    meaning = {
+        "none": "judged, no drift",
+        "warn": "some features moved",
+        "drift": "the policy's drift rule fired",
+        "error": "data-quality or schema errors: fix the data first",
+        "not_judged": "too few rows or nothing comparable: no verdict",
+    }
+    items = "".join(
+        f'<span><i style="background:{DECISION_COLORS[k]}"></i><b>{DECISION_LABELS[k]}</b> {html.escape(v)}</span>'
+        for k, v in meaning.items()
+    )
+    return f'<p class="legend">{items}</p>'
+
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -409,7 +437,10 @@ table {{ border-collapse: collapse; width: 100%; font-size: 12px; }}
 th, td {{ text-align: left; padding: 4px 8px; border-bottom: 1px solid #eee; }}
 th {{ background: #f0f2f5; position: sticky; top: 0; }}
 .pill {{ border-radius: 10px; padding: 1px 8px; color: #fff; font-size: 11px; }}
-.pill.drift {{ background: #c0392b; }} .pill.warn {{ background: #d68910; }} .pill.ok {{ background: #2e9e5b; }}
+.pill.drift {{ background: #c0392b; }} .pill.warn {{ background: #d68910; }} .pill.none {{ background: #2e9e5b; }}
+.pill.not_judged {{ background: #8a9099; }} .pill.error {{ background: #7d3c98; }}
+.legend {{ font-size: 11px; color: #555; display: flex; flex-wrap: wrap; gap: 14px; margin: 2px 0 8px 50px; }}
+.legend i {{ display: inline-block; width: 10px; height: 10px; margin-right: 4px; vertical-align: middle; }}
 .legend-ref {{ color: {ref_color}; font-weight: bold; }} .legend-cur {{ color: {cur_color}; font-weight: bold; }}
 .why {{ color: #444; font-size: 13px; }}
 </style></head>

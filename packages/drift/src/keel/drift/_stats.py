@@ -15,9 +15,9 @@ Semantics (what a number means and what to threshold):
 * **Jensen-Shannon distance** over the same bins, base 2: in [0, 1]; equals
   ``scipy.spatial.distance.jensenshannon(r, c, base=2)``.
 * **Kolmogorov-Smirnov** two-sample statistic ``D = sup |F_ref - F_cur|`` and its
-  two-sided p-value from the asymptotic Kolmogorov distribution with
-  ``n = round(n_ref * n_cur / (n_ref + n_cur))`` - exactly SciPy's
-  ``ks_2samp(..., method="asymp")``. Small p-value = evidence of a difference;
+  two-sided p-value as SciPy's default ``ks_2samp(..., method="auto")``: exact while
+  both sides have at most 10 000 values, asymptotic above (see :func:`ks_pvalue`).
+  Small p-value = evidence of a difference;
   with large windows even negligible shifts are "significant", so prefer
   thresholds on ``D`` (or PSI) for alerting.
 * **Wasserstein-1** distance ``∫|F_ref - F_cur| dx`` in the column's units
@@ -165,33 +165,57 @@ def ks_and_wasserstein(ref: QuantileSketch, cur: SortedSample) -> tuple[float, f
     return d, max(0.0, w)
 
 
-#: Above this effective sample size the KS p-value uses the limiting Kolmogorov distribution.
+#: Up to this many values on the larger side the KS p-value is exact (SciPy's ``method="auto"``).
 KS_EXACT_N = 10_000
+#: Above this effective sample size the asymptotic p-value uses the limiting Kolmogorov law.
+KS_FINITE_N = 10_000
 
 
 def ks_pvalue(d: float, n_ref: int, n_cur: int) -> float:
-    """Two-sided asymptotic p-value of a two-sample KS statistic.
+    """Two-sided p-value of a two-sample KS statistic, as SciPy's default ``method="auto"``.
 
-    With ``en = round(n_ref * n_cur / (n_ref + n_cur)) <= 10_000`` this is exactly
-    SciPy's ``ks_2samp(..., method="asymp")`` (``kstwo.sf(d, en)``). Above, SciPy's
-    finite-n formula costs up to ~0.3 s per call, so the limiting Kolmogorov
-    distribution ``kolmogorov(sqrt(en) * d)`` is used; its relative difference from
-    the finite-n value is O(1/sqrt(en)) (< 1% in the tested range).
-    With one value on each side (``en < 1``) there is nothing to test: 1.0.
+    * ``max(n_ref, n_cur) <= 10_000``: the exact distribution of D under the null (SciPy's
+      own lattice-path computation), so this equals ``ks_2samp(ref, cur).pvalue``. Where
+      that computation overflows SciPy falls back to the asymptotic value, and so does this.
+    * larger samples: the asymptotic Kolmogorov-Smirnov distribution with
+      ``en = round(n_ref * n_cur / (n_ref + n_cur))``: ``kstwo.sf(d, en)`` (SciPy's
+      ``method="asymp"``) while ``en <= 10_000``; above, SciPy's finite-n formula costs up
+      to ~0.3 s per call, so the limiting law ``kolmogorov(sqrt(en) * d)`` is used - its
+      relative difference from SciPy is O(1/sqrt(en)) (< 1 % in the tested range, and only
+      where p is already far below any alerting level or D is tiny).
+    With one value on each side there is nothing to test: 1.0.
     """
     if n_ref <= 0 or n_cur <= 0:
         raise InvalidInputError("KS p-value needs two non-empty samples")
+    if not math.isfinite(d):
+        return math.nan
+    if max(n_ref, n_cur) <= KS_EXACT_N:
+        exact = _ks_exact_pvalue(d, int(n_ref), int(n_cur))
+        if exact is not None:
+            return exact
     m, n = sorted([float(n_ref), float(n_cur)], reverse=True)
     en = float(np.round(m * n / (m + n)))
     if en < 1:  # both samples of one value: nothing to test (SciPy returns nan)
         return 1.0
-    if en > KS_EXACT_N:
+    if en > KS_FINITE_N:
         from scipy.special import kolmogorov
 
         return float(np.clip(kolmogorov(math.sqrt(en) * d), 0.0, 1.0))
     from scipy.stats import kstwo  # lazy: scipy.stats costs ~0.5 s to import
 
     return float(np.clip(kstwo.sf(d, en), 0.0, 1.0))
+
+
+def _ks_exact_pvalue(d: float, n1: int, n2: int) -> float | None:
+    """SciPy's exact two-sided two-sample KS p-value, or None where it cannot be computed."""
+    try:  # lazy, and private to SciPy: the oracle test pins its behaviour to ks_2samp's
+        from scipy.stats._stats_py import _attempt_exact_2kssamp
+    except ImportError:  # pragma: no cover - a SciPy without it: fall back to asymptotic
+        return None
+    ok, _, prob = _attempt_exact_2kssamp(n1, n2, math.gcd(n1, n2), d, "two-sided")
+    if not ok:
+        return None
+    return float(np.clip(prob, 0.0, 1.0))
 
 
 def ks_statistic(ref: QuantileSketch, cur: QuantileSketch) -> float:

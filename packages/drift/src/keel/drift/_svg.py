@@ -164,15 +164,30 @@ def line_chart(
     return "".join(parts)
 
 
-DECISION_COLORS = {"drift": "#c0392b", "warn": "#d68910", "none": "#2e9e5b"}
+DECISION_COLORS = {
+    "none": "#2e9e5b",
+    "warn": "#d68910",
+    "drift": "#c0392b",
+    "error": "#7d3c98",
+    "not_judged": "#c8ccd0",
+}
+#: Legend text of each decision (the HTML report explains them under the strip too).
+DECISION_LABELS = {
+    "none": "ok",
+    "warn": "warn",
+    "drift": "drift",
+    "error": "data error",
+    "not_judged": "not judged",
+}
 
 
 def decision_strip(
     decisions: Sequence[str | None], x_labels: Sequence[str], *, width: int = 900
 ) -> str:
-    """One coloured cell per window: the policy's decision (grey = not judged)."""
+    """One coloured cell per window: the policy's decision, with a legend of every state
+    (grey = not judged: too few rows or nothing comparable; purple = data-quality error)."""
     n = max(1, len(decisions))
-    left, right = 50, 170
+    left, right = 50, 330
     pw = width - left - right
     cw = pw / n
     parts = [
@@ -181,16 +196,18 @@ def decision_strip(
         '<text x="4" y="22" font-size="10" fill="#666">decision</text>',
     ]
     for i, d in enumerate(decisions):
-        color = DECISION_COLORS.get(d or "", "#c8ccd0")
+        key = d or "not_judged"
+        color = DECISION_COLORS.get(key, DECISION_COLORS["not_judged"])
         parts.append(
             f'<rect x="{left + i * cw:.1f}" y="8" width="{max(1.0, cw - 1):.1f}" height="20" fill="{color}">'
-            f"<title>{_esc(x_labels[i] if i < len(x_labels) else str(i))}: {_esc(d or 'not judged')}</title></rect>"
+            f"<title>{_esc(x_labels[i] if i < len(x_labels) else str(i))}: {_esc(DECISION_LABELS.get(key, key))}</title></rect>"
         )
     x = left + pw + 8
     for name, color in DECISION_COLORS.items():
+        label = DECISION_LABELS[name]
         parts.append(
-            f'<rect x="{x}" y="12" width="10" height="10" fill="{color}"/><text x="{x + 13}" y="21" font-size="10">{name}</text>'
+            f'<rect x="{x}" y="12" width="10" height="10" fill="{color}"/><text x="{x + 13}" y="21" font-size="10">{label}</text>'
         )
-        x += 52
+        x += 18 + 6 * len(label)
     parts.append("</svg>")
     return "".join(parts)

@@ -101,6 +101,28 @@ PLATFORM_SLOS: tuple[SLOSpec, ...] = (
             "If traffic is low by nature, lengthen the monitor's window so each holds enough rows.",
         ),
     ),
+    DriftSLO(
+        name="model-drift-quality",
+        objective=0.95,
+        description=(
+            "Time during which a model's latest drift window had no data-quality error (decision not"
+            " `error`: no missing profiled column, no changed column kind, no column without values,"
+            " no null-rate jump)."
+        ),
+        gauge=metric_name("drift", DriftMetrics.DECISION),
+        matchers=f'decision="{DriftMetrics.ERROR}"',
+        max_score=0.0,
+        group_by=("model",),
+        diagnose=(
+            "Read `keel_drift_quality_violations_total` by `check` and the latest report's errors:"
+            " which column is missing, changed kind or lost its values.",
+            "Compare the upstream schema with the reference profile's columns (`keel drift check --json -`).",
+        ),
+        mitigate=(
+            "Fix the upstream pipeline that broke the column; the gate stays closed until it does.",
+            "If the schema changed on purpose, build a new reference profile and restart the monitor.",
+        ),
+    ),
 )
 
 # The serving app is planned; its SLOs are specified here and rendered once it emits them.

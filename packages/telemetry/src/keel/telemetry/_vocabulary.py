@@ -229,7 +229,8 @@ class DriftMetrics:
     carries `model`.
 
     - `decision{model, decision}`: 1 for the latest window's decision, else 0;
-      `decision` is `none`, `warn`, `drift` or `not_judged` (a window the policy
+      `decision` is `none`, `warn`, `drift`, `error` (a data-quality error) or
+      `not_judged` (a window the policy
       could not judge: too few rows, schema mismatch, no feature compared);
     - `windows_total{model, decision}`: windows evaluated, by decision;
     - `episodes_total{model}`: drift episodes started (one `drift.detected` each);
@@ -261,7 +262,8 @@ class DriftMetrics:
     QUALITY: Final = "quality_violations_total"
     PERFORMANCE: Final = "model_performance"
     MULTIVARIATE_AUC: Final = "multivariate_auc"
-    DECISIONS: Final = ("none", "warn", "drift", "not_judged")
+    DECISIONS: Final = ("none", "warn", "drift", "error", "not_judged")
+    ERROR: Final = "error"
     NOT_JUDGED: Final = "not_judged"
 
     def __init__(self, metrics: ComponentMetrics, *, max_features: int | None = None) -> None:
@@ -269,12 +271,12 @@ class DriftMetrics:
         m = metrics
         self.decision = m.gauge(
             self.DECISION,
-            "1 for the latest window's decision (none, warn, drift, not_judged), else 0.",
+            "1 for the latest window's decision (none, warn, drift, error, not_judged), else 0.",
             labels=("model", "decision"),
         )
         self.windows = m.counter(
             self.WINDOWS,
-            "Drift monitoring windows evaluated, by decision (none, warn, drift, not_judged).",
+            "Drift monitoring windows evaluated, by decision (none, warn, drift, error, not_judged).",
             labels=("model", "decision"),
         )
         self.episodes = m.counter(
