@@ -337,3 +337,25 @@ def test_idempotent_sink_applies_each_event_once_across_redelivery(make_bus: Any
     assert c.info().ack_pending == 0
     with pytest.raises(InvalidConfigError, match="redelivery horizon"):
         IdempotentSink(tmp_path / "s2.db", "sinker", window_s=5).apply(c, first, effect)
+
+
+def test_restarted_instance_gets_its_in_flight_work_back_first(make_bus: Any) -> None:
+    """A crash leaves a fetched batch unsettled; the same instance, attaching again, gets it
+    back at once and before newer events (no ack-wait delay, so no reordering)."""
+    bus, s = make_bus(), make_bus.stream()
+    bus.publish_batch(s, [ev(i) for i in range(6)])
+    crashed = bus.consumer(s, "w", ack_wait_s=30.0, instance="w-0")
+    assert crashed.reclaimed == 0
+    lost = crashed.fetch(3, timeout_s=2.0)
+    assert [d.seq for d in lost] == [1, 2, 3]  # the process "dies" here, nothing settled
+    bus.publish_batch(s, [ev(i) for i in range(6, 8)])
+    restarted = bus.consumer(s, "w", ack_wait_s=30.0, instance="w-0")
+    assert restarted.reclaimed == 3
+    got: list[Delivery] = []
+    t0 = time.monotonic()
+    while len(got) < 8 and time.monotonic() - t0 < 10:
+        ds = restarted.fetch(10, timeout_s=0.5)
+        restarted.ack_all(ds)
+        got.extend(ds)
+    assert [d.seq for d in got] == list(range(1, 9))
+    assert restarted.info().ack_pending == 0

@@ -137,10 +137,15 @@ class Consumer(abc.ABC):
     """A durable named consumer of one stream. Several processes (or threads, each with its own
     Consumer object) using the same durable name share the work: each event goes to one of them."""
 
-    def __init__(self, stream: str, durable: str, config: ConsumerConfig) -> None:
+    def __init__(
+        self, stream: str, durable: str, config: ConsumerConfig, instance: str = ""
+    ) -> None:
         self.stream = stream
         self.durable = durable
         self.config = config
+        self.instance = instance
+        #: In-flight events of a crashed earlier run of `instance` handed back at attach.
+        self.reclaimed = 0
 
     @abc.abstractmethod
     def fetch(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[Delivery]:
@@ -197,11 +202,17 @@ class Bus(abc.ABC):
         backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0),
         start: StartPosition | None = None,
         schemas: object = None,
+        instance: str | None = None,
     ) -> Consumer:
         """Create (idempotently) or attach to the durable consumer `durable` of `stream`.
 
         `start` applies only when the consumer is created. `schemas` (a SchemaRegistry)
         routes unknown schema versions / mismatching payloads to the dead-letter queue.
+        `instance` names this process among those sharing the durable (stable across its
+        restarts, unique among live ones): attaching hands the instance's own in-flight
+        deliveries — left unsettled by a crash — back to it at once, ahead of newer events,
+        instead of after their ack wait (`Consumer.reclaimed` says how many). A restarted
+        single consumer thus sees events in the order an uninterrupted one would.
         ConflictError if the durable exists with a different ack wait.
         """
 

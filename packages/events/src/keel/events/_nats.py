@@ -86,6 +86,7 @@ _H_REASON = "Keel-Dlq-Reason"
 _H_DELIVERIES = "Keel-Dlq-Deliveries"
 _H_EVENT_ID = "Keel-Dlq-Event-Id"
 _H_TIME = "Keel-Dlq-Time"
+_MAX_RECLAIM_SPAN = 200_000  # stream sequences scanned by a reclaim
 
 
 @dataclass(frozen=True)
@@ -354,6 +355,7 @@ class NatsBus(Bus):
         backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0),
         start: StartPosition | None = None,
         schemas: object = None,
+        instance: str | None = None,
     ) -> NatsConsumer:
         config = consumer_config(
             stream,
@@ -365,14 +367,42 @@ class NatsBus(Bus):
             schemas=schemas,
         )
         sub = self._run(self._aconsumer(stream, durable, config), f"creating consumer {durable}")
-        return NatsConsumer(
+        consumer = NatsConsumer(
             self,
             stream,
             durable,
             config,
             sub,
             schemas if isinstance(schemas, SchemaRegistry) else None,
+            instance or "",
         )
+        if instance:
+            consumer.reclaimed = self._run(
+                self._areclaim(stream, durable), f"reclaiming in-flight work of {durable}"
+            )
+        return consumer
+
+    async def _areclaim(self, stream: str, durable: str) -> int:
+        """Nak every pending delivery of `durable` so the server redelivers it now.
+
+        JetStream does not say which client holds a delivery, so this hands back all of the
+        durable's in-flight work (use `instance` with one live process per durable on NATS).
+        The nak goes to the ack subject the server would have given each delivery
+        (`$JS.ACK.<stream>.<durable>.<n>.<stream seq>.<consumer seq>.<ts>.<pending>`): the
+        server checks the stream sequence is pending and the consumer sequence is in range,
+        so the latest delivered consumer sequence stands for all of them."""
+        info = await self._js.consumer_info(stream, durable)
+        if not info.num_ack_pending:
+            return 0
+        lo = int(info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+        hi = int(info.delivered.stream_seq if info.delivered else 0)
+        dseq = int(info.delivered.consumer_seq if info.delivered else 0)
+        if hi - lo >= _MAX_RECLAIM_SPAN:
+            return 0  # a very old pending delivery: leave it to the ack wait
+        for sseq in range(lo, hi + 1):
+            await self._nc.publish(f"$JS.ACK.{stream}.{durable}.1.{sseq}.{dseq}.0.0", b"-NAK")
+        await self._nc.flush(timeout=int(self.options.request_timeout_s))
+        return int(info.num_ack_pending)
 
     async def _aconsumer(self, stream: str, durable: str, config: ConsumerConfig) -> Any:
         await self._ensure_stream(stream)
@@ -557,8 +587,9 @@ class NatsConsumer(Consumer):
         config: ConsumerConfig,
         sub: Any,
         schemas: SchemaRegistry | None,
+        instance: str = "",
     ) -> None:
-        super().__init__(stream, durable, config)
+        super().__init__(stream, durable, config, instance)
         self._bus = bus
         self._sub = sub
         self._schemas = schemas
