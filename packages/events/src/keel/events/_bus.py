@@ -275,6 +275,23 @@ def check_publishable(events: Sequence[object], schemas: object) -> None:
             check(ev)
 
 
+#: The largest encoded event either backend stores (NATS' default max_payload is 1 MiB; the
+#: rest is headroom for headers). The same on both backends, so code tested on the embedded
+#: bus does not fail on NATS.
+DEFAULT_MAX_EVENT_BYTES = 1_000_000
+
+
+def check_sizes(sizes: Sequence[int], ids: Sequence[str], limit: int) -> None:
+    """InvalidEventError naming the event and the limit if an encoded event is too large."""
+    if sizes and max(sizes) > limit:
+        i = next(i for i, n in enumerate(sizes) if n > limit)
+        raise InvalidEventError(
+            f"event {ids[i][:64]!r} is {sizes[i]} bytes encoded, over the bus's payload limit "
+            f"of {limit} bytes (max_event_bytes): store large data elsewhere and publish a "
+            "reference to it"
+        )
+
+
 _DUPLICATE = attrgetter("duplicate")
 
 

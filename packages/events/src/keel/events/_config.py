@@ -162,3 +162,18 @@ def consumer_config(
         backoff_s=tuple(backoff_s),
         start=start or StartPosition.all(),
     )
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password in it replaced by `***` (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}"))

@@ -50,11 +50,14 @@ from keel.events._bus import (
     Delivery,
     PublishAck,
     StoredEvent,
+    DEFAULT_MAX_EVENT_BYTES,
     StreamInfo,
     check_publishable,
+    check_sizes,
     count_duplicates,
 )
 from keel.events._config import (
+    redact_url,
     DLQ_SUFFIX,
     ConsumerConfig,
     StartPosition,
@@ -86,6 +89,7 @@ _H_REASON = "Keel-Dlq-Reason"
 _H_DELIVERIES = "Keel-Dlq-Deliveries"
 _H_EVENT_ID = "Keel-Dlq-Event-Id"
 _H_TIME = "Keel-Dlq-Time"
+_HEADER_ROOM = 8192  # bytes of a message's max_payload left for headers
 _MAX_RECLAIM_SPAN = 200_000  # stream sequences scanned by a reclaim
 
 
@@ -110,6 +114,7 @@ class NatsOptions:
     connect_timeout_s: float = 5.0
     max_pending_publishes: int = 4000
     name: str = "keel-events"
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
     def __post_init__(self) -> None:
         check_name("subject prefix", self.subject_prefix)
@@ -167,6 +172,15 @@ class _Loop:
             raise UnavailableError(f"NATS call timed out after {timeout_s:.1f}s") from exc
 
     def stop(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self.thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
         if not self.thread.is_alive():
@@ -223,28 +237,53 @@ class NatsBus(Bus):
             assert self.options.monitor_url is not None
             check_sync_always(self.options.monitor_url)
         self._loop = _Loop()
+        self._last_error: BaseException | None = None
         try:
             self._nc = self._run(self._connect(), "connecting", self.options.connect_timeout_s + 5)
-        except BaseException:
+        except BaseException as exc:
             self._loop.stop()
-            raise
+            raise self._connect_error(exc) from None
         self._js = self._nc.jetstream(timeout=self.options.request_timeout_s)
         self._js._publish_async_pending_semaphore = asyncio.Semaphore(  # bounded pipeline
             self.options.max_pending_publishes
         )
 
     async def _connect(self) -> Any:
-        return await nats.connect(
-            self.url,
-            name=self.options.name,
-            connect_timeout=self.options.connect_timeout_s,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            error_cb=_ignore_error,
-            disconnected_cb=_ignore,
-            reconnected_cb=_ignore,
-            closed_cb=_ignore,
+        return await asyncio.wait_for(
+            nats.connect(
+                self.url,
+                name=self.options.name,
+                connect_timeout=self.options.connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                error_cb=self._on_error,
+                disconnected_cb=_ignore,
+                reconnected_cb=_ignore,
+                closed_cb=_ignore,
+            ),
+            self.options.connect_timeout_s,
+        )
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
+
+    def _connect_error(self, exc: BaseException) -> BaseException:
+        """One clear error for a failed first connection: bad credentials or unreachable
+        address, named as such, with the URL's password redacted."""
+        if isinstance(exc, EventsError) and not isinstance(exc, UnavailableError):
+            return exc
+        where = redact_url(self.url)
+        cause = self._last_error or exc.__cause__ or exc
+        text = f"{type(cause).__name__}: {cause}".strip(": ")
+        if "authorization" in text.lower() or "authentication" in text.lower():
+            return UnavailableError(
+                f"NATS at {where} refused the credentials (authorization violation): check "
+                "the user and password in the bus URL"
+            )
+        return UnavailableError(
+            f"cannot reach NATS at {where} within {self.options.connect_timeout_s:g}s "
+            f"({text or 'no answer'}): is the server running and the address right?"
         )
 
     def _run(self, coro: Coroutine[Any, Any, T], what: str, timeout_s: float | None = None) -> T:
@@ -313,7 +352,16 @@ class NatsBus(Bus):
             raise InvalidEventError("publish_raw expects bytes and a non-empty msg_id")
         return self._publish_many(stream, [(msg_id, data)])[0]
 
+    @property
+    def max_event_bytes(self) -> int:
+        """The payload limit: `max_event_bytes`, or less if the server's max_payload (minus
+        headroom for headers) is smaller."""
+        server = int(getattr(self._nc, "max_payload", 0) or 0)
+        limit = self.options.max_event_bytes
+        return min(limit, server - _HEADER_ROOM) if server > _HEADER_ROOM else limit
+
     def _publish_many(self, stream: str, msgs: list[tuple[str, bytes]]) -> list[PublishAck]:
+        check_sizes([len(d) for _, d in msgs], [m for m, _ in msgs], self.max_event_bytes)
         t0 = time.perf_counter()
         acks = self._run(
             self._apublish(stream, self._subject(stream), msgs), f"publishing to {stream}"

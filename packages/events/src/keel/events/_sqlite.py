@@ -48,8 +48,10 @@ from keel.events._bus import (
     Delivery,
     PublishAck,
     StoredEvent,
+    DEFAULT_MAX_EVENT_BYTES,
     StreamInfo,
     check_publishable,
+    check_sizes,
     count_duplicates,
 )
 from keel.events._config import (
@@ -158,8 +160,10 @@ class SQLiteBus(Bus):
         busy_timeout_s: float = 30.0,
         compact_every: int = 100_000,
         poll_interval_s: float = 0.002,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.path = Path(path)
+        self.max_event_bytes = int(max_event_bytes)
         self.url = f"sqlite://{self.path}"
         self._stream_config = stream_config or StreamConfig()
         self._schemas = schemas
@@ -271,6 +275,7 @@ class SQLiteBus(Bus):
         rows = [
             (ev.id, now_us, encode_event(replace(ev, publish_time=publish_time))) for ev in events
         ]
+        check_sizes([len(r[2]) for r in rows], [r[0] for r in rows], self.max_event_bytes)
         with self._lock:
             acks = self._append(stream, rows, now_us)
         self._after_publish(stream, acks, time.perf_counter() - t0)
@@ -280,6 +285,7 @@ class SQLiteBus(Bus):
         check_stream_name(stream)
         if not isinstance(data, bytes) or not isinstance(msg_id, str) or not msg_id:
             raise InvalidEventError("publish_raw expects bytes and a non-empty msg_id")
+        check_sizes([len(data)], [msg_id], self.max_event_bytes)
         t0 = time.perf_counter()
         with self._lock:
             now_us = self._now_us()
