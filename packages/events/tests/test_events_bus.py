@@ -371,3 +371,29 @@ def test_payload_limit_is_the_same_on_both_backends_and_named(make_bus: Any) -> 
         bus.publish_raw(s, b"x" * 1_000_001, "raw-1")
     ok = Event.create(type="t", key="k", event_time=T0, payload=b"x" * 900_000, id="ok-1")
     assert not bus.publish(s, ok).duplicate
+
+
+def test_idempotent_sink_dead_letters_a_poison_event_after_bounded_retries(
+    make_bus: Any, tmp_path
+) -> None:
+    bus, s = make_bus(), make_bus.stream()
+    bus.publish_batch(s, [ev(i) for i in range(5)])
+    c = bus.consumer(s, "sinker", ack_wait_s=1.0, max_deliver=3, backoff_s=(0.05,))
+    sink = IdempotentSink(tmp_path / "sink.db", "sinker", window_s=3600)
+    sink.connection.execute("CREATE TABLE seen (event_id TEXT PRIMARY KEY)")
+
+    def effect(conn: sqlite3.Connection, e: Event) -> None:
+        if e.json()["i"] == 2:
+            raise ValueError("score 'high' is not a number")
+        conn.execute("INSERT INTO seen VALUES (?)", (e.id,))
+
+    for _ in range(30):
+        sink.run_once(c, effect, timeout_s=0.3)
+        if bus.dead_letters(s):
+            break
+    (dead,) = bus.dead_letters(s)
+    assert dead.event_id == "evt-2" and dead.deliveries == 3
+    assert "failed 3 times: ValueError: score 'high' is not a number" in dead.reason
+    rows = sink.connection.execute("SELECT event_id FROM seen ORDER BY 1").fetchall()
+    assert [r[0] for r in rows] == ["evt-0", "evt-1", "evt-3", "evt-4"]
+    assert c.info().ack_pending == 0
