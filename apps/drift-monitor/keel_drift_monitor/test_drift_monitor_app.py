@@ -16,12 +16,13 @@ from keel.events import Event, open_bus
 from keel_drift_monitor.main import (
     DRIFT_TYPE,
     ConfigError,
-    DriftMonitorService,
     MonitorConfig,
-    episode_event_id,
+    build_service,
     load_config,
     run,
 )
+
+from keel.drift import episode_event_id
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -71,7 +72,7 @@ def test_one_drift_event_per_episode(tmp_path: Path, profile_path: Path) -> None
         poll_timeout_s=0.05,
         batch_size=500,
     )
-    svc = DriftMonitorService(cfg, bus)
+    svc = build_service(cfg, bus)
     windows = []
     for _ in range(20):
         windows += svc.step()
@@ -93,7 +94,7 @@ def test_one_drift_event_per_episode(tmp_path: Path, profile_path: Path) -> None
     assert [e.type for e in drift_events] == [DRIFT_TYPE]
     body = drift_events[0].json()
     assert body["model"] == "fraud" and "amount" in body["drifted"]
-    assert drift_events[0].id == episode_event_id("fraud", "2026-03-01T04:00:00Z")
+    assert drift_events[0].id == episode_event_id("fraud", datetime(2026, 3, 1, 4, tzinfo=UTC))
     text = svc.metrics.metrics.exposition().decode()
     assert "keel_drift_episodes_total 1.0" in text
     assert 'keel_drift_decision{decision="drift"} 1.0' in text

@@ -44,6 +44,20 @@ from keel.drift._profile import (
     build_profile,
 )
 from keel.drift._report import REPORT_FORMAT, REPORT_VERSION, DriftReport, ReportWindow
+from keel.drift._service import (
+    DRIFT_DETECTED,
+    LABEL_TYPE,
+    PREDICTION_TYPE,
+    DeliveryLike,
+    DriftDetected,
+    DriftMonitorService,
+    EventLike,
+    MemoryMonitorStore,
+    MonitorConsumer,
+    MonitorStore,
+    SQLiteMonitorStore,
+    episode_event_id,
+)
 from keel.drift._sketch import QuantileSketch
 from keel.drift._stats import (
     chi2_homogeneity,
@@ -55,6 +69,18 @@ from keel.drift._stats import (
 )
 
 __all__ = [
+    "DRIFT_DETECTED",
+    "LABEL_TYPE",
+    "PREDICTION_TYPE",
+    "DeliveryLike",
+    "DriftDetected",
+    "DriftMonitorService",
+    "EventLike",
+    "MemoryMonitorStore",
+    "MonitorConsumer",
+    "MonitorStore",
+    "SQLiteMonitorStore",
+    "episode_event_id",
     "METHODS",
     "OTHER_CATEGORY",
     "PROFILE_FORMAT",
