@@ -140,3 +140,89 @@ def test_config_is_validated(tmp_path: Path, profile_path: Path) -> None:
         load_config({"KEEL_DRIFT_CONFIG": str(toml)})
     with pytest.raises(ConfigError, match="field required|Field required"):
         load_config({})
+
+
+def test_poison_events_are_dead_lettered_and_the_good_ones_applied(
+    tmp_path: Path, profile_path: Path
+) -> None:
+    bus = open_bus(f"sqlite://{tmp_path / 'events.db'}")
+    rng = np.random.default_rng(4)
+    good = predictions(rng, hours=1, drift_from=9, per_hour=50)
+
+    def pred(i: str, payload: object, t: datetime = T0) -> Event:
+        raw = payload if isinstance(payload, bytes) else None
+        return Event.create(
+            type="prediction.made",
+            key="k",
+            event_time=t,
+            id=i,
+            payload=raw if raw is not None else payload,
+        )
+
+    poison = [
+        pred("p-score", {"features": {"amount": 1.0}, "score": "high"}),
+        pred("p-list", [1, 2, 3]),
+        pred("p-utf8", b'{"features": {"merchant": "\xff\xfe"}}'),
+        pred("p-type", {"features": {"amount": "12.5"}}),
+        pred("p-nested", {"features": {"amount": {"x": 1}}}),
+        pred("p-future", {"features": {"amount": 1.0}}, datetime(2999, 1, 1, tzinfo=UTC)),
+        pred("p-notjson", b"{nope"),
+    ]
+    bus.publish_batch("predictions", good[:25] + poison + good[25:])
+    cfg = MonitorConfig(profile=profile_path, min_samples=10, poll_timeout_s=0.05)
+    svc = build_service(cfg, bus)
+    _drain(svc)
+    windows = svc.flush()
+    assert sum(w.result.n_rows for w in windows) == 50  # every good event applied
+    dead = {d.event_id: d.reason for d in bus.dead_letters("predictions")}
+    assert set(dead) == {e.id for e in poison}
+    assert "score must be a probability" in dead["p-score"]
+    assert "future" in dead["p-future"]
+    assert svc.consumer.info().ack_pending == 0  # type: ignore[attr-defined]
+    bus.close()
+
+
+def test_a_restart_resumes_exactly_from_the_committed_state(
+    tmp_path: Path, profile_path: Path
+) -> None:
+    from keel.drift import SQLiteMonitorStore
+
+    rng = np.random.default_rng(8)
+    events = predictions(rng, hours=6, drift_from=3, per_hour=300)
+
+    def run_once(home: Path, crash_every: int | None) -> list[dict]:
+        bus = open_bus(f"sqlite://{home / 'events.db'}")
+        bus.publish_batch("predictions", events)
+        cfg = MonitorConfig(
+            profile=profile_path, min_samples=50, poll_timeout_s=0.05, batch_size=170
+        )
+        store = SQLiteMonitorStore(home / "state.db")
+        svc, steps = build_service(cfg, bus, store, instance="m-0"), 0
+        while True:
+            steps += 1
+            if crash_every and steps % crash_every == 0:  # fetched, never committed: SIGKILL
+                svc.consumer.fetch(170, 0.05)
+                svc = build_service(cfg, bus, store, instance="m-0")
+                continue
+            svc.step()
+            if _done(svc):
+                break
+        svc.flush()
+        out = store.windows()
+        bus.close()
+        return out
+
+    clean = run_once(tmp_path / "a", None)
+    assert len(clean) == 6
+    assert run_once(tmp_path / "b", 3) == clean
+
+
+def _done(svc) -> bool:  # type: ignore[no-untyped-def]
+    info = svc.consumer.info()
+    return info.lag == 0 and info.ack_pending == 0
+
+
+def _drain(svc) -> None:  # type: ignore[no-untyped-def]
+    svc.step()
+    while not _done(svc):
+        svc.step()
