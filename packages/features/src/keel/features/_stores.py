@@ -8,6 +8,7 @@ values plus their event time so callers can compute freshness.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -276,11 +277,16 @@ class OfflineStore:
                 tmp.replace(path)  # readers never see a half-written file
                 tmp = None
                 paths.append(path)
-        except OSError as exc:
+        except (OSError, pl.exceptions.ComputeError) as exc:
+            # Polars reports I/O failures (disk full, file size limit) as ComputeError.
+            if isinstance(exc, pl.exceptions.ComputeError) and "IO error" not in str(exc):
+                raise
             if tmp is not None:
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+            reason = getattr(exc, "strerror", None) or str(exc).rsplit("IO error: ", 1)[-1]
             raise UnavailableError(
-                f"offline write to {self.root / dataset} failed: {exc.strerror or exc}"
+                f"offline write to {self.root / dataset} failed: {reason}"
             ) from exc
         return paths
 
