@@ -110,6 +110,7 @@ def _run(cfg: WorkerConfig) -> int:
     from keel.events import open_bus
     from keel.features import (
         EventSource,
+        FeaturesError,
         FeatureWorker,
         OfflineStore,
         SQLiteStateStore,
@@ -120,7 +121,11 @@ def _run(cfg: WorkerConfig) -> int:
 
     configure_logging()
     log = get_logger("keel.feature_worker")
-    views = load_registry(cfg.definitions).views()
+    try:
+        views = load_registry(cfg.definitions).views()
+    except FeaturesError as exc:  # a configuration error: the definitions do not load
+        print(f"feature-worker: {one_line(exc)}", file=sys.stderr)
+        return 2
     streams = {v.source.stream for v in views if isinstance(v.source, EventSource)}
     stream = cfg.stream or (streams.pop() if len(streams) == 1 else None)
     if stream is None:
