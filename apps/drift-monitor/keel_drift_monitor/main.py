@@ -47,7 +47,7 @@ from keel.drift import (
     SQLiteMonitorStore,
     WindowConfig,
 )
-from keel.events import Bus, Delivery, Event, EventsError, open_bus
+from keel.events import Bus, Delivery, Event, EventsError, UnavailableError, open_bus
 from keel.telemetry import TelemetryError, get_logger, start_metrics_server
 
 log = get_logger("keel.drift_monitor")
@@ -176,6 +176,7 @@ def build_service(
         metrics=DriftMetrics(policy=policy),
         batch_size=config.batch_size,
         poll_timeout_s=config.poll_timeout_s,
+        transient=(UnavailableError,),
     )
 
 
@@ -194,7 +195,12 @@ def run(
         except TelemetryError as exc:
             raise DriftError(f"{exc} (set KEEL_DRIFT_METRICS_PORT)") from exc
         log.info(
-            "drift-monitor started", extra={"stream": config.stream, "metrics_port": server.port}
+            "drift-monitor started",
+            extra={
+                "stream": config.stream,
+                "metrics_port": server.port,
+                "reclaimed": getattr(service.consumer, "reclaimed", 0),
+            },
         )
         if on_start is not None:
             on_start(server.port)

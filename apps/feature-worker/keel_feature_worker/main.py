@@ -164,7 +164,12 @@ def _run(cfg: WorkerConfig) -> int:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         log.info(
             "feature-worker started",
-            extra={"stream": stream, "views": [v.name for v in views], "metrics_port": server.port},
+            extra={
+                "stream": stream,
+                "views": [v.name for v in views],
+                "metrics_port": server.port,
+                "reclaimed": getattr(worker.consumer, "reclaimed", 0),
+            },
         )
         worker.run(stop)
         log.info(

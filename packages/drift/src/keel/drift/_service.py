@@ -307,6 +307,7 @@ class DriftMonitorService(Generic[D]):
         batch_size: int = 1000,
         poll_timeout_s: float = 1.0,
         max_future: timedelta = timedelta(hours=1),
+        transient: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.profile = profile
         self.policy = policy or DriftPolicy()
@@ -320,6 +321,7 @@ class DriftMonitorService(Generic[D]):
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
         self.max_future = max_future
+        self.transient = transient  # bus errors that mean "retry later" (broker restarting)
         self.monitor = StreamingMonitor(profile, self.window, policy=self.policy)
         snap = self.store.load("monitor")
         if snap:
@@ -337,7 +339,11 @@ class DriftMonitorService(Generic[D]):
 
     # -- one batch ----------------------------------------------------------------------
     def step(self) -> list[ReportWindow]:
-        ds = self.consumer.fetch(max_messages=self.batch_size, timeout_s=self.poll_timeout_s)
+        try:
+            ds = self.consumer.fetch(max_messages=self.batch_size, timeout_s=self.poll_timeout_s)
+        except self.transient:
+            threading.Event().wait(self.poll_timeout_s)
+            return []
         if not ds:
             return []
         return self.apply(ds)
@@ -392,15 +398,18 @@ class DriftMonitorService(Generic[D]):
         progress = json.dumps({"seq": hwm, "dead": carry}).encode()
         self.store.commit({"monitor": self.monitor.snapshot(), "progress": progress}, windows)
         self._hwm = hwm
-        ok = [d for d in deliveries if d.event.id not in dead]
-        if ok:
-            self.consumer.ack_all(ok)
-        for d in deliveries:
-            reason = dead.get(d.event.id)
-            if reason is not None:
-                d.term(reason)
-                self._carry.pop(d.event.id, None)
-                self.dead_letters += 1
+        try:  # committed: a failed settlement only means redeliveries, absorbed by seq
+            ok = [d for d in deliveries if d.event.id not in dead]
+            if ok:
+                self.consumer.ack_all(ok)
+            for d in deliveries:
+                reason = dead.get(d.event.id)
+                if reason is not None:
+                    d.term(reason)
+                    self._carry.pop(d.event.id, None)
+                    self.dead_letters += 1
+        except self.transient:
+            pass
         return windows
 
     def _parse(self, ev: EventLike) -> tuple[str, dict[str, Any]]:

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import polars as pl
 
 from keel.events import ConsumerInfo, Delivery, Event
+from keel.events import UnavailableError as EventsUnavailableError
 from keel.features._definitions import EventSource, FeatureView
 from keel.features._errors import InvalidDefinitionError, UnavailableError
 from keel.features._stores import MemoryStateStore, OfflineStore, OnlineStore, StateStore
@@ -208,9 +209,14 @@ class FeatureWorker:
     # -- one batch ------------------------------------------------------------------
     def step(self) -> int:
         """Fetch and process one batch; flush (offline log + snapshot + settle) when due."""
-        deliveries = self.consumer.fetch(
-            max_messages=self.batch_size, timeout_s=self.fetch_timeout_s
-        )
+        try:
+            deliveries = self.consumer.fetch(
+                max_messages=self.batch_size, timeout_s=self.fetch_timeout_s
+            )
+        except EventsUnavailableError as exc:  # broker restarting: nothing is lost, wait
+            _log.warning("event bus unavailable, retrying", extra={"error": _short(str(exc))})
+            time.sleep(self.fetch_timeout_s)
+            deliveries = []
         if deliveries:
             self._process(deliveries)
         if self._pending and (
@@ -359,16 +365,19 @@ class FeatureWorker:
         self.state.save_many(items)
         self._flush_no += 1
         self.stats.flushes += 1
-        # -- committed: settle ------------------------------------------------------------
-        ok = [d for d in self._pending if d.event.id not in carry]
-        if ok:
-            self.consumer.ack_all(ok)
-        for d in self._pending:
-            reason = carry.get(d.event.id)
-            if reason is not None:
-                d.term(reason)
-                self._carry.pop(d.event.id, None)
-        self._pending, self._dead, self._log_rows = [], {}, []
+        # -- committed: settle (if the bus is away, redeliveries are absorbed later) -------
+        pending, self._pending, self._dead, self._log_rows = self._pending, [], {}, []
+        try:
+            ok = [d for d in pending if d.event.id not in carry]
+            if ok:
+                self.consumer.ack_all(ok)
+            for d in pending:
+                reason = carry.get(d.event.id)
+                if reason is not None:
+                    d.term(reason)
+                    self._carry.pop(d.event.id, None)
+        except EventsUnavailableError as exc:
+            _log.warning("settling failed; redeliveries will be skipped", extra={"error": str(exc)})
         self._first_pending = None
 
     def _observe(self) -> None:
