@@ -52,6 +52,7 @@ _log = logging.getLogger("keel.features.worker")
 #: Dead-letter reasons the worker reports (metric label values, all initialised to 0).
 DEAD_REASONS = ("invalid", "late", "future", "failed")
 _MAX_DETAIL = 200  # characters of an error message kept in a dead-letter reason
+_REMEMBERED_FLUSHES = 8  # the ids of this many recent commits are remembered
 
 EVENT_LOG_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),
@@ -183,6 +184,9 @@ class FeatureWorker:
         self._flush_no = int(record.get("flushes", 0))
         #: Dead letters committed but perhaps not settled before a crash: event id -> reason.
         self._carry: dict[str, str] = dict(record.get("dead", {}))
+        #: Ids applied by the last few commits (id -> flush number): a redelivery of one is
+        #: skipped whatever the engines' id memory has pruned since.
+        self._committed: dict[str, int] = dict(record.get("done", {}))
         if self.offline is not None:  # parts a crash left between write and commit
             for t in sorted(self._types):
                 self.offline.discard(event_log_dataset(t), self._part_name())
@@ -245,6 +249,7 @@ class FeatureWorker:
         """Apply one batch to every view; record its log rows and dead letters. Raises before
         recording anything if a view fails (the engines may then hold part of the batch)."""
         events = [d.event for d in deliveries]
+        redelivered = {e.id for e in events if e.id in self._committed or e.id in self._carry}
         dead: dict[str, str] = {}
         fresh: dict[str, Event] = {}  # first sight of an event id: it goes to the offline log
         counts: list[tuple[str, int, int, list[str]]] = []
@@ -252,7 +257,9 @@ class FeatureWorker:
         newest: dict[str, datetime] = {}
         for view in self.views:
             assert isinstance(view.source, EventSource)
-            mine = [e for e in events if e.type == view.source.event_type]
+            mine = [
+                e for e in events if e.type == view.source.event_type and e.id not in redelivered
+            ]
             if not mine:
                 continue
             eng = self.engines[view.name]
@@ -286,6 +293,7 @@ class FeatureWorker:
                 dead.setdefault(d.event.id, reason)
         self._dead.update(dead)
         self.stats.deliveries += len(events)
+        self.stats.duplicates += len(redelivered)
         self.stats.ignored += sum(1 for e in events if e.type not in self._types)
         self.stats.online_writes += writes
         for name, t in newest.items():
@@ -358,11 +366,15 @@ class FeatureWorker:
                     name=self._part_name(),
                 )
         carry = {**self._carry, **self._dead}
+        keep_from = self._flush_no - _REMEMBERED_FLUSHES
+        done = {i: n for i, n in self._committed.items() if n > keep_from}
+        done.update((d.event.id, self._flush_no) for d in self._pending if d.event.id not in carry)
         items = {namespace(v): self.engines[v.name].snapshot() for v in self.views}
         items[self._record_key] = json.dumps(
-            {"flushes": self._flush_no + 1, "dead": carry}
+            {"flushes": self._flush_no + 1, "dead": carry, "done": done}
         ).encode()
         self.state.save_many(items)
+        self._committed = done
         self._flush_no += 1
         self.stats.flushes += 1
         # -- committed: settle (if the bus is away, redeliveries are absorbed later) -------
