@@ -311,33 +311,36 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
             },
             logs,
         )
-    done = threading.Event()
     kills = {"fw-chaos": 0, "dm-chaos": 0, "broker": 0}
 
-    def chaos() -> None:
-        """SIGKILL each chaos consumer KILLS times, each at a random point after it started
-        consuming; restart it at once. On NATS, kill and restart the broker once midway."""
-        order = ["fw-chaos", "dm-chaos"] * KILLS
-        rng.shuffle(order)
-        for n, victim in enumerate(order):
-            app = apps[victim]
+    def chaos(victim: str, seed: int) -> None:
+        """SIGKILL ``victim`` KILLS times, each at a random point after it started consuming,
+        and restart it at once. On NATS the feature-worker's thread also kills and restarts
+        the broker once, midway."""
+        r = random.Random(seed)
+        app = apps[victim]
+        for n in range(KILLS):
             deadline = time.monotonic() + 60
             while not app.started() and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(rng.uniform(0.05, 1.0))
+            time.sleep(r.uniform(0.05, 1.0))
             app.kill()
             kills[victim] += 1
-            if broker is not None and n == len(order) // 2:
+            if broker is not None and victim == "fw-chaos" and n == KILLS // 2:
                 broker.kill()
                 kills["broker"] += 1
                 time.sleep(0.5)
                 broker.start()
             app.start()
-        done.set()
 
     publisher_bus = open_bus(bus_url)
-    chaos_thread = threading.Thread(target=chaos, daemon=True)
-    chaos_thread.start()
+    t0 = time.monotonic()
+    threads = [
+        threading.Thread(target=chaos, args=(v, rng.randrange(1 << 30)), daemon=True)
+        for v in ("fw-chaos", "dm-chaos")
+    ]
+    for th in threads:
+        th.start()
     try:
         step_t, step_p = N_TXN // CHUNKS, N_PRED // CHUNKS
         for c in range(CHUNKS):
@@ -356,8 +359,11 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
             time.sleep(0.4)
     finally:
         publisher_bus.close()
-    chaos_thread.join(180)
-    assert done.is_set(), "the chaos thread did not finish"
+    t_published = time.monotonic() - t0
+    for th in threads:
+        th.join(180)
+        assert not th.is_alive(), "a chaos thread did not finish"
+    t_chaos = time.monotonic() - t0
     for a in apps.values():
         a.ensure_running()
     durables = [
@@ -371,6 +377,7 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
         for a in apps.values():
             a.ensure_running()
         time.sleep(0.5)
+    t_settled = time.monotonic() - t0
     for a in apps.values():
         a.stop()
     clean = _results(tmp_path / "clean", bus_url)
@@ -378,9 +385,15 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
     reclaimed = apps["fw-chaos"].reclaimed() + apps["dm-chaos"].reclaimed()
     print(
         f"\nchaos[{bus_url.split(':')[0]}]: kills={kills} reclaimed(redeliveries absorbed)="
-        f"{reclaimed} results={clean}"
+        f"{reclaimed} published/chaos/settled at {t_published:.0f}/{t_chaos:.0f}/{t_settled:.0f}s "
+        f"results={clean}"
     )
     assert kills["fw-chaos"] == kills["dm-chaos"] == KILLS
     assert kills["broker"] == (broker is not None)
     assert json.loads(clean["sizes"])[2] >= 5  # windows closed
+    if chaotic != clean:  # say what differs before failing
+        for f in sorted(logs.glob("*.log")):
+            lines = f.read_text(errors="replace").splitlines()
+            odd = [ln for ln in lines if "WARN" in ln or "ERROR" in ln or "Traceback" in ln]
+            print(f.name, len(lines), odd[:3], lines[-1:] if odd else "")
     assert chaotic == clean

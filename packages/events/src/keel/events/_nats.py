@@ -425,12 +425,12 @@ class NatsBus(Bus):
             instance or "",
         )
         if instance:
-            consumer.reclaimed = self._run(
+            consumer.reclaimed, consumer._reclaim_hi = self._run(
                 self._areclaim(stream, durable), f"reclaiming in-flight work of {durable}"
             )
         return consumer
 
-    async def _areclaim(self, stream: str, durable: str) -> int:
+    async def _areclaim(self, stream: str, durable: str) -> tuple[int, int]:
         """Nak every pending delivery of `durable` so the server redelivers it now.
 
         JetStream does not say which client holds a delivery, so this hands back all of the
@@ -438,19 +438,20 @@ class NatsBus(Bus):
         The nak goes to the ack subject the server would have given each delivery
         (`$JS.ACK.<stream>.<durable>.<n>.<stream seq>.<consumer seq>.<ts>.<pending>`): the
         server checks the stream sequence is pending and the consumer sequence is in range,
-        so the latest delivered consumer sequence stands for all of them."""
+        so the latest delivered consumer sequence stands for all of them. Returns (how many,
+        the highest stream sequence among them)."""
         info = await self._js.consumer_info(stream, durable)
         if not info.num_ack_pending:
-            return 0
+            return 0, 0
         lo = int(info.ack_floor.stream_seq if info.ack_floor else 0) + 1
         hi = int(info.delivered.stream_seq if info.delivered else 0)
         dseq = int(info.delivered.consumer_seq if info.delivered else 0)
         if hi - lo >= _MAX_RECLAIM_SPAN:
-            return 0  # a very old pending delivery: leave it to the ack wait
+            return 0, 0  # a very old pending delivery: leave it to the ack wait
         for sseq in range(lo, hi + 1):
             await self._nc.publish(f"$JS.ACK.{stream}.{durable}.1.{sseq}.{dseq}.0.0", b"-NAK")
         await self._nc.flush(timeout=int(self.options.request_timeout_s))
-        return int(info.num_ack_pending)
+        return int(info.num_ack_pending), hi
 
     async def _aconsumer(self, stream: str, durable: str, config: ConsumerConfig) -> Any:
         await self._ensure_stream(stream)
@@ -641,10 +642,35 @@ class NatsConsumer(Consumer):
         self._bus = bus
         self._sub = sub
         self._schemas = schemas
+        self._reclaim_hi = 0  # > 0: handed-back deliveries up to this sequence not yet fetched
+        self._buffer: list[Delivery] = []
 
     def fetch(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[Delivery]:
         if max_messages < 1:
             raise InvalidConfigError(f"max_messages must be >= 1, got {max_messages}")
+        if self._reclaim_hi:
+            self._collect_reclaimed()
+        if self._buffer:
+            out, self._buffer = self._buffer[:max_messages], self._buffer[max_messages:]
+            return out
+        return self._fetch(max_messages, timeout_s)
+
+    def _collect_reclaimed(self) -> None:
+        """Pull the handed-back deliveries and order them by sequence: the server redelivers
+        naked messages in the order they were naked, which after two crashes in a row need
+        not be the stream's order."""
+        hi, self._reclaim_hi = self._reclaim_hi, 0
+        deadline = time.monotonic() + max(5.0, self.config.ack_wait_s / 4)
+        got: list[Delivery] = []
+        while time.monotonic() < deadline:
+            batch = self._fetch(1000, 0.5)
+            got.extend(batch)
+            if not batch or any(d.seq > hi for d in batch):
+                break
+        got.sort(key=lambda d: d.seq)
+        self._buffer.extend(got)
+
+    def _fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
         bus = self._bus
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:

@@ -888,19 +888,20 @@ class SQLiteConsumer(Consumer):
         A first delivery cut short this way does not count as a delivery (the application
         never settled it); a redelivery keeps its count. Returns how many events."""
         stream, durable, now = self.stream, self.durable, self._bus._now_us()
+        # All of them (due already or not) get the same visibility, so they come back in
+        # sequence order — a crashed run may have left some due (reclaimed, never fetched)
+        # and some not (fetched again): ordering those by visibility would reorder events.
+        n = c.execute(
+            "UPDATE keel_pending SET visible_us=? WHERE stream=? AND durable=? AND owner=?",
+            (now, stream, durable, self.instance),
+        ).rowcount
         leases = c.execute(
             "SELECT lo, hi FROM keel_leases WHERE stream=? AND durable=? AND owner=?",
             (stream, durable, self.instance),
         ).fetchall()
-        n = 0
         for lo, hi in leases:
             self._split_lease(c, (int(lo), int(hi)), visible_us=now, deliveries=0)
             n += int(hi) - int(lo) + 1
-        n += c.execute(
-            "UPDATE keel_pending SET visible_us=? WHERE stream=? AND durable=? AND owner=? "
-            "AND visible_us > ?",
-            (now, stream, durable, self.instance, now),
-        ).rowcount
         return n
 
     def _validate(
