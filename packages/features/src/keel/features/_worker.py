@@ -192,6 +192,7 @@ class FeatureWorker:
                 self.offline.discard(event_log_dataset(t), self._part_name())
         self.stats = WorkerStats()
         self._pending: list[Delivery] = []
+        self._unsettled: list[tuple[Delivery, str | None]] = []  # committed, settle failed
         self._dead: dict[str, str] = {}  # event id -> reason, settled at the next flush
         self._log_rows: list[dict[str, Any]] = []
         self._first_pending: float | None = None
@@ -228,6 +229,8 @@ class FeatureWorker:
             and self._mono() - self._first_pending >= self.flush_interval_s
         ):
             self.flush()
+        elif self._unsettled and not self._pending:
+            self._settle(self._unsettled)
         self._observe()
         return len(deliveries)
 
@@ -353,6 +356,8 @@ class FeatureWorker:
         """Commit pending work, then settle it: offline log part(s), then the views' snapshots
         and the worker record in one state transaction, then acks and dead letters."""
         if not self._pending:
+            if self._unsettled:
+                self._settle(self._unsettled)
             return
         if self.offline is not None and self._log_rows:
             log = pl.DataFrame(self._log_rows, schema=EVENT_LOG_SCHEMA).filter(
@@ -377,19 +382,26 @@ class FeatureWorker:
         self._committed = done
         self._flush_no += 1
         self.stats.flushes += 1
-        # -- committed: settle (if the bus is away, redeliveries are absorbed later) -------
-        pending, self._pending, self._dead, self._log_rows = self._pending, [], {}, []
+        # -- committed: settle (if the bus is away, retried at the next flush) ------------
+        settle = self._unsettled + [(d, carry.get(d.event.id)) for d in self._pending]
+        self._pending, self._dead, self._log_rows = [], {}, []
+        self._settle(settle)
+
+    def _settle(self, items: list[tuple[Delivery, str | None]]) -> None:
+        """Ack the committed deliveries, dead-letter the refused ones (both idempotent); if
+        the bus is unavailable keep them to retry (before their ack wait runs out)."""
         try:
-            ok = [d for d in pending if d.event.id not in carry]
+            ok = [d for d, reason in items if reason is None]
             if ok:
                 self.consumer.ack_all(ok)
-            for d in pending:
-                reason = carry.get(d.event.id)
+            for d, reason in items:
                 if reason is not None:
                     d.term(reason)
                     self._carry.pop(d.event.id, None)
+            self._unsettled = []
         except EventsUnavailableError as exc:
-            _log.warning("settling failed; redeliveries will be skipped", extra={"error": str(exc)})
+            self._unsettled = items
+            _log.warning("settling failed; will retry", extra={"error": _short(str(exc))})
         self._first_pending = None
 
     def _observe(self) -> None:
