@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from keel.drift import build_profile
+from keel.drift import build_profile, episode_event_id
 from keel.events import Event, open_bus
 from keel_drift_monitor.main import (
     DRIFT_TYPE,
@@ -21,8 +21,6 @@ from keel_drift_monitor.main import (
     load_config,
     run,
 )
-
-from keel.drift import episode_event_id
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -222,7 +222,9 @@ def _window_key(w) -> str:  # type: ignore[no-untyped-def]
 
 def test_windows_do_not_depend_on_batch_cuts_and_survive_a_snapshot(profile) -> None:
     rng = np.random.default_rng(5)
-    parts = [records(rng, 900, T0 + timedelta(minutes=50 * h), timedelta(minutes=70)) for h in range(6)]
+    parts = [
+        records(rng, 900, T0 + timedelta(minutes=50 * h), timedelta(minutes=70)) for h in range(6)
+    ]
     data = pl.concat(parts).with_columns(pl.Series("id", [f"r{i}" for i in range(5400)]))
     cfg = WindowConfig(
         size=timedelta(hours=1),

@@ -365,7 +365,9 @@ def test_restarted_instance_gets_its_in_flight_work_back_first(make_bus: Any) ->
 def test_payload_limit_is_the_same_on_both_backends_and_named(make_bus: Any) -> None:
     bus, s = make_bus(), make_bus.stream()
     big = Event.create(type="t", key="k", event_time=T0, payload=b"x" * 10_000_000, id="big-1")
-    with pytest.raises(InvalidEventError, match="'big-1' is .* over the bus's payload limit of 1000000"):
+    with pytest.raises(
+        InvalidEventError, match="'big-1' is .* over the bus's payload limit of 1000000"
+    ):
         bus.publish(s, big)
     with pytest.raises(InvalidEventError, match="payload limit"):
         bus.publish_raw(s, b"x" * 1_000_001, "raw-1")

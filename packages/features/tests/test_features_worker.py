@@ -308,7 +308,11 @@ def test_poison_events_are_dead_lettered_and_the_good_ones_in_the_batch_applied(
     bus.publish(  # invalid UTF-8 in the payload bytes
         "transactions",
         Event.create(
-            type="txn.created", key="a", event_time=T0, payload=b'{"amount": "\xff\xfe"}', id="ev-utf8"
+            type="txn.created",
+            key="a",
+            event_time=T0,
+            payload=b'{"amount": "\xff\xfe"}',
+            id="ev-utf8",
         ),
     )
     online = _PoisonOnline(tmp_path / "online.db")

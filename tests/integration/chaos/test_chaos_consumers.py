@@ -33,7 +33,6 @@ import keel_feature_worker.main as worker_main
 import numpy as np
 import polars as pl
 import pytest
-from testutil.isolation import port_base
 
 from keel.drift import build_profile
 from keel.events import Event, UnavailableError, open_bus
@@ -200,9 +199,11 @@ def _results(home: Path, bus_url: str) -> dict[str, str]:
     ).fetchall()
     db.close()
     log = OfflineStore(home / "offline").read(event_log_dataset("txn.created")).collect()
-    windows = sqlite3.connect(home / "drift_monitor.db").execute(
-        "SELECT window_end, result FROM windows ORDER BY window_end"
-    ).fetchall()
+    windows = (
+        sqlite3.connect(home / "drift_monitor.db")
+        .execute("SELECT window_end, result FROM windows ORDER BY window_end")
+        .fetchall()
+    )
     bus = open_bus(bus_url)
     try:
         dead = sorted(

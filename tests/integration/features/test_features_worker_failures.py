@@ -56,6 +56,7 @@ def _run(tmp_path: Path, **env_over: str) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
 
 
@@ -118,6 +119,7 @@ def test_offline_write_that_runs_out_of_space_leaves_no_tmp_file(tmp_path: Path)
         text=True,
         timeout=60,
         preexec_fn=_limit_file_size,
+        check=False,
     )
     assert proc.returncode == 3, proc.stderr
     assert "offline write" in proc.stdout and "File too large" in proc.stdout

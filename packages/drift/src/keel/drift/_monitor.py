@@ -317,7 +317,9 @@ class StreamingMonitor:
         pane.rows += part.height
         idc = self.config.id_column
         pane.seen_columns.update(c for c in part.columns if c != idc)
-        buf = part if pane.buffer is None else pl.concat([pane.buffer, part], how="diagonal_relaxed")
+        buf = (
+            part if pane.buffer is None else pl.concat([pane.buffer, part], how="diagonal_relaxed")
+        )
         n = self.config.sketch_size
         while buf.height >= n:
             self._summarise_into(pane, buf[:n])

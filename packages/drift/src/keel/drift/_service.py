@@ -231,7 +231,9 @@ class SQLiteMonitorStore:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(
@@ -333,9 +335,7 @@ class DriftMonitorService(Generic[D]):
         self.published: list[DriftDetected] = []
         self.dead_letters = 0
         self.redeliveries = 0
-        self._numeric = {
-            n for n, s in profile.columns.items() if isinstance(s, NumericSummary)
-        }
+        self._numeric = {n for n, s in profile.columns.items() if isinstance(s, NumericSummary)}
 
     # -- one batch ----------------------------------------------------------------------
     def step(self) -> list[ReportWindow]:

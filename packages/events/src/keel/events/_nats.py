@@ -43,6 +43,7 @@ import nats.js.errors
 from nats.js import api
 
 from keel.events._bus import (
+    DEFAULT_MAX_EVENT_BYTES,
     Bus,
     Consumer,
     ConsumerInfo,
@@ -50,14 +51,12 @@ from keel.events._bus import (
     Delivery,
     PublishAck,
     StoredEvent,
-    DEFAULT_MAX_EVENT_BYTES,
     StreamInfo,
     check_publishable,
     check_sizes,
     count_duplicates,
 )
 from keel.events._config import (
-    redact_url,
     DLQ_SUFFIX,
     ConsumerConfig,
     StartPosition,
@@ -65,6 +64,7 @@ from keel.events._config import (
     check_name,
     check_stream_name,
     consumer_config,
+    redact_url,
 )
 from keel.events._envelope import Event, decode_event, encode_event
 from keel.events._errors import (

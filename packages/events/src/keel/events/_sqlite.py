@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 
 from keel.events._bus import (
+    DEFAULT_MAX_EVENT_BYTES,
     Bus,
     Consumer,
     ConsumerInfo,
@@ -48,7 +49,6 @@ from keel.events._bus import (
     Delivery,
     PublishAck,
     StoredEvent,
-    DEFAULT_MAX_EVENT_BYTES,
     StreamInfo,
     check_publishable,
     check_sizes,

@@ -123,7 +123,7 @@ class WorkerStats:
 
 def _seen_ids(engine: StreamingEngine, ids: Sequence[str]) -> set[str]:
     """The ids among ``ids`` the engine has already handled (applied or refused as late)."""
-    seen: dict[str, int] = engine._seen  # noqa: SLF001 - the engine's dedupe memory
+    seen: dict[str, int] = engine._seen  # - the engine's dedupe memory
     return {i for i in ids if i in seen}
 
 
@@ -173,9 +173,7 @@ class FeatureWorker:
         self.fetch_timeout_s = fetch_timeout_s
         self.flush_interval_s = flush_interval_s
         self._mono = monotonic
-        self._types = {
-            v.source.event_type for v in self.views if isinstance(v.source, EventSource)
-        }
+        self._types = {v.source.event_type for v in self.views if isinstance(v.source, EventSource)}
         self._record_key = f"keel.worker/{consumer.durable}"
         self.engines: dict[str, StreamingEngine] = {}
         self._restore_committed()
