@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -237,7 +238,7 @@ def test_windows_do_not_depend_on_batch_cuts_and_survive_a_snapshot(profile) -> 
     def run(cuts: list[int], snapshot_at: int | None = None) -> tuple[list, int, list[str]]:
         mon = StreamingMonitor(profile, cfg, rng=np.random.default_rng(0))
         out, late, bounds = [], [], [0, *cuts, data.height]
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        for i, (a, b) in enumerate(itertools.pairwise(bounds)):
             if snapshot_at == i:  # a restart: a fresh monitor from the snapshot
                 snap = mon.snapshot()
                 mon = StreamingMonitor(profile, cfg, rng=np.random.default_rng(99))

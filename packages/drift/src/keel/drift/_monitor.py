@@ -30,6 +30,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -595,10 +596,10 @@ def _empty_like(h: ScoreHistogram) -> ScoreHistogram:
     return ScoreHistogram(h.bins)
 
 
-def _decision_from_dict(d: dict[str, object]) -> PolicyDecision:
+def _decision_from_dict(d: dict[str, Any]) -> PolicyDecision:
     fields = dict(d)
     for k in ("decision", "level"):
         fields[k] = Level(str(fields[k]))
     for k in ("drifted", "warned"):
-        fields[k] = tuple(fields[k])  # type: ignore[call-overload]
-    return PolicyDecision(**fields)  # type: ignore[arg-type]
+        fields[k] = tuple(fields[k])
+    return PolicyDecision(**fields)

@@ -444,9 +444,8 @@ class DriftMonitorService(Generic[D]):
             if name in self._numeric:
                 if v is not None and not _is_number(v):
                     raise InvalidInputError(f"feature {name!r} must be a number, got {_repr(v)}")
-                if v is not None and not math.isfinite(float(v)):
-                    v = None
-                row[name] = None if v is None else float(v)
+                x = None if v is None else float(v)
+                row[name] = x if x is not None and math.isfinite(x) else None
             elif v is None or isinstance(v, str | int | float | bool):
                 row[name] = None if v is None else str(v)
             else:

@@ -288,10 +288,10 @@ class FeatureWorker:
             reasons = [d.reason for d in invalid] + [d.reason for d in report.dead_letters]
             counts.append((view.name, report.applied, report.duplicates, reasons))
         # -- the batch is applied: record its outcome -------------------------------------
-        for d in deliveries:  # committed dead letters a crash kept from being settled
-            reason = self._carry.get(d.event.id)
+        for e in events:  # committed dead letters a crash kept from being settled
+            reason = self._carry.get(e.id)
             if reason is not None:
-                dead.setdefault(d.event.id, reason)
+                dead.setdefault(e.id, reason)
         self._dead.update(dead)
         self.stats.deliveries += len(events)
         self.stats.duplicates += len(redelivered)
