@@ -252,3 +252,28 @@ def test_windows_do_not_depend_on_batch_cuts_and_survive_a_snapshot(profile) -> 
     assert one[1] > 0 and len(one[0]) >= 8  # some rows were late, windows closed
     assert run([1, 2, 3, 700, 701, 2500, 4000]) == one
     assert run(list(range(250, 5400, 250)), snapshot_at=7) == one
+
+
+def test_drift_detected_contract_round_trips_with_datetimes() -> None:
+    from keel.drift import DriftDetected, episode_event_id
+
+    start = datetime(2026, 3, 1, 4, tzinfo=UTC)
+    ev = DriftDetected(
+        model="fraud",
+        window_start=start,
+        window_end=start + timedelta(hours=1),
+        rows=400,
+        drifted=("amount",),
+        drift_share=0.5,
+        scores={"amount": 0.31},
+        reason="psi over threshold",
+    )
+    payload = ev.to_payload()
+    assert payload["window_start"] == "2026-03-01T04:00:00Z"
+    back = DriftDetected.from_payload(payload)
+    assert back == ev and back.window_end.tzinfo is not None
+    assert ev.event_id == episode_event_id("fraud", start) == back.event_id
+    with pytest.raises(InvalidInputError, match="lacks 'rows'"):
+        DriftDetected.from_payload({k: v for k, v in payload.items() if k != "rows"})
+    with pytest.raises(InvalidInputError, match="window_end"):
+        DriftDetected.from_payload({**payload, "window_end": "yesterday"})

@@ -411,7 +411,7 @@ class SQLiteBus(Bus):
         max_deliver: int = 5,
         backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0),
         start: StartPosition | None = None,
-        schemas: object = None,
+        schemas: SchemaRegistry | None = None,
         instance: str | None = None,
     ) -> SQLiteConsumer:
         config = consumer_config(
