@@ -224,3 +224,42 @@ def _drain(svc) -> None:  # type: ignore[no-untyped-def]
     svc.step()
     while not _done(svc):
         svc.step()
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"KEEL_DRIFT_BUS_URL": "bogus://u:hunter2@h/x"}, "unsupported event bus URL"),
+        ({"KEEL_HOME": "/sys/kernel"}, "monitor store"),
+    ],
+)
+def test_failures_are_one_line_and_exit_1(
+    tmp_path: Path, profile_path: Path, env: dict[str, str], needle: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import keel_drift_monitor.main as monitor_main
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    full |= {
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "KEEL_HOME": str(tmp_path / "home"),
+        "KEEL_DRIFT_PROFILE": str(profile_path),
+        "KEEL_DRIFT_BUS_URL": f"sqlite://{tmp_path / 'events.db'}",
+        "KEEL_DRIFT_METRICS_PORT": "0",
+        **env,
+    }
+    proc = subprocess.run(
+        [sys.executable, monitor_main.__file__],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("drift-monitor: ") and needle in lines[0]
+    assert "hunter2" not in lines[0]
