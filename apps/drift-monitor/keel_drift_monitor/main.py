@@ -14,43 +14,45 @@ the episode's first window, so a restart that re-evaluates the same window publi
 the same id and the bus deduplicates it.
 
 Config: ``KEEL_DRIFT_*`` environment variables over an optional TOML file
-(``KEEL_DRIFT_CONFIG``, table ``[drift_monitor]``), validated at start.
-Delivery is at-least-once: events are acked after their batch was observed.
+(``KEEL_DRIFT_CONFIG``, table ``[drift_monitor]``), validated at start. State (window panes,
+progress, closed windows) lives in ``KEEL_DRIFT_STATE`` (default
+``$KEEL_HOME/drift_monitor.db``): a restart, even after SIGKILL, resumes exactly where the
+last commit left off. Unreadable, too-late and future events are dead-lettered with a reason.
+Run one process per durable consumer.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sys
 import threading
 import tomllib
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from keel.drift import (
+    DRIFT_DETECTED,
+    DriftDetected,
     DriftError,
     DriftMetrics,
+    DriftMonitorService,
     DriftPolicy,
+    MonitorStore,
     ReferenceProfile,
-    ReportWindow,
-    StreamingMonitor,
+    SQLiteMonitorStore,
     WindowConfig,
 )
-from keel.events import Bus, Delivery, Event, EventsError, open_bus
-from keel.telemetry import get_logger, start_metrics_server
+from keel.events import Bus, Delivery, Event, EventsError, UnavailableError, open_bus
+from keel.telemetry import TelemetryError, get_logger, start_metrics_server
 
 log = get_logger("keel.drift_monitor")
 
-PREDICTION_TYPE = "prediction.made"
-LABEL_TYPE = "label.observed"
-DRIFT_TYPE = "drift.detected"
+DRIFT_TYPE = DRIFT_DETECTED
 
 
 class ConfigError(ValueError):
@@ -76,6 +78,10 @@ class MonitorConfig(BaseModel):
     min_samples: int = Field(default=200, ge=1)
     consecutive: int = Field(default=2, ge=1)
     drift_share: float = Field(default=0.3, gt=0, le=1)
+    state: Path | None = Field(
+        default=None,
+        description="monitor state + window results (SQLite); default KEEL_HOME/drift_monitor.db",
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9108, ge=0, le=65535)
     batch_size: int = Field(default=1000, ge=1)
@@ -109,6 +115,8 @@ def load_config(env: Mapping[str, str] | None = None) -> MonitorConfig:
         var = f"KEEL_DRIFT_{name.upper()}"
         if env.get(var):
             values[name] = env[var]
+    if "state" not in values:
+        values["state"] = Path(env.get("KEEL_HOME") or ".keel").absolute() / "drift_monitor.db"
     try:
         return MonitorConfig(**values)
     except ValidationError as exc:
@@ -119,132 +127,57 @@ def load_config(env: Mapping[str, str] | None = None) -> MonitorConfig:
         raise ConfigError("invalid drift-monitor configuration:\n" + "\n".join(lines)) from None
 
 
-def episode_event_id(model: str, window_start: str | None) -> str:
-    """Stable id of the drift.detected event of the episode starting at ``window_start``."""
-    return hashlib.sha256(f"{model}|{window_start}".encode()).hexdigest()[:32]
+def build_service(
+    config: MonitorConfig, bus: Bus, store: MonitorStore | None = None, instance: str = ""
+) -> DriftMonitorService[Delivery]:
+    """Wire the library service: the bus consumer, a publisher of drift.detected events,
+    the window config and policy from ``config``."""
+    profile = ReferenceProfile.load(config.profile)
+    policy = DriftPolicy(
+        min_samples=config.min_samples,
+        consecutive=config.consecutive,
+        drift_share=config.drift_share,
+    )
+    window = WindowConfig(
+        size=timedelta(seconds=config.window_s),
+        slide=timedelta(seconds=config.slide_s) if config.slide_s else None,
+        allowed_lateness=timedelta(seconds=config.lateness_s),
+        score_column="score",
+    )
 
-
-class DriftMonitorService:
-    """Consumer loop: one ``step()`` fetches a batch, observes it, publishes episode events."""
-
-    def __init__(
-        self, config: MonitorConfig, bus: Bus, metrics: DriftMetrics | None = None
-    ) -> None:
-        self.config = config
-        self.bus = bus
-        profile = ReferenceProfile.load(config.profile)
-        policy = DriftPolicy(
-            min_samples=config.min_samples,
-            consecutive=config.consecutive,
-            drift_share=config.drift_share,
-        )
-        self.metrics = metrics or DriftMetrics(policy=policy)
-        self.monitor = StreamingMonitor(
-            profile,
-            WindowConfig(
-                size=timedelta(seconds=config.window_s),
-                slide=timedelta(seconds=config.slide_s) if config.slide_s else None,
-                allowed_lateness=timedelta(seconds=config.lateness_s),
-                score_column="score",
+    def publish(episode: DriftDetected) -> None:
+        bus.publish(
+            config.output_stream,
+            Event.create(
+                type=DriftDetected.TYPE,
+                key=episode.model,
+                event_time=episode.window_end,
+                id=episode.event_id,
+                payload=episode.to_payload(),
             ),
-            policy=policy,
         )
-        self.consumer = bus.consumer(config.stream, config.durable)
-        self.published: list[Event] = []
-        self._late_seen = 0
-
-    def step(self) -> list[ReportWindow]:
-        deliveries = self.consumer.fetch(
-            max_messages=self.config.batch_size, timeout_s=self.config.poll_timeout_s
+        log.info(
+            "drift detected",
+            extra={
+                "model": episode.model,
+                "window_end": episode.window_end.isoformat(),
+                "drifted": list(episode.drifted)[:10],
+            },
         )
-        if not deliveries:
-            return []
-        windows = self._observe(deliveries)
-        self.consumer.ack_all(deliveries)
-        return windows
 
-    def flush(self) -> list[ReportWindow]:
-        """Close all open windows (shutdown / end of a replay)."""
-        windows = self.monitor.flush()
-        self._handle(windows)
-        return windows
-
-    def _observe(self, deliveries: list[Delivery]) -> list[ReportWindow]:
-        preds: list[dict[str, Any]] = []
-        labels: list[dict[str, Any]] = []
-        for d in deliveries:
-            ev = d.event
-            try:
-                body = ev.json()
-            except Exception as exc:  # undecodable payload: dead-letter it, keep going
-                d.term(f"payload is not JSON: {exc}")
-                continue
-            if ev.type == PREDICTION_TYPE and isinstance(body.get("features"), dict):
-                preds.append(
-                    {"event_time": ev.event_time, "score": body.get("score"), **body["features"]}
-                )
-            elif ev.type == LABEL_TYPE and "label" in body and "score" in body:
-                labels.append(
-                    {"event_time": ev.event_time, "score": body["score"], "label": body["label"]}
-                )
-        windows: list[ReportWindow] = []
-        if preds:
-            frame = pl.DataFrame(preds, infer_schema_length=None).with_columns(
-                pl.col("event_time").dt.cast_time_unit("us")
-            )
-            if frame["score"].null_count() == frame.height:
-                frame = frame.drop("score")
-            windows = self.monitor.observe(frame)
-        if labels:
-            self.monitor.observe_labels(
-                pl.DataFrame(labels).with_columns(pl.col("event_time").dt.cast_time_unit("us"))
-            )
-        late = self.monitor.stats.late_rows
-        self.metrics.record_late(late - self._late_seen)
-        self._late_seen = late
-        self._handle(windows)
-        return windows
-
-    def _handle(self, windows: list[ReportWindow]) -> None:
-        for w in windows:
-            self.metrics.record(w)
-            d = w.decision
-            if d is None or not d.episode_start:
-                continue
-            top = sorted(d.scores.items(), key=lambda kv: -kv[1])[:20]
-            ev = Event.create(
-                type=DRIFT_TYPE,
-                key=self.config.model,
-                event_time=_parse(w.result.window_end),
-                id=episode_event_id(self.config.model, w.result.window_start),
-                payload={
-                    "model": self.config.model,
-                    "window_start": w.result.window_start,
-                    "window_end": w.result.window_end,
-                    "rows": w.result.n_rows,
-                    "drifted": list(d.drifted),
-                    "drift_share": d.drift_share,
-                    "scores": dict(top),
-                    "reason": d.reason,
-                    "quality_issues": [q.to_dict() for q in w.result.quality][:50],
-                },
-            )
-            self.bus.publish(self.config.output_stream, ev)
-            self.published.append(ev)
-            log.info(
-                "drift detected",
-                extra={
-                    "model": self.config.model,
-                    "window_end": w.result.window_end,
-                    "drifted": list(d.drifted)[:10],
-                },
-            )
-
-
-def _parse(ts: str | None) -> datetime:
-    if not ts:
-        raise DriftError("window without an end time")
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return DriftMonitorService(
+        profile,
+        window,
+        bus.consumer(config.stream, config.durable, instance=instance or None),
+        publish,
+        model=config.model,
+        policy=policy,
+        store=store,
+        metrics=DriftMetrics(policy=policy, model=config.model),
+        batch_size=config.batch_size,
+        poll_timeout_s=config.poll_timeout_s,
+        transient=(UnavailableError,),
+    )
 
 
 def run(
@@ -252,26 +185,44 @@ def run(
 ) -> None:
     """Run until ``stop`` is set: serve /metrics, consume, evaluate, publish."""
     bus = open_bus(config.bus_url)
+    store = SQLiteMonitorStore(config.state) if config.state else None
     try:
-        service = DriftMonitorService(config, bus)
-        server = start_metrics_server(
-            service.metrics.registry, host=config.metrics_host, port=config.metrics_port
-        )
+        service = build_service(config, bus, store, instance=config.durable)
+        try:
+            server = start_metrics_server(
+                service.metrics.registry, host=config.metrics_host, port=config.metrics_port
+            )
+        except TelemetryError as exc:
+            raise DriftError(f"{exc} (set KEEL_DRIFT_METRICS_PORT)") from exc
         log.info(
-            "drift-monitor started", extra={"stream": config.stream, "metrics_port": server.port}
+            "drift-monitor started",
+            extra={
+                "stream": config.stream,
+                "metrics_port": server.port,
+                "reclaimed": getattr(service.consumer, "reclaimed", 0),
+            },
         )
         if on_start is not None:
             on_start(server.port)
         try:
-            while not stop.is_set():
-                service.step()
+            service.run(stop)
         finally:
             server.stop()
+        log.info(
+            "drift-monitor stopped",
+            extra={"dead_letters": service.dead_letters, "episodes": len(service.published)},
+        )
     finally:
+        if store is not None:
+            store.close()
         bus.close()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
     try:
         config = load_config()
     except ConfigError as exc:
@@ -282,10 +233,16 @@ def main() -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         run(config, stop)
-    except (DriftError, EventsError) as exc:
-        print(f"drift-monitor: {exc}", file=sys.stderr)
+    except (DriftError, EventsError, OSError) as exc:
+        print(f"drift-monitor: {one_line(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line (no traceback, no embedded newlines)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 if __name__ == "__main__":

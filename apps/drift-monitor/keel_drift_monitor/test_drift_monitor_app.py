@@ -11,14 +11,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from keel.drift import build_profile
+from keel.drift import build_profile, episode_event_id
 from keel.events import Event, open_bus
 from keel_drift_monitor.main import (
     DRIFT_TYPE,
     ConfigError,
-    DriftMonitorService,
     MonitorConfig,
-    episode_event_id,
+    build_service,
     load_config,
     run,
 )
@@ -71,7 +70,7 @@ def test_one_drift_event_per_episode(tmp_path: Path, profile_path: Path) -> None
         poll_timeout_s=0.05,
         batch_size=500,
     )
-    svc = DriftMonitorService(cfg, bus)
+    svc = build_service(cfg, bus)
     windows = []
     for _ in range(20):
         windows += svc.step()
@@ -93,10 +92,10 @@ def test_one_drift_event_per_episode(tmp_path: Path, profile_path: Path) -> None
     assert [e.type for e in drift_events] == [DRIFT_TYPE]
     body = drift_events[0].json()
     assert body["model"] == "fraud" and "amount" in body["drifted"]
-    assert drift_events[0].id == episode_event_id("fraud", "2026-03-01T04:00:00Z")
+    assert drift_events[0].id == episode_event_id("fraud", datetime(2026, 3, 1, 4, tzinfo=UTC))
     text = svc.metrics.metrics.exposition().decode()
-    assert "keel_drift_episodes_total 1.0" in text
-    assert 'keel_drift_decision{decision="drift"} 1.0' in text
+    assert 'keel_drift_episodes_total{model="fraud"} 1.0' in text
+    assert 'keel_drift_decision{decision="drift",model="fraud"} 1.0' in text
     # a restart that re-evaluates the same episode publishes the same id: the bus dedupes it
     bus.publish("drift", drift_events[0])
     assert bus.stream_info("drift").count == 1
@@ -139,3 +138,128 @@ def test_config_is_validated(tmp_path: Path, profile_path: Path) -> None:
         load_config({"KEEL_DRIFT_CONFIG": str(toml)})
     with pytest.raises(ConfigError, match="field required|Field required"):
         load_config({})
+
+
+def test_poison_events_are_dead_lettered_and_the_good_ones_applied(
+    tmp_path: Path, profile_path: Path
+) -> None:
+    bus = open_bus(f"sqlite://{tmp_path / 'events.db'}")
+    rng = np.random.default_rng(4)
+    good = predictions(rng, hours=1, drift_from=9, per_hour=50)
+
+    def pred(i: str, payload: object, t: datetime = T0) -> Event:
+        raw = payload if isinstance(payload, bytes) else None
+        return Event.create(
+            type="prediction.made",
+            key="k",
+            event_time=t,
+            id=i,
+            payload=raw if raw is not None else payload,
+        )
+
+    poison = [
+        pred("p-score", {"features": {"amount": 1.0}, "score": "high"}),
+        pred("p-list", [1, 2, 3]),
+        pred("p-utf8", b'{"features": {"merchant": "\xff\xfe"}}'),
+        pred("p-type", {"features": {"amount": "12.5"}}),
+        pred("p-nested", {"features": {"amount": {"x": 1}}}),
+        pred("p-future", {"features": {"amount": 1.0}}, datetime(2999, 1, 1, tzinfo=UTC)),
+        pred("p-notjson", b"{nope"),
+    ]
+    bus.publish_batch("predictions", good[:25] + poison + good[25:])
+    cfg = MonitorConfig(profile=profile_path, min_samples=10, poll_timeout_s=0.05)
+    svc = build_service(cfg, bus)
+    _drain(svc)
+    windows = svc.flush()
+    assert sum(w.result.n_rows for w in windows) == 50  # every good event applied
+    dead = {d.event_id: d.reason for d in bus.dead_letters("predictions")}
+    assert set(dead) == {e.id for e in poison}
+    assert "score must be a probability" in dead["p-score"]
+    assert "future" in dead["p-future"]
+    assert svc.consumer.info().ack_pending == 0  # type: ignore[attr-defined]
+    bus.close()
+
+
+def test_a_restart_resumes_exactly_from_the_committed_state(
+    tmp_path: Path, profile_path: Path
+) -> None:
+    from keel.drift import SQLiteMonitorStore
+
+    rng = np.random.default_rng(8)
+    events = predictions(rng, hours=6, drift_from=3, per_hour=300)
+
+    def run_once(home: Path, crash_every: int | None) -> list[dict]:
+        bus = open_bus(f"sqlite://{home / 'events.db'}")
+        bus.publish_batch("predictions", events)
+        cfg = MonitorConfig(
+            profile=profile_path, min_samples=50, poll_timeout_s=0.05, batch_size=170
+        )
+        store = SQLiteMonitorStore(home / "state.db")
+        svc, steps = build_service(cfg, bus, store, instance="m-0"), 0
+        while True:
+            steps += 1
+            if crash_every and steps % crash_every == 0:  # fetched, never committed: SIGKILL
+                svc.consumer.fetch(170, 0.05)
+                svc = build_service(cfg, bus, store, instance="m-0")
+                continue
+            svc.step()
+            if _done(svc):
+                break
+        svc.flush()
+        out = store.windows()
+        bus.close()
+        return out
+
+    clean = run_once(tmp_path / "a", None)
+    assert len(clean) == 6
+    assert run_once(tmp_path / "b", 3) == clean
+
+
+def _done(svc) -> bool:  # type: ignore[no-untyped-def]
+    info = svc.consumer.info()
+    return info.lag == 0 and info.ack_pending == 0
+
+
+def _drain(svc) -> None:  # type: ignore[no-untyped-def]
+    svc.step()
+    while not _done(svc):
+        svc.step()
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"KEEL_DRIFT_BUS_URL": "bogus://u:hunter2@h/x"}, "unsupported event bus URL"),
+        ({"KEEL_HOME": "/sys/kernel"}, "monitor store"),
+    ],
+)
+def test_failures_are_one_line_and_exit_1(
+    tmp_path: Path, profile_path: Path, env: dict[str, str], needle: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import keel_drift_monitor.main as monitor_main
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
+    full |= {
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "KEEL_HOME": str(tmp_path / "home"),
+        "KEEL_DRIFT_PROFILE": str(profile_path),
+        "KEEL_DRIFT_BUS_URL": f"sqlite://{tmp_path / 'events.db'}",
+        "KEEL_DRIFT_METRICS_PORT": "0",
+        **env,
+    }
+    proc = subprocess.run(
+        [sys.executable, monitor_main.__file__],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("drift-monitor: ") and needle in lines[0]
+    assert "hunter2" not in lines[0]

@@ -66,7 +66,7 @@ def version() -> None:
 @app.command()
 def demo(
     config: Path | None = ConfigOpt,
-    seed: int = typer.Option(7, min=0, help="seed for the synthetic transaction stream (>= 0)"),
+    seed: int = typer.Option(7, help="seed for the synthetic transaction stream (0 .. 2**32-1)"),
 ) -> None:
     """Run the built part of the Keel loop end to end on embedded defaults (no services needed).
 

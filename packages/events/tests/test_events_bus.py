@@ -21,6 +21,7 @@ from keel.events import (
     Event,
     IdempotentSink,
     InvalidConfigError,
+    InvalidEventError,
     SchemaRegistry,
     StartPosition,
     UnknownSchemaError,
@@ -337,3 +338,85 @@ def test_idempotent_sink_applies_each_event_once_across_redelivery(make_bus: Any
     assert c.info().ack_pending == 0
     with pytest.raises(InvalidConfigError, match="redelivery horizon"):
         IdempotentSink(tmp_path / "s2.db", "sinker", window_s=5).apply(c, first, effect)
+
+
+def test_restarted_instance_gets_its_in_flight_work_back_first(make_bus: Any) -> None:
+    """A crash leaves a fetched batch unsettled; the same instance, attaching again, gets it
+    back at once and before newer events (no ack-wait delay, so no reordering)."""
+    bus, s = make_bus(), make_bus.stream()
+    bus.publish_batch(s, [ev(i) for i in range(6)])
+    crashed = bus.consumer(s, "w", ack_wait_s=30.0, instance="w-0")
+    assert crashed.reclaimed == 0
+    lost = crashed.fetch(3, timeout_s=2.0)
+    assert [d.seq for d in lost] == [1, 2, 3]  # the process "dies" here, nothing settled
+    bus.publish_batch(s, [ev(i) for i in range(6, 8)])
+    restarted = bus.consumer(s, "w", ack_wait_s=30.0, instance="w-0")
+    assert restarted.reclaimed == 3
+    got: list[Delivery] = []
+    t0 = time.monotonic()
+    while len(got) < 8 and time.monotonic() - t0 < 10:
+        ds = restarted.fetch(10, timeout_s=0.5)
+        restarted.ack_all(ds)
+        got.extend(ds)
+    assert [d.seq for d in got] == list(range(1, 9))
+    assert restarted.info().ack_pending == 0
+
+
+def test_payload_limit_is_the_same_on_both_backends_and_named(make_bus: Any) -> None:
+    bus, s = make_bus(), make_bus.stream()
+    big = Event.create(type="t", key="k", event_time=T0, payload=b"x" * 10_000_000, id="big-1")
+    with pytest.raises(
+        InvalidEventError, match="'big-1' is .* over the bus's payload limit of 1000000"
+    ):
+        bus.publish(s, big)
+    with pytest.raises(InvalidEventError, match="payload limit"):
+        bus.publish_raw(s, b"x" * 1_000_001, "raw-1")
+    ok = Event.create(type="t", key="k", event_time=T0, payload=b"x" * 900_000, id="ok-1")
+    assert not bus.publish(s, ok).duplicate
+
+
+def test_idempotent_sink_dead_letters_a_poison_event_after_bounded_retries(
+    make_bus: Any, tmp_path
+) -> None:
+    bus, s = make_bus(), make_bus.stream()
+    bus.publish_batch(s, [ev(i) for i in range(5)])
+    c = bus.consumer(s, "sinker", ack_wait_s=1.0, max_deliver=3, backoff_s=(0.05,))
+    sink = IdempotentSink(tmp_path / "sink.db", "sinker", window_s=3600)
+    sink.connection.execute("CREATE TABLE seen (event_id TEXT PRIMARY KEY)")
+
+    def effect(conn: sqlite3.Connection, e: Event) -> None:
+        if e.json()["i"] == 2:
+            raise ValueError("score 'high' is not a number")
+        conn.execute("INSERT INTO seen VALUES (?)", (e.id,))
+
+    for _ in range(30):
+        sink.run_once(c, effect, timeout_s=0.3)
+        if bus.dead_letters(s):
+            break
+    (dead,) = bus.dead_letters(s)
+    assert dead.event_id == "evt-2" and dead.deliveries == 3
+    assert "failed 3 times: ValueError: score 'high' is not a number" in dead.reason
+    rows = sink.connection.execute("SELECT event_id FROM seen ORDER BY 1").fetchall()
+    assert [r[0] for r in rows] == ["evt-0", "evt-1", "evt-3", "evt-4"]
+    assert c.info().ack_pending == 0
+
+
+def test_a_second_crash_before_the_handed_back_work_was_fetched_keeps_the_order(
+    make_bus: Any,
+) -> None:
+    """Crash, restart (work handed back), fetch only part of it, crash again: the next run
+    must still see the events in sequence order."""
+    bus, s = make_bus(), make_bus.stream()
+    bus.publish_batch(s, [ev(i) for i in range(9)])
+    first = bus.consumer(s, "w", ack_wait_s=30.0, instance="w-0")
+    assert [d.seq for d in first.fetch(3, 2.0) + first.fetch(3, 2.0)] == [1, 2, 3, 4, 5, 6]
+    second = bus.consumer(s, "w", ack_wait_s=30.0, instance="w-0")
+    assert [d.seq for d in second.fetch(2, 2.0)] == [1, 2]  # then it dies too
+    third = bus.consumer(s, "w", ack_wait_s=30.0, instance="w-0")
+    got: list[int] = []
+    deadline = time.monotonic() + 10
+    while len(got) < 9 and time.monotonic() < deadline:
+        ds = third.fetch(4, 0.5)
+        third.ack_all(ds)
+        got += [d.seq for d in ds]
+    assert got == list(range(1, 10))

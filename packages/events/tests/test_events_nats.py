@@ -16,7 +16,14 @@ import nats
 import pytest
 from testutil.isolation import nats_url, port_base, unique_name
 
-from keel.events import DurabilityError, Event, InvalidConfigError, StreamConfig, open_bus
+from keel.events import (
+    DurabilityError,
+    Event,
+    InvalidConfigError,
+    StreamConfig,
+    UnavailableError,
+    open_bus,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -122,3 +129,28 @@ def test_ack_metadata_fast_parse_agrees_with_nats_py() -> None:
         m = Msg(_client=None, reply=reply)  # type: ignore[arg-type]
         md = m.metadata
         assert _ack_metadata(m) == (md.sequence.stream, md.num_delivered, md.num_pending)
+
+
+def test_wrong_password_and_unreachable_address_are_named_without_the_password(
+    tmp_path: Path,
+) -> None:
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    port = port_base(43)
+    proc = subprocess.Popen(
+        [binary, "-a", "127.0.0.1", "-p", str(port), "--user", "keel", "--pass", "s3cret-pw"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        with pytest.raises(UnavailableError) as auth:
+            open_bus(f"nats://keel:wrong-pw@127.0.0.1:{port}", connect_timeout_s=2.0)
+        assert "refused the credentials" in str(auth.value)
+        assert "wrong-pw" not in str(auth.value) and f"127.0.0.1:{port}" in str(auth.value)
+    finally:
+        proc.kill()
+        proc.wait()
+    with pytest.raises(UnavailableError) as down:
+        open_bus(f"nats://keel:s3cret-pw@127.0.0.1:{port}", connect_timeout_s=1.0)
+    assert "cannot reach NATS at nats://keel:***@127.0.0.1" in str(down.value)
+    assert "s3cret-pw" not in str(down.value)

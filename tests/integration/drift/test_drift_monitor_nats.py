@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from keel_drift_monitor.main import DRIFT_TYPE, DriftMonitorService, MonitorConfig
+from keel_drift_monitor.main import DRIFT_TYPE, MonitorConfig, build_service
 from testutil.isolation import nats_url, unique_name
 
 from keel.drift import build_profile
@@ -56,7 +56,7 @@ def test_drift_monitor_over_nats(tmp_path: Path) -> None:
             poll_timeout_s=0.5,
             batch_size=500,
         )
-        svc = DriftMonitorService(cfg, bus)
+        svc = build_service(cfg, bus)
         windows = []
         for _ in range(10):
             windows += svc.step()

@@ -57,6 +57,20 @@ from keel.drift._report import (
     ReportWindow,
     json_safe,
 )
+from keel.drift._service import (
+    DRIFT_DETECTED,
+    LABEL_TYPE,
+    PREDICTION_TYPE,
+    DeliveryLike,
+    DriftDetected,
+    DriftMonitorService,
+    EventLike,
+    MemoryMonitorStore,
+    MonitorConsumer,
+    MonitorStore,
+    SQLiteMonitorStore,
+    episode_event_id,
+)
 from keel.drift._sketch import QuantileSketch
 from keel.drift._stats import (
     chi2_homogeneity,
@@ -69,6 +83,18 @@ from keel.drift._stats import (
 
 __all__ = [
     "FAIL_ON",
+    "DRIFT_DETECTED",
+    "LABEL_TYPE",
+    "PREDICTION_TYPE",
+    "DeliveryLike",
+    "DriftDetected",
+    "DriftMonitorService",
+    "EventLike",
+    "MemoryMonitorStore",
+    "MonitorConsumer",
+    "MonitorStore",
+    "SQLiteMonitorStore",
+    "episode_event_id",
     "METHODS",
     "OTHER_CATEGORY",
     "PROFILE_FORMAT",

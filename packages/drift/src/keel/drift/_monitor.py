@@ -12,6 +12,13 @@ when the watermark (latest event time seen minus ``allowed_lateness``) passes
 their end; rows for panes whose windows have all closed are counted as late and
 dropped. Windows with no rows are skipped.
 
+The result does not depend on how records are cut into batches: a batch is applied as if
+row by row (it is split where the watermark closes a window), nothing is late before the
+first window closes, and the multivariate sample keeps the rows with the smallest hash of
+``id_column`` (when set) rather than of a random draw. ``snapshot()``/``restore()`` carry the
+whole state (panes, history, RNG), so a consumer that commits the snapshot with its progress
+resumes exactly where it stopped.
+
 Every closed window yields a :class:`ReportWindow`: the drift result, the
 policy decision (stepped with the monitor's history), and performance figures
 (label-free estimate; realised metrics from labels received so far).
@@ -19,9 +26,11 @@ policy decision (stepped with the monitor's history), and performance figures
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -30,7 +39,7 @@ from keel.drift._check import CheckOptions, DriftResult, compare_summaries, qual
 from keel.drift._errors import InvalidInputError
 from keel.drift._multivariate import domain_classifier_test
 from keel.drift._performance import ScoreHistogram
-from keel.drift._policy import DriftPolicy, PolicyDecision
+from keel.drift._policy import DriftPolicy, Level, PolicyDecision
 from keel.drift._profile import (
     ColumnSummary,
     NumericSummary,
@@ -53,6 +62,7 @@ class WindowConfig:
     allowed_lateness: timedelta = timedelta(0)
     time_column: str = "event_time"
     score_column: str | None = None
+    id_column: str | None = None  # record id: deterministic sampling, late ids reported
     score_threshold: float = 0.5
     sketch_size: int = 1024
     sample_size: int = 1000
@@ -90,6 +100,7 @@ class _Pane:
     sample_keys: np.ndarray = field(default_factory=lambda: np.empty(0))
     sample_rows: np.ndarray | None = None
     scores: ScoreHistogram | None = None
+    buffer: pl.DataFrame | None = None  # rows not yet summarised (less than one chunk)
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,9 @@ class StreamingMonitor:
         self._emitted = 0
         self._decisions: list[PolicyDecision] = []
         self._max_history = max_history
+        self._closing = False  # a window has closed: _next_end only moves forward from here
+        #: Ids (``id_column``) of the rows the last ``observe`` dropped as late.
+        self.last_late_ids: list[str] = []
         js = profile.joint_sample
         self._sample_cols = list(js.columns) if js is not None and self.options.multivariate else []
 
@@ -167,34 +181,70 @@ class StreamingMonitor:
         return frame[col].dt.epoch("us").to_numpy()
 
     def observe(self, frame: pl.DataFrame) -> list[ReportWindow]:
-        """Add a batch of records; returns the windows it closed (oldest first)."""
+        """Add a batch of records (in arrival order); returns the windows it closed (oldest
+        first). The same rows give the same windows however they are cut into batches."""
         if not isinstance(frame, pl.DataFrame):
             raise InvalidInputError(f"expected a polars.DataFrame, got {type(frame).__name__}")
+        self.last_late_ids = []
         if not frame.height:
             return []
         t = self._times(frame)
+        out: list[ReportWindow] = []
+        start = 0
+        while start < len(t):
+            end = self._segment_end(t, start)
+            out.extend(self._observe_segment(frame[start:end], t[start:end]))
+            start = end
+        return out
+
+    def _segment_end(self, t: np.ndarray, start: int) -> int:
+        """End (exclusive) of the rows from ``start`` that can be added before a window
+        closes: just after the first row whose time moves the watermark past the end of the
+        next window to close."""
+        slide, m = self.config.slide_us, self.config.panes_per_window
+        lateness = int(self.config.allowed_lateness / timedelta(microseconds=1))
+        tt = t[start:]
+        panes = tt // slide
+        prior = self._max_time_us if self._max_time_us is not None else np.iinfo(np.int64).min
+        if self._closing:
+            assert self._next_end is not None
+            keep = panes >= self._next_end - m
+            ends = np.full(len(tt), self._next_end, dtype=np.int64)
+        else:
+            keep = np.ones(len(tt), dtype=bool)
+            first = self._next_end - m if self._next_end is not None else int(panes[0])
+            ends = np.minimum.accumulate(np.minimum(panes, first)) + m
+        cm = np.maximum.accumulate(np.where(keep, tt, np.iinfo(np.int64).min))
+        cm = np.maximum(cm, prior)
+        hit = np.flatnonzero(keep & (cm - lateness >= ends * slide))
+        return start + int(hit[0]) + 1 if len(hit) else len(t)
+
+    def _observe_segment(self, frame: pl.DataFrame, t: np.ndarray) -> list[ReportWindow]:
         slide = self.config.slide_us
         pane_ids = t // slide
         m = self.config.panes_per_window
-        if self._next_end is None:
-            self._next_end = int(pane_ids.min()) + m
+        if not self._closing:  # before the first close the earliest pane seen starts it all
+            lo = int(pane_ids.min())
+            self._next_end = lo + m if self._next_end is None else min(self._next_end, lo + m)
+        assert self._next_end is not None
         oldest_open = self._next_end - m
         keep = pane_ids >= oldest_open
         self._late_rows += int((~keep).sum())
         self._rows_seen += frame.height
         if not keep.all():
+            idc = self.config.id_column
+            if idc is not None and idc in frame.columns:
+                self.last_late_ids.extend(
+                    str(x) for x in frame.filter(pl.Series(~keep))[idc].to_list()
+                )
             frame, pane_ids, t = frame.filter(pl.Series(keep)), pane_ids[keep], t[keep]
         if frame.height:
             mx = int(t.max())
             self._max_time_us = mx if self._max_time_us is None else max(self._max_time_us, mx)
             tagged = frame.with_columns(pl.Series("__pane", pane_ids))
-            # panes in first-seen order: the row-sample keys are drawn pane by pane, so an
-            # unordered partition would make the multivariate result differ run to run
-            for key, part in tagged.partition_by(
-                "__pane", as_dict=True, maintain_order=True
-            ).items():
-                pid = int(key[0]) if isinstance(key, tuple) else int(key)
-                self._add_to_pane(pid, part.drop("__pane"))
+            parts = tagged.partition_by("__pane", as_dict=True, maintain_order=True)
+            for key, part in sorted(parts.items(), key=lambda kv: int(kv[0][0])):
+                self._add_to_pane(int(key[0]), part.drop("__pane"))
         return self._close_ready()
 
     def observe_labels(self, frame: pl.DataFrame, label_column: str = "label") -> int:
@@ -239,6 +289,7 @@ class StreamingMonitor:
             if last_end is not None and self._next_end > last_end:
                 self._panes.clear()
                 break
+            self._closing = True
             out.extend(self._emit_next())
         return out
 
@@ -261,9 +312,39 @@ class StreamingMonitor:
 
     # -- internals ----------------------------------------------------------------------
     def _add_to_pane(self, pid: int, part: pl.DataFrame) -> None:
+        """Buffer ``part``'s rows in the pane and summarise them a chunk (``sketch_size``
+        rows, in arrival order) at a time: summaries then do not depend on batch cuts."""
         pane = self._panes.setdefault(pid, _Pane())
         pane.rows += part.height
-        pane.seen_columns.update(part.columns)
+        idc = self.config.id_column
+        pane.seen_columns.update(c for c in part.columns if c != idc)
+        buf = (
+            part if pane.buffer is None else pl.concat([pane.buffer, part], how="diagonal_relaxed")
+        )
+        n = self.config.sketch_size
+        while buf.height >= n:
+            self._summarise_into(pane, buf[:n])
+            buf = buf[n:]
+        pane.buffer = buf if buf.height else None
+
+    def _settled(self, pane: _Pane) -> _Pane:
+        """``pane`` with its buffered rows summarised too (a copy; the pane is unchanged)."""
+        if pane.buffer is None:
+            return pane
+        tmp = _Pane(
+            rows=pane.rows,
+            columns=dict(pane.columns),
+            out_of_range=dict(pane.out_of_range),
+            seen_columns=pane.seen_columns,
+            sample_keys=pane.sample_keys,
+            sample_rows=pane.sample_rows,
+            scores=None if pane.scores is None else pane.scores.merge(_empty_like(pane.scores)),
+        )
+        self._summarise_into(tmp, pane.buffer)
+        return tmp
+
+    def _summarise_into(self, pane: _Pane, part: pl.DataFrame) -> None:
+        idc = self.config.id_column
         sketch_opts = self.profile.options
         for name, ref in self.profile.columns.items():
             if name not in part.columns:
@@ -296,7 +377,10 @@ class StreamingMonitor:
                 )
         if self._sample_cols and all(c in part.columns for c in self._sample_cols):
             rows = part.select([pl.col(c).cast(pl.Float64) for c in self._sample_cols]).to_numpy()
-            keys = self._rng.random(len(rows))
+            if idc is not None and idc in part.columns:  # order-independent: a hash of the id
+                keys = part[idc].cast(pl.String).hash(seed=0).to_numpy() / 2.0**64
+            else:
+                keys = self._rng.random(len(rows))
             self._bottom_k(pane, keys, rows)
         score_col = self.config.score_column
         if score_col is not None and score_col in part.columns:
@@ -320,6 +404,7 @@ class StreamingMonitor:
         lateness = int(self.config.allowed_lateness / timedelta(microseconds=1))
         watermark = self._max_time_us - lateness
         while self._next_end * self.config.slide_us <= watermark and self._panes:
+            self._closing = True
             out.extend(self._emit_next())
         return out
 
@@ -331,11 +416,11 @@ class StreamingMonitor:
         panes = [self._panes[p] for p in range(start, end) if p in self._panes]
         out: list[ReportWindow] = []
         if panes:
-            out.append(self._evaluate(panes, start, end))
+            out.append(self._evaluate([self._settled(p) for p in panes], start, end))
         # advance; drop panes no later window needs; skip empty stretches
         self._next_end = end + 1
         for p in [p for p in self._panes if p < self._next_end - m]:
-            scores = self._panes.pop(p).scores
+            scores = self._settled(self._panes.pop(p)).scores
             if scores is not None and self.config.label_retention_panes:
                 self._retained[p] = scores
         while len(self._retained) > self.config.label_retention_panes:
@@ -361,7 +446,7 @@ class StreamingMonitor:
         unexpected = sorted(
             seen
             - set(self.profile.columns)
-            - {self.config.time_column, self.config.score_column or ""}
+            - {self.config.time_column, self.config.score_column or "", self.config.id_column or ""}
         )
         features = compare_summaries(self.profile, current)
         issues = quality_issues(self.profile, current, oor, self.options, missing, unexpected)
@@ -372,7 +457,7 @@ class StreamingMonitor:
             keys = np.concatenate([p.sample_keys for p in panes if p.sample_rows is not None])
             allrows = np.vstack(samples)
             k = min(self.config.sample_size, len(keys))
-            idx = np.argpartition(keys, k - 1)[:k] if len(keys) > k else np.arange(len(keys))
+            idx = np.argsort(keys, kind="stable")[:k]  # a fixed order: the test is order-sensitive
             sub = allrows[idx]
             sub = np.where(np.isfinite(sub), sub, np.nan)
             multi = domain_classifier_test(
@@ -395,3 +480,121 @@ class StreamingMonitor:
         if self._on_window is not None:
             self._on_window(window)
         return window
+
+    # -- snapshot -----------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The monitor's whole state as bytes (JSON): panes, retained score histograms, the
+        window cursor, counters, decision history and the RNG."""
+        state = {
+            "version": 1,
+            "panes": {str(p): _pane_to_dict(pane, self.profile) for p, pane in self._panes.items()},
+            "retained": {str(p): _hist_to_dict(h) for p, h in self._retained.items()},
+            "next_end": self._next_end,
+            "max_time_us": self._max_time_us,
+            "closing": self._closing,
+            "rows_seen": self._rows_seen,
+            "late_rows": self._late_rows,
+            "emitted": self._emitted,
+            "decisions": [d.to_dict() for d in self._decisions],
+            "rng": self._rng.bit_generator.state,
+        }
+        return json.dumps(state, separators=(",", ":")).encode()
+
+    def restore(self, data: bytes) -> None:
+        """Replace this monitor's state by a ``snapshot()`` of a monitor with the same
+        profile and window config."""
+        try:
+            state = json.loads(data)
+            if state.get("version") != 1:
+                raise ValueError(f"unknown monitor snapshot version {state.get('version')!r}")
+            panes = {int(p): _pane_from_dict(d) for p, d in state["panes"].items()}
+            retained = {int(p): _hist_from_dict(d) for p, d in state["retained"].items()}
+            decisions = [_decision_from_dict(d) for d in state["decisions"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInputError(f"cannot restore the monitor from its snapshot: {exc}") from exc
+        self._panes, self._retained, self._decisions = panes, retained, decisions
+        self._next_end = state["next_end"]
+        self._max_time_us = state["max_time_us"]
+        self._closing = bool(state["closing"])
+        self._rows_seen = int(state["rows_seen"])
+        self._late_rows = int(state["late_rows"])
+        self._emitted = int(state["emitted"])
+        self._rng.bit_generator.state = state["rng"]
+
+
+def _hist_to_dict(h: ScoreHistogram) -> dict[str, object]:
+    return {
+        "bins": h.bins,
+        "count": h.count.tolist(),
+        "psum": h.psum.tolist(),
+        "pos": h.pos.tolist(),
+        "neg": h.neg.tolist(),
+        "brier_sum": h.brier_sum,
+        "labelled_p": h.labelled_p.tolist(),
+    }
+
+
+def _hist_from_dict(d: dict[str, object]) -> ScoreHistogram:
+    arr = {k: np.asarray(d[k], dtype=np.float64) for k in ("count", "psum", "pos", "neg")}
+    return ScoreHistogram(
+        int(d["bins"]),  # type: ignore[call-overload]
+        arr["count"],
+        arr["psum"],
+        arr["pos"],
+        arr["neg"],
+        float(d["brier_sum"]),  # type: ignore[arg-type]
+        np.asarray(d["labelled_p"], dtype=np.float64),
+    )
+
+
+def _pane_to_dict(pane: _Pane, profile: ReferenceProfile) -> dict[str, object]:
+    summaries = ReferenceProfile(dict(pane.columns), pane.rows, profile.options)
+    return {
+        "rows": pane.rows,
+        "columns": summaries.to_json().decode(),
+        "out_of_range": pane.out_of_range,
+        "seen_columns": sorted(pane.seen_columns),
+        "sample_keys": pane.sample_keys.tolist(),
+        "sample_rows": None if pane.sample_rows is None else pane.sample_rows.tolist(),
+        "scores": None if pane.scores is None else _hist_to_dict(pane.scores),
+        "buffer": None if pane.buffer is None else _frame_to_text(pane.buffer),
+    }
+
+
+def _pane_from_dict(d: dict[str, object]) -> _Pane:
+    cols = ReferenceProfile.from_json(str(d["columns"])).columns
+    rows = d["sample_rows"]
+    return _Pane(
+        rows=int(d["rows"]),  # type: ignore[call-overload]
+        columns=dict(cols),
+        out_of_range={str(k): int(v) for k, v in dict(d["out_of_range"]).items()},  # type: ignore[call-overload]
+        seen_columns=set(d["seen_columns"]),  # type: ignore[call-overload]
+        sample_keys=np.asarray(d["sample_keys"], dtype=np.float64),
+        sample_rows=None if rows is None else np.asarray(rows, dtype=np.float64),
+        scores=None if d["scores"] is None else _hist_from_dict(d["scores"]),  # type: ignore[arg-type]
+        buffer=None if d.get("buffer") is None else _frame_from_text(str(d["buffer"])),
+    )
+
+
+def _frame_to_text(frame: pl.DataFrame) -> str:
+    import base64
+    import io
+
+    out = io.BytesIO()
+    frame.write_ipc(out)
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def _frame_from_text(text: str) -> pl.DataFrame:
+    import base64
+    import io
+
+    return pl.read_ipc(io.BytesIO(base64.b64decode(text)))
+
+
+def _empty_like(h: ScoreHistogram) -> ScoreHistogram:
+    return ScoreHistogram(h.bins)
+
+
+def _decision_from_dict(d: dict[str, Any]) -> PolicyDecision:
+    return PolicyDecision.from_dict(d)

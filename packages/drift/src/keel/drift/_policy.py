@@ -196,6 +196,26 @@ class PolicyDecision:
             "reason": self.reason,
         }
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PolicyDecision:
+        """Rebuild a decision from :meth:`to_dict` (derived keys such as ``judged``/``ok``
+        are recomputed, not read); unknown keys are refused."""
+        derived = {"judged", "ok"}
+        known = {f for f in cls.__dataclass_fields__} | derived
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidInputError(f"unknown policy decision field(s): {', '.join(unknown)}")
+        fields = {k: v for k, v in d.items() if k not in derived}
+        for k in ("decision", "level"):
+            fields[k] = Level(str(fields[k]))
+        for k in ("drifted", "warned", "not_judged", "errors"):
+            if k in fields:
+                fields[k] = tuple(fields[k])
+        for k in ("scores", "p_values"):
+            if k in fields:
+                fields[k] = {str(n): float(v) for n, v in dict(fields[k]).items()}
+        return cls(**fields)
+
 
 def _categorical_default() -> FeatureThreshold:
     return FeatureThreshold(method="js")

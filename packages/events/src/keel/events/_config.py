@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from keel.events._errors import InvalidConfigError
+
+if TYPE_CHECKING:
+    from keel.events._schemas import SchemaRegistry
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DLQ_SUFFIX = "__dlq"
@@ -146,7 +149,7 @@ def consumer_config(
     max_deliver: int,
     backoff_s: tuple[float, ...],
     start: StartPosition | None,
-    schemas: object,
+    schemas: SchemaRegistry | None,
 ) -> ConsumerConfig:
     """The argument checks every backend's `Bus.consumer` shares: names, schema registry
     type, and the validated `ConsumerConfig`."""
@@ -162,3 +165,18 @@ def consumer_config(
         backoff_s=tuple(backoff_s),
         start=start or StartPosition.all(),
     )
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password in it replaced by `***` (for messages and logs)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if user else f"***@{host}"))

@@ -51,8 +51,10 @@ class IdempotentSink:
 
     `effect(conn, event)` receives the sink's connection inside the open transaction: it must
     write only through it (and not commit). If it raises, that event's writes and mark are
-    rolled back and the delivery is nak'ed (redelivered with backoff, dead-lettered after
-    max_deliver); the rest of the batch still commits.
+    rolled back and the rest of the batch still commits; the delivery is nak'ed (redelivered
+    with the consumer's backoff) until its `max_deliver`-th delivery, which is dead-lettered
+    with the error as the reason. A poison event thus costs bounded retries and never stops
+    the consumer.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class IdempotentSink:
             return ApplyResult(0, 0, 0)
         applied = skipped = 0
         failed: list[Delivery] = []
+        errors: dict[int, str] = {}
         c = self.connection
         with self._lock:
             now = self._now_us()
@@ -134,7 +137,9 @@ class IdempotentSink:
                     c.execute("SAVEPOINT effect")
                     try:
                         effect(c, d.event)
-                    except Exception:
+                    except Exception as exc:
+                        text = f"{type(exc).__name__}: {exc}"
+                        errors[id(d)] = text if len(text) <= 200 else text[:197] + "..."
                         c.execute("ROLLBACK TO effect")
                         c.execute("RELEASE effect")
                         c.execute(
@@ -153,7 +158,10 @@ class IdempotentSink:
         ok = [d for d in deliveries if d not in failed] if failed else list(deliveries)
         consumer.ack_all(ok)
         for d in failed:
-            d.nak()
+            if d.delivery_count >= cfg.max_deliver:
+                d.term(f"failed {d.delivery_count} times: {errors[id(d)]}")
+            else:
+                d.nak()
         self._since_prune += applied
         if self._since_prune >= self._prune_every:
             self.prune()

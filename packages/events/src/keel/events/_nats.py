@@ -43,6 +43,7 @@ import nats.js.errors
 from nats.js import api
 
 from keel.events._bus import (
+    DEFAULT_MAX_EVENT_BYTES,
     Bus,
     Consumer,
     ConsumerInfo,
@@ -52,6 +53,7 @@ from keel.events._bus import (
     StoredEvent,
     StreamInfo,
     check_publishable,
+    check_sizes,
     count_duplicates,
 )
 from keel.events._config import (
@@ -62,6 +64,7 @@ from keel.events._config import (
     check_name,
     check_stream_name,
     consumer_config,
+    redact_url,
 )
 from keel.events._envelope import Event, decode_event, encode_event
 from keel.events._errors import (
@@ -86,6 +89,8 @@ _H_REASON = "Keel-Dlq-Reason"
 _H_DELIVERIES = "Keel-Dlq-Deliveries"
 _H_EVENT_ID = "Keel-Dlq-Event-Id"
 _H_TIME = "Keel-Dlq-Time"
+_HEADER_ROOM = 8192  # bytes of a message's max_payload left for headers
+_MAX_RECLAIM_SPAN = 200_000  # stream sequences scanned by a reclaim
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class NatsOptions:
     connect_timeout_s: float = 5.0
     max_pending_publishes: int = 4000
     name: str = "keel-events"
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
     def __post_init__(self) -> None:
         check_name("subject prefix", self.subject_prefix)
@@ -166,6 +172,15 @@ class _Loop:
             raise UnavailableError(f"NATS call timed out after {timeout_s:.1f}s") from exc
 
     def stop(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self.thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
         if not self.thread.is_alive():
@@ -222,28 +237,53 @@ class NatsBus(Bus):
             assert self.options.monitor_url is not None
             check_sync_always(self.options.monitor_url)
         self._loop = _Loop()
+        self._last_error: BaseException | None = None
         try:
             self._nc = self._run(self._connect(), "connecting", self.options.connect_timeout_s + 5)
-        except BaseException:
+        except BaseException as exc:
             self._loop.stop()
-            raise
+            raise self._connect_error(exc) from None
         self._js = self._nc.jetstream(timeout=self.options.request_timeout_s)
         self._js._publish_async_pending_semaphore = asyncio.Semaphore(  # bounded pipeline
             self.options.max_pending_publishes
         )
 
     async def _connect(self) -> Any:
-        return await nats.connect(
-            self.url,
-            name=self.options.name,
-            connect_timeout=self.options.connect_timeout_s,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            error_cb=_ignore_error,
-            disconnected_cb=_ignore,
-            reconnected_cb=_ignore,
-            closed_cb=_ignore,
+        return await asyncio.wait_for(
+            nats.connect(
+                self.url,
+                name=self.options.name,
+                connect_timeout=self.options.connect_timeout_s,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                error_cb=self._on_error,
+                disconnected_cb=_ignore,
+                reconnected_cb=_ignore,
+                closed_cb=_ignore,
+            ),
+            self.options.connect_timeout_s,
+        )
+
+    async def _on_error(self, exc: Exception) -> None:
+        self._last_error = exc
+
+    def _connect_error(self, exc: BaseException) -> BaseException:
+        """One clear error for a failed first connection: bad credentials or unreachable
+        address, named as such, with the URL's password redacted."""
+        if isinstance(exc, EventsError) and not isinstance(exc, UnavailableError):
+            return exc
+        where = redact_url(self.url)
+        cause = self._last_error or exc.__cause__ or exc
+        text = f"{type(cause).__name__}: {cause}".strip(": ")
+        if "authorization" in text.lower() or "authentication" in text.lower():
+            return UnavailableError(
+                f"NATS at {where} refused the credentials (authorization violation): check "
+                "the user and password in the bus URL"
+            )
+        return UnavailableError(
+            f"cannot reach NATS at {where} within {self.options.connect_timeout_s:g}s "
+            f"({text or 'no answer'}): is the server running and the address right?"
         )
 
     def _run(self, coro: Coroutine[Any, Any, T], what: str, timeout_s: float | None = None) -> T:
@@ -312,7 +352,16 @@ class NatsBus(Bus):
             raise InvalidEventError("publish_raw expects bytes and a non-empty msg_id")
         return self._publish_many(stream, [(msg_id, data)])[0]
 
+    @property
+    def max_event_bytes(self) -> int:
+        """The payload limit: `max_event_bytes`, or less if the server's max_payload (minus
+        headroom for headers) is smaller."""
+        server = int(getattr(self._nc, "max_payload", 0) or 0)
+        limit = self.options.max_event_bytes
+        return min(limit, server - _HEADER_ROOM) if server > _HEADER_ROOM else limit
+
     def _publish_many(self, stream: str, msgs: list[tuple[str, bytes]]) -> list[PublishAck]:
+        check_sizes([len(d) for _, d in msgs], [m for m, _ in msgs], self.max_event_bytes)
         t0 = time.perf_counter()
         acks = self._run(
             self._apublish(stream, self._subject(stream), msgs), f"publishing to {stream}"
@@ -353,7 +402,8 @@ class NatsBus(Bus):
         max_deliver: int = 5,
         backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0),
         start: StartPosition | None = None,
-        schemas: object = None,
+        schemas: SchemaRegistry | None = None,
+        instance: str | None = None,
     ) -> NatsConsumer:
         config = consumer_config(
             stream,
@@ -365,14 +415,43 @@ class NatsBus(Bus):
             schemas=schemas,
         )
         sub = self._run(self._aconsumer(stream, durable, config), f"creating consumer {durable}")
-        return NatsConsumer(
+        consumer = NatsConsumer(
             self,
             stream,
             durable,
             config,
             sub,
             schemas if isinstance(schemas, SchemaRegistry) else None,
+            instance or "",
         )
+        if instance:
+            consumer.reclaimed, consumer._reclaim_hi = self._run(
+                self._areclaim(stream, durable), f"reclaiming in-flight work of {durable}"
+            )
+        return consumer
+
+    async def _areclaim(self, stream: str, durable: str) -> tuple[int, int]:
+        """Nak every pending delivery of `durable` so the server redelivers it now.
+
+        JetStream does not say which client holds a delivery, so this hands back all of the
+        durable's in-flight work (use `instance` with one live process per durable on NATS).
+        The nak goes to the ack subject the server would have given each delivery
+        (`$JS.ACK.<stream>.<durable>.<n>.<stream seq>.<consumer seq>.<ts>.<pending>`): the
+        server checks the stream sequence is pending and the consumer sequence is in range,
+        so the latest delivered consumer sequence stands for all of them. Returns (how many,
+        the highest stream sequence among them)."""
+        info = await self._js.consumer_info(stream, durable)
+        if not info.num_ack_pending:
+            return 0, 0
+        lo = int(info.ack_floor.stream_seq if info.ack_floor else 0) + 1
+        hi = int(info.delivered.stream_seq if info.delivered else 0)
+        dseq = int(info.delivered.consumer_seq if info.delivered else 0)
+        if hi - lo >= _MAX_RECLAIM_SPAN:
+            return 0, 0  # a very old pending delivery: leave it to the ack wait
+        for sseq in range(lo, hi + 1):
+            await self._nc.publish(f"$JS.ACK.{stream}.{durable}.1.{sseq}.{dseq}.0.0", b"-NAK")
+        await self._nc.flush(timeout=int(self.options.request_timeout_s))
+        return int(info.num_ack_pending), hi
 
     async def _aconsumer(self, stream: str, durable: str, config: ConsumerConfig) -> Any:
         await self._ensure_stream(stream)
@@ -557,15 +636,41 @@ class NatsConsumer(Consumer):
         config: ConsumerConfig,
         sub: Any,
         schemas: SchemaRegistry | None,
+        instance: str = "",
     ) -> None:
-        super().__init__(stream, durable, config)
+        super().__init__(stream, durable, config, instance)
         self._bus = bus
         self._sub = sub
         self._schemas = schemas
+        self._reclaim_hi = 0  # > 0: handed-back deliveries up to this sequence not yet fetched
+        self._buffer: list[Delivery] = []
 
     def fetch(self, max_messages: int = 500, timeout_s: float = 1.0) -> list[Delivery]:
         if max_messages < 1:
             raise InvalidConfigError(f"max_messages must be >= 1, got {max_messages}")
+        if self._reclaim_hi:
+            self._collect_reclaimed()
+        if self._buffer:
+            out, self._buffer = self._buffer[:max_messages], self._buffer[max_messages:]
+            return out
+        return self._fetch(max_messages, timeout_s)
+
+    def _collect_reclaimed(self) -> None:
+        """Pull the handed-back deliveries and order them by sequence: the server redelivers
+        naked messages in the order they were naked, which after two crashes in a row need
+        not be the stream's order."""
+        hi, self._reclaim_hi = self._reclaim_hi, 0
+        deadline = time.monotonic() + max(5.0, self.config.ack_wait_s / 4)
+        got: list[Delivery] = []
+        while time.monotonic() < deadline:
+            batch = self._fetch(1000, 0.5)
+            got.extend(batch)
+            if not batch or any(d.seq > hi for d in batch):
+                break
+        got.sort(key=lambda d: d.seq)
+        self._buffer.extend(got)
+
+    def _fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
         bus = self._bus
         deadline = time.monotonic() + max(0.0, timeout_s)
         while True:

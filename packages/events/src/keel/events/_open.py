@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keel.events._bus import Bus
-from keel.events._config import StreamConfig
+from keel.events._config import StreamConfig, redact_url
 from keel.events._errors import InvalidConfigError
 from keel.events._metrics import EventsMetrics, as_events_metrics
 from keel.events._schemas import SchemaRegistry
@@ -78,5 +78,6 @@ def open_bus(
             clock=clock,
         )
     raise InvalidConfigError(
-        f"unsupported event bus URL {url!r}: use sqlite:///path/events.db or nats://host:port"
+        f"unsupported event bus URL {redact_url(url)!r}: use sqlite:///path/events.db or "
+        "nats://host:port"
     )

@@ -41,6 +41,7 @@ from typing import Any
 import msgspec
 
 from keel.events._bus import (
+    DEFAULT_MAX_EVENT_BYTES,
     Bus,
     Consumer,
     ConsumerInfo,
@@ -50,6 +51,7 @@ from keel.events._bus import (
     StoredEvent,
     StreamInfo,
     check_publishable,
+    check_sizes,
     count_duplicates,
 )
 from keel.events._config import (
@@ -94,6 +96,7 @@ CREATE TABLE IF NOT EXISTS keel_pending (
     seq INTEGER NOT NULL,
     deliveries INTEGER NOT NULL,
     visible_us INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (stream, durable, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS keel_pending_visible ON keel_pending (stream, durable, visible_us);
@@ -103,6 +106,7 @@ CREATE TABLE IF NOT EXISTS keel_leases (
     lo INTEGER NOT NULL,
     hi INTEGER NOT NULL,
     visible_us INTEGER NOT NULL,
+    owner TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (stream, durable, lo)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS keel_leases_visible ON keel_leases (stream, durable, visible_us);
@@ -156,8 +160,10 @@ class SQLiteBus(Bus):
         busy_timeout_s: float = 30.0,
         compact_every: int = 100_000,
         poll_interval_s: float = 0.002,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.path = Path(path)
+        self.max_event_bytes = int(max_event_bytes)
         self.url = f"sqlite://{self.path}"
         self._stream_config = stream_config or StreamConfig()
         self._schemas = schemas
@@ -188,6 +194,10 @@ class SQLiteBus(Bus):
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         c.execute(stmt)
+                for table in ("keel_leases", "keel_pending"):  # files from before owners
+                    cols = [r[1] for r in c.execute(f"PRAGMA table_info({table})")]
+                    if "owner" not in cols:
+                        c.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
         except sqlite3.Error as exc:
             raise _translate(exc, f"opening {self.path}") from exc
 
@@ -265,6 +275,7 @@ class SQLiteBus(Bus):
         rows = [
             (ev.id, now_us, encode_event(replace(ev, publish_time=publish_time))) for ev in events
         ]
+        check_sizes([len(r[2]) for r in rows], [r[0] for r in rows], self.max_event_bytes)
         with self._lock:
             acks = self._append(stream, rows, now_us)
         self._after_publish(stream, acks, time.perf_counter() - t0)
@@ -274,6 +285,7 @@ class SQLiteBus(Bus):
         check_stream_name(stream)
         if not isinstance(data, bytes) or not isinstance(msg_id, str) or not msg_id:
             raise InvalidEventError("publish_raw expects bytes and a non-empty msg_id")
+        check_sizes([len(data)], [msg_id], self.max_event_bytes)
         t0 = time.perf_counter()
         with self._lock:
             now_us = self._now_us()
@@ -399,7 +411,8 @@ class SQLiteBus(Bus):
         max_deliver: int = 5,
         backoff_s: tuple[float, ...] = (1.0, 5.0, 30.0),
         start: StartPosition | None = None,
-        schemas: object = None,
+        schemas: SchemaRegistry | None = None,
+        instance: str | None = None,
     ) -> SQLiteConsumer:
         config = consumer_config(
             stream,
@@ -428,9 +441,17 @@ class SQLiteBus(Bus):
                     f"consumer {durable!r} of stream {stream!r} exists with ack_wait_s="
                     f"{row[0] / _US}, not {config.ack_wait_s}: delete it first to change it"
                 )
-        return SQLiteConsumer(
-            self, stream, durable, config, schemas if isinstance(schemas, SchemaRegistry) else None
-        )
+            consumer = SQLiteConsumer(
+                self,
+                stream,
+                durable,
+                config,
+                schemas if isinstance(schemas, SchemaRegistry) else None,
+                instance or "",
+            )
+            if instance:
+                consumer.reclaimed = consumer._reclaim(c)
+        return consumer
 
     def _start_seq(
         self, c: sqlite3.Connection, t: str | None, stream: str, start: StartPosition
@@ -640,8 +661,9 @@ class SQLiteConsumer(Consumer):
         durable: str,
         config: ConsumerConfig,
         schemas: SchemaRegistry | None,
+        instance: str = "",
     ) -> None:
-        super().__init__(stream, durable, config)
+        super().__init__(stream, durable, config, instance)
         self._bus = bus
         self._schemas = schemas
         self._ack_wait_us = int(config.ack_wait_s * _US)
@@ -733,12 +755,12 @@ class SQLiteConsumer(Consumer):
                 if ev is None:
                     deletes.append((stream, durable, seq))
                     continue
-                updates.append((deliveries + 1, visible, stream, durable, seq))
+                updates.append((deliveries + 1, visible, self.instance, stream, durable, seq))
                 out.append(Delivery(self, ev, seq, deliveries + 1, None))
                 redelivered += 1
             if updates:
                 c.executemany(
-                    "UPDATE keel_pending SET deliveries=?, visible_us=? "
+                    "UPDATE keel_pending SET deliveries=?, visible_us=?, owner=? "
                     "WHERE stream=? AND durable=? AND seq=?",
                     updates,
                 )
@@ -802,8 +824,8 @@ class SQLiteConsumer(Consumer):
             # The common case: all valid, no gap — one lease, deliveries built in C.
             lease = (lo, hi)
             c.execute(
-                "INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?)",
-                (stream, durable, lo, hi, visible),
+                "INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?, ?)",
+                (stream, durable, lo, hi, visible, self.instance),
             )
             return list(
                 map(Delivery, repeat(self), events, range(lo, hi + 1), _ONES, repeat(lease))  # type: ignore[arg-type]
@@ -812,13 +834,13 @@ class SQLiteConsumer(Consumer):
         if events is None:
             events = [self._validate(c, seq, 1, data) for seq, data in rows]
         out: list[Delivery] = []
-        leases: list[tuple[str, str, int, int, int]] = []
+        leases: list[tuple[str, str, int, int, int, str]] = []
         run: list[tuple[int, Event]] = []
 
         def close_run() -> None:
             if run:
                 lease = (run[0][0], run[-1][0])
-                leases.append((stream, durable, lease[0], lease[1], visible))
+                leases.append((stream, durable, lease[0], lease[1], visible, self.instance))
                 out.extend(Delivery(self, ev, seq, 1, lease) for seq, ev in run)
                 run.clear()
 
@@ -829,25 +851,58 @@ class SQLiteConsumer(Consumer):
                 run.append((seq, ev))
         close_run()
         if leases:
-            c.executemany("INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?)", leases)
+            c.executemany("INSERT OR REPLACE INTO keel_leases VALUES (?, ?, ?, ?, ?, ?)", leases)
         return out
 
-    def _split_lease(self, c: sqlite3.Connection, lease: tuple[int, int]) -> bool:
-        """Turn lease `(lo, hi)` into per-event pending rows (same visibility, 1 delivery);
-        False if it no longer exists (acked, split or deleted already)."""
+    def _split_lease(
+        self,
+        c: sqlite3.Connection,
+        lease: tuple[int, int],
+        *,
+        visible_us: int | None = None,
+        deliveries: int = 1,
+    ) -> bool:
+        """Turn lease `(lo, hi)` into per-event pending rows (same visibility and owner unless
+        `visible_us` is given; `deliveries` deliveries so far); False if it no longer exists
+        (acked, split or deleted already)."""
         stream, durable = self.stream, self.durable
         key = (stream, durable, lease[0], lease[1])
         where = "WHERE stream=? AND durable=? AND lo=? AND hi=?"
-        row = c.execute(f"SELECT visible_us FROM keel_leases {where}", key).fetchone()
+        row = c.execute(f"SELECT visible_us, owner FROM keel_leases {where}", key).fetchone()
         if row is None:
             return False
         c.execute(f"DELETE FROM keel_leases {where}", key)
-        visible = int(row[0])
+        visible = int(row[0]) if visible_us is None else visible_us
         c.executemany(
-            "INSERT OR REPLACE INTO keel_pending VALUES (?, ?, ?, 1, ?)",
-            [(stream, durable, s, visible) for s in range(lease[0], lease[1] + 1)],
+            "INSERT OR REPLACE INTO keel_pending VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (stream, durable, s, deliveries, visible, row[1])
+                for s in range(lease[0], lease[1] + 1)
+            ],
         )
         return True
+
+    def _reclaim(self, c: sqlite3.Connection) -> int:
+        """Hand this instance's in-flight deliveries (left by a crashed run of the same
+        instance) back to it now, ahead of newer events, instead of after their ack wait.
+        A first delivery cut short this way does not count as a delivery (the application
+        never settled it); a redelivery keeps its count. Returns how many events."""
+        stream, durable, now = self.stream, self.durable, self._bus._now_us()
+        # All of them (due already or not) get the same visibility, so they come back in
+        # sequence order — a crashed run may have left some due (reclaimed, never fetched)
+        # and some not (fetched again): ordering those by visibility would reorder events.
+        n = c.execute(
+            "UPDATE keel_pending SET visible_us=? WHERE stream=? AND durable=? AND owner=?",
+            (now, stream, durable, self.instance),
+        ).rowcount
+        leases = c.execute(
+            "SELECT lo, hi FROM keel_leases WHERE stream=? AND durable=? AND owner=?",
+            (stream, durable, self.instance),
+        ).fetchall()
+        for lo, hi in leases:
+            self._split_lease(c, (int(lo), int(hi)), visible_us=now, deliveries=0)
+            n += int(hi) - int(lo) + 1
+        return n
 
     def _validate(
         self, c: sqlite3.Connection, seq: int, deliveries: int, data: bytes

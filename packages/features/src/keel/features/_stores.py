@@ -8,6 +8,7 @@ values plus their event time so callers can compute freshness.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -242,8 +243,14 @@ class OfflineStore:
         self.root = Path(root)
         self._name = name_fn or (lambda: uuid.uuid4().hex)
 
-    def write(self, dataset: str, frame: pl.DataFrame, *, time_column: str) -> list[Path]:
-        """Append ``frame`` to ``dataset``, one file per UTC date of ``time_column``."""
+    def write(
+        self, dataset: str, frame: pl.DataFrame, *, time_column: str, name: str | None = None
+    ) -> list[Path]:
+        """Append ``frame`` to ``dataset``, one file per UTC date of ``time_column``.
+
+        ``name`` names the part files (``part-<name>.parquet`` in each date directory; default
+        a random one): a writer that records the name it will use next can remove what a
+        crash left half-committed (see `discard`). A failed write leaves no file behind."""
         if time_column not in frame.columns:
             raise InvalidInputError(
                 f"offline write: time column {time_column!r} missing from {frame.columns}"
@@ -259,18 +266,40 @@ class OfflineStore:
             pl.col(time_column).dt.convert_time_zone("UTC").dt.date().alias("__date")
         )
         paths: list[Path] = []
+        tmp: Path | None = None
         try:
             for (day,), chunk in part.group_by("__date", maintain_order=True):
                 d = self.root / dataset / f"date={day}"
                 d.mkdir(parents=True, exist_ok=True)
-                path = d / f"part-{self._name()}.parquet"
+                path = d / f"part-{name or self._name()}.parquet"
                 tmp = path.with_suffix(".tmp")
                 chunk.drop("__date").write_parquet(tmp)
                 tmp.replace(path)  # readers never see a half-written file
+                tmp = None
                 paths.append(path)
-        except OSError as exc:
-            raise UnavailableError(f"offline write to {self.root / dataset} failed: {exc}") from exc
+        except (OSError, pl.exceptions.ComputeError) as exc:
+            # Polars reports I/O failures (disk full, file size limit) as ComputeError.
+            if isinstance(exc, pl.exceptions.ComputeError) and "IO error" not in str(exc):
+                raise
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+            reason = getattr(exc, "strerror", None) or str(exc).rsplit("IO error: ", 1)[-1]
+            raise UnavailableError(
+                f"offline write to {self.root / dataset} failed: {reason}"
+            ) from exc
         return paths
+
+    def discard(self, dataset: str, name: str) -> int:
+        """Remove the part files named ``name`` (see `write`) and any leftover ``*.tmp`` from
+        ``dataset``; returns how many files."""
+        base = self.root / dataset
+        if not base.is_dir():
+            return 0
+        doomed = [*base.glob(f"date=*/part-{name}.parquet"), *base.glob("date=*/*.tmp")]
+        for p in doomed:
+            p.unlink(missing_ok=True)
+        return len(doomed)
 
     def read(
         self, dataset: str, *, start: date | None = None, end: date | None = None
@@ -302,9 +331,11 @@ class OfflineStore:
 
 
 class StateStore(Protocol):
-    """Where streaming-engine snapshots live."""
+    """Where streaming-engine snapshots live. ``save_many`` is atomic: all or none."""
 
     def save(self, name: str, data: bytes) -> None: ...
+
+    def save_many(self, items: Mapping[str, bytes]) -> None: ...
 
     def load(self, name: str) -> bytes | None: ...
 
@@ -317,6 +348,9 @@ class MemoryStateStore:
 
     def save(self, name: str, data: bytes) -> None:
         self._d[name] = bytes(data)
+
+    def save_many(self, items: Mapping[str, bytes]) -> None:
+        self._d.update({k: bytes(v) for k, v in items.items()})
 
     def load(self, name: str) -> bytes | None:
         return self._d.get(name)
@@ -344,12 +378,23 @@ class SQLiteStateStore:
         self._lock = threading.Lock()
 
     def save(self, name: str, data: bytes) -> None:
+        self.save_many({name: data})
+
+    def save_many(self, items: Mapping[str, bytes]) -> None:
+        now = to_us(self._clock())
         with self._lock:
-            self._db.execute(
-                "INSERT INTO snapshots(name, data, saved_us) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET data = excluded.data, saved_us = excluded.saved_us",
-                (name, data, to_us(self._clock())),
-            )
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO snapshots(name, data, saved_us) VALUES (?, ?, ?) ON CONFLICT(name) "
+                    "DO UPDATE SET data = excluded.data, saved_us = excluded.saved_us",
+                    [(k, v, now) for k, v in items.items()],
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise UnavailableError(f"state store write to {self.path} failed: {exc}") from exc
 
     def load(self, name: str) -> bytes | None:
         with self._lock:
@@ -368,8 +413,11 @@ class RedisStateStore:
         self.prefix = prefix
 
     def save(self, name: str, data: bytes) -> None:
+        self.save_many({name: data})
+
+    def save_many(self, items: Mapping[str, bytes]) -> None:
         try:
-            self._r.set(self.prefix + name, data)
+            self._r.mset({self.prefix + k: v for k, v in items.items()})  # atomic in Redis
         except self._redis_mod.RedisError as exc:
             raise UnavailableError(f"Redis state save failed: {exc}") from exc
 

@@ -1,0 +1,400 @@
+"""Crash-exact streaming, end to end (issue: features/events consumers).
+
+Events flow into two streams while a chaos thread SIGKILLs the feature-worker and the
+drift-monitor at random points (and, on NATS, kills and restarts the broker once). A second
+pair of the same binaries, on their own durables and homes, consumes the same streams
+uninterrupted. Afterwards the online store, the offline event log, the dead-letter queue and
+the monitor's window results of both are IDENTICAL (content hashes); the test reports how
+many in-flight deliveries the restarted consumers got back (redeliveries absorbed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import keel_drift_monitor.main as monitor_main
+import keel_feature_worker.main as worker_main
+import numpy as np
+import polars as pl
+import pytest
+
+from keel.drift import build_profile
+from keel.events import Event, UnavailableError, open_bus
+from keel.features import OfflineStore, event_log_dataset
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+N_TXN, N_PRED, CHUNKS = 3000, 2400, 30
+KILLS = 3  # SIGKILLs of each chaos consumer
+
+DEFS = textwrap.dedent(
+    """
+    from datetime import timedelta
+    from keel.features import Aggregation, Entity, EventSource, FeatureView
+
+    card_txn = FeatureView(
+        name="card_txn",
+        source=EventSource("txn.created", stream="transactions"),
+        entities=[Entity("card")],
+        fields={"amount": "float"},
+        features=[
+            Aggregation("count", None, timedelta(minutes=10)),
+            Aggregation("sum", "amount", timedelta(hours=1)),
+            Aggregation("max", "amount", timedelta(hours=1)),
+        ],
+        id_column="event_id",
+        allowed_lateness=timedelta(minutes=2),
+    )
+    """
+)
+
+
+def _events(seed: int) -> tuple[list[Event], list[Event]]:
+    rng = random.Random(seed)
+    txns = []
+    for i in range(N_TXN):
+        jitter = -rng.uniform(0, 60) if rng.random() > 0.02 else -rng.uniform(300, 900)  # some late
+        amount: object = round(rng.uniform(1, 100), 2) if rng.random() > 0.01 else "high"
+        txns.append(
+            Event.create(
+                type="txn.created",
+                key=f"card-{rng.randrange(40)}",
+                event_time=T0 + timedelta(seconds=2 * i + jitter),
+                payload={"amount": amount},
+                id=f"t-{i}",
+            )
+        )
+    preds = []
+    for i in range(N_PRED):
+        shift = 1.0 if i > N_PRED // 2 else 0.0
+        feats = {
+            "amount": round(rng.lognormvariate(3 + shift, 1), 4),
+            "merchant": rng.choice(["a", "b", "c"]),
+        }
+        payload: object = {"features": feats, "score": round(rng.betavariate(2, 5), 4)}
+        if rng.random() < 0.01:
+            payload = {"features": feats, "score": "high"}
+        preds.append(
+            Event.create(
+                type="prediction.made",
+                key=f"c{i}",
+                event_time=T0 + timedelta(seconds=3 * i - rng.uniform(0, 30)),
+                payload=payload,
+                id=f"p-{i}",
+            )
+        )
+    return txns, preds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A private nats-server (JetStream on disk) that the test can kill and restart."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = _free_port()
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.proc = subprocess.Popen(
+            [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("nats-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class App:
+    """One consumer binary (feature-worker or drift-monitor) under a tiny supervisor."""
+
+    def __init__(self, name: str, script: str, env: dict[str, str], logs: Path) -> None:
+        self.name, self.script, self.env, self.logs = name, script, env, logs
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+        self.start()
+
+    def start(self) -> None:
+        self.runs += 1
+        out = open(self.logs / f"{self.name}-{self.runs}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, self.script], env=self.env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def ensure_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def started(self) -> bool:
+        log = self.logs / f"{self.name}-{self.runs}.log"
+        return log.exists() and b" started" in log.read_bytes()
+
+    def reclaimed(self) -> int:
+        total = 0
+        for f in sorted(self.logs.glob(f"{self.name}-*.log")):
+            for line in f.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    total += int(json.loads(line).get("reclaimed", 0))
+        return total
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _results(home: Path, bus_url: str) -> dict[str, str]:
+    db = sqlite3.connect(home / "online.db")
+    online = db.execute(
+        "SELECT namespace, entity, event_time, hex(payload) FROM online_features ORDER BY 1, 2"
+    ).fetchall()
+    db.close()
+    log = OfflineStore(home / "offline").read(event_log_dataset("txn.created")).collect()
+    windows = (
+        sqlite3.connect(home / "drift_monitor.db")
+        .execute("SELECT window_end, result FROM windows ORDER BY window_end")
+        .fetchall()
+    )
+    bus = open_bus(bus_url)
+    try:
+        dead = sorted(
+            (d.event_id, d.reason)
+            for s in ("transactions", "predictions")
+            for d in bus.dead_letters(s, limit=100_000)
+            if d.durable.endswith(home.name)
+        )
+    finally:
+        bus.close()
+    return {
+        "online": _digest(online),
+        "offline_log": _digest(log.sort("event_id").to_dicts()),
+        "monitor_windows": _digest(windows),
+        "dead_letters": _digest(dead),
+        "sizes": json.dumps([len(online), log.height, len(windows), len(dead)]),
+    }
+
+
+def _settled(bus_url: str, durables: list[tuple[str, str]]) -> bool:
+    try:
+        bus = open_bus(bus_url)
+    except UnavailableError:
+        return False
+    try:
+        for stream, durable in durables:
+            info = next((c for c in bus.consumers(stream) if c.durable == durable), None)
+            if info is None or info.lag or info.ack_pending:
+                return False
+        return True
+    except Exception:
+        return False
+    finally:
+        bus.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("nats", marks=pytest.mark.integration)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Broker | None]]:
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'bus' / 'events.db'}", None
+        return
+    broker = Broker(tmp_path / "js")
+    try:
+        yield broker.url, broker
+    finally:
+        broker.kill()
+
+
+@pytest.mark.slow
+def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
+    tmp_path: Path, backend: tuple[str, Broker | None]
+) -> None:
+    bus_url, broker = backend
+    rng = random.Random(int(os.environ.get("KEEL_CHAOS_SEED", "11")))
+    txns, preds = _events(5)
+    defs = tmp_path / "defs.py"
+    defs.write_text(DEFS)
+    np_rng = np.random.default_rng(0)
+    ref = pl.DataFrame(
+        {"amount": np_rng.lognormal(3, 1, 4000), "merchant": np_rng.choice(["a", "b", "c"], 4000)}
+    )
+    profile = build_profile(ref).save(tmp_path / "profile.json")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (tmp_path / "bus").mkdir()
+    base = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KEEL_")},
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+        "KEEL_BUS_URL": bus_url,
+        "KEEL_DRIFT_BUS_URL": bus_url,
+    }
+    apps: dict[str, App] = {}
+    for run in ("clean", "chaos"):
+        home = tmp_path / run
+        home.mkdir()
+        apps[f"fw-{run}"] = App(
+            f"fw-{run}",
+            worker_main.__file__,
+            {
+                **base,
+                "KEEL_HOME": str(home),
+                "KEEL_FEATURES_DEFINITIONS": str(defs),
+                "KEEL_FEATURES_DURABLE": f"fw-{run}",
+                "KEEL_METRICS_PORT": "0",
+                "KEEL_FEATURES_BATCH_SIZE": "97",
+                "KEEL_FEATURES_FLUSH_INTERVAL_S": "0.3",
+            },
+            logs,
+        )
+        apps[f"dm-{run}"] = App(
+            f"dm-{run}",
+            monitor_main.__file__,
+            {
+                **base,
+                "KEEL_HOME": str(home),
+                "KEEL_DRIFT_PROFILE": str(profile),
+                "KEEL_DRIFT_DURABLE": f"dm-{run}",
+                "KEEL_DRIFT_OUTPUT_STREAM": f"drift-{run}",
+                "KEEL_DRIFT_METRICS_PORT": "0",
+                "KEEL_DRIFT_WINDOW_S": "900",
+                "KEEL_DRIFT_SLIDE_S": "300",
+                "KEEL_DRIFT_LATENESS_S": "20",
+                "KEEL_DRIFT_MIN_SAMPLES": "50",
+                "KEEL_DRIFT_BATCH_SIZE": "113",
+                "KEEL_DRIFT_POLL_TIMEOUT_S": "0.2",
+            },
+            logs,
+        )
+    kills = {"fw-chaos": 0, "dm-chaos": 0, "broker": 0}
+
+    def chaos(victim: str, seed: int) -> None:
+        """SIGKILL ``victim`` KILLS times, each at a random point after it started consuming,
+        and restart it at once. On NATS the feature-worker's thread also kills and restarts
+        the broker once, midway."""
+        r = random.Random(seed)
+        app = apps[victim]
+        for n in range(KILLS):
+            deadline = time.monotonic() + 60
+            while not app.started() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(r.uniform(0.05, 1.0))
+            app.kill()
+            kills[victim] += 1
+            if broker is not None and victim == "fw-chaos" and n == KILLS // 2:
+                broker.kill()
+                kills["broker"] += 1
+                time.sleep(0.5)
+                broker.start()
+            app.start()
+
+    publisher_bus = open_bus(bus_url)
+    t0 = time.monotonic()
+    threads = [
+        threading.Thread(target=chaos, args=(v, rng.randrange(1 << 30)), daemon=True)
+        for v in ("fw-chaos", "dm-chaos")
+    ]
+    for th in threads:
+        th.start()
+    try:
+        step_t, step_p = N_TXN // CHUNKS, N_PRED // CHUNKS
+        for c in range(CHUNKS):
+            for stream, evs in (
+                ("transactions", txns[c * step_t : (c + 1) * step_t]),
+                ("predictions", preds[c * step_p : (c + 1) * step_p]),
+            ):
+                for _ in range(100):  # the broker may be restarting: publish is idempotent
+                    try:
+                        publisher_bus.publish_batch(stream, evs)
+                        break
+                    except UnavailableError:
+                        time.sleep(0.2)
+                else:
+                    raise AssertionError("could not publish for 20 s")
+            time.sleep(0.4)
+    finally:
+        publisher_bus.close()
+    t_published = time.monotonic() - t0
+    for th in threads:
+        th.join(180)
+        assert not th.is_alive(), "a chaos thread did not finish"
+    t_chaos = time.monotonic() - t0
+    for a in apps.values():
+        a.ensure_running()
+    durables = [
+        (s, f"{p}-{r}")
+        for r in ("clean", "chaos")
+        for s, p in (("transactions", "fw"), ("predictions", "dm"))
+    ]
+    deadline = time.monotonic() + 90
+    while not _settled(bus_url, durables):
+        assert time.monotonic() < deadline, "consumers did not catch up"
+        for a in apps.values():
+            a.ensure_running()
+        time.sleep(0.5)
+    t_settled = time.monotonic() - t0
+    for a in apps.values():
+        a.stop()
+    clean = _results(tmp_path / "clean", bus_url)
+    chaotic = _results(tmp_path / "chaos", bus_url)
+    reclaimed = apps["fw-chaos"].reclaimed() + apps["dm-chaos"].reclaimed()
+    print(
+        f"\nchaos[{bus_url.split(':')[0]}]: kills={kills} reclaimed(redeliveries absorbed)="
+        f"{reclaimed} published/chaos/settled at {t_published:.0f}/{t_chaos:.0f}/{t_settled:.0f}s "
+        f"results={clean}"
+    )
+    assert kills["fw-chaos"] == kills["dm-chaos"] == KILLS
+    assert kills["broker"] == (broker is not None)
+    assert json.loads(clean["sizes"])[2] >= 5  # windows closed
+    if chaotic != clean:  # say what differs before failing
+        for f in sorted(logs.glob("*.log")):
+            lines = f.read_text(errors="replace").splitlines()
+            odd = [ln for ln in lines if "WARN" in ln or "ERROR" in ln or "Traceback" in ln]
+            print(f.name, len(lines), odd[:3], lines[-1:] if odd else "")
+    assert chaotic == clean
