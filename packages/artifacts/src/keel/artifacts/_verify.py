@@ -1,0 +1,283 @@
+"""Verify before deserialise: signature, manifest, every file hash, the weights header.
+
+``load_artifact`` reads the weights file once into memory, hashes those very bytes,
+validates the safetensors header with Keel's own parser, checks the compatibility
+contract and the runtime config — and only then hands the bytes to safetensors. A file
+swapped on disk after verification therefore cannot reach the deserialiser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from keel.artifacts._compat import Requirements, check_compatibility, validate_runtime_config
+from keel.artifacts._errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    IntegrityError,
+    InvalidInputError,
+    UnsignedArtifactError,
+    WeightsFormatError,
+)
+from keel.artifacts._files import (
+    DEFAULT_MAX_ARCHIVE_BYTES,
+    check_not_pickle,
+    extract_archive,
+    hash_file,
+    read_bounded,
+    scan_dir,
+)
+from keel.artifacts._manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, WEIGHTS_FILE, Manifest, digest_of, parse_manifest
+from keel.artifacts._metrics import ArtifactMetrics
+from keel.artifacts._safetensors import SafetensorsHeader, read_header, validate_header
+from keel.artifacts._signing import MAX_SIGNATURE_BYTES, SIGNATURE_FILE, TrustPolicy
+
+log = logging.getLogger("keel.artifacts")
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class VerifiedArtifact:
+    """An artifact whose signature, manifest and file hashes all checked out."""
+
+    path: Path
+    manifest: Manifest
+    digest: str
+    signer: str | None  # key hint (SHA-256 of the PEM public key); None when unsigned
+    weights: SafetensorsHeader
+    verified_bytes: int
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    """A verified artifact with its tensors deserialised and runtime config validated."""
+
+    manifest: Manifest
+    digest: str
+    signer: str | None
+    tensors: Mapping[str, Any]
+    runtime_config: Mapping[str, Any]
+    files: Mapping[str, bytes] = field(default_factory=dict)
+
+    def build_model(self, builders: Mapping[str, Callable[..., Any]]) -> Any:
+        """Build the model with the registered builder the manifest names, then load the
+        tensors into it (``load_state_dict``, strict). No stored code ever runs."""
+        arch = self.manifest.architecture
+        builder = builders.get(arch.builder)
+        if builder is None:
+            raise InvalidInputError(
+                f"no model builder registered as {arch.builder!r} (have {sorted(builders)})"
+            )
+        model = builder(**arch.args)
+        if hasattr(model, "load_state_dict"):
+            try:
+                model.load_state_dict(dict(self.tensors), strict=True)
+            except (RuntimeError, ValueError, TypeError, KeyError) as e:
+                raise InvalidInputError(f"weights do not fit builder {arch.builder!r}: {e}") from None
+        return model
+
+
+def _verify_dir(
+    root: Path, policy: TrustPolicy, keep: Iterable[str] = ()
+) -> tuple[VerifiedArtifact, dict[str, bytes]]:
+    sizes = scan_dir(root)
+    signed: dict[str, str] | None = None
+    signer = None
+    if SIGNATURE_FILE in sizes:
+        sizes.pop(SIGNATURE_FILE)
+        bundle = read_bounded(root / SIGNATURE_FILE, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
+        _, signed, signer = policy.verify(bundle)
+    elif not policy.allow_unsigned:
+        raise UnsignedArtifactError(
+            f"{root} is not signed; the trust policy requires a signature (allow_unsigned=False)"
+        )
+    else:
+        log.warning("loading UNSIGNED artifact %s: the trust policy allows unsigned artifacts", root)
+    if MANIFEST_FILE not in sizes:
+        raise IntegrityError(f"{root} has no {MANIFEST_FILE}")
+    if signed is not None:
+        _same_set("signature", set(signed), set(sizes))
+    mbytes = read_bounded(root / MANIFEST_FILE, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    mhash = hashlib.sha256(mbytes).hexdigest()
+    if signed is not None and signed[MANIFEST_FILE] != mhash:
+        raise IntegrityError(f"{MANIFEST_FILE} was changed after signing")
+    manifest = parse_manifest(mbytes)
+    listed = {f.path: f for f in manifest.files}
+    _same_set("manifest", set(listed) | {MANIFEST_FILE}, set(sizes))
+    for p, f in listed.items():
+        if signed is not None and signed[p] != f.sha256:
+            raise IntegrityError(f"{p}: the manifest and the signature disagree on its hash")
+        if sizes[p] != f.size:
+            raise IntegrityError(f"{p}: {sizes[p]} bytes on disk, the manifest says {f.size}")
+    kept: dict[str, bytes] = {}
+    keep = set(keep)
+    total = len(mbytes)
+    header: SafetensorsHeader | None = None
+    for p in sorted(listed):
+        if p in keep:
+            data = _read_exact(root / p, p, listed[p].size)
+            check_not_pickle(p, data[:2])
+            digest = hashlib.sha256(data).hexdigest()
+            kept[p] = data
+            if p == manifest.weights:
+                header = validate_header(memoryview(data), len(data))
+        else:
+            _, digest = hash_file(root / p, p)
+        if digest != listed[p].sha256:
+            raise IntegrityError(f"{p}: SHA-256 does not match the manifest (changed or corrupted)")
+        total += listed[p].size
+    if header is None:
+        try:
+            with open(root / manifest.weights, "rb") as f:
+                header = read_header(f, listed[manifest.weights].size)
+        except OSError as e:
+            raise IntegrityError(f"cannot read {manifest.weights}: {e}") from None
+    return (
+        VerifiedArtifact(
+            path=root,
+            manifest=manifest,
+            digest=digest_of(mbytes),
+            signer=signer,
+            weights=header,
+            verified_bytes=total,
+        ),
+        kept,
+    )
+
+
+def _same_set(what: str, expected: set[str], actual: set[str]) -> None:
+    extra, missing = sorted(actual - expected), sorted(expected - actual)
+    if extra or missing:
+        raise IntegrityError(
+            f"files differ from the {what}: "
+            + (f"unlisted {extra}" if extra else "")
+            + ("; " if extra and missing else "")
+            + (f"missing {missing}" if missing else "")
+        )
+
+
+def _read_exact(path: Path, name: str, size: int) -> bytes:
+    try:
+        with open(path, "rb", buffering=0) as f:
+            data = f.read(size + 1)  # one allocation of the right size, one copy from the kernel
+    except OSError as e:
+        raise IntegrityError(f"cannot read {name}: {e}") from None
+    if len(data) != size:
+        raise IntegrityError(f"{name} changed size while being read")
+    return data
+
+
+@contextmanager
+def _opened(path: str | Path, max_archive_bytes: int) -> Any:
+    p = Path(path)
+    if p.is_dir():
+        yield p
+        return
+    if not p.exists():
+        raise ArtifactNotFoundError(f"no artifact at {p}")
+    with tempfile.TemporaryDirectory(prefix="keel-artifact-") as tmp:
+        dest = Path(tmp) / "a"
+        dest.mkdir()
+        extract_archive(p, dest, max_bytes=max_archive_bytes)
+        yield dest
+
+
+def verify_artifact(
+    path: str | Path,
+    policy: TrustPolicy,
+    *,
+    metrics: ArtifactMetrics | None = None,
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES,
+    clock: Clock = time.perf_counter,
+) -> VerifiedArtifact:
+    """Verify an artifact directory or archive against ``policy``; deserialise nothing."""
+    t0 = clock()
+    try:
+        with _opened(path, max_archive_bytes) as root:
+            v, _ = _verify_dir(root, policy)
+        if root != Path(path):
+            v = VerifiedArtifact(**{**v.__dict__, "path": Path(path)})
+    except ArtifactError as e:
+        if metrics is not None:
+            metrics.refused(e)
+        raise
+    if metrics is not None:
+        metrics.verify_seconds.observe(clock() - t0)
+        metrics.verified_bytes.inc(v.verified_bytes)
+        metrics.verified.labels(signed=str(v.signer is not None).lower()).inc()
+    return v
+
+
+def load_artifact(
+    path: str | Path,
+    policy: TrustPolicy,
+    *,
+    framework: Literal["torch", "numpy"] = "torch",
+    requirements: Requirements | None = None,
+    runtime_config: Mapping[str, Any] | None = None,
+    read_files: Iterable[str] = (),
+    metrics: ArtifactMetrics | None = None,
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES,
+    clock: Clock = time.perf_counter,
+) -> LoadedArtifact:
+    """Verify, check the contract, validate runtime config — then deserialise the weights.
+
+    ``read_files``: extra files to return (verified bytes, read once).
+    ``runtime_config`` is validated against the manifest's schema; it is never stored,
+    so it never changes the digest.
+    """
+    if framework not in ("torch", "numpy"):
+        raise InvalidInputError(f"framework must be 'torch' or 'numpy', not {framework!r}")
+    t0 = clock()
+    try:
+        with _opened(path, max_archive_bytes) as root:
+            v, kept = _verify_dir(root, policy, keep={WEIGHTS_FILE, *read_files})
+        missing = set(read_files) - set(kept)
+        if missing:
+            raise InvalidInputError(f"read_files not in the artifact: {sorted(missing)}")
+        if requirements is not None:
+            check_compatibility(v.manifest, requirements)
+        cfg = validate_runtime_config(v.manifest.runtime_config, runtime_config)
+        tensors = _deserialise(kept[v.manifest.weights], framework)
+    except ArtifactError as e:
+        if metrics is not None:
+            metrics.refused(e)
+        raise
+    if metrics is not None:
+        dt = clock() - t0
+        metrics.load_seconds.observe(dt)
+        metrics.verify_seconds.observe(dt)
+        metrics.verified_bytes.inc(v.verified_bytes)
+        metrics.verified.labels(signed=str(v.signer is not None).lower()).inc()
+    extras = {k: bytes(b) for k, b in kept.items() if k != v.manifest.weights}
+    return LoadedArtifact(
+        manifest=v.manifest,
+        digest=v.digest,
+        signer=v.signer,
+        tensors=tensors,
+        runtime_config=cfg,
+        files=extras,
+    )
+
+
+def _deserialise(data: bytes, framework: str) -> dict[str, Any]:
+    """Hand verified, header-validated bytes to safetensors; translate its errors."""
+    try:
+        if framework == "torch":
+            from safetensors.torch import load as st_load
+        else:
+            from safetensors.numpy import load as st_load  # type: ignore[assignment]
+        return dict(st_load(data))
+    except Exception as e:  # the library's own errors (SafetensorError, ...) never leak
+        raise WeightsFormatError(f"safetensors refused the weights: {type(e).__name__}: {e}") from None
+
+
