@@ -128,12 +128,12 @@ def _verify_dir(
             check_not_pickle(p, data[:2])
             digest = hashlib.sha256(data).hexdigest()
             kept[p] = data
-            if p == manifest.weights:
-                header = validate_header(memoryview(data), len(data))
         else:
             _, digest = hash_file(root / p, p)
         if digest != listed[p].sha256:
             raise IntegrityError(f"{p}: SHA-256 does not match the manifest (changed or corrupted)")
+        if p in kept and p == manifest.weights:
+            header = validate_header(memoryview(kept[p]), len(kept[p]))
         total += listed[p].size
     if header is None:
         try:
