@@ -62,9 +62,20 @@ from keel.artifacts._manifest import (
     parse_manifest,
 )
 from keel.artifacts._metrics import ArtifactMetrics
-from keel.artifacts._safetensors import SafetensorsHeader, TensorInfo, validate_header
+from keel.artifacts._safetensors import (
+    SafetensorsHeader,
+    TensorInfo,
+    save_safetensors,
+    validate_header,
+)
 from keel.artifacts._signing import SIGNATURE_FILE, SigningKey, TrustPolicy, generate_keypair
-from keel.artifacts._verify import LoadedArtifact, VerifiedArtifact, load_artifact, verify_artifact
+from keel.artifacts._verify import (
+    LoadedArtifact,
+    VerifiedArtifact,
+    load_artifact,
+    read_manifest,
+    verify_artifact,
+)
 
 __all__ = [
     "FORMAT",
@@ -117,6 +128,8 @@ __all__ = [
     "generate_keypair",
     "load_artifact",
     "parse_manifest",
+    "read_manifest",
+    "save_safetensors",
     "validate_header",
     "validate_runtime_config",
     "verify_artifact",

@@ -16,6 +16,7 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from keel.artifacts._canonical import canonical_dumps
@@ -222,7 +223,7 @@ def _as_bytes(name: str, value: Any) -> tuple[str, tuple[int, ...], memoryview]:
             raise WeightsFormatError(f"tensor {name!r}: dtype {t.dtype} has no safetensors code")
         shape = tuple(int(d) for d in t.shape)
         flat = t.contiguous().reshape(-1)
-        import torch  # lazy: only when the caller hands us torch tensors
+        import torch  # pants: no-infer-dep (lazy: only when the caller hands us torch tensors)
 
         raw = flat.view(torch.uint8).numpy() if flat.numel() else b""
         return code, shape, memoryview(raw).cast("B") if len(raw) else memoryview(b"")
@@ -273,3 +274,14 @@ def write_safetensors(
         h.update(mv)
         total += mv.nbytes
     return total, h.hexdigest()
+
+
+def save_safetensors(
+    path: str | Path, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+) -> tuple[int, str]:
+    """Write ``tensors`` to a new safetensors file, streaming; returns (size, sha256 hex)."""
+    try:
+        with open(path, "xb") as out:
+            return write_safetensors(out, tensors, metadata)
+    except OSError as e:
+        raise WeightsFormatError(f"cannot write {path}: {e}") from None

@@ -191,6 +191,18 @@ def _opened(path: str | Path, max_archive_bytes: int) -> Any:
         yield dest
 
 
+def read_manifest(
+    path: str | Path, *, max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
+) -> tuple[Manifest, str]:
+    """The manifest and digest of an artifact, parsed strictly but NOT verified (no
+    signature or file-hash check): for inspecting and diffing, never for loading."""
+    with _opened(path, max_archive_bytes) as root:
+        if not (root / MANIFEST_FILE).is_file() or (root / MANIFEST_FILE).is_symlink():
+            raise IntegrityError(f"{path} has no {MANIFEST_FILE}")
+        data = read_bounded(root / MANIFEST_FILE, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    return parse_manifest(data), digest_of(data)
+
+
 def verify_artifact(
     path: str | Path,
     policy: TrustPolicy,
@@ -273,6 +285,8 @@ def _deserialise(data: bytes, framework: str) -> dict[str, Any]:
     """Hand verified, header-validated bytes to safetensors; translate its errors."""
     try:
         if framework == "torch":
+            # torch comes with the caller's environment (trainer, serving): not a dependency
+            # of keel.artifacts, so CLIs that only verify do not ship it.
             from safetensors.torch import load as st_load
         else:
             from safetensors.numpy import load as st_load  # type: ignore[assignment]
