@@ -64,9 +64,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Keys]:
     return d, keys
 
 
-def _try(path: Path, keys: Keys) -> None:
+def _try(path: Path, keys: Keys, framework: str = "numpy", engine: str = "keel") -> None:
     try:
-        load_artifact(path, keys.policy, framework="numpy", runtime_config=CFG)
+        load_artifact(path, keys.policy, framework=framework, engine=engine, runtime_config=CFG)  # type: ignore[arg-type]
     except ArtifactError:
         pass
 
@@ -75,9 +75,21 @@ SETTINGS = settings(max_examples=N, suppress_health_check=[HealthCheck.function_
 
 
 @SETTINGS
-@given(rel=st.sampled_from(FILES), m=mutations, resealed=st.booleans())
+@given(
+    rel=st.sampled_from(FILES),
+    m=mutations,
+    resealed=st.booleans(),
+    framework=st.sampled_from(["numpy", "torch"]),
+    engine=st.sampled_from(["keel", "safetensors"]),
+)
 def test_mutated_artifact_only_raises_artifact_error(
-    pristine: tuple[Path, Keys], tmp_path_factory: pytest.TempPathFactory, rel: str, m: tuple[str, int, object], resealed: bool
+    pristine: tuple[Path, Keys],
+    tmp_path_factory: pytest.TempPathFactory,
+    rel: str,
+    m: tuple[str, int, object],
+    resealed: bool,
+    framework: str,
+    engine: str,
 ) -> None:
     d, keys = pristine
     work = tmp_path_factory.mktemp("m", numbered=True)
@@ -87,7 +99,7 @@ def test_mutated_artifact_only_raises_artifact_error(
     p.write_bytes(mutate(p.read_bytes(), m))
     if resealed and rel in (WEIGHTS_FILE, "profile.json"):
         reseal(a, keys.key)
-    _try(a, keys)
+    _try(a, keys, framework, engine)
     shutil.rmtree(work)
 
 

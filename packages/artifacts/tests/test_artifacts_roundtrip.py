@@ -47,8 +47,12 @@ def test_round_trip_directory_and_archive(tmp_path: Path) -> None:
     for name, arr in tensors().items():
         assert torch.equal(loaded.tensors[name], torch.from_numpy(arr))
     assert loaded.files == {"profile.json": b"{}"}
-    np_loaded = load_artifact(d, keys.policy, framework="numpy", runtime_config=CFG)
-    assert np.array_equal(np_loaded.tensors["0.weight"], tensors()["0.weight"])
+    for engine in ("keel", "safetensors"):
+        np_loaded = load_artifact(d, keys.policy, framework="numpy", engine=engine, runtime_config=CFG)
+        for name, arr in tensors().items():
+            assert np.array_equal(np_loaded.tensors[name], arr)
+        st = load_artifact(d, keys.policy, engine=engine, runtime_config=CFG)
+        assert all(torch.equal(st.tensors[k], loaded.tensors[k]) for k in loaded.tensors)
 
 
 def test_torch_tensors_build_and_registered_builder(tmp_path: Path) -> None:
@@ -59,6 +63,9 @@ def test_torch_tensors_build_and_registered_builder(tmp_path: Path) -> None:
     d = build(tmp_path, keys, weights=state)
     loaded = load_artifact(d, keys.policy, runtime_config=CFG)
     assert loaded.tensors["0.bias"].dtype == torch.bfloat16
+    via_st = load_artifact(d, keys.policy, engine="safetensors", runtime_config=CFG)
+    assert all(torch.equal(via_st.tensors[k], v) for k, v in loaded.tensors.items())
+    loaded.tensors["0.weight"].add_(0)  # writable views of a private buffer
 
     def mlp(n_in: int, hidden: int, n_out: int) -> torch.nn.Module:
         m = torch.nn.Sequential(torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_out))
@@ -78,6 +85,21 @@ def test_weights_from_an_existing_safetensors_file(tmp_path: Path) -> None:
     d = build(tmp_path, None, weights=tmp_path / "w.safetensors")
     loaded = load_artifact(d, TrustPolicy.unsigned_ok(), framework="numpy", runtime_config=CFG)
     assert set(loaded.tensors) == set(tensors())
+
+
+def test_unaligned_third_party_layout_loads_by_copy(tmp_path: Path) -> None:
+    from artifacts_testdata import raw_safetensors
+
+    hdr = {
+        "flag": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+        "w": {"dtype": "F32", "shape": [2], "data_offsets": [1, 9]},
+    }
+    f = tmp_path / "odd.safetensors"
+    f.write_bytes(raw_safetensors(hdr, b"\x01" + np.array([1.5, -2.0], dtype=np.float32).tobytes()))
+    d = build(tmp_path, None, weights=f)
+    for framework in ("torch", "numpy"):
+        t = load_artifact(d, TrustPolicy.unsigned_ok(), framework=framework, runtime_config=CFG).tensors  # type: ignore[arg-type]
+        assert [float(x) for x in t["w"]] == [1.5, -2.0] and int(t["flag"][0]) == 1
 
 
 def test_runtime_config_is_validated_and_never_changes_the_digest(tmp_path: Path) -> None:

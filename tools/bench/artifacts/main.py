@@ -112,7 +112,10 @@ def main() -> int:
 
         files = sorted(p for p in built.path.rglob("*") if p.is_file() and p.name != "model.sig")
         weights = built.path / "weights.safetensors"
-        _raw_hash(files)  # warm the page cache for both sides
+        total = sum(p.stat().st_size for p in files)
+        _raw_hash(files)  # warm the page cache for both sides, and the lazy imports
+        load_artifact(built.path, policy, framework="torch")
+        load_file(str(weights))
 
         verify_k, verify_r, load_k, load_r = [], [], [], []
         for r in range(rounds):
@@ -129,7 +132,6 @@ def main() -> int:
             for side, fn in pair if r % 2 == 0 else pair[::-1]:
                 (load_k if side == "k" else load_r).append(_timed(fn))
 
-    total = sum(p.stat().st_size for p in files) if False else built.manifest.files[0].size
     vk, vr = statistics.median(verify_k), statistics.median(verify_r)
     lk, lr = statistics.median(load_k), statistics.median(load_r)
     figs = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 
 import tempfile
 import time
@@ -29,6 +31,7 @@ from keel.artifacts._errors import (
     WeightsFormatError,
 )
 from keel.artifacts._files import (
+    CHUNK,
     DEFAULT_MAX_ARCHIVE_BYTES,
     check_not_pickle,
     extract_archive,
@@ -88,7 +91,7 @@ class LoadedArtifact:
 
 def _verify_dir(
     root: Path, policy: TrustPolicy, keep: Iterable[str] = ()
-) -> tuple[VerifiedArtifact, dict[str, bytes]]:
+) -> tuple[VerifiedArtifact, dict[str, bytearray]]:
     sizes = scan_dir(root)
     signed: dict[str, str] | None = None
     signer = None
@@ -118,15 +121,14 @@ def _verify_dir(
             raise IntegrityError(f"{p}: the manifest and the signature disagree on its hash")
         if sizes[p] != f.size:
             raise IntegrityError(f"{p}: {sizes[p]} bytes on disk, the manifest says {f.size}")
-    kept: dict[str, bytes] = {}
+    kept: dict[str, bytearray] = {}
     keep = set(keep)
     total = len(mbytes)
     header: SafetensorsHeader | None = None
     for p in sorted(listed):
         if p in keep:
-            data = _read_exact(root / p, p, listed[p].size)
-            check_not_pickle(p, data[:2])
-            digest = hashlib.sha256(data).hexdigest()
+            data, digest = _read_exact(root / p, p, listed[p].size)
+            check_not_pickle(p, bytes(data[:2]))
             kept[p] = data
         else:
             _, digest = hash_file(root / p, p)
@@ -165,15 +167,48 @@ def _same_set(what: str, expected: set[str], actual: set[str]) -> None:
         )
 
 
-def _read_exact(path: Path, name: str, size: int) -> bytes:
+def _read_exact(path: Path, name: str, size: int) -> tuple[bytearray, str]:
+    """Read ``name`` into a private buffer and hash those very bytes.
+
+    A reader thread copies 4 MiB chunks from the file into the buffer while this thread
+    hashes the chunks already read (file reads and hashlib both release the GIL), so the
+    private copy costs little over a bare hash pass.
+    """
+    buf = bytearray(size)
+    mv = memoryview(buf)
+    done: queue.SimpleQueue[tuple[int, int] | BaseException | None] = queue.SimpleQueue()
+
+    def reader() -> None:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                pos = 0
+                while pos < size:
+                    n = f.readinto(mv[pos : pos + CHUNK])
+                    if not n:
+                        break
+                    done.put((pos, n))
+                    pos += n
+                if pos != size or f.read(1):
+                    raise IntegrityError(f"{name} changed size while being read")
+            done.put(None)
+        except BaseException as e:  # handed to the hashing thread, re-raised there
+            done.put(e)
+
+    t = threading.Thread(target=reader, name="keel-artifacts-read", daemon=True)
+    t.start()
+    h = hashlib.sha256()
     try:
-        with open(path, "rb", buffering=0) as f:
-            data = f.read(size + 1)  # one allocation of the right size, one copy from the kernel
-    except OSError as e:
-        raise IntegrityError(f"cannot read {name}: {e}") from None
-    if len(data) != size:
-        raise IntegrityError(f"{name} changed size while being read")
-    return data
+        while (item := done.get()) is not None:
+            if isinstance(item, BaseException):
+                if isinstance(item, OSError):
+                    raise IntegrityError(f"cannot read {name}: {item}") from None
+                raise item
+            pos, n = item
+            h.update(mv[pos : pos + n])
+    finally:
+        t.join()
+    del mv
+    return buf, h.hexdigest()
 
 
 @contextmanager
@@ -234,6 +269,7 @@ def load_artifact(
     policy: TrustPolicy,
     *,
     framework: Literal["torch", "numpy"] = "torch",
+    engine: Literal["keel", "safetensors"] = "keel",
     requirements: Requirements | None = None,
     runtime_config: Mapping[str, Any] | None = None,
     read_files: Iterable[str] = (),
@@ -244,11 +280,16 @@ def load_artifact(
     """Verify, check the contract, validate runtime config — then deserialise the weights.
 
     ``read_files``: extra files to return (verified bytes, read once).
+    ``engine``: "keel" (default) builds tensors as zero-copy views of the verified buffer;
+    "safetensors" hands the same verified bytes to the safetensors library (one more copy).
     ``runtime_config`` is validated against the manifest's schema; it is never stored,
     so it never changes the digest.
     """
-    if framework not in ("torch", "numpy"):
-        raise InvalidInputError(f"framework must be 'torch' or 'numpy', not {framework!r}")
+    if framework not in ("torch", "numpy") or engine not in ("keel", "safetensors"):
+        raise InvalidInputError(
+            f"framework must be 'torch' or 'numpy' and engine 'keel' or 'safetensors' "
+            f"(got {framework!r}, {engine!r})"
+        )
     t0 = clock()
     try:
         with _opened(path, max_archive_bytes) as root:
@@ -259,7 +300,7 @@ def load_artifact(
         if requirements is not None:
             check_compatibility(v.manifest, requirements)
         cfg = validate_runtime_config(v.manifest.runtime_config, runtime_config)
-        tensors = _deserialise(kept[v.manifest.weights], framework)
+        tensors = _deserialise(kept[v.manifest.weights], v.weights, framework, engine)
     except ArtifactError as e:
         if metrics is not None:
             metrics.refused(e)
@@ -271,6 +312,7 @@ def load_artifact(
         metrics.verified_bytes.inc(v.verified_bytes)
         metrics.verified.labels(signed=str(v.signer is not None).lower()).inc()
     extras = {k: bytes(b) for k, b in kept.items() if k != v.manifest.weights}
+    kept.clear()
     return LoadedArtifact(
         manifest=v.manifest,
         digest=v.digest,
@@ -281,17 +323,74 @@ def load_artifact(
     )
 
 
-def _deserialise(data: bytes, framework: str) -> dict[str, Any]:
-    """Hand verified, header-validated bytes to safetensors; translate its errors."""
+def _deserialise(
+    data: bytearray, header: SafetensorsHeader, framework: str, engine: str
+) -> dict[str, Any]:
+    """Tensors from verified, header-validated bytes.
+
+    engine "keel": zero-copy views of the verified buffer, laid out by Keel's validated
+    header (torch.frombuffer / numpy.frombuffer; nothing else is interpreted).
+    engine "safetensors": the bytes are handed to the safetensors library (one more copy).
+    Third-party errors are translated; they never leak.
+    """
     try:
+        if engine == "safetensors":
+            if framework == "torch":
+                # torch comes with the caller's environment (trainer, serving): not a
+                # dependency of keel.artifacts, so CLIs that only verify do not ship it.
+                from safetensors.torch import load as st_load
+            else:
+                from safetensors.numpy import load as st_load  # type: ignore[assignment]
+            return dict(st_load(bytes(data)))
         if framework == "torch":
-            # torch comes with the caller's environment (trainer, serving): not a dependency
-            # of keel.artifacts, so CLIs that only verify do not ship it.
-            from safetensors.torch import load as st_load
-        else:
-            from safetensors.numpy import load as st_load  # type: ignore[assignment]
-        return dict(st_load(data))
-    except Exception as e:  # the library's own errors (SafetensorError, ...) never leak
-        raise WeightsFormatError(f"safetensors refused the weights: {type(e).__name__}: {e}") from None
+            return _torch_views(data, header)
+        return _numpy_views(data, header)
+    except ArtifactError:
+        raise
+    except Exception as e:  # SafetensorError, TypeError from torch/numpy, ...
+        raise WeightsFormatError(f"cannot deserialise the weights: {type(e).__name__}: {e}") from None
 
 
+_TORCH_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
+    "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32",
+    "I64": "int64", "U64": "uint64", "F64": "float64", "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn",
+}  # fmt: skip
+_NUMPY_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "<i2", "U16": "<u2", "F16": "<f2",
+    "I32": "<i4", "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8",
+}  # fmt: skip
+
+
+def _torch_views(data: bytearray, header: SafetensorsHeader) -> dict[str, Any]:
+    import torch  # pants: no-infer-dep (the caller's dependency, see ADR 0003)
+
+    u8 = torch.frombuffer(data, dtype=torch.uint8)
+    out: dict[str, Any] = {}
+    for name, t in header.tensors.items():
+        dtype = getattr(torch, _TORCH_DTYPES[t.dtype])
+        a, b = header.data_start + t.start, header.data_start + t.end
+        if a == b:
+            out[name] = torch.empty(t.shape, dtype=dtype)
+            continue
+        seg = u8[a:b]
+        if a % dtype.itemsize:  # not laid out by Keel: copy to an aligned buffer
+            seg = seg.clone()
+        out[name] = seg.view(dtype).reshape(t.shape)
+    return out
+
+
+def _numpy_views(data: bytearray, header: SafetensorsHeader) -> dict[str, Any]:
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for name, t in header.tensors.items():
+        code = _NUMPY_DTYPES.get(t.dtype)
+        if code is None:
+            raise InvalidInputError(f"tensor {name!r}: {t.dtype} has no numpy dtype; load with framework='torch'")
+        dt = np.dtype(code)
+        out[name] = np.frombuffer(
+            data, dtype=dt, count=(t.end - t.start) // dt.itemsize, offset=header.data_start + t.start
+        ).reshape(t.shape)
+    return out
