@@ -60,15 +60,21 @@ def keygen(
 
 @app.command()
 def build(
-    spec: Annotated[Path, typer.Option(help="artifact spec (JSON: name, architecture, schemas, ...)")],
+    spec: Annotated[
+        Path, typer.Option(help="artifact spec (JSON: name, architecture, schemas, ...)")
+    ],
     weights: Annotated[Path, typer.Option(help="weights as a .safetensors file")],
     out: Annotated[Path, typer.Option("--out", "-o", help="artifact directory to create")],
     file: Annotated[
         list[str] | None, typer.Option("--file", help="extra payload REL=PATH (repeatable)")
     ] = None,
     key: Annotated[Path | None, typer.Option(help="PEM private key to sign with")] = None,
-    password_env: Annotated[str | None, typer.Option(help="env var holding the key's password")] = None,
-    archive: Annotated[Path | None, typer.Option(help="also write the single-file archive (.tar)")] = None,
+    password_env: Annotated[
+        str | None, typer.Option(help="env var holding the key's password")
+    ] = None,
+    archive: Annotated[
+        Path | None, typer.Option(help="also write the single-file archive (.tar)")
+    ] = None,
 ) -> None:
     """Build (and sign) an artifact from a spec and a safetensors file; prints its digest."""
     import msgspec
@@ -90,8 +96,12 @@ def build(
     signer = SigningKey.from_file(key, _password(password_env)) if key else None
     if signer is None:
         err_console.print("[yellow]warning:[/] building an UNSIGNED artifact (no --key)")
-    built = build_artifact(out, art_spec, weights, files=extras, signing_key=signer, archive=archive)
-    typer.echo(f"artifact: {built.path}" + (f"\narchive:  {built.archive}" if built.archive else ""))
+    built = build_artifact(
+        out, art_spec, weights, files=extras, signing_key=signer, archive=archive
+    )
+    typer.echo(
+        f"artifact: {built.path}" + (f"\narchive:  {built.archive}" if built.archive else "")
+    )
     typer.echo(f"digest:   {built.digest}")
 
 
@@ -101,7 +111,9 @@ def verify(
     trust: Annotated[
         list[Path] | None, typer.Option("--trust", "-t", help="trusted public key (repeatable)")
     ] = None,
-    allow_unsigned: Annotated[bool, typer.Option(help="accept an unsigned artifact (logged)")] = False,
+    allow_unsigned: Annotated[
+        bool, typer.Option(help="accept an unsigned artifact (logged)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Verify signature, manifest and every file hash (nothing is deserialised)."""
@@ -153,7 +165,10 @@ def inspect(
     t.add_row("dependency lock", m.dependency_lock_hash or "—")
     t.add_row("keel version", m.keel_version)
     t.add_row("metrics", _kv(m.metrics))
-    t.add_row("runtime config", ", ".join(f"{k}:{v.type}" for k, v in sorted(m.runtime_config.items())) or "—")
+    t.add_row(
+        "runtime config",
+        ", ".join(f"{k}:{v.type}" for k, v in sorted(m.runtime_config.items())) or "—",
+    )
     for f in m.files:
         t.add_row(f"file {f.path}", f"{f.size} B  sha256:{f.sha256[:16]}…")
     console.print(t)
@@ -178,5 +193,7 @@ def diff(
     for col in ("section", "key", str(a), str(b)):
         t.add_column(col)
     for c in changes:
-        t.add_row(c.section, c.key, json.dumps(c.before, default=str), json.dumps(c.after, default=str))
+        t.add_row(
+            c.section, c.key, json.dumps(c.before, default=str), json.dumps(c.after, default=str)
+        )
     console.print(t if changes else "[green]identical manifests[/]")

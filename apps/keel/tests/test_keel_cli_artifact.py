@@ -28,7 +28,9 @@ def _setup(tmp: Path, metrics: dict[str, float] | None = None, tag: str = "a") -
     spec = tmp / f"spec-{tag}.json"
     spec.write_text(json.dumps({**SPEC, "metrics": metrics or SPEC["metrics"]}))
     w = tmp / f"w-{tag}.safetensors"
-    save_safetensors(w, {"w": np.ones((1, 2), dtype=np.float32), "b": np.zeros(1, dtype=np.float32)})
+    save_safetensors(
+        w, {"w": np.ones((1, 2), dtype=np.float32), "b": np.zeros(1, dtype=np.float32)}
+    )
     return spec, w
 
 
@@ -44,17 +46,46 @@ def test_keygen_build_verify_inspect_diff(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     spec, w = _setup(tmp_path)
     (tmp_path / "card.md").write_text("# model card\n")
-    out = _ok([
-        "artifact", "build", "--spec", str(spec), "--weights", str(w), "--out", str(tmp_path / "a"),
-        "--key", str(key), "--archive", str(tmp_path / "a.tar"), "--file", f"model_card.md={tmp_path / 'card.md'}",
-    ])
+    out = _ok(
+        [
+            "artifact",
+            "build",
+            "--spec",
+            str(spec),
+            "--weights",
+            str(w),
+            "--out",
+            str(tmp_path / "a"),
+            "--key",
+            str(key),
+            "--archive",
+            str(tmp_path / "a.tar"),
+            "--file",
+            f"model_card.md={tmp_path / 'card.md'}",
+        ]
+    )
     assert "digest:   sha256:" in out
-    v = json.loads(_ok(["artifact", "verify", str(tmp_path / "a.tar"), "--trust", str(pub), "--json"]))
+    v = json.loads(
+        _ok(["artifact", "verify", str(tmp_path / "a.tar"), "--trust", str(pub), "--json"])
+    )
     assert v["ok"] and v["signed"] and v["name"] == "fraud-mlp"
     assert "model_card.md" in _ok(["artifact", "inspect", str(tmp_path / "a")])
 
     spec_b, w_b = _setup(tmp_path, {"auc": 0.95}, tag="b")
-    _ok(["artifact", "build", "--spec", str(spec_b), "--weights", str(w_b), "--out", str(tmp_path / "b"), "--key", str(key)])
+    _ok(
+        [
+            "artifact",
+            "build",
+            "--spec",
+            str(spec_b),
+            "--weights",
+            str(w_b),
+            "--out",
+            str(tmp_path / "b"),
+            "--key",
+            str(key),
+        ]
+    )
     d = json.loads(_ok(["artifact", "diff", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]))
     keys = {c["key"] for c in d["changes"]}
     assert "metrics.auc" in keys and "files.model_card.md" in keys
@@ -64,11 +95,37 @@ def test_verify_refuses_untrusted_and_unsigned(tmp_path: Path) -> None:
     _ok(["artifact", "keygen", "--out", str(tmp_path / "k1")])
     _ok(["artifact", "keygen", "--out", str(tmp_path / "k2")])
     spec, w = _setup(tmp_path)
-    _ok(["artifact", "build", "--spec", str(spec), "--weights", str(w), "--out", str(tmp_path / "a"), "--key", str(tmp_path / "k1/keel.key")])
-    r = runner.invoke(app, ["artifact", "verify", str(tmp_path / "a"), "--trust", str(tmp_path / "k2/keel.pub")])
+    _ok(
+        [
+            "artifact",
+            "build",
+            "--spec",
+            str(spec),
+            "--weights",
+            str(w),
+            "--out",
+            str(tmp_path / "a"),
+            "--key",
+            str(tmp_path / "k1/keel.key"),
+        ]
+    )
+    r = runner.invoke(
+        app, ["artifact", "verify", str(tmp_path / "a"), "--trust", str(tmp_path / "k2/keel.pub")]
+    )
     assert r.exit_code != 0 and isinstance(r.exception, Exception)
     assert type(r.exception).__name__ == "UntrustedSignerError"
-    _ok(["artifact", "build", "--spec", str(spec), "--weights", str(w), "--out", str(tmp_path / "u")])
+    _ok(
+        [
+            "artifact",
+            "build",
+            "--spec",
+            str(spec),
+            "--weights",
+            str(w),
+            "--out",
+            str(tmp_path / "u"),
+        ]
+    )
     r = runner.invoke(app, ["artifact", "verify", str(tmp_path / "u")])
     assert type(r.exception).__name__ == "UnsignedArtifactError"
     assert "UNSIGNED" in _ok(["artifact", "verify", str(tmp_path / "u"), "--allow-unsigned"])

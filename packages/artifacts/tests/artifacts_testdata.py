@@ -95,7 +95,9 @@ def reseal(root: Path, key: SigningKey | None) -> None:
     files = []
     for f in m.files:
         data = (root / f.path).read_bytes()
-        files.append(FileEntry(path=f.path, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        files.append(
+            FileEntry(path=f.path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        )
     raw = msgspec.to_builtins(m)
     raw["files"] = msgspec.to_builtins(files)
     mbytes = canonical_dumps(raw)
@@ -103,10 +105,20 @@ def reseal(root: Path, key: SigningKey | None) -> None:
     sig = root / SIGNATURE_FILE
     sig.unlink(missing_ok=True)
     if key is not None:
-        res = [(f.path, f.sha256) for f in files] + [(MANIFEST_FILE, hashlib.sha256(mbytes).hexdigest())]
+        res = [(f.path, f.sha256) for f in files] + [
+            (MANIFEST_FILE, hashlib.sha256(mbytes).hexdigest())
+        ]
         sig.write_bytes(key.sign(m.name, res))
 
 
-def raw_safetensors(header: dict[str, Any] | bytes, data: bytes, *, length: int | None = None) -> bytes:
+# Pickle streams written out as bytes (the tests never import pickle): a protocol-4 dict and
+# the classic code-execution payload (os.system via REDUCE), protocol 2.
+PICKLE_DICT = b"\x80\x04\x95\x14\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01w\x94]\x94G?\xf0\x00\x00\x00\x00\x00\x00as."
+PICKLE_RCE = b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03."
+
+
+def raw_safetensors(
+    header: dict[str, Any] | bytes, data: bytes, *, length: int | None = None
+) -> bytes:
     hb = header if isinstance(header, bytes) else canonical_dumps(header)
     return struct.pack("<Q", len(hb) if length is None else length) + hb + data

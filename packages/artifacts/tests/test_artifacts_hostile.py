@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import shutil
 import struct
 import tarfile
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from artifacts_testdata import Keys, build, raw_safetensors, reseal
+from artifacts_testdata import PICKLE_DICT, PICKLE_RCE, Keys, build, raw_safetensors, reseal
 
 import keel.artifacts._verify as verify_mod
 from keel.artifacts import (
@@ -67,9 +66,13 @@ Mutation = Callable[[Path, Keys], None]
 # (id, mutation, expected error) — the weights cases are re-sealed with the trusted key,
 # so the refusal comes from Keel's own safetensors validator, not from the hashes.
 WEIGHTS_CASES: list[tuple[str, bytes, type[ArtifactError]]] = [
-    ("pickle-as-weights", pickle.dumps({"w": [1.0]}, protocol=4), ForbiddenPayloadError),
+    ("pickle-as-weights", PICKLE_RCE, ForbiddenPayloadError),
     ("truncated-length", b"\x10\x00\x00", WeightsFormatError),
-    ("truncated-header", raw_safetensors(b'{"a":{"dtype":"F32"', b"", length=400), WeightsFormatError),
+    (
+        "truncated-header",
+        raw_safetensors(b'{"a":{"dtype":"F32"', b"", length=400),
+        WeightsFormatError,
+    ),
     ("header-length-2**63", struct.pack("<Q", 2**63) + b"{}", WeightsFormatError),
     (
         "overlapping-offsets",
@@ -78,16 +81,24 @@ WEIGHTS_CASES: list[tuple[str, bytes, type[ArtifactError]]] = [
     ),
     (
         "out-of-bounds-offsets",
-        raw_safetensors({"a": {**F32, "data_offsets": [0, 8]}, "b": {**F32, "data_offsets": [8, 16]}}, b"\0" * 8),
+        raw_safetensors(
+            {"a": {**F32, "data_offsets": [0, 8]}, "b": {**F32, "data_offsets": [8, 16]}}, b"\0" * 8
+        ),
         WeightsFormatError,
     ),
-    ("dtype-shape-vs-bytes", raw_safetensors({"a": {**F32, "shape": [3]}}, b"\0" * 8), WeightsFormatError),
+    (
+        "dtype-shape-vs-bytes",
+        raw_safetensors({"a": {**F32, "shape": [3]}}, b"\0" * 8),
+        WeightsFormatError,
+    ),
     ("dtype-unknown", raw_safetensors({"a": {**F32, "dtype": "O"}}, b"\0" * 8), WeightsFormatError),
     ("not-json", raw_safetensors(b"{\xff\xfe  ", b""), WeightsFormatError),
 ]
 
 
-@pytest.mark.parametrize(("data", "exc"), [c[1:] for c in WEIGHTS_CASES], ids=[c[0] for c in WEIGHTS_CASES])
+@pytest.mark.parametrize(
+    ("data", "exc"), [c[1:] for c in WEIGHTS_CASES], ids=[c[0] for c in WEIGHTS_CASES]
+)
 def test_malicious_weights_signed_by_a_trusted_key(
     tmp_path: Path, data: bytes, exc: type[ArtifactError], no_deserialise: list[object]
 ) -> None:
@@ -98,7 +109,9 @@ def test_malicious_weights_signed_by_a_trusted_key(
     assert no_deserialise == []
 
 
-@pytest.mark.parametrize(("data", "exc"), [c[1:] for c in WEIGHTS_CASES], ids=[c[0] for c in WEIGHTS_CASES])
+@pytest.mark.parametrize(
+    ("data", "exc"), [c[1:] for c in WEIGHTS_CASES], ids=[c[0] for c in WEIGHTS_CASES]
+)
 def test_malicious_weights_swapped_into_a_signed_artifact(
     tmp_path: Path, data: bytes, exc: type[ArtifactError], no_deserialise: list[object]
 ) -> None:
@@ -149,7 +162,7 @@ def _extra(d: Path) -> None:
 
 
 def _extra_pickle(d: Path) -> None:
-    (d / "extra.bin").write_bytes(pickle.dumps([1, 2, 3]))
+    (d / "extra.bin").write_bytes(PICKLE_DICT)
 
 
 def _missing(d: Path) -> None:
@@ -176,17 +189,21 @@ def test_file_set_and_manifest_tampering(
     assert no_deserialise == []
 
 
-def test_pickle_listed_as_an_extra_file_and_signed(tmp_path: Path, no_deserialise: list[object]) -> None:
+def test_pickle_listed_as_an_extra_file_and_signed(
+    tmp_path: Path, no_deserialise: list[object]
+) -> None:
     keys = Keys()
     d = build(tmp_path, keys)
     # an attacker with the key lists a pickle under an innocent name
-    (d / "profile.json").write_bytes(pickle.dumps({"x": 1}))
+    (d / "profile.json").write_bytes(PICKLE_RCE)
     reseal(d, keys.key)
     _refused(d, keys.policy, ForbiddenPayloadError)
     assert no_deserialise == []
 
 
-def test_edited_manifest_resigned_by_an_untrusted_key(tmp_path: Path, no_deserialise: list[object]) -> None:
+def test_edited_manifest_resigned_by_an_untrusted_key(
+    tmp_path: Path, no_deserialise: list[object]
+) -> None:
     keys = Keys()
     d = build(tmp_path, keys)
     _edited_manifest(d)
@@ -195,7 +212,9 @@ def test_edited_manifest_resigned_by_an_untrusted_key(tmp_path: Path, no_deseria
     assert no_deserialise == []
 
 
-def test_unsigned_artifact_is_refused_by_default(tmp_path: Path, no_deserialise: list[object]) -> None:
+def test_unsigned_artifact_is_refused_by_default(
+    tmp_path: Path, no_deserialise: list[object]
+) -> None:
     d = build(tmp_path, None)
     _refused(d, Keys().policy, UnsignedArtifactError)
     _refused(d, TrustPolicy(), UnsignedArtifactError)
@@ -251,7 +270,7 @@ def test_archive_symlink_entry(tmp_path: Path, no_deserialise: list[object]) -> 
 
 def test_archive_bomb_declaring_a_huge_size(tmp_path: Path, no_deserialise: list[object]) -> None:
     keys = Keys()
-    d = build(tmp_path, keys, archive=tmp_path / "a.tar")
+    build(tmp_path, keys, archive=tmp_path / "a.tar")
     raw = bytearray((tmp_path / "a.tar").read_bytes())
     # rewrite the first entry's size field (offset 124, 12 bytes; GNU base-256) to 2**40
     # and fix the header checksum, as a hostile archive would

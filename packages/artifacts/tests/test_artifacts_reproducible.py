@@ -25,7 +25,9 @@ build(out, keys, archive=out / "a.tar")
 """
 
 
-def _build_in_child(tmp: Path, tests_dir: Path, key: Path, env: dict[str, str], umask: str) -> bytes:
+def _build_in_child(
+    tmp: Path, tests_dir: Path, key: Path, env: dict[str, str], umask: str
+) -> bytes:
     tmp.mkdir(parents=True)
     subprocess.run(
         [sys.executable, "-c", BUILD, str(tests_dir), str(tmp), str(key), umask],
@@ -42,13 +44,22 @@ def test_two_builds_in_different_environments_are_byte_identical(tmp_path: Path)
     key.write_bytes(keys.priv)
     tests_dir = Path(__file__).parent
     a = _build_in_child(
-        tmp_path / "one", tests_dir, key, {"TZ": "UTC", "LC_ALL": "C", "SOURCE_DATE_EPOCH": "1700000000"}, "022"
+        tmp_path / "one",
+        tests_dir,
+        key,
+        {"TZ": "UTC", "LC_ALL": "C", "SOURCE_DATE_EPOCH": "1700000000"},
+        "022",
     )
     b = _build_in_child(
         tmp_path / "deeper" / "checkout" / "two",
         tests_dir,
         key,
-        {"TZ": "Asia/Kolkata", "LC_ALL": "C.UTF-8", "LANG": "de_DE.UTF-8", "SOURCE_DATE_EPOCH": "1700000000"},
+        {
+            "TZ": "Asia/Kolkata",
+            "LC_ALL": "C.UTF-8",
+            "LANG": "de_DE.UTF-8",
+            "SOURCE_DATE_EPOCH": "1700000000",
+        },
         "077",
     )
     assert a == b
@@ -60,7 +71,9 @@ def test_two_builds_in_different_environments_are_byte_identical(tmp_path: Path)
     }
     # the directories too: same manifests, same digests
     for rel in ("a/manifest.json", "a/model.sig", "a/weights.safetensors"):
-        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "deeper/checkout/two" / rel).read_bytes()
+        assert (tmp_path / "one" / rel).read_bytes() == (
+            tmp_path / "deeper/checkout/two" / rel
+        ).read_bytes()
 
 
 def test_source_date_epoch_changes_only_archive_mtimes(tmp_path: Path) -> None:

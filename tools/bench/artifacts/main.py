@@ -50,7 +50,10 @@ def _tensors(size_mb: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     per = 16 * 1024 * 1024  # 16 MiB tensors, like the layers of a mid-size model
     n = max(1, size_mb * 1024 * 1024 // per)
-    return {f"layer{i:03d}.weight": rng.standard_normal(per // 4, dtype=np.float32).reshape(-1, 1024) for i in range(n)}
+    return {
+        f"layer{i:03d}.weight": rng.standard_normal(per // 4, dtype=np.float32).reshape(-1, 1024)
+        for i in range(n)
+    }
 
 
 def _raw_hash(paths: list[Path]) -> int:
@@ -117,7 +120,10 @@ def main() -> int:
         load_artifact(built.path, policy, framework="torch")
         load_file(str(weights))
 
-        verify_k, verify_r, load_k, load_r = [], [], [], []
+        verify_k: list[float] = []
+        verify_r: list[float] = []
+        load_k: list[float] = []
+        load_r: list[float] = []
         for r in range(rounds):
             pair = [
                 ("k", lambda: verify_artifact(built.path, policy)),
@@ -152,8 +158,14 @@ def main() -> int:
         "build_peak_extra_vs_weights_size": round(peak / nbytes, 4),
     }
     goals = {
-        "verify_throughput_ge_80pct_of_hashlib": (ratios["keel_vs_raw_hashlib_verify_throughput"] >= 0.8) if full else None,
-        "load_le_1_25x_bare": (ratios["keel_load_vs_bare_safetensors_plus_hashlib_time"] <= 1.25) if full else None,
+        "verify_throughput_ge_80pct_of_hashlib": (
+            ratios["keel_vs_raw_hashlib_verify_throughput"] >= 0.8
+        )
+        if full
+        else None,
+        "load_le_1_25x_bare": (ratios["keel_load_vs_bare_safetensors_plus_hashlib_time"] <= 1.25)
+        if full
+        else None,
         "build_streams_no_second_copy": ratios["build_peak_extra_vs_weights_size"] < 0.1,
     }
     for k, v in figs.items():

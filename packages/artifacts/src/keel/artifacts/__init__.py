@@ -133,4 +133,5 @@ __all__ = [
     "validate_header",
     "validate_runtime_config",
     "verify_artifact",
+    "version_in_range",
 ]

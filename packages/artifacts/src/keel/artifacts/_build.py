@@ -81,7 +81,9 @@ def build_artifact(
         raise InvalidInputError("spec must be an ArtifactSpec")
     out = Path(out)
     if out.exists():
-        raise InvalidInputError(f"{out} already exists; artifacts are immutable — choose a new path")
+        raise InvalidInputError(
+            f"{out} already exists; artifacts are immutable — choose a new path"
+        )
     extras = dict(files or {})
     for rel in extras:
         check_relpath(rel)
@@ -98,7 +100,9 @@ def build_artifact(
             if isinstance(src, bytes):
                 check_not_pickle(rel, src[:2])
                 dst.write_bytes(src)
-                entries.append(FileEntry(path=rel, size=len(src), sha256=hashlib.sha256(src).hexdigest()))
+                entries.append(
+                    FileEntry(path=rel, size=len(src), sha256=hashlib.sha256(src).hexdigest())
+                )
                 continue
             try:
                 with open(src, "rb") as f, open(dst, "xb") as o:
@@ -135,18 +139,24 @@ def build_artifact(
         names = [p for p, _ in resources] + ([SIGNATURE_FILE] if signing_key else [])
         write_archive(out, names, arch, source_date_epoch(source_date_epoch_s))
     return BuiltArtifact(
-        path=out, digest=manifest.digest, manifest=manifest, archive=arch, signed=signing_key is not None
+        path=out,
+        digest=manifest.digest,
+        manifest=manifest,
+        archive=arch,
+        signed=signing_key is not None,
     )
 
 
 def _normalise_modes(root: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o755)
         for f in filenames:
             os.chmod(os.path.join(dirpath, f), 0o644)
 
 
-def archive_artifact(directory: str | Path, archive: str | Path, *, source_date_epoch_s: int | None = None) -> Path:
+def archive_artifact(
+    directory: str | Path, archive: str | Path, *, source_date_epoch_s: int | None = None
+) -> Path:
     """Write the deterministic archive of an existing artifact directory."""
     from keel.artifacts._files import scan_dir
 
@@ -155,6 +165,3 @@ def archive_artifact(directory: str | Path, archive: str | Path, *, source_date_
     arch = Path(archive)
     write_archive(d, names, arch, source_date_epoch(source_date_epoch_s))
     return arch
-
-
-

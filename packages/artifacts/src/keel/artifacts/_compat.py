@@ -82,7 +82,9 @@ def compatibility_mismatches(manifest: Manifest, req: Requirements) -> list[str]
             if have is None:
                 out.append(f"feature view {fv.name!r} (version {fv.version}) is not available")
             elif have != fv.version:
-                out.append(f"feature view {fv.name!r}: artifact needs version {fv.version}, runtime has {have}")
+                out.append(
+                    f"feature view {fv.name!r}: artifact needs version {fv.version}, runtime has {have}"
+                )
     if req.input_columns is not None:
         declared = {f.name: f for f in manifest.input_schema}
         for name, f in declared.items():
@@ -145,7 +147,9 @@ def validate_runtime_config(
         elif f.required:
             errors.append(f"{name}: required")
         else:
-            out[name] = float(f.default) if f.type == "float" and f.default is not None else f.default
+            out[name] = (
+                float(f.default) if f.type == "float" and f.default is not None else f.default
+            )
     if errors:
         raise RuntimeConfigError("invalid runtime config: " + "; ".join(errors))
     return MappingProxyType(out)

@@ -45,7 +45,9 @@ def check_relpath(p: str) -> str:
         or "\x00" in p
         or any(part in ("", ".", "..") for part in p.split("/"))
     ):
-        raise UnsafePathError(f"unsafe path {p!r}: must be relative, without '..', '.', '\\\\' or '//'")
+        raise UnsafePathError(
+            f"unsafe path {p!r}: must be relative, without '..', '.', '\\\\' or '//'"
+        )
     return p
 
 
@@ -54,7 +56,9 @@ def check_not_pickle(path: str, head: bytes) -> None:
     if path.lower().endswith(PICKLE_SUFFIXES):
         raise ForbiddenPayloadError(f"{path}: pickle-based file types are not allowed in artifacts")
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        raise ForbiddenPayloadError(f"{path}: holds a pickle stream; artifacts carry data, not code")
+        raise ForbiddenPayloadError(
+            f"{path}: holds a pickle stream; artifacts carry data, not code"
+        )
 
 
 def scan_dir(root: Path) -> dict[str, int]:
@@ -77,15 +81,15 @@ def _walk(d: Path, prefix: str, out: dict[str, int]) -> None:
         entries = list(os.scandir(d))
     except OSError as e:
         raise IntegrityError(f"cannot list {d}: {e}") from None
-    for e in entries:
-        rel = prefix + e.name
-        if e.is_symlink():
+    for ent in entries:
+        rel = prefix + ent.name
+        if ent.is_symlink():
             raise UnsafePathError(f"{rel} is a symbolic link; artifacts hold regular files only")
-        if e.is_dir(follow_symlinks=False):
-            _walk(Path(e.path), rel + "/", out)
-        elif e.is_file(follow_symlinks=False):
+        if ent.is_dir(follow_symlinks=False):
+            _walk(Path(ent.path), rel + "/", out)
+        elif ent.is_file(follow_symlinks=False):
             check_relpath(rel)
-            st = e.stat(follow_symlinks=False)
+            st = ent.stat(follow_symlinks=False)
             if st.st_nlink > 1:
                 raise UnsafePathError(f"{rel} is a hard link; artifacts hold regular files only")
             out[rel] = st.st_size
@@ -152,9 +156,12 @@ def write_archive(root: Path, files: list[str], out: Path, mtime: int) -> None:
     """Write the deterministic USTAR archive of ``files`` (relative paths) under ``root``."""
     tmp = out.with_name(out.name + ".partial")
     try:
-        with open(tmp, "wb") as raw, tarfile.open(
-            fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8"
-        ) as tf:
+        with (
+            open(tmp, "wb") as raw,
+            tarfile.open(
+                fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT, encoding="utf-8"
+            ) as tf,
+        ):
             for rel in sorted(files):
                 src = root / rel
                 ti = tarfile.TarInfo(rel)

@@ -15,7 +15,7 @@ import msgspec
 from keel.artifacts._canonical import canonical_dumps, canonical_loads
 from keel.artifacts._errors import ManifestError, UnsupportedFormatError
 
-FORMAT = "keel.artifact"
+FORMAT: Literal["keel.artifact"] = "keel.artifact"
 FORMAT_VERSION = "1.0.0"
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -29,14 +29,14 @@ class _S(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
-class Architecture(_S):
+class Architecture(_S, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A registered model-builder name plus JSON arguments: loading never runs stored code."""
 
     builder: str
     args: dict[str, Any] = {}
 
 
-class FieldSpec(_S):
+class FieldSpec(_S, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One input or output column: dtype, and optional allowed range or categories."""
 
     name: str
@@ -47,17 +47,17 @@ class FieldSpec(_S):
     nullable: bool = False
 
 
-class FeatureViewRef(_S):
+class FeatureViewRef(_S, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     version: str
 
 
-class CodeVersion(_S):
+class CodeVersion(_S, frozen=True, kw_only=True, forbid_unknown_fields=True):
     commit: str
     dirty: bool
 
 
-class ConfigField(_S):
+class ConfigField(_S, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One runtime option the artifact accepts (threads, device, batch size, URLs, ...)."""
 
     type: ConfigType
@@ -69,13 +69,13 @@ class ConfigField(_S):
     description: str = ""
 
 
-class FileEntry(_S):
+class FileEntry(_S, frozen=True, kw_only=True, forbid_unknown_fields=True):
     path: str
     size: int
     sha256: str
 
 
-class ArtifactSpec(_S):
+class ArtifactSpec(_S, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the producer (trainer, CLI) declares; ``build_artifact`` adds the rest."""
 
     name: str
@@ -91,7 +91,7 @@ class ArtifactSpec(_S):
     runtime_config: dict[str, ConfigField] = {}
 
 
-class Manifest(_S):
+class Manifest(_S, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The full manifest as stored in ``manifest.json`` (format spec in the README)."""
 
     format: Literal["keel.artifact"]
@@ -161,7 +161,9 @@ def parse_manifest(data: bytes) -> Manifest:
     if len(set(paths)) != len(paths):
         raise ManifestError("manifest lists a file twice")
     if m.weights != WEIGHTS_FILE or m.weights not in paths:
-        raise ManifestError(f"manifest's weights file must be {WEIGHTS_FILE!r}, listed in its files")
+        raise ManifestError(
+            f"manifest's weights file must be {WEIGHTS_FILE!r}, listed in its files"
+        )
     for f in m.files:
         if f.size < 0 or len(f.sha256) != 64 or any(c not in "0123456789abcdef" for c in f.sha256):
             raise ManifestError(f"manifest entry {f.path!r}: bad size or sha256")

@@ -1,10 +1,10 @@
 """Prometheus metrics of verification and loading, through keel.telemetry (ADR 0003).
 
-    keel_artifacts_verify_seconds                 time to verify an artifact (signature + hashes)
-    keel_artifacts_load_seconds                   time to verify and deserialise an artifact
-    keel_artifacts_verified_bytes_total           bytes hashed by verification
-    keel_artifacts_verified_total{signed}         artifacts accepted (signed="true"/"false")
-    keel_artifacts_refusals_total{reason}         artifacts refused, by ArtifactError.reason
+keel_artifacts_verify_seconds                 time to verify an artifact (signature + hashes)
+keel_artifacts_load_seconds                   time to verify and deserialise an artifact
+keel_artifacts_verified_bytes_total           bytes hashed by verification
+keel_artifacts_verified_total{signed}         artifacts accepted (signed="true"/"false")
+keel_artifacts_refusals_total{reason}         artifacts refused, by ArtifactError.reason
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ class ArtifactMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.metrics = m = ComponentMetrics("artifacts", registry=registry)
         self.verify_seconds = m.histogram(
-            "verify_seconds", "Time to verify an artifact (signature, manifest, hashes).", buckets=_BUCKETS
+            "verify_seconds",
+            "Time to verify an artifact (signature, manifest, hashes).",
+            buckets=_BUCKETS,
         )
         self.load_seconds = m.histogram(
             "load_seconds", "Time to verify and deserialise an artifact.", buckets=_BUCKETS
@@ -33,7 +35,9 @@ class ArtifactMetrics:
             "verified_total", "Artifacts accepted, by whether they were signed.", labels=("signed",)
         )
         self.refusals = m.counter(
-            "refusals_total", "Artifacts refused, by reason (ArtifactError.reason).", labels=("reason",)
+            "refusals_total",
+            "Artifacts refused, by reason (ArtifactError.reason).",
+            labels=("reason",),
         )
 
     @property

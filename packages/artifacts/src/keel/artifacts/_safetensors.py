@@ -153,7 +153,9 @@ def _tensor(name: str, entry: Any) -> TensorInfo:
         or not all(_is_int(o) and o >= 0 for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise WeightsFormatError(f"tensor {name!r}: data_offsets must be [begin, end], begin <= end")
+        raise WeightsFormatError(
+            f"tensor {name!r}: data_offsets must be [begin, end], begin <= end"
+        )
     nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
     if offsets[1] - offsets[0] != nbytes:
         raise WeightsFormatError(
@@ -225,8 +227,9 @@ def _as_bytes(name: str, value: Any) -> tuple[str, tuple[int, ...], memoryview]:
         flat = t.contiguous().reshape(-1)
         import torch  # pants: no-infer-dep (lazy: only when the caller hands us torch tensors)
 
-        raw = flat.view(torch.uint8).numpy() if flat.numel() else b""
-        return code, shape, memoryview(raw).cast("B") if len(raw) else memoryview(b"")
+        if not flat.numel():
+            return code, shape, memoryview(b"")
+        return code, shape, flat.view(torch.uint8).numpy().data
     import numpy as np
 
     a = np.asarray(value)
@@ -234,7 +237,7 @@ def _as_bytes(name: str, value: Any) -> tuple[str, tuple[int, ...], memoryview]:
     if code is None:
         raise WeightsFormatError(f"tensor {name!r}: dtype {a.dtype} has no safetensors code")
     a = np.ascontiguousarray(a)
-    return code, tuple(int(d) for d in a.shape), memoryview(a.reshape(-1).view(np.uint8))
+    return code, tuple(int(d) for d in a.shape), a.reshape(-1).view(np.uint8).data
 
 
 def write_safetensors(

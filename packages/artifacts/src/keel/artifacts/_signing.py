@@ -48,7 +48,11 @@ SERIALIZATION = {
     "ignore_paths": [SIGNATURE_FILE],
 }
 MAX_SIGNATURE_BYTES = 16 * 1024 * 1024
-_CURVES = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384, "secp521r1": hashes.SHA512}
+_CURVES: dict[str, hashes.HashAlgorithm] = {
+    "secp256r1": hashes.SHA256(),
+    "secp384r1": hashes.SHA384(),
+    "secp521r1": hashes.SHA512(),
+}
 
 
 def _hash_for(key: ec.EllipticCurvePublicKey) -> hashes.HashAlgorithm:
@@ -57,7 +61,7 @@ def _hash_for(key: ec.EllipticCurvePublicKey) -> hashes.HashAlgorithm:
         raise InvalidInputError(
             f"unsupported curve {key.curve.name}: use P-256, P-384 or P-521 (model-signing's set)"
         )
-    return algo()
+    return algo
 
 
 def _pem(key: ec.EllipticCurvePublicKey) -> bytes:
@@ -85,7 +89,9 @@ def generate_keypair(password: bytes | None = None) -> tuple[bytes, bytes]:
     """A new P-256 key pair: (PKCS#8 PEM private key, encrypted if ``password``; PEM public key)."""
     key = ec.generate_private_key(ec.SECP256R1())
     enc: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
     )
     priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
     return priv, _pem(key.public_key())
@@ -116,7 +122,9 @@ class SigningKey:
         except (ValueError, TypeError, UnsupportedAlgorithm) as e:
             raise InvalidInputError(f"cannot load the private key: {e}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise InvalidInputError("private key is not an elliptic-curve key (model-signing needs EC)")
+            raise InvalidInputError(
+                "private key is not an elliptic-curve key (model-signing needs EC)"
+            )
         return cls(key)
 
     @classmethod
@@ -184,7 +192,9 @@ class TrustPolicy:
         object.__setattr__(self, "_keys", tuple(load_public_key(p) for p in self.public_keys))
 
     @classmethod
-    def from_files(cls, paths: Iterable[str | Path], *, allow_unsigned: bool = False) -> TrustPolicy:
+    def from_files(
+        cls, paths: Iterable[str | Path], *, allow_unsigned: bool = False
+    ) -> TrustPolicy:
         pems = []
         for p in paths:
             try:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import threading
-
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
@@ -39,7 +38,14 @@ from keel.artifacts._files import (
     read_bounded,
     scan_dir,
 )
-from keel.artifacts._manifest import MANIFEST_FILE, MAX_MANIFEST_BYTES, WEIGHTS_FILE, Manifest, digest_of, parse_manifest
+from keel.artifacts._manifest import (
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    WEIGHTS_FILE,
+    Manifest,
+    digest_of,
+    parse_manifest,
+)
 from keel.artifacts._metrics import ArtifactMetrics
 from keel.artifacts._safetensors import SafetensorsHeader, read_header, validate_header
 from keel.artifacts._signing import MAX_SIGNATURE_BYTES, SIGNATURE_FILE, TrustPolicy
@@ -85,7 +91,9 @@ class LoadedArtifact:
             try:
                 model.load_state_dict(dict(self.tensors), strict=True)
             except (RuntimeError, ValueError, TypeError, KeyError) as e:
-                raise InvalidInputError(f"weights do not fit builder {arch.builder!r}: {e}") from None
+                raise InvalidInputError(
+                    f"weights do not fit builder {arch.builder!r}: {e}"
+                ) from None
         return model
 
 
@@ -104,7 +112,9 @@ def _verify_dir(
             f"{root} is not signed; the trust policy requires a signature (allow_unsigned=False)"
         )
     else:
-        log.warning("loading UNSIGNED artifact %s: the trust policy allows unsigned artifacts", root)
+        log.warning(
+            "loading UNSIGNED artifact %s: the trust policy allows unsigned artifacts", root
+        )
     if MANIFEST_FILE not in sizes:
         raise IntegrityError(f"{root} has no {MANIFEST_FILE}")
     if signed is not None:
@@ -139,8 +149,8 @@ def _verify_dir(
         total += listed[p].size
     if header is None:
         try:
-            with open(root / manifest.weights, "rb") as f:
-                header = read_header(f, listed[manifest.weights].size)
+            with open(root / manifest.weights, "rb") as fh:
+                header = read_header(fh, listed[manifest.weights].size)
         except OSError as e:
             raise IntegrityError(f"cannot read {manifest.weights}: {e}") from None
     return (
@@ -207,7 +217,6 @@ def _read_exact(path: Path, name: str, size: int) -> tuple[bytearray, str]:
             h.update(mv[pos : pos + n])
     finally:
         t.join()
-    del mv
     return buf, h.hexdigest()
 
 
@@ -348,7 +357,9 @@ def _deserialise(
     except ArtifactError:
         raise
     except Exception as e:  # SafetensorError, TypeError from torch/numpy, ...
-        raise WeightsFormatError(f"cannot deserialise the weights: {type(e).__name__}: {e}") from None
+        raise WeightsFormatError(
+            f"cannot deserialise the weights: {type(e).__name__}: {e}"
+        ) from None
 
 
 _TORCH_DTYPES = {
@@ -388,9 +399,14 @@ def _numpy_views(data: bytearray, header: SafetensorsHeader) -> dict[str, Any]:
     for name, t in header.tensors.items():
         code = _NUMPY_DTYPES.get(t.dtype)
         if code is None:
-            raise InvalidInputError(f"tensor {name!r}: {t.dtype} has no numpy dtype; load with framework='torch'")
+            raise InvalidInputError(
+                f"tensor {name!r}: {t.dtype} has no numpy dtype; load with framework='torch'"
+            )
         dt = np.dtype(code)
         out[name] = np.frombuffer(
-            data, dtype=dt, count=(t.end - t.start) // dt.itemsize, offset=header.data_start + t.start
+            data,
+            dtype=dt,
+            count=(t.end - t.start) // dt.itemsize,
+            offset=header.data_start + t.start,
         ).reshape(t.shape)
     return out
