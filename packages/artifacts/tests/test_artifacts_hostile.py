@@ -290,4 +290,4 @@ def test_corpus_is_refused_before_any_extraction_outside(tmp_path: Path) -> None
     keys = Keys()
     d = build(tmp_path, keys)
     shutil.copytree(d, tmp_path / "copy")
-    assert load_artifact(tmp_path / "copy", keys.policy, runtime_config=CFG).tensors
+    assert load_artifact(tmp_path / "copy", keys.policy, framework="numpy", runtime_config=CFG).tensors

@@ -356,6 +356,10 @@ def _deserialise(
         return _numpy_views(data, header)
     except ArtifactError:
         raise
+    except ImportError as e:
+        raise InvalidInputError(
+            f"framework={framework!r} needs {e.name or 'its library'} installed in this environment"
+        ) from None
     except Exception as e:  # SafetensorError, TypeError from torch/numpy, ...
         raise WeightsFormatError(
             f"cannot deserialise the weights: {type(e).__name__}: {e}"
