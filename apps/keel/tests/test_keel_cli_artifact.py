@@ -34,6 +34,10 @@ def _setup(tmp: Path, metrics: dict[str, float] | None = None, tag: str = "a") -
     return spec, w
 
 
+def _build(spec: Path, w: Path, out: Path, *extra: str) -> str:
+    return _ok(["artifact", "build", "--spec", str(spec), "--weights", str(w), "--out", str(out), *extra])
+
+
 def _ok(args: list[str]) -> str:
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -46,24 +50,7 @@ def test_keygen_build_verify_inspect_diff(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     spec, w = _setup(tmp_path)
     (tmp_path / "card.md").write_text("# model card\n")
-    out = _ok(
-        [
-            "artifact",
-            "build",
-            "--spec",
-            str(spec),
-            "--weights",
-            str(w),
-            "--out",
-            str(tmp_path / "a"),
-            "--key",
-            str(key),
-            "--archive",
-            str(tmp_path / "a.tar"),
-            "--file",
-            f"model_card.md={tmp_path / 'card.md'}",
-        ]
-    )
+    out = _build(spec, w, tmp_path / "a", "--key", str(key), "--archive", str(tmp_path / "a.tar"), "--file", f"model_card.md={tmp_path / 'card.md'}")
     assert "digest:   sha256:" in out
     v = json.loads(
         _ok(["artifact", "verify", str(tmp_path / "a.tar"), "--trust", str(pub), "--json"])
@@ -72,20 +59,7 @@ def test_keygen_build_verify_inspect_diff(tmp_path: Path) -> None:
     assert "model_card.md" in _ok(["artifact", "inspect", str(tmp_path / "a")])
 
     spec_b, w_b = _setup(tmp_path, {"auc": 0.95}, tag="b")
-    _ok(
-        [
-            "artifact",
-            "build",
-            "--spec",
-            str(spec_b),
-            "--weights",
-            str(w_b),
-            "--out",
-            str(tmp_path / "b"),
-            "--key",
-            str(key),
-        ]
-    )
+    _build(spec_b, w_b, tmp_path / "b", "--key", str(key))
     d = json.loads(_ok(["artifact", "diff", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]))
     keys = {c["key"] for c in d["changes"]}
     assert "metrics.auc" in keys and "files.model_card.md" in keys
@@ -95,37 +69,13 @@ def test_verify_refuses_untrusted_and_unsigned(tmp_path: Path) -> None:
     _ok(["artifact", "keygen", "--out", str(tmp_path / "k1")])
     _ok(["artifact", "keygen", "--out", str(tmp_path / "k2")])
     spec, w = _setup(tmp_path)
-    _ok(
-        [
-            "artifact",
-            "build",
-            "--spec",
-            str(spec),
-            "--weights",
-            str(w),
-            "--out",
-            str(tmp_path / "a"),
-            "--key",
-            str(tmp_path / "k1/keel.key"),
-        ]
-    )
+    _build(spec, w, tmp_path / "a", "--key", str(tmp_path / "k1/keel.key"))
     r = runner.invoke(
         app, ["artifact", "verify", str(tmp_path / "a"), "--trust", str(tmp_path / "k2/keel.pub")]
     )
     assert r.exit_code != 0 and isinstance(r.exception, Exception)
     assert type(r.exception).__name__ == "UntrustedSignerError"
-    _ok(
-        [
-            "artifact",
-            "build",
-            "--spec",
-            str(spec),
-            "--weights",
-            str(w),
-            "--out",
-            str(tmp_path / "u"),
-        ]
-    )
+    _build(spec, w, tmp_path / "u")
     r = runner.invoke(app, ["artifact", "verify", str(tmp_path / "u")])
     assert type(r.exception).__name__ == "UnsignedArtifactError"
     assert "UNSIGNED" in _ok(["artifact", "verify", str(tmp_path / "u"), "--allow-unsigned"])

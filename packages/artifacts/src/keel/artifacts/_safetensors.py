@@ -11,7 +11,6 @@ build never holds a second copy of the weights.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import struct
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from keel.artifacts._canonical import canonical_dumps
+from keel.artifacts._canonical import canonical_dumps, strict_loads
 from keel.artifacts._errors import ManifestError, WeightsFormatError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -95,9 +94,9 @@ def validate_header(prefix: bytes | memoryview, file_size: int) -> SafetensorsHe
     if not raw.startswith(b"{"):
         raise WeightsFormatError("weights header is not a JSON object")
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs, parse_constant=_const)
-    except (UnicodeDecodeError, ValueError, RecursionError, ManifestError) as e:
-        raise WeightsFormatError(f"weights header is not valid JSON: {e}") from None
+        header = strict_loads(raw, what="weights header")
+    except ManifestError as e:
+        raise WeightsFormatError(str(e)) from None
     if not isinstance(header, dict):
         raise WeightsFormatError("weights header is not a JSON object")
     data_len = file_size - 8 - n
@@ -163,19 +162,6 @@ def _tensor(name: str, entry: Any) -> TensorInfo:
             f"data_offsets span {offsets[1] - offsets[0]}"
         )
     return TensorInfo(dtype=dtype, shape=tuple(shape), start=offsets[0], end=offsets[1])
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    d: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in d:
-            raise WeightsFormatError(f"weights header repeats key {k!r}")
-        d[k] = v
-    return d
-
-
-def _const(name: str) -> Any:
-    raise WeightsFormatError(f"weights header holds {name}")
 
 
 # -- writing -------------------------------------------------------------------------------
