@@ -238,6 +238,18 @@ def test_symlink_in_the_directory(tmp_path: Path, no_deserialise: list[object]) 
     assert no_deserialise == []
 
 
+def test_manifest_listing_a_path_outside_the_artifact(tmp_path: Path, no_deserialise: list[object]) -> None:
+    keys = Keys()
+    d = build(tmp_path, keys)
+    (tmp_path / "secret.json").write_bytes(b"{}")
+    p = d / MANIFEST_FILE
+    p.write_bytes(p.read_bytes().replace(b'"path":"profile.json"', b'"path":"../secret.json"'))
+    (d / "profile.json").unlink()
+    (d / SIGNATURE_FILE).unlink()
+    _refused(d, TrustPolicy.unsigned_ok(), UnsafePathError)
+    assert no_deserialise == []
+
+
 def _tar_with(tmp_path: Path, d: Path, extra: tarfile.TarInfo, data: bytes = b"") -> Path:
     out = tmp_path / "evil.tar"
     with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as tf:

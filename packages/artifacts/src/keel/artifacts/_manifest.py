@@ -14,6 +14,7 @@ import msgspec
 
 from keel.artifacts._canonical import canonical_dumps, canonical_loads
 from keel.artifacts._errors import ManifestError, UnsupportedFormatError
+from keel.artifacts._files import check_relpath
 
 FORMAT: Literal["keel.artifact"] = "keel.artifact"
 FORMAT_VERSION = "1.0.0"
@@ -165,6 +166,7 @@ def parse_manifest(data: bytes) -> Manifest:
             f"manifest's weights file must be {WEIGHTS_FILE!r}, listed in its files"
         )
     for f in m.files:
+        check_relpath(f.path)
         if f.size < 0 or len(f.sha256) != 64 or any(c not in "0123456789abcdef" for c in f.sha256):
             raise ManifestError(f"manifest entry {f.path!r}: bad size or sha256")
     return m
