@@ -35,7 +35,9 @@ def _setup(tmp: Path, metrics: dict[str, float] | None = None, tag: str = "a") -
 
 
 def _build(spec: Path, w: Path, out: Path, *extra: str) -> str:
-    return _ok(["artifact", "build", "--spec", str(spec), "--weights", str(w), "--out", str(out), *extra])
+    return _ok(
+        ["artifact", "build", "--spec", str(spec), "--weights", str(w), "--out", str(out), *extra]
+    )
 
 
 def _ok(args: list[str]) -> str:
@@ -50,7 +52,17 @@ def test_keygen_build_verify_inspect_diff(tmp_path: Path) -> None:
     assert key.stat().st_mode & 0o777 == 0o600
     spec, w = _setup(tmp_path)
     (tmp_path / "card.md").write_text("# model card\n")
-    out = _build(spec, w, tmp_path / "a", "--key", str(key), "--archive", str(tmp_path / "a.tar"), "--file", f"model_card.md={tmp_path / 'card.md'}")
+    out = _build(
+        spec,
+        w,
+        tmp_path / "a",
+        "--key",
+        str(key),
+        "--archive",
+        str(tmp_path / "a.tar"),
+        "--file",
+        f"model_card.md={tmp_path / 'card.md'}",
+    )
     assert "digest:   sha256:" in out
     v = json.loads(
         _ok(["artifact", "verify", str(tmp_path / "a.tar"), "--trust", str(pub), "--json"])

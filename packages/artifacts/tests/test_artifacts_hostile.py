@@ -238,7 +238,9 @@ def test_symlink_in_the_directory(tmp_path: Path, no_deserialise: list[object]) 
     assert no_deserialise == []
 
 
-def test_manifest_listing_a_path_outside_the_artifact(tmp_path: Path, no_deserialise: list[object]) -> None:
+def test_manifest_listing_a_path_outside_the_artifact(
+    tmp_path: Path, no_deserialise: list[object]
+) -> None:
     keys = Keys()
     d = build(tmp_path, keys)
     (tmp_path / "secret.json").write_bytes(b"{}")
@@ -302,4 +304,6 @@ def test_corpus_is_refused_before_any_extraction_outside(tmp_path: Path) -> None
     keys = Keys()
     d = build(tmp_path, keys)
     shutil.copytree(d, tmp_path / "copy")
-    assert load_artifact(tmp_path / "copy", keys.policy, framework="numpy", runtime_config=CFG).tensors
+    assert load_artifact(
+        tmp_path / "copy", keys.policy, framework="numpy", runtime_config=CFG
+    ).tensors

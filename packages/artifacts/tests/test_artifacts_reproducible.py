@@ -31,7 +31,11 @@ def _build_in_child(
     tmp.mkdir(parents=True)
     subprocess.run(
         [sys.executable, "-c", BUILD, str(tests_dir), str(tmp), str(key), umask],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p), **env},
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p),
+            **env,
+        },
         cwd=tmp,
         check=True,
     )
