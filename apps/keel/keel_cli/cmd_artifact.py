@@ -7,8 +7,10 @@ encrypted with a password read from an environment variable (never from the comm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,6 +77,12 @@ def build(
     archive: Annotated[
         Path | None, typer.Option(help="also write the single-file archive (.tar)")
     ] = None,
+    lock: Annotated[
+        Path | None, typer.Option(help="lockfile whose SHA-256 becomes dependency_lock_hash")
+    ] = None,
+    git: Annotated[
+        bool, typer.Option(help="record this checkout's commit and dirty flag as the code version")
+    ] = False,
 ) -> None:
     """Build (and sign) an artifact from a spec and a safetensors file; prints its digest."""
     import msgspec
@@ -87,6 +95,14 @@ def build(
         raise _fail(f"cannot read {spec}: {e}") from None
     except msgspec.DecodeError as e:
         raise _fail(f"{spec}: {e}") from None
+    if lock is not None:
+        try:
+            digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+        except OSError as e:
+            raise _fail(f"cannot read {lock}: {e}") from None
+        art_spec = msgspec.structs.replace(art_spec, dependency_lock_hash=f"sha256:{digest}")
+    if git:
+        art_spec = msgspec.structs.replace(art_spec, code=_git_version())
     extras: dict[str, str | Path | bytes] = {}
     for item in file or []:
         rel, sep, src = item.partition("=")
@@ -103,6 +119,23 @@ def build(
         f"artifact: {built.path}" + (f"\narchive:  {built.archive}" if built.archive else "")
     )
     typer.echo(f"digest:   {built.digest}")
+
+
+def _git_version() -> Any:
+    from keel.artifacts import CodeVersion
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise _fail(f"--git: cannot read the checkout's commit: {e}") from None
+    return CodeVersion(commit=commit, dirty=dirty)
 
 
 @app.command()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from keel_cli.main import app
 from typer.testing import CliRunner
 
@@ -71,10 +74,13 @@ def test_keygen_build_verify_inspect_diff(tmp_path: Path) -> None:
     assert "model_card.md" in _ok(["artifact", "inspect", str(tmp_path / "a")])
 
     spec_b, w_b = _setup(tmp_path, {"auc": 0.95}, tag="b")
-    _build(spec_b, w_b, tmp_path / "b", "--key", str(key))
+    lock = tmp_path / "default.lock"
+    lock.write_text("numpy==2.4.6\n")
+    _build(spec_b, w_b, tmp_path / "b", "--key", str(key), "--lock", str(lock))
     d = json.loads(_ok(["artifact", "diff", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]))
     keys = {c["key"] for c in d["changes"]}
     assert "metrics.auc" in keys and "files.model_card.md" in keys
+    assert "dependency_lock_hash" in keys
 
 
 def test_verify_refuses_untrusted_and_unsigned(tmp_path: Path) -> None:
@@ -91,3 +97,27 @@ def test_verify_refuses_untrusted_and_unsigned(tmp_path: Path) -> None:
     r = runner.invoke(app, ["artifact", "verify", str(tmp_path / "u")])
     assert type(r.exception).__name__ == "UnsignedArtifactError"
     assert "UNSIGNED" in _ok(["artifact", "verify", str(tmp_path / "u"), "--allow-unsigned"])
+
+
+def test_build_records_git_commit_and_dirty_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {
+        "GIT_AUTHOR_NAME": "k",
+        "GIT_AUTHOR_EMAIL": "k@x",
+        "GIT_COMMITTER_NAME": "k",
+        "GIT_COMMITTER_EMAIL": "k@x",
+    }
+    for cmd in (["init", "-q"], ["commit", "-q", "--allow-empty", "-m", "x"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True, env={**os.environ, **env})
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    monkeypatch.chdir(repo)
+    spec, w = _setup(tmp_path)
+    (repo / "untracked.txt").write_text("x")
+    _build(spec, w, tmp_path / "a", "--git")
+    m = json.loads(_ok(["artifact", "inspect", str(tmp_path / "a"), "--json"]))["manifest"]
+    assert m["code"] == {"commit": head, "dirty": True}
