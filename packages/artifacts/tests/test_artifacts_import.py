@@ -1,4 +1,5 @@
-"""keel.artifacts stays light: no torch/ray/mlflow (or safetensors.torch) at import."""
+"""keel.artifacts stays light: no torch/ray/mlflow, numpy or safetensors at import (no
+wall-clock budget: the machine is shared; the module list is what matters)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import sys
 import keel.artifacts
 
 FORBIDDEN = ("torch", "ray", "mlflow", "safetensors", "numpy")
-BUDGET_S = 3.0
 
 
 def test_import_is_light() -> None:
@@ -30,4 +30,3 @@ def test_import_is_light() -> None:
     assert keel.artifacts.__all__
     bad = sorted(name for name in modules if name.split(".")[0] in FORBIDDEN)
     assert not bad, f"keel.artifacts imports heavy modules eagerly: {bad}"
-    assert modules["keel.artifacts"] / 1e6 < BUDGET_S
