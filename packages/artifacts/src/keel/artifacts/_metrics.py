@@ -44,5 +44,10 @@ class ArtifactMetrics:
     def registry(self) -> CollectorRegistry:
         return self.metrics.registry
 
+    def accepted(self, verify_seconds: float, nbytes: int, *, signed: bool) -> None:
+        self.verify_seconds.observe(verify_seconds)
+        self.verified_bytes.inc(nbytes)
+        self.verified.labels(signed=str(signed).lower()).inc()
+
     def refused(self, err: ArtifactError) -> None:
         self.refusals.labels(reason=err.reason).inc()

@@ -267,9 +267,7 @@ def verify_artifact(
             metrics.refused(e)
         raise
     if metrics is not None:
-        metrics.verify_seconds.observe(clock() - t0)
-        metrics.verified_bytes.inc(v.verified_bytes)
-        metrics.verified.labels(signed=str(v.signer is not None).lower()).inc()
+        metrics.accepted(clock() - t0, v.verified_bytes, signed=v.signer is not None)
     return v
 
 
@@ -317,9 +315,7 @@ def load_artifact(
         raise
     if metrics is not None:
         metrics.load_seconds.observe(clock() - t0)
-        metrics.verify_seconds.observe(t_verified - t0)
-        metrics.verified_bytes.inc(v.verified_bytes)
-        metrics.verified.labels(signed=str(v.signer is not None).lower()).inc()
+        metrics.accepted(t_verified - t0, v.verified_bytes, signed=v.signer is not None)
     extras = {k: bytes(b) for k, b in kept.items() if k != v.manifest.weights}
     kept.clear()
     return LoadedArtifact(
