@@ -17,7 +17,7 @@ def _layers():
         "telemetry": [],
         "features": ["events", "telemetry"],
         "drift": ["telemetry"],
-        "artifacts": [],
+        "artifacts": ["telemetry"],  # ADR 0003: verify/load metrics through keel.telemetry
         "trainer": ["artifacts", "telemetry"],
         "registry_client": ["artifacts"],
         "governance": ["artifacts"],

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from keel_cli import cmd_drift, cmd_events, cmd_features, cmd_governance
+from keel_cli import cmd_artifact, cmd_drift, cmd_events, cmd_features, cmd_governance
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
 
@@ -35,6 +35,7 @@ app.add_typer(cmd_events.app, name="events")
 app.add_typer(cmd_features.app, name="features")
 app.add_typer(cmd_drift.app, name="drift")
 app.add_typer(cmd_governance.app, name="governance")
+app.add_typer(cmd_artifact.app, name="artifact")
 
 console = Console()
 err_console = Console(stderr=True)

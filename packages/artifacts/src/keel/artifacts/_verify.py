@@ -1,0 +1,412 @@
+"""Verify before deserialise: signature, manifest, every file hash, the weights header.
+
+``load_artifact`` reads the weights file once into memory, hashes those very bytes,
+validates the safetensors header with Keel's own parser, checks the compatibility
+contract and the runtime config — and only then hands the bytes to safetensors. A file
+swapped on disk after verification therefore cannot reach the deserialiser.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from keel.artifacts._compat import Requirements, check_compatibility, validate_runtime_config
+from keel.artifacts._errors import (
+    ArtifactError,
+    ArtifactNotFoundError,
+    IntegrityError,
+    InvalidInputError,
+    UnsignedArtifactError,
+    WeightsFormatError,
+)
+from keel.artifacts._files import (
+    CHUNK,
+    DEFAULT_MAX_ARCHIVE_BYTES,
+    check_not_pickle,
+    extract_archive,
+    hash_file,
+    read_bounded,
+    scan_dir,
+)
+from keel.artifacts._manifest import (
+    MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+    WEIGHTS_FILE,
+    Manifest,
+    digest_of,
+    parse_manifest,
+)
+from keel.artifacts._metrics import ArtifactMetrics
+from keel.artifacts._safetensors import SafetensorsHeader, read_header, validate_header
+from keel.artifacts._signing import MAX_SIGNATURE_BYTES, SIGNATURE_FILE, TrustPolicy
+
+log = logging.getLogger("keel.artifacts")
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class VerifiedArtifact:
+    """An artifact whose signature, manifest and file hashes all checked out."""
+
+    path: Path
+    manifest: Manifest
+    digest: str
+    signer: str | None  # key hint (SHA-256 of the PEM public key); None when unsigned
+    weights: SafetensorsHeader
+    verified_bytes: int
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    """A verified artifact with its tensors deserialised and runtime config validated."""
+
+    manifest: Manifest
+    digest: str
+    signer: str | None
+    tensors: Mapping[str, Any]
+    runtime_config: Mapping[str, Any]
+    files: Mapping[str, bytes] = field(default_factory=dict)
+
+    def build_model(self, builders: Mapping[str, Callable[..., Any]]) -> Any:
+        """Build the model with the registered builder the manifest names, then load the
+        tensors into it (``load_state_dict``, strict). No stored code ever runs."""
+        arch = self.manifest.architecture
+        builder = builders.get(arch.builder)
+        if builder is None:
+            raise InvalidInputError(
+                f"no model builder registered as {arch.builder!r} (have {sorted(builders)})"
+            )
+        model = builder(**arch.args)
+        if hasattr(model, "load_state_dict"):
+            try:
+                model.load_state_dict(dict(self.tensors), strict=True)
+            except (RuntimeError, ValueError, TypeError, KeyError) as e:
+                raise InvalidInputError(
+                    f"weights do not fit builder {arch.builder!r}: {e}"
+                ) from None
+        return model
+
+
+def _verify_dir(
+    root: Path, policy: TrustPolicy, keep: Iterable[str] = ()
+) -> tuple[VerifiedArtifact, dict[str, bytearray]]:
+    sizes = scan_dir(root)
+    signed: dict[str, str] | None = None
+    signer = None
+    if SIGNATURE_FILE in sizes:
+        sizes.pop(SIGNATURE_FILE)
+        bundle = read_bounded(root / SIGNATURE_FILE, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
+        _, signed, signer = policy.verify(bundle)
+    elif not policy.allow_unsigned:
+        raise UnsignedArtifactError(
+            f"{root} is not signed; the trust policy requires a signature (allow_unsigned=False)"
+        )
+    else:
+        log.warning(
+            "loading UNSIGNED artifact %s: the trust policy allows unsigned artifacts", root
+        )
+    if MANIFEST_FILE not in sizes:
+        raise IntegrityError(f"{root} has no {MANIFEST_FILE}")
+    if signed is not None:
+        _same_set("signature", set(signed), set(sizes))
+    mbytes = read_bounded(root / MANIFEST_FILE, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    mhash = hashlib.sha256(mbytes).hexdigest()
+    if signed is not None and signed[MANIFEST_FILE] != mhash:
+        raise IntegrityError(f"{MANIFEST_FILE} was changed after signing")
+    manifest = parse_manifest(mbytes)
+    listed = {f.path: f for f in manifest.files}
+    _same_set("manifest", set(listed) | {MANIFEST_FILE}, set(sizes))
+    for p, f in listed.items():
+        if signed is not None and signed[p] != f.sha256:
+            raise IntegrityError(f"{p}: the manifest and the signature disagree on its hash")
+        if sizes[p] != f.size:
+            raise IntegrityError(f"{p}: {sizes[p]} bytes on disk, the manifest says {f.size}")
+    kept: dict[str, bytearray] = {}
+    keep = set(keep)
+    total = len(mbytes)
+    header: SafetensorsHeader | None = None
+    for p in sorted(listed):
+        if p in keep:
+            data, digest = _read_exact(root / p, p, listed[p].size)
+            check_not_pickle(p, bytes(data[:2]))
+            kept[p] = data
+        else:
+            _, digest = hash_file(root / p, p)
+        if digest != listed[p].sha256:
+            raise IntegrityError(f"{p}: SHA-256 does not match the manifest (changed or corrupted)")
+        if p in kept and p == manifest.weights:
+            header = validate_header(memoryview(kept[p]), len(kept[p]))
+        total += listed[p].size
+    if header is None:
+        try:
+            with open(root / manifest.weights, "rb") as fh:
+                header = read_header(fh, listed[manifest.weights].size)
+        except OSError as e:
+            raise IntegrityError(f"cannot read {manifest.weights}: {e}") from None
+    return (
+        VerifiedArtifact(
+            path=root,
+            manifest=manifest,
+            digest=digest_of(mbytes),
+            signer=signer,
+            weights=header,
+            verified_bytes=total,
+        ),
+        kept,
+    )
+
+
+def _same_set(what: str, expected: set[str], actual: set[str]) -> None:
+    extra, missing = sorted(actual - expected), sorted(expected - actual)
+    if extra or missing:
+        raise IntegrityError(
+            f"files differ from the {what}: "
+            + (f"unlisted {extra}" if extra else "")
+            + ("; " if extra and missing else "")
+            + (f"missing {missing}" if missing else "")
+        )
+
+
+def _read_exact(path: Path, name: str, size: int) -> tuple[bytearray, str]:
+    """Read ``name`` into a private buffer and hash those very bytes.
+
+    A reader thread copies 4 MiB chunks from the file into the buffer while this thread
+    hashes the chunks already read (file reads and hashlib both release the GIL), so the
+    private copy costs little over a bare hash pass.
+    """
+    buf = bytearray(size)
+    mv = memoryview(buf)
+    done: queue.SimpleQueue[tuple[int, int] | BaseException | None] = queue.SimpleQueue()
+
+    def reader() -> None:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                pos = 0
+                while pos < size:
+                    n = f.readinto(mv[pos : pos + CHUNK])
+                    if not n:
+                        break
+                    done.put((pos, n))
+                    pos += n
+                if pos != size or f.read(1):
+                    raise IntegrityError(f"{name} changed size while being read")
+            done.put(None)
+        except BaseException as e:  # handed to the hashing thread, re-raised there
+            done.put(e)
+
+    t = threading.Thread(target=reader, name="keel-artifacts-read", daemon=True)
+    t.start()
+    h = hashlib.sha256()
+    try:
+        while (item := done.get()) is not None:
+            if isinstance(item, BaseException):
+                if isinstance(item, OSError):
+                    raise IntegrityError(f"cannot read {name}: {item}") from None
+                raise item
+            pos, n = item
+            h.update(mv[pos : pos + n])
+    finally:
+        t.join()
+    return buf, h.hexdigest()
+
+
+@contextmanager
+def _opened(path: str | Path, max_archive_bytes: int) -> Any:
+    p = Path(path)
+    if p.is_dir():
+        yield p
+        return
+    if not p.exists():
+        raise ArtifactNotFoundError(f"no artifact at {p}")
+    with tempfile.TemporaryDirectory(prefix="keel-artifact-") as tmp:
+        dest = Path(tmp) / "a"
+        dest.mkdir()
+        extract_archive(p, dest, max_bytes=max_archive_bytes)
+        yield dest
+
+
+def read_manifest(
+    path: str | Path, *, max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
+) -> tuple[Manifest, str]:
+    """The manifest and digest of an artifact, parsed strictly but NOT verified (no
+    signature or file-hash check): for inspecting and diffing, never for loading."""
+    with _opened(path, max_archive_bytes) as root:
+        if not (root / MANIFEST_FILE).is_file() or (root / MANIFEST_FILE).is_symlink():
+            raise IntegrityError(f"{path} has no {MANIFEST_FILE}")
+        data = read_bounded(root / MANIFEST_FILE, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    return parse_manifest(data), digest_of(data)
+
+
+def verify_artifact(
+    path: str | Path,
+    policy: TrustPolicy,
+    *,
+    metrics: ArtifactMetrics | None = None,
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES,
+    clock: Clock = time.perf_counter,
+) -> VerifiedArtifact:
+    """Verify an artifact directory or archive against ``policy``; deserialise nothing."""
+    t0 = clock()
+    try:
+        with _opened(path, max_archive_bytes) as root:
+            v, _ = _verify_dir(root, policy)
+        if root != Path(path):
+            v = VerifiedArtifact(**{**v.__dict__, "path": Path(path)})
+    except ArtifactError as e:
+        if metrics is not None:
+            metrics.refused(e)
+        raise
+    if metrics is not None:
+        metrics.accepted(clock() - t0, v.verified_bytes, signed=v.signer is not None)
+    return v
+
+
+def load_artifact(
+    path: str | Path,
+    policy: TrustPolicy,
+    *,
+    framework: Literal["torch", "numpy"] = "torch",
+    engine: Literal["keel", "safetensors"] = "keel",
+    requirements: Requirements | None = None,
+    runtime_config: Mapping[str, Any] | None = None,
+    read_files: Iterable[str] = (),
+    metrics: ArtifactMetrics | None = None,
+    max_archive_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES,
+    clock: Clock = time.perf_counter,
+) -> LoadedArtifact:
+    """Verify, check the contract, validate runtime config — then deserialise the weights.
+
+    ``read_files``: extra files to return (verified bytes, read once).
+    ``engine``: "keel" (default) builds tensors as zero-copy views of the verified buffer;
+    "safetensors" hands the same verified bytes to the safetensors library (one more copy).
+    ``runtime_config`` is validated against the manifest's schema; it is never stored,
+    so it never changes the digest.
+    """
+    if framework not in ("torch", "numpy") or engine not in ("keel", "safetensors"):
+        raise InvalidInputError(
+            f"framework must be 'torch' or 'numpy' and engine 'keel' or 'safetensors' "
+            f"(got {framework!r}, {engine!r})"
+        )
+    t0 = clock()
+    try:
+        with _opened(path, max_archive_bytes) as root:
+            v, kept = _verify_dir(root, policy, keep={WEIGHTS_FILE, *read_files})
+        t_verified = clock()
+        missing = set(read_files) - set(kept)
+        if missing:
+            raise InvalidInputError(f"read_files not in the artifact: {sorted(missing)}")
+        if requirements is not None:
+            check_compatibility(v.manifest, requirements)
+        cfg = validate_runtime_config(v.manifest.runtime_config, runtime_config)
+        tensors = _deserialise(kept[v.manifest.weights], v.weights, framework, engine)
+    except ArtifactError as e:
+        if metrics is not None:
+            metrics.refused(e)
+        raise
+    if metrics is not None:
+        metrics.load_seconds.observe(clock() - t0)
+        metrics.accepted(t_verified - t0, v.verified_bytes, signed=v.signer is not None)
+    extras = {k: bytes(b) for k, b in kept.items() if k != v.manifest.weights}
+    kept.clear()
+    return LoadedArtifact(
+        manifest=v.manifest,
+        digest=v.digest,
+        signer=v.signer,
+        tensors=tensors,
+        runtime_config=cfg,
+        files=extras,
+    )
+
+
+def _deserialise(
+    data: bytearray, header: SafetensorsHeader, framework: str, engine: str
+) -> dict[str, Any]:
+    """Tensors from verified, header-validated bytes.
+
+    engine "keel": zero-copy views of the verified buffer, laid out by Keel's validated
+    header (torch.frombuffer / numpy.frombuffer; nothing else is interpreted).
+    engine "safetensors": the bytes are handed to the safetensors library (one more copy).
+    Third-party errors are translated; they never leak.
+    """
+    try:
+        if engine == "safetensors":
+            if framework == "torch":
+                # torch comes with the caller's environment (trainer, serving): not a
+                # dependency of keel.artifacts, so CLIs that only verify do not ship it.
+                from safetensors.torch import load as st_load
+            else:
+                from safetensors.numpy import load as st_load  # type: ignore[assignment]
+            return dict(st_load(bytes(data)))
+        if framework == "torch":
+            return _torch_views(data, header)
+        return _numpy_views(data, header)
+    except ArtifactError:
+        raise
+    except ImportError as e:
+        raise InvalidInputError(
+            f"framework={framework!r} needs {e.name or 'its library'} installed in this environment"
+        ) from None
+    except Exception as e:  # SafetensorError, TypeError from torch/numpy, ...
+        raise WeightsFormatError(
+            f"cannot deserialise the weights: {type(e).__name__}: {e}"
+        ) from None
+
+
+_TORCH_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16",
+    "F16": "float16", "BF16": "bfloat16", "I32": "int32", "U32": "uint32", "F32": "float32",
+    "I64": "int64", "U64": "uint64", "F64": "float64", "F8_E5M2": "float8_e5m2",
+    "F8_E4M3": "float8_e4m3fn",
+}  # fmt: skip
+_NUMPY_DTYPES = {
+    "BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "<i2", "U16": "<u2", "F16": "<f2",
+    "I32": "<i4", "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8",
+}  # fmt: skip
+
+
+def _torch_views(data: bytearray, header: SafetensorsHeader) -> dict[str, Any]:
+    import torch  # pants: no-infer-dep (the caller's dependency, see ADR 0003)
+
+    u8 = torch.frombuffer(data, dtype=torch.uint8)
+    out: dict[str, Any] = {}
+    for name, t in header.tensors.items():
+        dtype = getattr(torch, _TORCH_DTYPES[t.dtype])
+        a, b = header.data_start + t.start, header.data_start + t.end
+        if a == b:
+            out[name] = torch.empty(t.shape, dtype=dtype)
+            continue
+        seg = u8[a:b]
+        if a % dtype.itemsize:  # not laid out by Keel: copy to an aligned buffer
+            seg = seg.clone()
+        out[name] = seg.view(dtype).reshape(t.shape)
+    return out
+
+
+def _numpy_views(data: bytearray, header: SafetensorsHeader) -> dict[str, Any]:
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for name, t in header.tensors.items():
+        code = _NUMPY_DTYPES.get(t.dtype)
+        if code is None:
+            raise InvalidInputError(
+                f"tensor {name!r}: {t.dtype} has no numpy dtype; load with framework='torch'"
+            )
+        dt = np.dtype(code)
+        out[name] = np.frombuffer(
+            data,
+            dtype=dt,
+            count=(t.end - t.start) // dt.itemsize,
+            offset=header.data_start + t.start,
+        ).reshape(t.shape)
+    return out
