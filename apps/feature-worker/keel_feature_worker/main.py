@@ -49,10 +49,12 @@ class Settings(BaseModel):
     )
 
 
-_OLD = "KEEL_FEATURES_"
+# The worker's own variables before the app convention. KEEL_FEATURES_DEFINITIONS and
+# KEEL_FEATURES_ONLINE_URL are not here: the `keel features` CLI still reads them, so a host
+# may set them for the CLI; the worker ignores them (its README says so).
 RENAMED = {
-    f"{_OLD}{key.upper()}": f"KEEL_FEATURE_WORKER_{key.upper()}"
-    for key in ("definitions", "stream", "durable", "online_url", "batch_size", "flush_interval_s")
+    f"KEEL_FEATURES_{key.upper()}": f"KEEL_FEATURE_WORKER_{key.upper()}"
+    for key in ("stream", "durable", "batch_size", "flush_interval_s")
 }
 
 APP = App(

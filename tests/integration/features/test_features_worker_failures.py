@@ -4,6 +4,7 @@ password, a file-size limit hit while writing (the disk-full path: no part-*.tmp
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -44,7 +45,7 @@ def _run(tmp_path: Path, **env_over: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "KEEL_HOME": str(tmp_path / "home"),
-        "KEEL_FEATURES_DEFINITIONS": str(defs),
+        "KEEL_FEATURE_WORKER_DEFINITIONS": str(defs),
         "KEEL_METRICS_PORT": "0",
     }
     for k in ("KEEL_NATS_URL", "KEEL_REDIS_URL", "KEEL_BUS_URL"):
@@ -61,11 +62,15 @@ def _run(tmp_path: Path, **env_over: str) -> subprocess.CompletedProcess[str]:
 
 
 def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
-    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    """The one ERROR record's message (every stderr line is a JSON record)."""
+    records = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    errors = [r for r in records if r["level"] == "ERROR"]
     assert proc.returncode == 1, proc.stderr
-    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert err[0].startswith("feature-worker: ")
-    return err[0]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0]["msg"].startswith("feature-worker: ")
+    assert records[-1]["msg"] == "feature-worker stopped" and records[-1]["exit"] == 1
+    assert "hunter2" not in proc.stderr
+    return str(errors[0]["msg"])
 
 
 def test_metrics_port_in_use(tmp_path: Path) -> None:

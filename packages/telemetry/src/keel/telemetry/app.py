@@ -110,7 +110,10 @@ def _mask(key: str, value: Any) -> Any:
     if isinstance(value, str):
         if any(w in key.lower() for w in _SECRET_WORDS):
             return MASK
-        return redact_url(value) if "://" in value or "password=" in value else value
+        if "://" in value or "password=" in value:
+            shown = redact_url(value)
+            return shown if MASK in shown else value  # unchanged when there is no secret
+        return value
     if isinstance(value, Mapping):
         return {k: _mask(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
