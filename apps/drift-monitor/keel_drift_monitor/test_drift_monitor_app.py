@@ -14,10 +14,9 @@ import pytest
 
 from keel.drift import build_profile, episode_event_id
 from keel.events import Event, open_bus
-from keel_drift_monitor.main import APP, DRIFT_TYPE, Settings, build_service, main, run
-
 from keel.telemetry import get_logger
 from keel.telemetry.app import AppConfigError, AppContext
+from keel_drift_monitor.main import APP, DRIFT_TYPE, Settings, build_service, main, run
 
 APP_LOG = get_logger("keel.app.drift-monitor")
 
@@ -135,12 +134,19 @@ def test_config_follows_the_app_convention(tmp_path: Path, profile_path: Path) -
     )
     assert cfg.window_s == 600 and cfg.stream == "predictions"
     # the shared variable is read too (it was silently ignored before)
-    assert APP.load({"KEEL_PROFILE": str(profile_path), "KEEL_METRICS_PORT": "9201"}).metrics_port == 9201
+    assert (
+        APP.load({"KEEL_PROFILE": str(profile_path), "KEEL_METRICS_PORT": "9201"}).metrics_port
+        == 9201
+    )
     with pytest.raises(AppConfigError, match="does not exist: build one"):
         APP.load({"KEEL_DRIFT_MONITOR_PROFILE": str(tmp_path / "missing.json")})
     with pytest.raises(AppConfigError, match="KEEL_DRIFT_MONITOR_WINDOW_S"):
-        APP.load({"KEEL_DRIFT_MONITOR_PROFILE": str(profile_path), "KEEL_DRIFT_MONITOR_WINDOW_S": "-1"})
-    with pytest.raises(AppConfigError, match="configuration: window_s must be a whole multiple of slide_s$"):
+        APP.load(
+            {"KEEL_DRIFT_MONITOR_PROFILE": str(profile_path), "KEEL_DRIFT_MONITOR_WINDOW_S": "-1"}
+        )
+    with pytest.raises(
+        AppConfigError, match="configuration: window_s must be a whole multiple of slide_s$"
+    ):
         APP.load({"KEEL_PROFILE": str(profile_path), "KEEL_DRIFT_MONITOR_SLIDE_S": "700"})
     toml = tmp_path / "m.toml"
     toml.write_text(f'[drift-monitor]\nprofile = "{profile_path}"\nwindwo_s = 10\n')
@@ -150,17 +156,23 @@ def test_config_follows_the_app_convention(tmp_path: Path, profile_path: Path) -
         APP.load({})
 
 
-def test_old_variable_names_fail_naming_their_replacement(tmp_path: Path, profile_path: Path) -> None:
+def test_old_variable_names_fail_naming_their_replacement(
+    tmp_path: Path, profile_path: Path
+) -> None:
     for old, new in (
         ("KEEL_DRIFT_PROFILE", "KEEL_DRIFT_MONITOR_PROFILE"),
         ("KEEL_DRIFT_METRICS_PORT", "KEEL_DRIFT_MONITOR_METRICS_PORT"),
         ("KEEL_DRIFT_CONFIG", "KEEL_DRIFT_MONITOR_CONFIG"),
     ):
-        with pytest.raises(AppConfigError, match=f"{old} is no longer read: drift-monitor now reads {new}"):
+        with pytest.raises(
+            AppConfigError, match=f"{old} is no longer read: drift-monitor now reads {new}"
+        ):
             APP.load({"KEEL_PROFILE": str(profile_path), old: "1"})
     toml = tmp_path / "old.toml"
     toml.write_text(f'[drift_monitor]\nprofile = "{profile_path}"\n')
-    with pytest.raises(AppConfigError, match=r"\[drift_monitor\] is no longer read: rename it \[drift-monitor\]"):
+    with pytest.raises(
+        AppConfigError, match=r"\[drift_monitor\] is no longer read: rename it \[drift-monitor\]"
+    ):
         APP.load({"KEEL_CONFIG": str(toml)})
 
 
@@ -221,9 +233,7 @@ def test_a_restart_resumes_exactly_from_the_committed_state(
     def run_once(home: Path, crash_every: int | None) -> list[dict]:
         bus = open_bus(f"sqlite://{home / 'events.db'}")
         bus.publish_batch("predictions", events)
-        cfg = Settings(
-            profile=profile_path, min_samples=50, poll_timeout_s=0.05, batch_size=170
-        )
+        cfg = Settings(profile=profile_path, min_samples=50, poll_timeout_s=0.05, batch_size=170)
         store = SQLiteMonitorStore(home / "state.db")
         svc, steps = build_service(cfg, bus, store, instance="m-0"), 0
         while True:

@@ -150,7 +150,9 @@ def test_help_starts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     ],
 )
 def test_old_variable_names_fail_naming_their_replacement(old: str, new: str) -> None:
-    with pytest.raises(AppConfigError, match=f"{old} is no longer read: feature-worker now reads {new}"):
+    with pytest.raises(
+        AppConfigError, match=f"{old} is no longer read: feature-worker now reads {new}"
+    ):
         worker_main.APP.load({"KEEL_FEATURE_WORKER_DEFINITIONS": "d.py", old: "1"})
 
 
