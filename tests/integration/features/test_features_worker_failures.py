@@ -17,7 +17,6 @@ from pathlib import Path
 import keel_feature_worker.main as worker_main
 import polars as pl
 import pytest
-from testutil.isolation import port_base
 
 from keel.features import OfflineStore, UnavailableError
 
@@ -75,9 +74,9 @@ def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 def test_metrics_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port_base(61)))
+        s.bind(("127.0.0.1", 0))  # a port this test holds: no clash with a parallel run
         s.listen()
-        line = _one_line(_run(tmp_path, KEEL_METRICS_PORT=str(port_base(61))))
+        line = _one_line(_run(tmp_path, KEEL_METRICS_PORT=str(s.getsockname()[1])))
     assert "cannot serve metrics" in line and "port in use" in line
 
 
@@ -92,8 +91,11 @@ def test_bogus_bus_url_names_the_scheme_without_a_password(tmp_path: Path) -> No
 
 
 def test_nats_down(tmp_path: Path) -> None:
-    line = _one_line(_run(tmp_path, KEEL_BUS_URL=f"nats://127.0.0.1:{port_base(62)}"))
-    assert f"cannot reach NATS at nats://127.0.0.1:{port_base(62)}" in line
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = _one_line(_run(tmp_path, KEEL_BUS_URL=f"nats://127.0.0.1:{port}"))
+    assert f"cannot reach NATS at nats://127.0.0.1:{port}" in line
 
 
 def _limit_file_size() -> None:  # runs in the child: the disk "fills" after 64 KiB per file
