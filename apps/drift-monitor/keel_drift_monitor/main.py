@@ -1,22 +1,22 @@
 """drift-monitor: consume the prediction log, evaluate windows, expose /metrics, publish
 ``drift.detected`` once per drift episode. Wiring only; the logic is keel.drift.
 
-Input events (stream ``KEEL_DRIFT_STREAM``, default ``predictions``):
+Input events (setting ``stream``, default ``predictions``):
 
 * ``prediction.made``: payload ``{"features": {name: value, ...}, "score": p?, "model": str?}``
   with ``event_time`` = when the prediction was made.
 * ``label.observed``: payload ``{"score": p, "label": 0|1}`` with ``event_time`` = the
   prediction's time (labels arrive late; they update realised performance).
 
-Output: ``drift.detected`` on ``KEEL_DRIFT_OUTPUT_STREAM`` (default ``drift``), key = model,
+Output: ``drift.detected`` on ``output_stream`` (default ``drift``), key = model,
 payload = window, drifted features, scores, reason. Its id is derived from the model and
 the episode's first window, so a restart that re-evaluates the same window publishes
 the same id and the bus deduplicates it.
 
-Config: ``KEEL_DRIFT_*`` environment variables over an optional TOML file
-(``KEEL_DRIFT_CONFIG``, table ``[drift_monitor]``), validated at start. State (window panes,
-progress, closed windows) lives in ``KEEL_DRIFT_STATE`` (default
-``$KEEL_HOME/drift_monitor.db``): a restart, even after SIGKILL, resumes exactly where the
+Settings follow the app convention (keel.telemetry.app, docs/apps.md): TOML table
+``[drift-monitor]``, ``KEEL_DRIFT_MONITOR_<KEY>`` / shared ``KEEL_<KEY>`` variables; ``--help``
+lists them. State (window panes, progress, closed windows) lives in ``state`` (default
+``<home>/drift_monitor.db``): a restart, even after SIGKILL, resumes exactly where the
 last commit left off. Unreadable, too-late and future events are dead-lettered with a reason.
 Run one process per durable consumer.
 """
@@ -24,21 +24,15 @@ Run one process per durable consumer.
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
-import tomllib
-from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from keel.drift import (
     DRIFT_DETECTED,
     DriftDetected,
-    DriftError,
     DriftMetrics,
     DriftMonitorService,
     DriftPolicy,
@@ -47,88 +41,86 @@ from keel.drift import (
     SQLiteMonitorStore,
     WindowConfig,
 )
-from keel.events import Bus, Delivery, Event, EventsError, UnavailableError, open_bus
-from keel.telemetry import TelemetryError, get_logger, start_metrics_server
+from keel.events import Bus, Delivery, Event, UnavailableError, default_url, open_bus
+from keel.telemetry import get_logger, start_metrics_server
+from keel.telemetry.app import App, AppContext
 
 log = get_logger("keel.drift_monitor")
 
 DRIFT_TYPE = DRIFT_DETECTED
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and what to do."""
-
-
-class MonitorConfig(BaseModel):
-    """drift-monitor settings (env ``KEEL_DRIFT_<NAME>`` or TOML ``[drift_monitor]``)."""
+class Settings(BaseModel):
+    """drift-monitor settings (TOML ``[drift-monitor]``, ``KEEL_DRIFT_MONITOR_<KEY>``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     profile: Path = Field(description="reference profile JSON (from `keel drift profile`)")
+    model: str = Field(default="default", description="the `model` label and event key")
+    home: Path = Field(default=Path(".keel"), description="where state and the embedded bus live")
     bus_url: str | None = Field(
-        default=None, description="events bus URL; default: KEEL_NATS_URL or the embedded log"
-    )
-    stream: str = "predictions"
-    durable: str = "drift-monitor"
-    output_stream: str = "drift"
-    model: str = "default"
-    window_s: float = Field(default=3600.0, gt=0)
-    slide_s: float | None = Field(default=None, gt=0)
-    lateness_s: float = Field(default=0.0, ge=0)
-    min_samples: int = Field(default=200, ge=1)
-    consecutive: int = Field(default=2, ge=1)
-    drift_share: float = Field(default=0.3, gt=0, le=1)
-    state: Path | None = Field(
         default=None,
-        description="monitor state + window results (SQLite); default KEEL_HOME/drift_monitor.db",
+        description="event bus (nats://...); default $KEEL_NATS_URL, else the embedded log in home",
     )
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = Field(default=9108, ge=0, le=65535)
-    batch_size: int = Field(default=1000, ge=1)
-    poll_timeout_s: float = Field(default=1.0, gt=0)
+    stream: str = Field(default="predictions", description="the prediction log")
+    durable: str = Field(default="drift-monitor", description="durable consumer")
+    output_stream: str = Field(default="drift", description="where drift.detected goes")
+    window_s: float = Field(default=3600.0, gt=0, description="window size")
+    slide_s: float | None = Field(default=None, gt=0, description="slide (sliding windows)")
+    lateness_s: float = Field(default=0.0, ge=0, description="allowed lateness")
+    min_samples: int = Field(default=200, ge=1, description="policy: rows to judge a window")
+    consecutive: int = Field(default=2, ge=1, description="policy: drifted windows for DRIFT")
+    drift_share: float = Field(default=0.3, gt=0, le=1, description="policy: drifted share")
+    state: Path | None = Field(
+        default=None, description="monitor state + window results (SQLite); default in home"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="/metrics and /healthz address")
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="/metrics port (0: any)")
+    batch_size: int = Field(default=1000, ge=1, description="events per fetch")
+    poll_timeout_s: float = Field(default=1.0, gt=0, description="fetch wait")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_exists(cls, value: Path) -> Path:
+        if not value.exists():
+            raise ValueError(
+                f"profile file {value} does not exist: build one with `keel drift profile`"
+            )
+        return value
 
     @model_validator(mode="after")
-    def _check(self) -> MonitorConfig:
-        if not self.profile.exists():
-            raise ValueError(
-                f"profile file {self.profile} does not exist: build one with `keel drift profile`"
-            )
+    def _check(self) -> Settings:
         if self.slide_s is not None and (self.window_s / self.slide_s) % 1:
             raise ValueError("window_s must be a whole multiple of slide_s")
         return self
 
+    @property
+    def state_path(self) -> Path:
+        return self.state or self.home.absolute() / "drift_monitor.db"
 
-def load_config(env: Mapping[str, str] | None = None) -> MonitorConfig:
-    """Defaults < TOML (``KEEL_DRIFT_CONFIG``, table ``[drift_monitor]``) < ``KEEL_DRIFT_*`` env."""
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    if env.get("KEEL_DRIFT_CONFIG"):
-        path = Path(env["KEEL_DRIFT_CONFIG"])
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist: fix KEEL_DRIFT_CONFIG") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        values.update(raw.get("drift_monitor", raw))
-    for name in MonitorConfig.model_fields:
-        var = f"KEEL_DRIFT_{name.upper()}"
-        if env.get(var):
-            values[name] = env[var]
-    if "state" not in values:
-        values["state"] = Path(env.get("KEEL_HOME") or ".keel").absolute() / "drift_monitor.db"
-    try:
-        return MonitorConfig(**values)
-    except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(p) for p in e['loc']) or 'config'} (env KEEL_DRIFT_{'_'.join(str(p) for p in e['loc']).upper()}): {e['msg']}"
-            for e in exc.errors()
-        ]
-        raise ConfigError("invalid drift-monitor configuration:\n" + "\n".join(lines)) from None
+
+RENAMED = {
+    "KEEL_DRIFT_CONFIG": "KEEL_DRIFT_MONITOR_CONFIG",
+    **{
+        f"KEEL_DRIFT_{key.upper()}": f"KEEL_DRIFT_MONITOR_{key.upper()}"
+        for key in Settings.model_fields
+    },
+}
+
+APP = App(
+    "drift-monitor",
+    Settings,
+    summary="Watch a model's prediction log for drift; publish drift.detected per episode.",
+    description=(
+        "Evaluates event-time windows against the reference profile with keel.drift, serves\n"
+        "the drift metrics at /metrics and /healthz. SIGTERM/SIGINT: commit, exit 0."
+    ),
+    renamed=RENAMED,
+)
 
 
 def build_service(
-    config: MonitorConfig, bus: Bus, store: MonitorStore | None = None, instance: str = ""
+    config: Settings, bus: Bus, store: MonitorStore | None = None, instance: str = ""
 ) -> DriftMonitorService[Delivery]:
     """Wire the library service: the bus consumer, a publisher of drift.detected events,
     the window config and policy from ``config``."""
@@ -180,69 +172,35 @@ def build_service(
     )
 
 
-def run(
-    config: MonitorConfig, stop: threading.Event, on_start: Callable[[int], None] | None = None
-) -> None:
-    """Run until ``stop`` is set: serve /metrics, consume, evaluate, publish."""
-    bus = open_bus(config.bus_url)
-    store = SQLiteMonitorStore(config.state) if config.state else None
+def run(settings: Settings, ctx: AppContext) -> None:
+    """Run until ``ctx.stop`` is set: serve /metrics, consume, evaluate, publish."""
+    home = settings.home.absolute()
+    bus = open_bus(settings.bus_url or default_url({**os.environ, "KEEL_HOME": str(home)}))
     try:
-        service = build_service(config, bus, store, instance=config.durable)
+        store = SQLiteMonitorStore(settings.state_path)
         try:
+            service = build_service(settings, bus, store, instance=settings.durable)
             server = start_metrics_server(
-                service.metrics.registry, host=config.metrics_host, port=config.metrics_port
+                service.metrics.registry, host=settings.metrics_host, port=settings.metrics_port
             )
-        except TelemetryError as exc:
-            raise DriftError(f"{exc} (set KEEL_DRIFT_METRICS_PORT)") from exc
-        log.info(
-            "drift-monitor started",
-            extra={
-                "stream": config.stream,
-                "metrics_port": server.port,
-                "reclaimed": getattr(service.consumer, "reclaimed", 0),
-            },
-        )
-        if on_start is not None:
-            on_start(server.port)
-        try:
-            service.run(stop)
+            ctx.ready(
+                stream=settings.stream,
+                metrics_port=server.port,
+                reclaimed=getattr(service.consumer, "reclaimed", 0),
+            )
+            try:
+                service.run(ctx.stop)
+            finally:
+                server.stop()
+                ctx.report(dead_letters=service.dead_letters, episodes=len(service.published))
         finally:
-            server.stop()
-        log.info(
-            "drift-monitor stopped",
-            extra={"dead_letters": service.dead_letters, "episodes": len(service.published)},
-        )
-    finally:
-        if store is not None:
             store.close()
+    finally:
         bus.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    try:
-        config = load_config()
-    except ConfigError as exc:
-        print(f"drift-monitor: {exc}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        run(config, stop)
-    except (DriftError, EventsError, OSError) as exc:
-        print(f"drift-monitor: {one_line(exc)}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def one_line(exc: BaseException) -> str:
-    """An error as one line (no traceback, no embedded newlines)."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
+def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+    return APP.main(run, argv, env)
 
 
 if __name__ == "__main__":

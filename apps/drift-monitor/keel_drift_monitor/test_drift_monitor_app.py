@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,14 +14,11 @@ import pytest
 
 from keel.drift import build_profile, episode_event_id
 from keel.events import Event, open_bus
-from keel_drift_monitor.main import (
-    DRIFT_TYPE,
-    ConfigError,
-    MonitorConfig,
-    build_service,
-    load_config,
-    run,
-)
+from keel.telemetry import get_logger
+from keel.telemetry.app import AppConfigError, AppContext
+from keel_drift_monitor.main import APP, DRIFT_TYPE, Settings, build_service, main, run
+
+APP_LOG = get_logger("keel.app.drift-monitor")
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -61,7 +59,7 @@ def test_one_drift_event_per_episode(tmp_path: Path, profile_path: Path) -> None
     bus = open_bus(f"sqlite://{tmp_path / 'events.db'}")
     rng = np.random.default_rng(1)
     bus.publish_batch("predictions", predictions(rng, hours=8, drift_from=3))
-    cfg = MonitorConfig(
+    cfg = Settings(
         profile=profile_path,
         model="fraud",
         window_s=3600,
@@ -104,40 +102,84 @@ def test_one_drift_event_per_episode(tmp_path: Path, profile_path: Path) -> None
 
 def test_run_serves_metrics(tmp_path: Path, profile_path: Path) -> None:
     url = f"sqlite://{tmp_path / 'events.db'}"
-    cfg = MonitorConfig(profile=profile_path, bus_url=url, metrics_port=0, poll_timeout_s=0.05)
-    stop = threading.Event()
+    cfg = Settings(
+        profile=profile_path, bus_url=url, home=tmp_path, metrics_port=0, poll_timeout_s=0.05
+    )
     ports: list[int] = []
     started = threading.Event()
 
-    def on_start(port: int) -> None:
-        ports.append(port)
-        started.set()
+    class Ctx(AppContext):
+        def ready(self, **fields: object) -> None:
+            ports.append(int(fields["metrics_port"]))  # type: ignore[call-overload]
+            started.set()
 
-    th = threading.Thread(target=run, args=(cfg, stop, on_start), daemon=True)
+    ctx = Ctx("drift-monitor", APP_LOG)
+    th = threading.Thread(target=run, args=(cfg, ctx), daemon=True)
     th.start()
     try:
         assert started.wait(20)
         r = httpx.get(f"http://127.0.0.1:{ports[0]}/metrics", timeout=5)
         assert r.status_code == 200 and "keel_drift_windows_total" in r.text
     finally:
-        stop.set()
+        ctx.stop.set()
         th.join(20)
     assert not th.is_alive()
+    assert ctx.outcome == {"dead_letters": 0, "episodes": 0}
+    assert (tmp_path / "drift_monitor.db").exists()  # state defaults into home
 
 
-def test_config_is_validated(tmp_path: Path, profile_path: Path) -> None:
-    cfg = load_config({"KEEL_DRIFT_PROFILE": str(profile_path), "KEEL_DRIFT_WINDOW_S": "600"})
+def test_config_follows_the_app_convention(tmp_path: Path, profile_path: Path) -> None:
+    cfg = APP.load(
+        {"KEEL_DRIFT_MONITOR_PROFILE": str(profile_path), "KEEL_DRIFT_MONITOR_WINDOW_S": "600"}
+    )
     assert cfg.window_s == 600 and cfg.stream == "predictions"
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_config({"KEEL_DRIFT_PROFILE": str(tmp_path / "missing.json")})
-    with pytest.raises(ConfigError, match="KEEL_DRIFT_WINDOW_S"):
-        load_config({"KEEL_DRIFT_PROFILE": str(profile_path), "KEEL_DRIFT_WINDOW_S": "-1"})
+    # the shared variable is read too (it was silently ignored before)
+    assert (
+        APP.load({"KEEL_PROFILE": str(profile_path), "KEEL_METRICS_PORT": "9201"}).metrics_port
+        == 9201
+    )
+    with pytest.raises(AppConfigError, match="does not exist: build one"):
+        APP.load({"KEEL_DRIFT_MONITOR_PROFILE": str(tmp_path / "missing.json")})
+    with pytest.raises(AppConfigError, match="KEEL_DRIFT_MONITOR_WINDOW_S"):
+        APP.load(
+            {"KEEL_DRIFT_MONITOR_PROFILE": str(profile_path), "KEEL_DRIFT_MONITOR_WINDOW_S": "-1"}
+        )
+    with pytest.raises(
+        AppConfigError, match="configuration: window_s must be a whole multiple of slide_s$"
+    ):
+        APP.load({"KEEL_PROFILE": str(profile_path), "KEEL_DRIFT_MONITOR_SLIDE_S": "700"})
     toml = tmp_path / "m.toml"
-    toml.write_text(f'[drift_monitor]\nprofile = "{profile_path}"\nwindwo_s = 10\n')
-    with pytest.raises(ConfigError, match="windwo_s"):
-        load_config({"KEEL_DRIFT_CONFIG": str(toml)})
-    with pytest.raises(ConfigError, match="field required|Field required"):
-        load_config({})
+    toml.write_text(f'[drift-monitor]\nprofile = "{profile_path}"\nwindwo_s = 10\n')
+    with pytest.raises(AppConfigError, match="windwo_s"):
+        APP.load({"KEEL_DRIFT_MONITOR_CONFIG": str(toml)})
+    with pytest.raises(AppConfigError, match="profile is required: set KEEL_DRIFT_MONITOR_PROFILE"):
+        APP.load({})
+
+
+def test_old_variable_names_fail_naming_their_replacement(
+    tmp_path: Path, profile_path: Path
+) -> None:
+    for old, new in (
+        ("KEEL_DRIFT_PROFILE", "KEEL_DRIFT_MONITOR_PROFILE"),
+        ("KEEL_DRIFT_METRICS_PORT", "KEEL_DRIFT_MONITOR_METRICS_PORT"),
+        ("KEEL_DRIFT_CONFIG", "KEEL_DRIFT_MONITOR_CONFIG"),
+    ):
+        with pytest.raises(
+            AppConfigError, match=f"{old} is no longer read: drift-monitor now reads {new}"
+        ):
+            APP.load({"KEEL_PROFILE": str(profile_path), old: "1"})
+    toml = tmp_path / "old.toml"
+    toml.write_text(f'[drift_monitor]\nprofile = "{profile_path}"\n')
+    with pytest.raises(
+        AppConfigError, match=r"\[drift_monitor\] is no longer read: rename it \[drift-monitor\]"
+    ):
+        APP.load({"KEEL_CONFIG": str(toml)})
+
+
+def test_help_starts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"], env={}) == 0
+    out = capsys.readouterr().out
+    assert "KEEL_DRIFT_MONITOR_PROFILE | KEEL_PROFILE" in out and "default 9108" in out
 
 
 def test_poison_events_are_dead_lettered_and_the_good_ones_applied(
@@ -167,7 +209,7 @@ def test_poison_events_are_dead_lettered_and_the_good_ones_applied(
         pred("p-notjson", b"{nope"),
     ]
     bus.publish_batch("predictions", good[:25] + poison + good[25:])
-    cfg = MonitorConfig(profile=profile_path, min_samples=10, poll_timeout_s=0.05)
+    cfg = Settings(profile=profile_path, min_samples=10, poll_timeout_s=0.05)
     svc = build_service(cfg, bus)
     _drain(svc)
     windows = svc.flush()
@@ -191,9 +233,7 @@ def test_a_restart_resumes_exactly_from_the_committed_state(
     def run_once(home: Path, crash_every: int | None) -> list[dict]:
         bus = open_bus(f"sqlite://{home / 'events.db'}")
         bus.publish_batch("predictions", events)
-        cfg = MonitorConfig(
-            profile=profile_path, min_samples=50, poll_timeout_s=0.05, batch_size=170
-        )
+        cfg = Settings(profile=profile_path, min_samples=50, poll_timeout_s=0.05, batch_size=170)
         store = SQLiteMonitorStore(home / "state.db")
         svc, steps = build_service(cfg, bus, store, instance="m-0"), 0
         while True:
@@ -229,7 +269,7 @@ def _drain(svc) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize(
     ("env", "needle"),
     [
-        ({"KEEL_DRIFT_BUS_URL": "bogus://u:hunter2@h/x"}, "unsupported event bus URL"),
+        ({"KEEL_BUS_URL": "bogus://u:hunter2@h/x"}, "unsupported event bus URL"),
         ({"KEEL_HOME": "/sys/kernel"}, "monitor store"),
     ],
 )
@@ -246,9 +286,9 @@ def test_failures_are_one_line_and_exit_1(
     full |= {
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "KEEL_HOME": str(tmp_path / "home"),
-        "KEEL_DRIFT_PROFILE": str(profile_path),
-        "KEEL_DRIFT_BUS_URL": f"sqlite://{tmp_path / 'events.db'}",
-        "KEEL_DRIFT_METRICS_PORT": "0",
+        "KEEL_DRIFT_MONITOR_PROFILE": str(profile_path),
+        "KEEL_BUS_URL": f"sqlite://{tmp_path / 'events.db'}",
+        "KEEL_DRIFT_MONITOR_METRICS_PORT": "0",
         **env,
     }
     proc = subprocess.run(
@@ -259,7 +299,9 @@ def test_failures_are_one_line_and_exit_1(
         timeout=60,
         check=False,
     )
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert lines[0].startswith("drift-monitor: ") and needle in lines[0]
-    assert "hunter2" not in lines[0]
+    records = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.strip()]  # JSON only
+    errors = [r for r in records if r["level"] == "ERROR"]
+    assert proc.returncode == 1 and len(errors) == 1 and "Traceback" not in proc.stderr
+    assert errors[0]["msg"].startswith("drift-monitor: ") and needle in errors[0]["msg"]
+    assert "hunter2" not in proc.stderr
+    assert records[-1]["msg"] == "drift-monitor stopped" and records[-1]["exit"] == 1

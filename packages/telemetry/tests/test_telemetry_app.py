@@ -103,6 +103,8 @@ def test_run_logs_start_ready_stop_as_json_and_masks_secrets(
         "drift-monitor stopped",
     ]
     assert lines[0]["settings"]["bus_url"] == "nats://***@127.0.0.1:4222"
+    assert APP.main(run, [], env={**env, "KEEL_BUS_URL": "sqlite:////tmp/e.db"}) == 0
+    assert "sqlite:////tmp/e.db" in capfd.readouterr().err  # a URL without secrets: verbatim
     assert "tok@" not in err and out == ""
 
 
@@ -163,3 +165,39 @@ def test_a_real_process_stops_on_sigterm_with_json_lines_only(tmp_path: Path) ->
     assert proc.wait(timeout=30) == 0
     records = [json.loads(line) for line in [*lines, *rest.splitlines()]]
     assert records[-1]["msg"] == "toy-app stopped" and records[-1]["reason"] == "stop requested"
+
+
+def test_renamed_variables_and_tables_fail_naming_what_replaced_them(tmp_path: Path) -> None:
+    app = App(
+        "drift-monitor",
+        Settings,
+        summary="s",
+        renamed={"KEEL_DRIFT_PROFILE": "KEEL_DRIFT_MONITOR_PROFILE"},
+    )
+    assert app.load({"KEEL_PROFILE": "p"}).profile == "p"
+    with pytest.raises(
+        AppConfigError,
+        match="KEEL_DRIFT_PROFILE is no longer read: drift-monitor now reads KEEL_DRIFT_MONITOR_PROFILE",
+    ):
+        app.load({"KEEL_PROFILE": "p", "KEEL_DRIFT_PROFILE": "q"})
+    toml = tmp_path / "k.toml"
+    toml.write_text('[drift_monitor]\nprofile = "p"\n')
+    with pytest.raises(AppConfigError, match=r"rename it \[drift-monitor\]"):
+        app.load({"KEEL_CONFIG": str(toml)})
+
+
+def test_errors_while_running_and_the_stopped_line_carry_the_outcome(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from keel.telemetry.app import AppError
+
+    def broken(settings: Settings, ctx: AppContext) -> None:
+        ctx.report(applied=3)
+        raise AppError("cannot create home /x: Read-only file system")
+
+    assert APP.main(broken, [], env={"KEEL_PROFILE": "p"}, handle_signals=False) == 1
+    _, err = capfd.readouterr()
+    records = [json.loads(line) for line in err.splitlines()]
+    assert records[-2]["msg"] == "drift-monitor: cannot create home /x: Read-only file system"
+    assert records[-1]["msg"] == "drift-monitor stopped"
+    assert (records[-1]["applied"], records[-1]["exit"], records[-1]["reason"]) == (3, 1, "failed")

@@ -176,8 +176,9 @@ class App:
                 self.proc.wait()
 
     def started(self) -> bool:
+        """Consuming: the app logged its `ready` line (after its consumer reclaimed)."""
         log = self.logs / f"{self.name}-{self.runs}.log"
-        return log.exists() and b" started" in log.read_bytes()
+        return log.exists() and b' ready"' in log.read_bytes()
 
     def reclaimed(self) -> int:
         total = 0
@@ -272,8 +273,8 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
     base = {
         **{k: v for k, v in os.environ.items() if not k.startswith("KEEL_")},
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-        "KEEL_BUS_URL": bus_url,
-        "KEEL_DRIFT_BUS_URL": bus_url,
+        "KEEL_BUS_URL": bus_url,  # shared by both apps (docs/apps.md)
+        "KEEL_METRICS_PORT": "0",
     }
     apps: dict[str, App] = {}
     for run in ("clean", "chaos"):
@@ -285,11 +286,10 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
             {
                 **base,
                 "KEEL_HOME": str(home),
-                "KEEL_FEATURES_DEFINITIONS": str(defs),
-                "KEEL_FEATURES_DURABLE": f"fw-{run}",
-                "KEEL_METRICS_PORT": "0",
-                "KEEL_FEATURES_BATCH_SIZE": "97",
-                "KEEL_FEATURES_FLUSH_INTERVAL_S": "0.3",
+                "KEEL_FEATURE_WORKER_DEFINITIONS": str(defs),
+                "KEEL_FEATURE_WORKER_DURABLE": f"fw-{run}",
+                "KEEL_FEATURE_WORKER_BATCH_SIZE": "97",
+                "KEEL_FEATURE_WORKER_FLUSH_INTERVAL_S": "0.3",
             },
             logs,
         )
@@ -299,16 +299,15 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
             {
                 **base,
                 "KEEL_HOME": str(home),
-                "KEEL_DRIFT_PROFILE": str(profile),
-                "KEEL_DRIFT_DURABLE": f"dm-{run}",
-                "KEEL_DRIFT_OUTPUT_STREAM": f"drift-{run}",
-                "KEEL_DRIFT_METRICS_PORT": "0",
-                "KEEL_DRIFT_WINDOW_S": "900",
-                "KEEL_DRIFT_SLIDE_S": "300",
-                "KEEL_DRIFT_LATENESS_S": "20",
-                "KEEL_DRIFT_MIN_SAMPLES": "50",
-                "KEEL_DRIFT_BATCH_SIZE": "113",
-                "KEEL_DRIFT_POLL_TIMEOUT_S": "0.2",
+                "KEEL_DRIFT_MONITOR_PROFILE": str(profile),
+                "KEEL_DRIFT_MONITOR_DURABLE": f"dm-{run}",
+                "KEEL_DRIFT_MONITOR_OUTPUT_STREAM": f"drift-{run}",
+                "KEEL_DRIFT_MONITOR_WINDOW_S": "900",
+                "KEEL_DRIFT_MONITOR_SLIDE_S": "300",
+                "KEEL_DRIFT_MONITOR_LATENESS_S": "20",
+                "KEEL_DRIFT_MONITOR_MIN_SAMPLES": "50",
+                "KEEL_DRIFT_MONITOR_BATCH_SIZE": "113",
+                "KEEL_DRIFT_MONITOR_POLL_TIMEOUT_S": "0.2",
             },
             logs,
         )

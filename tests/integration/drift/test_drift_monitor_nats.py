@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from keel_drift_monitor.main import DRIFT_TYPE, MonitorConfig, build_service
+from keel_drift_monitor.main import DRIFT_TYPE, Settings, build_service
 from testutil.isolation import nats_url, unique_name
 
 from keel.drift import build_profile
@@ -46,7 +46,7 @@ def test_drift_monitor_over_nats(tmp_path: Path) -> None:
                     )
                 )
         bus.publish_batch(stream, events)
-        cfg = MonitorConfig(
+        cfg = Settings(
             profile=profile,
             stream=stream,
             output_stream=out,

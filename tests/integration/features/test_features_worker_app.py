@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from testutil.isolation import port_base
 
 from keel.events import Event, open_bus
 from keel.features import SQLiteOnlineStore, load_registry, namespace
+from keel.telemetry.app import AppConfigError
 
 DEFS = textwrap.dedent(
     """
@@ -50,9 +52,9 @@ def test_worker_binary_consumes_serves_metrics_and_stops_on_sigterm(tmp_path: Pa
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "KEEL_HOME": str(home),
-        "KEEL_FEATURES_DEFINITIONS": str(defs),
-        "KEEL_METRICS_PORT": str(port),
-        "KEEL_FEATURES_FLUSH_INTERVAL_S": "0.2",
+        "KEEL_FEATURE_WORKER_DEFINITIONS": str(defs),
+        "KEEL_FEATURE_WORKER_METRICS_PORT": str(port),
+        "KEEL_FEATURE_WORKER_FLUSH_INTERVAL_S": "0.2",
     }
     env.pop("KEEL_NATS_URL", None)
     env.pop("KEEL_REDIS_URL", None)
@@ -108,6 +110,14 @@ def test_worker_binary_consumes_serves_metrics_and_stops_on_sigterm(tmp_path: Pa
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+        assert proc.stderr is not None
+        records = [json.loads(line) for line in proc.stderr.read().splitlines()]  # JSON only
+        assert [r["msg"] for r in records if r["logger"] == "keel.app.feature-worker"] == [
+            "feature-worker started",
+            "feature-worker ready",
+            "feature-worker stopped",
+        ]
+        assert records[-1]["reason"] == "stop requested" and records[-1]["applied"] == 6
         info = bus.consumer("transactions", durable="feature-worker").info()
         assert info.ack_pending == 0 and info.lag == 0
         assert (home / "offline" / "events.txn.created").is_dir()
@@ -120,8 +130,33 @@ def test_worker_binary_consumes_serves_metrics_and_stops_on_sigterm(tmp_path: Pa
 
 
 def test_invalid_config_is_reported_at_start(tmp_path: Path) -> None:
-    assert worker_main.main({"KEEL_HOME": str(tmp_path)}) == 2  # no definitions
-    assert (
-        worker_main.main({"KEEL_FEATURES_DEFINITIONS": "x.py", "KEEL_METRICS_PORT": "99999"}) == 2
-    )
-    assert worker_main.main({"KEEL_FEATURES_DEFINITIONS": str(tmp_path / "missing.py")}) == 2
+    main = worker_main.main
+    assert main([], {"KEEL_HOME": str(tmp_path)}) == 2  # no definitions
+    assert main([], {"KEEL_FEATURE_WORKER_DEFINITIONS": "x.py", "KEEL_METRICS_PORT": "99999"}) == 2
+    assert main([], {"KEEL_FEATURE_WORKER_DEFINITIONS": str(tmp_path / "missing.py")}) == 2
+
+
+def test_help_starts_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert worker_main.main(["--help"], {}) == 0
+    out = capsys.readouterr().out
+    assert "KEEL_FEATURE_WORKER_DEFINITIONS | KEEL_DEFINITIONS  (required)" in out
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("KEEL_FEATURES_DURABLE", "KEEL_FEATURE_WORKER_DURABLE"),
+        ("KEEL_FEATURES_FLUSH_INTERVAL_S", "KEEL_FEATURE_WORKER_FLUSH_INTERVAL_S"),
+    ],
+)
+def test_old_variable_names_fail_naming_their_replacement(old: str, new: str) -> None:
+    with pytest.raises(
+        AppConfigError, match=f"{old} is no longer read: feature-worker now reads {new}"
+    ):
+        worker_main.APP.load({"KEEL_FEATURE_WORKER_DEFINITIONS": "d.py", old: "1"})
+
+
+def test_the_cli_variables_do_not_stop_the_worker() -> None:
+    """`keel features` reads KEEL_FEATURES_DEFINITIONS: a host may set it for the CLI."""
+    env = {"KEEL_FEATURES_DEFINITIONS": "cli.py", "KEEL_FEATURE_WORKER_DEFINITIONS": "d.py"}
+    assert worker_main.APP.load(env).definitions == "d.py"

@@ -4,6 +4,7 @@ password, a file-size limit hit while writing (the disk-full path: no part-*.tmp
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -16,7 +17,6 @@ from pathlib import Path
 import keel_feature_worker.main as worker_main
 import polars as pl
 import pytest
-from testutil.isolation import port_base
 
 from keel.features import OfflineStore, UnavailableError
 
@@ -44,7 +44,7 @@ def _run(tmp_path: Path, **env_over: str) -> subprocess.CompletedProcess[str]:
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         "KEEL_HOME": str(tmp_path / "home"),
-        "KEEL_FEATURES_DEFINITIONS": str(defs),
+        "KEEL_FEATURE_WORKER_DEFINITIONS": str(defs),
         "KEEL_METRICS_PORT": "0",
     }
     for k in ("KEEL_NATS_URL", "KEEL_REDIS_URL", "KEEL_BUS_URL"):
@@ -61,18 +61,22 @@ def _run(tmp_path: Path, **env_over: str) -> subprocess.CompletedProcess[str]:
 
 
 def _one_line(proc: subprocess.CompletedProcess[str]) -> str:
-    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    """The one ERROR record's message (every stderr line is a JSON record)."""
+    records = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    errors = [r for r in records if r["level"] == "ERROR"]
     assert proc.returncode == 1, proc.stderr
-    assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert err[0].startswith("feature-worker: ")
-    return err[0]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0]["msg"].startswith("feature-worker: ")
+    assert records[-1]["msg"] == "feature-worker stopped" and records[-1]["exit"] == 1
+    assert "hunter2" not in proc.stderr
+    return str(errors[0]["msg"])
 
 
 def test_metrics_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port_base(61)))
+        s.bind(("127.0.0.1", 0))  # a port this test holds: no clash with a parallel run
         s.listen()
-        line = _one_line(_run(tmp_path, KEEL_METRICS_PORT=str(port_base(61))))
+        line = _one_line(_run(tmp_path, KEEL_METRICS_PORT=str(s.getsockname()[1])))
     assert "cannot serve metrics" in line and "port in use" in line
 
 
@@ -87,8 +91,11 @@ def test_bogus_bus_url_names_the_scheme_without_a_password(tmp_path: Path) -> No
 
 
 def test_nats_down(tmp_path: Path) -> None:
-    line = _one_line(_run(tmp_path, KEEL_BUS_URL=f"nats://127.0.0.1:{port_base(62)}"))
-    assert f"cannot reach NATS at nats://127.0.0.1:{port_base(62)}" in line
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = _one_line(_run(tmp_path, KEEL_BUS_URL=f"nats://127.0.0.1:{port}"))
+    assert f"cannot reach NATS at nats://127.0.0.1:{port}" in line
 
 
 def _limit_file_size() -> None:  # runs in the child: the disk "fills" after 64 KiB per file

@@ -70,16 +70,14 @@ class Sample:
     labels: dict[str, str]
 
 
-def _env(**app_settings: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """The process env, with each app's settings under the app-convention variable
-    (KEEL_<APP>_<KEY>) and the name the app read before it (both, until every app is
-    wired to keel.telemetry.app)."""
+def _env(**app_settings: dict[str, str]) -> dict[str, str]:
+    """The process env, with each app's settings under its app-convention variable
+    (KEEL_<APP>_<KEY>, docs/apps.md)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     for app, settings in app_settings.items():
-        for key, (legacy, value) in settings.items():
+        for key, value in settings.items():
             env[f"KEEL_{app}_{key}".upper()] = value
-            env[legacy] = value
     return env
 
 
@@ -151,19 +149,20 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
     wport, mport = port_base(71), port_base(72)
     worker_env = _env(
         feature_worker={
-            "home": ("KEEL_HOME", str(home)),
-            "definitions": ("KEEL_FEATURES_DEFINITIONS", str(defs)),
-            "metrics_port": ("KEEL_METRICS_PORT", str(wport)),
-            "bus_url": ("KEEL_BUS_URL", bus_url),
+            "home": str(home),
+            "definitions": str(defs),
+            "metrics_port": str(wport),
+            "bus_url": bus_url,
         }
     )
     monitor_env = _env(
         drift_monitor={
-            "profile": ("KEEL_DRIFT_PROFILE", str(profile)),
-            "bus_url": ("KEEL_DRIFT_BUS_URL", bus_url),
-            "metrics_port": ("KEEL_DRIFT_METRICS_PORT", str(mport)),
-            "model": ("KEEL_DRIFT_MODEL", "fraud"),
-            "min_samples": ("KEEL_DRIFT_MIN_SAMPLES", "50"),
+            "profile": str(profile),
+            "home": str(home),
+            "bus_url": bus_url,
+            "metrics_port": str(mport),
+            "model": "fraud",
+            "min_samples": "50",
         }
     )
     procs = [
@@ -178,7 +177,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
             "feature-worker": _scrape(
                 procs[0],
                 wport,
-                'keel_features_events_processed_total{feature_view="card_txn"',
+                'keel_features_freshness_seconds{feature_view="card_txn"}',  # applied
                 deadline,
             ),
             "drift-monitor": _scrape(procs[1], mport, "keel_drift_window_rows{", deadline),

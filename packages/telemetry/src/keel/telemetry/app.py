@@ -65,7 +65,7 @@ from typing import Any, Generic, TypeVar
 from keel.telemetry._logging import JsonFormatter, configure_logging, get_logger
 from keel.telemetry._redact import MASK, redact_url
 
-__all__ = ["App", "AppConfigError", "AppContext", "env_var"]
+__all__ = ["App", "AppConfigError", "AppContext", "AppError", "env_var"]
 
 S = TypeVar("S")
 
@@ -75,6 +75,11 @@ _SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key")
 class AppConfigError(ValueError):
     """The app's configuration is invalid; the message names the key and where it came from.
     A run function may raise it too (exit 2, like a validation error at start)."""
+
+
+class AppError(RuntimeError):
+    """A failure while running whose message is already clear for the operator (a port in
+    use, an unwritable directory): logged as is on one line, exit 1."""
 
 
 def env_var(app: str, key: str = "") -> str:
@@ -90,17 +95,25 @@ class AppContext:
     name: str
     log: logging.Logger
     stop: threading.Event = field(default_factory=threading.Event)
+    outcome: dict[str, Any] = field(default_factory=dict)
 
     def ready(self, **fields: Any) -> None:
         """Log the one `<name> ready` line (e.g. the bound metrics port)."""
         self.log.info(f"{self.name} ready", extra=fields)
+
+    def report(self, **fields: Any) -> None:
+        """Add `fields` (e.g. counts of what was processed) to the `<name> stopped` line."""
+        self.outcome.update(fields)
 
 
 def _mask(key: str, value: Any) -> Any:
     if isinstance(value, str):
         if any(w in key.lower() for w in _SECRET_WORDS):
             return MASK
-        return redact_url(value) if "://" in value or "password=" in value else value
+        if "://" in value or "password=" in value:
+            shown = redact_url(value)
+            return shown if MASK in shown else value  # unchanged when there is no secret
+        return value
     if isinstance(value, Mapping):
         return {k: _mask(str(k), v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -116,12 +129,17 @@ class _Parser(argparse.ArgumentParser):
 @dataclass(frozen=True)
 class App(Generic[S]):
     """An app binary: its `name` (kebab-case, e.g. "drift-monitor"), its settings
-    model, and a one-line `summary` (plus an optional longer `description`) for --help."""
+    model, and a one-line `summary` (plus an optional longer `description`) for --help.
+
+    `renamed` maps environment variables an earlier version read to what replaced them
+    (e.g. ``{"KEEL_DRIFT_PROFILE": "KEEL_DRIFT_MONITOR_PROFILE"}``): setting one is a
+    configuration error saying so, never a silently ignored value."""
 
     name: str
     settings: type[S]
     summary: str
     description: str = ""
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
     # -- configuration ------------------------------------------------------------
     @property
@@ -142,9 +160,19 @@ class App(Generic[S]):
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         source: dict[str, str] = {}
+        for old, new in self.renamed.items():
+            if env.get(old):
+                raise AppConfigError(
+                    f"{old} is no longer read: {self.name} now reads {new} (see docs/apps.md)"
+                )
         path = self.config_path(env, config)
         if path is not None:
             tables = self._read_toml(path)
+            legacy = self.name.replace("-", "_")
+            if legacy != self.name and legacy in tables:
+                raise AppConfigError(
+                    f"{path}: table [{legacy}] is no longer read: rename it [{self.name}]"
+                )
             shared = tables.get("keel", {})
             own = tables.get(self.name, {})
             for table, where in ((shared, "keel"), (own, self.name)):
@@ -192,9 +220,11 @@ class App(Generic[S]):
                     f"unknown setting {key!r} ({source.get(key, 'config')});"
                     f" settings: {', '.join(self.fields)}"
                 )
+            elif not key:  # a check across settings (a model validator)
+                out.append(str(err.get("msg", "invalid")).removeprefix("Value error, "))
             else:
-                where = source.get(key, "default") if key else "settings"
-                out.append(f"{'.'.join(loc) or 'settings'} ({where}): {err.get('msg', 'invalid')}")
+                where = source.get(key, "default")
+                out.append(f"{'.'.join(loc)} ({where}): {err.get('msg', 'invalid')}")
         return out
 
     def _read_toml(self, path: Path) -> dict[str, Any]:
@@ -294,7 +324,10 @@ class App(Generic[S]):
             code, reason = self._fail(exc, 1), "failed"
         finally:
             restore()
-        log.info(f"{self.name} stopped", extra={"app": self.name, "reason": reason, "exit": code})
+        log.info(
+            f"{self.name} stopped",
+            extra={**ctx.outcome, "app": self.name, "reason": reason, "exit": code},
+        )
         return code
 
     def _fail(self, exc: BaseException, code: int) -> int:
