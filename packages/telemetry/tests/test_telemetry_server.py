@@ -153,3 +153,6 @@ def test_redact_url_masks_passwords_and_tokens() -> None:
     assert redact_url("host=db password='a b' user=k") == "host=db password=*** user=k"
     assert redact_url(None) == ""
     assert "pw" not in redact_url("redis://u:pw@[::1")  # unparsable: still masked
+    # nothing secret: the text comes back unchanged (urlunsplit would drop sqlite:////'s slashes)
+    assert redact_url("sqlite:////var/keel/events.db") == "sqlite:////var/keel/events.db"
+    assert redact_url("sqlite:////k/e.db?x=1#f") == "sqlite:////k/e.db?x=1#f"

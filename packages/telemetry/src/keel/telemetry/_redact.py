@@ -6,6 +6,8 @@
     'postgresql://keel:***@db/keel?sslpassword=***&sslmode=require'
     >>> redact_url("host=db user=keel password=pw")
     'host=db user=keel password=***'
+    >>> redact_url("sqlite:////var/keel/events.db")
+    'sqlite:////var/keel/events.db'
 
 Every place Keel prints or logs a service address goes through it.
 """
@@ -48,6 +50,8 @@ def redact_url(url: str | None) -> str:
                 query = urlencode(
                     [(k, MASK if _SECRET_KEY.search(k) else v) for k, v in pairs], safe="*"
                 )
+        if netloc == parts.netloc and query == parts.query:
+            return text  # no secret: unchanged (urlunsplit would turn sqlite://// into sqlite://)
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
         # unparsable: drop everything between the scheme and the last '@'
