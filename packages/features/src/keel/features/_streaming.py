@@ -43,7 +43,7 @@ import numpy as np
 import polars as pl
 
 from keel.features import _hll
-from keel.features._batch import _partials
+from keel.features._batch import NONFINITE, _partials
 from keel.features._definitions import FeatureView, duration_us
 from keel.features._errors import InvalidInputError
 from keel.features._frames import ET, ID, check_nulls, from_us, prepare, to_us
@@ -150,9 +150,12 @@ class StreamingEngine:
         }
         for c in self._num_cols:
             s[f"nn:{c}"] = (np.int64, 0)
-            s[f"sum:{c}"] = (np.float64, 0.0)
-            s[f"sumsq:{c}"] = (np.float64, 0.0)
-            s[f"min:{c}"] = (np.float64, np.inf)
+            s[f"sum:{c}"] = (np.float64, 0.0)  # finite values only
+            s[f"m2:{c}"] = (np.float64, 0.0)  # squared deviations of the finite values
+            if self._types[c] == "float":
+                for kind in NONFINITE:
+                    s[f"{kind}:{c}"] = (np.int64, 0)
+            s[f"min:{c}"] = (np.float64, np.inf)  # non-NaN values only
             s[f"max:{c}"] = (np.float64, -np.inf)
         for c in self._lasts:
             s[f"last_t:{c}"] = (np.int64, _MIN)
@@ -309,14 +312,7 @@ class StreamingEngine:
         np.maximum.at(A["any_t"], (rows, slots), et)
         np.maximum.at(self._ent_max, rows, et)
         for c in self._num_cols:
-            v = df[c].cast(pl.Float64).to_numpy()
-            nn = df[c].is_not_null().to_numpy()
-            r, s, x = rows[nn], slots[nn], v[nn]
-            np.add.at(A[f"nn:{c}"], (r, s), 1)
-            np.add.at(A[f"sum:{c}"], (r, s), x)
-            np.add.at(A[f"sumsq:{c}"], (r, s), x * x)
-            np.minimum.at(A[f"min:{c}"], (r, s), x)
-            np.maximum.at(A[f"max:{c}"], (r, s), x)
+            self._apply_numeric(c, df[c], rows, slots)
         for c in self._lasts:
             self._apply_last(c, df[c], rows, slots, et)
         for c in self._hll_cols:
@@ -336,6 +332,51 @@ class StreamingEngine:
                     sets[r, s] = {x}
                 else:
                     cur.add(x)
+
+    def _apply_numeric(self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray) -> None:
+        """Add a column's values to their bucket slots: counts, finite sum, M2 (Chan et al.
+        merge of the slot's (count, sum, M2) with the batch's per-slot two-pass moments)."""
+        A = self._arrays
+        v = col.cast(pl.Float64).to_numpy()
+        nn = col.is_not_null().to_numpy()
+        r, s, x = rows[nn], slots[nn], v[nn]
+        np.add.at(A[f"nn:{c}"], (r, s), 1)
+        fin = np.isfinite(x)
+        if not fin.all():
+            for kind, flag in (("nan", np.isnan(x)), ("pinf", x == np.inf), ("ninf", x == -np.inf)):
+                if flag.any():
+                    np.add.at(A[f"{kind}:{c}"], (r[flag], s[flag]), 1)
+            keep = ~np.isnan(x)
+            np.minimum.at(A[f"min:{c}"], (r[keep], s[keep]), x[keep])
+            np.maximum.at(A[f"max:{c}"], (r[keep], s[keep]), x[keep])
+            r, s, x = r[fin], s[fin], x[fin]
+        else:
+            np.minimum.at(A[f"min:{c}"], (r, s), x)
+            np.maximum.at(A[f"max:{c}"], (r, s), x)
+        if len(x) == 0:
+            return
+        flat = r * self.ring + s
+        cells, inv = np.unique(flat, return_inverse=True)
+        nb = np.bincount(inv).astype(np.float64)
+        sb = np.bincount(inv, weights=x)
+        dev = x - (sb / nb)[inv]
+        m2b = np.bincount(inv, weights=dev * dev)
+        cr, cs = cells // self.ring, cells % self.ring
+        na = self._finite_count(c, cr, cs).astype(np.float64) - nb  # before this batch
+        sa, m2a = A[f"sum:{c}"][cr, cs], A[f"m2:{c}"][cr, cs]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            delta = sb / nb - sa / na
+            cross = np.where(na > 0, delta * delta * na * nb / (na + nb), 0.0)
+        A[f"sum:{c}"][cr, cs] = sa + sb
+        A[f"m2:{c}"][cr, cs] = m2a + m2b + cross
+
+    def _finite_count(self, c: str, r: Any, s: Any) -> np.ndarray:
+        """Finite non-null values per cell (non-null minus NaN/inf counts)."""
+        A = self._arrays
+        out: np.ndarray = A[f"nn:{c}"][r, s]
+        if self._types[c] == "float":
+            out = out - sum(A[f"{k}:{c}"][r, s] for k in NONFINITE)
+        return out
 
     def _apply_last(
         self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray, et: np.ndarray
@@ -436,33 +477,20 @@ class StreamingEngine:
             if fn == "count":
                 arr = masked_sum("n" if c is None else f"nn:{c}", mask)
                 vals = arr.astype(np.int64).tolist()
-            elif fn == "sum":
-                vals = masked_sum(f"sum:{c}", mask).tolist()
-            elif fn == "mean":
-                s = masked_sum(f"sum:{c}", mask)
+            elif fn in ("sum", "mean", "std"):
+                assert c is not None
+                vals = self._moments(fn, c, rows, mask, masked_sum)
+            elif fn in ("min", "max"):
+                assert c is not None
+                ident = np.inf if fn == "min" else -np.inf
+                red = np.where(mask, A[f"{fn}:{c}"][rows], ident)
+                ext = red.min(axis=1) if fn == "min" else red.max(axis=1)
                 nn = masked_sum(f"nn:{c}", mask)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = s / nn
+                nan = masked_sum(f"nan:{c}", mask) if f"nan:{c}" in A else np.zeros_like(nn)
                 vals = [
-                    None if k == 0 else float(x)
-                    for x, k in zip(mean.tolist(), nn.tolist(), strict=True)
+                    None if k == 0 else (math.nan if bad else float(x))
+                    for x, k, bad in zip(ext.tolist(), nn.tolist(), nan.tolist(), strict=True)
                 ]
-            elif fn == "std":
-                s = masked_sum(f"sum:{c}", mask)
-                ss = masked_sum(f"sumsq:{c}", mask)
-                nn = masked_sum(f"nn:{c}", mask).astype(np.float64)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    var = (ss - s * s / nn) / (nn - 1)
-                vals = [
-                    None if k < 2 else math.sqrt(max(0.0, x))
-                    for x, k in zip(var.tolist(), nn.tolist(), strict=True)
-                ]
-            elif fn == "min":
-                mn = np.where(mask, A[f"min:{c}"][rows], np.inf).min(axis=1)
-                vals = [None if x == np.inf else float(x) for x in mn.tolist()]
-            elif fn == "max":
-                mx = np.where(mask, A[f"max:{c}"][rows], -np.inf).max(axis=1)
-                vals = [None if x == -np.inf else float(x) for x in mx.tolist()]
             elif fn == "distinct_count":
                 sets = A[f"dc:{c}"][rows]
                 vals = []
@@ -507,6 +535,53 @@ class StreamingEngine:
             else:
                 schema[agg.name] = pl.Float64()
         return pl.DataFrame({"entity": keys, **cols}, schema=schema)
+
+    def _moments(
+        self,
+        fn: str,
+        c: str,
+        rows: np.ndarray,
+        mask: np.ndarray,
+        masked_sum: Callable[[str, np.ndarray], np.ndarray],
+    ) -> list[Any]:
+        """sum / mean / std over the window's slots, with the engines' NaN / inf rules."""
+        A = self._arrays
+        nn = masked_sum(f"nn:{c}", mask)
+        total = masked_sum(f"sum:{c}", mask)
+        zeros = np.zeros_like(nn)
+        nan, pinf, ninf = (
+            masked_sum(f"{k}:{c}", mask) if f"{k}:{c}" in A else zeros for k in NONFINITE
+        )
+        if fn == "std":
+            nf_slot = np.where(mask, self._finite_count(c, rows, slice(None)), 0)
+            s_slot = np.where(mask, A[f"sum:{c}"][rows], 0.0)
+            nf = nf_slot.sum(axis=1).astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = total / nf
+                dev = np.where(nf_slot > 0, s_slot / nf_slot - mean[:, None], 0.0)
+                m2 = masked_sum(f"m2:{c}", mask) + (nf_slot * dev * dev).sum(axis=1)
+                var = m2 / (nn - 1)
+            return [
+                None if k < 2 else (math.nan if a or b or d else math.sqrt(max(0.0, v)))
+                for v, k, a, b, d in zip(
+                    var.tolist(), nn.tolist(), nan.tolist(), pinf.tolist(), ninf.tolist(), strict=True
+                )
+            ]
+        out: list[Any] = []
+        for t, k, a, b, d in zip(
+            total.tolist(), nn.tolist(), nan.tolist(), pinf.tolist(), ninf.tolist(), strict=True
+        ):
+            if fn == "mean" and k == 0:
+                out.append(None)
+                continue
+            if a or (b and d):
+                v = math.nan
+            elif b or d:
+                v = math.inf if b else -math.inf
+            else:
+                v = t / k if fn == "mean" else t
+            out.append(v)
+        return out
 
     def _cast_last(self, c: str, x: Any) -> Any:
         typ = self._types[c]
