@@ -36,6 +36,7 @@ from keel.features._frames import (
     ID,
     RT,
     check_nulls,
+    collect,
     prepare,
     time_to_us_expr,
     to_us,
@@ -286,13 +287,13 @@ def _finalize(
 
 def _prepared(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     # One chunk per column: later gathers (sorting by entity) are ~10x slower on chunked data.
-    df = prepare(view, events).collect().rechunk()
+    df = collect(view, prepare(view, events)).rechunk()
     # Drop repeated event ids (first occurrence wins, as in the streaming engine). Distinct
     # 64-bit hashes prove distinct ids, and sorting hashes is a much cheaper pass than
     # ``unique`` on strings; only frames with a repeated hash pay for the exact ``unique``.
     if view.id_column is not None and _may_have_repeats(df[ID]):
         df = df.unique(subset=[ID], keep="first", maintain_order=True)
-    check_nulls(view, df)
+    df = check_nulls(view, df)
     return df
 
 

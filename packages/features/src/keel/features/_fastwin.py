@@ -182,7 +182,11 @@ def _value_arrays(events: pl.DataFrame, value_cols: list[str]) -> list[np.ndarra
     """Per value column its float64 values (nulls as 0), then a non-null mask if it has nulls."""
     out: list[np.ndarray] = []
     for c in value_cols:
-        x = events[c].cast(pl.Float64)
+        col = events[c]
+        if not col.dtype.is_numeric():  # only counted (count over a str / bool column)
+            x = pl.Series(c, np.zeros(len(col))).set(col.is_null(), None)
+        else:
+            x = col.cast(pl.Float64)
         if x.null_count() == 0:
             out.append(x.to_numpy())
         else:

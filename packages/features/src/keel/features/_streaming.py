@@ -45,10 +45,11 @@ import polars as pl
 from keel.features import _hll
 from keel.features._batch import NONFINITE, _partials
 from keel.features._definitions import FeatureView, duration_us
-from keel.features._errors import InvalidInputError
-from keel.features._frames import ET, ID, check_nulls, from_us, prepare, to_us
+from keel.features._errors import InvalidInputError, short_repr, short_text
+from keel.features._frames import ET, ID, check_nulls, collect, from_us, prepare, to_us
 
 _MIN = np.iinfo(np.int64).min
+_SNAPSHOT_FORMAT = 2
 _KEY_SEP = "|"
 
 
@@ -111,15 +112,20 @@ class StreamingEngine:
         if view.ttl is not None:
             span = max(span, duration_us(view.ttl))
         self._span_b = -(-span // self._b)
-        self.ring = self._span_b + -(-self._lateness // self._b) + 2
+        self.ring = view.ring_slots
         self._parts, self._lasts = _partials(view)
         types = view.column_types
         self._num_cols = sorted(
             {
                 p.column
                 for p in self._parts
-                if p.column is not None and p.kind not in ("dc", "hz", "hn")
+                if p.column is not None and p.kind not in ("n", "nn", "dc", "hz", "hn")
             }
+        )
+        # Columns only counted (count over any type, mean's count is covered above).
+        self._nn_cols = sorted(
+            {p.column for p in self._parts if p.kind == "nn" and p.column is not None}
+            - set(self._num_cols)
         )
         self._dc_cols = sorted(
             {p.column for p in self._parts if p.kind == "dc" and p.column is not None}
@@ -138,7 +144,9 @@ class StreamingEngine:
         self._cap = 0
         self._ent_max = np.empty(0, np.int64)
         self._arrays: dict[str, np.ndarray] = {}
-        self._grow(max(1, initial_capacity))
+        # The first allocation stays small whatever the per-entity footprint (<= 64 MiB).
+        per_entity = max(1, self.ring * view.state_bytes_per_slot)
+        self._grow(max(1, min(initial_capacity, (64 << 20) // per_entity)))
 
     # -- state arrays -------------------------------------------------------------
     def _specs(self) -> dict[str, tuple[Any, Any]]:
@@ -157,6 +165,8 @@ class StreamingEngine:
                     s[f"{kind}:{c}"] = (np.int64, 0)
             s[f"min:{c}"] = (np.float64, np.inf)  # non-NaN values only
             s[f"max:{c}"] = (np.float64, -np.inf)
+        for c in self._nn_cols:
+            s[f"nn:{c}"] = (np.int64, 0)
         for c in self._lasts:
             s[f"last_t:{c}"] = (np.int64, _MIN)
             s[f"last_v:{c}"] = (object, None) if c in self._last_obj else (np.float64, np.nan)
@@ -173,12 +183,15 @@ class StreamingEngine:
         if need <= self._cap:
             return
         cap = max(need, self._cap * 2)
+        grown: dict[str, np.ndarray] = {}  # all or nothing: a failed allocation changes nothing
         for name, (dtype, ident) in self._specs().items():
             arr = np.full(self._shape(name, cap), ident, dtype=dtype)
             if name in self._arrays:
                 arr[: self._cap] = self._arrays[name]
-            self._arrays[name] = arr
-        self._ent_max = np.concatenate([self._ent_max, np.full(cap - self._cap, _MIN, np.int64)])
+            grown[name] = arr
+        ent_max = np.concatenate([self._ent_max, np.full(cap - self._cap, _MIN, np.int64)])
+        self._arrays.update(grown)
+        self._ent_max = ent_max
         self._cap = cap
 
     @property
@@ -203,9 +216,14 @@ class StreamingEngine:
 
     # -- ingest --------------------------------------------------------------------
     def ingest(self, frame: pl.DataFrame) -> IngestReport:
-        """Apply a micro-batch given in the view's input shape, rows in arrival order."""
-        df = prepare(self.view, frame).collect()
-        check_nulls(self.view, df)
+        """Apply a micro-batch given in the view's input shape, rows in arrival order.
+
+        Any width of event time is fine. All-or-nothing: everything that can fail (input
+        validation, conversion, allocation) happens before the first change of state, so an
+        error leaves the engine exactly as it was.
+        """
+        df = collect(self.view, prepare(self.view, frame))
+        df = check_nulls(self.view, df)
         report = IngestReport()
         n = df.height
         if n == 0:
@@ -242,22 +260,27 @@ class StreamingEngine:
                         from_us(int(et[i])),
                     )
                 )
+        sel = np.flatnonzero(ok)
+        sub_keys = [keys[i] for i in sel]
+        # Room for new entities first: the only step that may fail (memory) changes nothing.
+        new_keys = list(dict.fromkeys(k for k in sub_keys if k not in self._index))
+        self._grow(len(self._keys) + len(new_keys))
+        # -- commit: from here on only in-memory updates of validated data --------------
+        for reason, mask in (("future", future), ("late", late)):
             self.counters[reason] += int(mask.sum())
         self.counters["duplicates"] += report.duplicates
         if ids is not None:  # late events count as handled too: a redelivery is a duplicate
             for i in np.flatnonzero(ok | late):
                 self._seen[ids[i]] = int(et[i])
-        if not ok.any():
+        if not len(sel):
             return report
         self._max_et = max(self._max_et, int(cm[-1]))
-        sel = np.flatnonzero(ok)
         if ids is not None:
             self._prune_seen()
-        sub = df[sel]
-        self._apply(sub, [keys[i] for i in sel], et[sel])
+        self._apply(df[sel], sub_keys, et[sel])
         report.applied = len(sel)
         self.counters["applied"] += len(sel)
-        report.updated = list(dict.fromkeys(keys[i] for i in sel))
+        report.updated = list(dict.fromkeys(sub_keys))
         return report
 
     def _key_strings(self, df: pl.DataFrame) -> list[str]:
@@ -313,6 +336,9 @@ class StreamingEngine:
         np.maximum.at(self._ent_max, rows, et)
         for c in self._num_cols:
             self._apply_numeric(c, df[c], rows, slots)
+        for c in self._nn_cols:
+            nn = df[c].is_not_null().to_numpy()
+            np.add.at(A[f"nn:{c}"], (rows[nn], slots[nn]), 1)
         for c in self._lasts:
             self._apply_last(c, df[c], rows, slots, et)
         for c in self._hll_cols:
@@ -429,18 +455,26 @@ class StreamingEngine:
         """Values for ``keys`` at the end of the bucket holding each entity's latest event.
 
         Returns the values and each entity's latest event time (the online store's write
-        condition and freshness reference).
+        condition and freshness reference). Works for any batch width: an entity's own ring
+        always holds every bucket of the window ending at its latest event (slots are only
+        ever overwritten by that entity's newer buckets), so no retention check applies.
+        Raises InvalidInputError, before reading anything, for a key the engine never saw.
         """
+        unknown = [k for k in keys if k not in self._index]
+        if unknown:
+            raise InvalidInputError(
+                f"current(): {len(unknown)} entities were never ingested, e.g. {short_repr(unknown[0])}"
+            )
         rows = np.asarray([self._index[k] for k in keys], dtype=np.int64)
         last = self._ent_max[rows]
         m = (last - 1) // self._b + 1
-        return self._read(list(keys), m), [from_us(int(x)) for x in last]
+        return self._read(list(keys), m, check_retention=False), [from_us(int(x)) for x in last]
 
-    def _read(self, keys: list[str], m: np.ndarray) -> pl.DataFrame:
+    def _read(self, keys: list[str], m: np.ndarray, check_retention: bool = True) -> pl.DataFrame:
         A = self._arrays
         known = np.asarray([k in self._index for k in keys], dtype=bool)
         rows = np.asarray([self._index.get(k, 0) for k in keys], dtype=np.int64)
-        if self._max_et != _MIN:
+        if check_retention and self._max_et != _MIN:
             oldest_intact = (self._max_et - 1) // self._b - self.ring + 1
             too_old = known & (m - self._span_b < oldest_intact)
             if too_old.any():
@@ -615,7 +649,7 @@ class StreamingEngine:
                 np.save(buf, np.ascontiguousarray(part), allow_pickle=False)
                 arrays[name] = buf.getvalue()
         blob = {
-            "format": 1,
+            "format": _SNAPSHOT_FORMAT,
             "view": self.view.name,
             "version": self.view.version,
             "keys": self._keys,
@@ -637,6 +671,12 @@ class StreamingEngine:
             blob = msgspec.msgpack.decode(data)
         except msgspec.DecodeError as exc:
             raise InvalidInputError(f"state snapshot is not readable: {exc}") from exc
+        if blob.get("format") != _SNAPSHOT_FORMAT:
+            raise InvalidInputError(
+                f"state snapshot has format {short_repr(blob.get('format'))}, this engine reads "
+                f"format {_SNAPSHOT_FORMAT} (variance state changed to count/sum/M2); rebuild "
+                "the state (backfill) instead"
+            )
         if blob.get("version") != view.version:
             raise InvalidInputError(
                 f"state snapshot was taken for view {blob.get('view')!r} version {blob.get('version')}, "
@@ -727,7 +767,11 @@ def events_to_frame(
         except Exception as exc:  # translate anything the payload throws into a dead letter
             dead.append(
                 DeadLetter(
-                    "invalid", str(exc), ev.id, ev.key, et if getattr(et, "tzinfo", None) else None
+                    "invalid",
+                    short_text(str(exc)),
+                    ev.id,
+                    ev.key,
+                    et if getattr(et, "tzinfo", None) else None,
                 )
             )
             continue
