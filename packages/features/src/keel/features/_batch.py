@@ -28,7 +28,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
-from keel.features import _fastwin, _hll
+from keel.features import _bitemporal, _fastwin, _hll
 from keel.features._definitions import FIELD_TYPES, FeatureView, duration_us
 from keel.features._errors import InvalidInputError
 from keel.features._frames import (
@@ -546,6 +546,20 @@ def _partials_at(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> 
             return fast.with_columns(q[QID], q[T])
         base = _union_partials(view, prepared, q, parts, lasts)
     else:
+        bt = _bitemporal.partials(
+            prepared,
+            q,
+            keys,
+            ET,
+            RT,
+            T,
+            [(p.kind, p.column, p.window_us, p.name) for p in parts],
+            [(c, _lv(c), _lt(c)) for c in lasts],
+            LAST_ANY if view.ttl is not None else None,
+        )
+        if bt is not None:  # already in QID order
+            return bt.with_columns(q[QID], q[T])
+        # Fallback (packed keys would overflow int64): on-time rolling plan + late-event join.
         rt = pl.col(RT).fill_null(pl.col(ET))
         ontime = prepared.filter(rt <= pl.col(ET))
         late = prepared.filter(rt > pl.col(ET)).with_columns(rt.alias(RT))
