@@ -67,8 +67,8 @@ class _Intervals:
 
     def __init__(self, start: np.ndarray, end: np.ndarray, base: np.ndarray, qk: np.ndarray) -> None:
         self.m = len(start)
-        self.s_order = np.argsort(start, kind="stable")
-        self.e_order = np.argsort(end, kind="stable")
+        self.s_order = np.argsort(start)
+        self.e_order = np.argsort(end)
         s_sorted, e_sorted = start[self.s_order], end[self.e_order]
         self.i_s = np.searchsorted(s_sorted, qk, side="right")
         self.i_e = np.searchsorted(e_sorted, qk, side="right")
@@ -129,25 +129,29 @@ def partials(
     t = queries[t_col].to_numpy().astype(np.int64)
     windows = sorted({w for _, _, w, _ in parts})
     w_max = max(windows, default=0)
-    lo_t = int(min(et.min(initial=0), t.min(initial=0)))
-    hi_t = int(max(vis.max(initial=0), et.max(initial=0) + w_max, t.max(initial=0)))
+    lo_t = int(min(et.min(), t.min() if len(t) else et.min()))
+    hi_t = int(max(vis.max(), et.max() + w_max, t.max() if len(t) else vis.max()))
     stride = hi_t - lo_t + 2
     if (n_codes + 1) * stride >= _KEY_LIMIT:
         return None
     ebase = ev_code * stride - lo_t
-    qk = q_code * stride + (t - lo_t)
-    qbase = q_code * stride
-    n_q = len(qk)
-    q_order = np.argsort(qk, kind="stable")
-    qk_sorted = qk[q_order]
+    qk_in = q_code * stride + (t - lo_t)
+    n_q = len(qk_in)
+    # Work in sorted query order (binary searches with sorted needles stay in cache).
+    q_order = np.argsort(qk_in, kind="stable")
+    qk = qk_sorted = qk_in[q_order]
+    qbase = q_code[q_order] * stride
 
     def q_pos(k: np.ndarray) -> np.ndarray:
-        return np.searchsorted(qk_sorted, k, side="left")
+        order = np.argsort(k)  # sorted needles: cache-friendly searches
+        out = np.empty(len(k), dtype=np.int64)
+        out[order] = np.searchsorted(qk_sorted, k[order], side="left")
+        return out
 
     def unsort(sorted_vals: np.ndarray) -> np.ndarray:
         out = np.empty_like(sorted_vals)
         out[q_order] = sorted_vals
-        return out
+        return out  # input order
 
     entity_end = (ev_code + 1) * stride  # intervals open to the end of the entity
     cols: dict[str, pl.Series] = {}
@@ -203,7 +207,7 @@ def partials(
                 fn, ident = (np.minimum, np.inf) if kind == "min" else (np.maximum, -np.inf)
                 lo = q_pos(ebase[idx][use] + vis[idx][use])
                 hi = q_pos(ebase[idx][use] + et[idx][use] + w)
-                res = unsort(_stab(n_q, lo, hi, a[use].astype(np.float64), fn, ident))
+                res = _stab(n_q, lo, hi, a[use].astype(np.float64), fn, ident)
             elif kind == "dc":
                 res = _distinct(events[c][idx], ev_code[idx], vis[idx], et[idx] + w, ebase[idx], qbase, qk)
             else:  # pragma: no cover - hz / hn are refused with a record time at definition
@@ -226,7 +230,7 @@ def partials(
         rank[np.searchsorted(nn, ranked["i"].to_numpy())] = np.arange(len(nn))
         lo = q_pos(ebase[nn] + vis[nn])
         hi = q_pos(entity_end[nn])
-        best = unsort(_stab(n_q, lo, hi, rank, np.maximum, -1))
+        best = _stab(n_q, lo, hi, rank, np.maximum, -1)
         found = best >= 0
         pick = pl.Series(np.where(found, best, 0))
         cols[v_name] = ranked["v"].gather(pick).set(pl.Series(~found), None).alias(v_name)
@@ -234,10 +238,11 @@ def partials(
     if ttl_col is not None:
         lo = q_pos(ebase + vis)
         hi = q_pos(entity_end)
-        latest = unsort(_stab(n_q, lo, hi, et, np.maximum, np.iinfo(np.int64).min))
+        latest = _stab(n_q, lo, hi, et, np.maximum, np.iinfo(np.int64).min)
         seen = latest != np.iinfo(np.int64).min
         cols[ttl_col] = pl.Series(ttl_col, latest).set(pl.Series(~seen), None)
-    return pl.DataFrame(list(cols.values()))
+    back = pl.Series(unsort(np.arange(n_q)))  # sorted position of each input row
+    return pl.DataFrame([c.gather(back) for c in cols.values()])
 
 
 def _distinct(
