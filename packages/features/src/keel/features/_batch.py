@@ -636,15 +636,39 @@ def backfill(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataF
     return out.sort([*keys, view.event_time], maintain_order=True)
 
 
-def latest(view: FeatureView, events: pl.DataFrame | pl.LazyFrame, at: datetime) -> pl.DataFrame:
-    """Feature values of every entity seen in ``events`` (up to ``at``) as of ``at``: for materialising."""
+def latest(
+    view: FeatureView,
+    events: pl.DataFrame | pl.LazyFrame,
+    at: datetime,
+    *,
+    with_event_time: bool = False,
+) -> pl.DataFrame:
+    """Feature values of every entity seen in ``events`` (up to ``at``) as of ``at``: for materialising.
+
+    ``with_event_time=True`` adds the column ``view.event_time``: each entity's latest event
+    time visible at ``at`` — the time to write online values under (not ``at`` itself, or a
+    later streaming write of an older event would be refused by the online store's
+    event-time condition).
+    """
     prepared = _prepared(view, events)
     at_us = to_us(at)
     keys = list(view.join_keys)
-    ents = prepared.filter(pl.col(ET) <= at_us).select(keys).unique(maintain_order=True)
+    visible = pl.col(ET) <= at_us
+    if view.record_time is not None:
+        visible &= pl.col(RT).fill_null(pl.col(ET)) <= at_us
+    seen = (
+        prepared.filter(visible)
+        .group_by(keys, maintain_order=True)
+        .agg(pl.col(ET).max().alias("__latest"))
+    )
+    ents = seen.select(keys)
     q = ents.with_columns(pl.lit(at_us, pl.Int64).alias(T)).with_row_index(QID)
     values = _values(view, prepared, q)
-    return pl.concat([ents, values], how="horizontal")
+    out = pl.concat([ents, values], how="horizontal")
+    if with_event_time:
+        et = pl.from_epoch(seen["__latest"], time_unit="us").dt.replace_time_zone("UTC")
+        out = out.with_columns(et.alias(view.event_time))
+    return out
 
 
 def prepared_to_events(view: FeatureView, prepared: pl.DataFrame) -> pl.DataFrame:
