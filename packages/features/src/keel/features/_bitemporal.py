@@ -195,9 +195,9 @@ def partials(
                 first = np.full(n_codes + 1, np.nan)
                 gi = np.flatnonzero(good)[::-1]  # reversed: the first finite value wins
                 first[codes[gi]] = af[gi]
-                d = np.where(good, af - np.nan_to_num(first[codes]), 0.0)
-                sc = _numerics.overflow_scale(float(np.abs(d).max(initial=0.0)), len(d), power=2)
-                d = d * sc
+                big = 2.0 * float(np.abs(af).max(initial=0.0))
+                sc = _numerics.overflow_scale(big, len(af), power=2)
+                d = np.where(good, af * sc - np.nan_to_num(first[codes]) * sc, 0.0)
                 s1h, s1l = iv.dd_sum(d)
                 sq, err = _numerics.two_prod(d, d)
                 s2h, s2l = iv.dd_sum(sq, err)

@@ -276,13 +276,13 @@ class _Sums:
                 pos = np.where(good, np.arange(n), n)
                 first = np.minimum.reduceat(pos, idx.starts)
                 ref = np.where(first < n, af[np.minimum(first, n - 1)], 0.0)
-                d = af - ref[idx.codes]
+                # |d| <= 2 max|x|: scale first (exact), so the shift itself cannot overflow.
+                big = 2.0 * float(np.abs(af).max(initial=0.0))
+                sc = _numerics.overflow_scale(big, n, power=2)
+                self.scale[("m2", c)] = sc
+                d = af - ref[idx.codes] if sc == 1.0 else af * sc - (ref * sc)[idx.codes]
                 if not (all_ok and all_finite):
                     d = np.where(good, d, 0.0)
-                sc = _numerics.overflow_scale(float(np.abs(d).max(initial=0.0)), n, power=2)
-                self.scale[("m2", c)] = sc
-                if sc != 1.0:
-                    d = d * sc
                 jobs.append((("d1", c), d))
                 jobs.append((("d2", c), d))
 
