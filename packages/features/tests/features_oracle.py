@@ -85,13 +85,25 @@ def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> d
     return out
 
 
-def numeric(fn: str, vals: list[float]) -> float | None:
+class _Unspecified:
+    """An oracle value the semantics leave open: any engine value is accepted."""
+
+    def __repr__(self) -> str:
+        return "UNSPECIFIED"
+
+
+UNSPECIFIED: Any = _Unspecified()
+STD_LIMIT = 1e145  # keel.features._numerics.STD_LIMIT: beyond, std is unspecified
+
+
+def numeric(fn: str, vals: list[float]) -> Any:
     """The documented numeric semantics, computed exactly (fractions) then rounded once.
 
     A window holding NaN gives NaN for sum / mean / std / min / max; +inf and -inf give the
     IEEE sum (+inf, -inf, or NaN when both), std NaN; min / max order infinities normally. An
-    exact sum beyond float64's range is +-inf. Empty windows: sum 0, the others null; std
-    needs two values.
+    exact sum beyond float64's range is +-inf (and so is the mean: sum over count). Empty windows: sum 0, the others null; std
+    needs two values. std of finite values beyond ``STD_LIMIT`` in magnitude is unspecified
+    (the engines' sum of squared deviations cannot be represented).
     """
     n = len(vals)
     if fn in ("mean", "min", "max") and n == 0:
@@ -107,6 +119,8 @@ def numeric(fn: str, vals: list[float]) -> float | None:
     if fn == "std":
         if pinf or ninf:
             return math.nan
+        if max(abs(x) for x in vals) > STD_LIMIT:
+            return UNSPECIFIED
         exact = [Fraction(x) for x in vals]
         mean = sum(exact, Fraction(0)) / n
         var = sum(((x - mean) ** 2 for x in exact), Fraction(0)) / (n - 1)
@@ -115,10 +129,10 @@ def numeric(fn: str, vals: list[float]) -> float | None:
             return float((Decimal(var.numerator) / Decimal(var.denominator)).sqrt())
     if pinf or ninf:
         return math.inf if pinf else -math.inf
-    total = sum((Fraction(x) for x in vals), Fraction(0))
-    if fn == "mean":
-        total /= n
-    return _to_float(total)
+    total = _to_float(sum((Fraction(x) for x in vals), Fraction(0)))
+    # mean is the float64 sum over the count: a sum beyond float64's range makes it +-inf too
+    return total / n if fn == "mean" and math.isfinite(total) else total
+
 
 
 def _to_float(x: Fraction) -> float:
@@ -153,6 +167,8 @@ def naive_hll(values: set[Any], typ: str) -> int:
 
 def same(a: Any, b: Any, *, rel: float = 1e-9) -> bool:
     """Equal; floats to ``rel`` (absolute 1e-9 near zero); NaN equals NaN, inf equals inf."""
+    if a is UNSPECIFIED or b is UNSPECIFIED:
+        return True
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, float) or isinstance(b, float):

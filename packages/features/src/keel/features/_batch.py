@@ -329,6 +329,21 @@ def _fast_partials(
     )
 
 
+def _numeric_fast(
+    view: FeatureView, events: pl.DataFrame, queries: pl.DataFrame, parts: list[_Partial]
+) -> pl.DataFrame | None:
+    """The fast path's numeric partials alone (no TTL column), in query order; None if declined."""
+    return _fastwin.partials(
+        events,
+        queries,
+        list(view.join_keys),
+        ET,
+        T,
+        [(p.kind, p.column, p.window_us, p.name) for p in parts],
+        None,
+    )
+
+
 def _union_partials(
     view: FeatureView,
     events: pl.DataFrame,
@@ -544,7 +559,16 @@ def _partials_at(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> 
         fast = _fast_partials(view, prepared, q, parts, lasts)
         if fast is not None:  # already in QID order
             return fast.with_columns(q[QID], q[T])
-        base = _union_partials(view, prepared, q, parts, lasts)
+        # Mixed views: the numeric partials still come from the fast path (one numerics for
+        # every view), only last / distinct / sketches from the rolling plan.
+        numeric = [p for p in parts if p.kind in _FAST_KINDS]
+        rest = [p for p in parts if p.kind not in _FAST_KINDS]
+        fast = _numeric_fast(view, prepared, q, numeric) if numeric else None
+        if fast is not None:
+            base = _union_partials(view, prepared, q, rest, lasts).sort(QID)
+            base = pl.concat([base, fast], how="horizontal")
+        else:
+            base = _union_partials(view, prepared, q, parts, lasts)
     else:
         bt = _bitemporal.partials(
             prepared,
@@ -618,6 +642,8 @@ def backfill(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataF
             return fast.with_columns(pl.col(ET).alias(T)).select(
                 [*keys, out_time, *_finalize(view, lasts, fast.columns)]
             )
+        if any(p.kind in _FAST_KINDS and p.kind != "n" for p in parts):
+            return _backfill_by_queries(view, prepared)  # mixed view: see _partials_at
         lf = _with_hll_codes(
             prepared.lazy().sort([*keys, ET]).with_columns(pl.lit(1, pl.Int64).alias(ONE)), parts
         )
@@ -630,6 +656,15 @@ def backfill(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataF
             .select([*keys, out_time, *_finalize(view, lasts)])
             .collect()
         )
+    return _backfill_by_queries(view, prepared)
+
+
+def _backfill_by_queries(view: FeatureView, prepared: pl.DataFrame) -> pl.DataFrame:
+    """Backfill as ``compute_at`` at every event's own time (record-time and mixed views)."""
+    keys = list(view.join_keys)
+    out_time = (
+        pl.from_epoch(pl.col(T), time_unit="us").dt.replace_time_zone("UTC").alias(view.event_time)
+    )
     q = prepared.select([*keys, pl.col(ET).alias(T)]).with_row_index(QID)
     values = _values(view, prepared, q)
     out = pl.concat([q.select([*keys, out_time]), values], how="horizontal")

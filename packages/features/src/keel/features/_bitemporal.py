@@ -89,12 +89,16 @@ class _Intervals:
     def dd_sum(
         self, x: np.ndarray, err: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        shi, slo = _numerics.dd_prefix(x[self.s_order], None if err is None else err[self.s_order])
-        ehi, elo = _numerics.dd_prefix(x[self.e_order], None if err is None else err[self.e_order])
-        ah, al = _numerics.dd_window(shi, slo, self.b_s, self.i_s)
-        bh, bl = _numerics.dd_window(ehi, elo, self.b_e, self.i_e)
-        h, e = _numerics.two_sum(ah, -bh)
-        return h, e + (al - bl)
+        sp = _numerics.dd_prefix(x[self.s_order], None if err is None else err[self.s_order])
+        ep = _numerics.dd_prefix(x[self.e_order], None if err is None else err[self.e_order])
+        # Difference level by level (hi, lo, lo2), so each level cancels before rounding.
+        (shi, slo, slo2), (ehi, elo, elo2) = sp, ep
+        t1, e1 = _numerics.two_sum(shi[self.i_s], -shi[self.b_s])
+        t2, e2 = _numerics.two_sum(ehi[self.i_e], -ehi[self.b_e])
+        h, e3 = _numerics.two_sum(t1, -t2)
+        lo = (slo[self.i_s] - slo[self.b_s]) - (elo[self.i_e] - elo[self.b_e])
+        lo2 = (slo2[self.i_s] - slo2[self.b_s]) - (elo2[self.i_e] - elo2[self.b_e])
+        return h, ((e1 - e2) + e3) + (lo + lo2)
 
 
 def partials(
@@ -188,20 +192,22 @@ def partials(
                 sc = _numerics.overflow_scale(float(np.abs(af).max(initial=0.0)), len(af))
                 h, lo = iv.dd_sum(af * sc)
                 res = (h + lo) / sc
-            elif kind == "m2":
+            elif kind == "m2":  # as in the fast path (``_fastwin._Sums``)
                 good = ok & finite
                 af = np.where(good, a, 0.0)
+                huge = good & (np.abs(af) > _numerics.STD_LIMIT)
+                good &= ~huge
                 codes = ev_code[idx]
                 first = np.full(n_codes + 1, np.nan)
                 gi = np.flatnonzero(good)[::-1]  # reversed: the first finite value wins
                 first[codes[gi]] = af[gi]
-                big = 2.0 * float(np.abs(af).max(initial=0.0))
-                sc = _numerics.overflow_scale(big, len(af), power=2)
-                d = np.where(good, af * sc - np.nan_to_num(first[codes]) * sc, 0.0)
+                d = np.where(good, af - np.nan_to_num(first[codes]), 0.0)
                 s1h, s1l = iv.dd_sum(d)
                 sq, err = _numerics.two_prod(d, d)
                 s2h, s2l = iv.dd_sum(sq, err)
-                res = _numerics.m2_from_sums(s1h, s1l, s2h, s2l, iv.count(good)) / (sc * sc)
+                res = _numerics.m2_from_sums(s1h, s1l, s2h, s2l, iv.count(good))
+                if huge.any():
+                    res = np.where(iv.count(huge) > 0, np.inf, res)
             elif kind in ("min", "max"):
                 use = np.flatnonzero(ok & ~np.isnan(a))
                 fn, ident = (np.minimum, np.inf) if kind == "min" else (np.maximum, -np.inf)

@@ -403,7 +403,7 @@ class FeatureView:
             else:
                 sketches.add(c)
         size = 24  # bucket index, row count, latest event time
-        size += sum(64 if types[c] == "float" else 40 for c in numeric)
+        size += sum(80 if types[c] == "float" else 56 for c in numeric)
         size += 8 * len(counted - numeric) + 16 * len(lasts) + 8 * len(sets)
         return size + 256 * len(sketches)
 

@@ -222,7 +222,7 @@ def _carried(
 
 
 _Parts = list[tuple[str, str | None, int, str]]
-_COUNT_KINDS = ("nn", "nan", "pinf", "ninf", "nf")
+_COUNT_KINDS = ("nn", "nan", "pinf", "ninf", "nf", "huge")
 
 
 class _Sums:
@@ -242,7 +242,7 @@ class _Sums:
         n = len(idx.keys)
         self.n = n
         self.counts: dict[tuple[str, str], np.ndarray] = {}
-        self.dd: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self.dd: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.scale: dict[tuple[str, str], float] = {}
         jobs: list[tuple[tuple[str, str], Any]] = []
         kinds: dict[str, set[str]] = {}
@@ -271,18 +271,21 @@ class _Sums:
                 self.scale[("sum", c)] = sc
                 jobs.append((("sum", c), af * sc if sc != 1.0 else af))
             if "m2" in ks:
-                if not (all_ok and all_finite):
-                    jobs.append((("nf", c), good))
-                pos = np.where(good, np.arange(n), n)
+                # Values beyond STD_LIMIT stay out of the shifted sums (their squares would
+                # overflow a prefix and poison later windows); windows holding one give inf.
+                huge = np.abs(af) > _numerics.STD_LIMIT
+                moderate = good
+                if bool(huge.any()):
+                    jobs.append((("huge", c), huge & good))
+                    moderate = good & ~huge
+                if not bool(moderate.all()):
+                    jobs.append((("nf", c), moderate))
+                pos = np.where(moderate, np.arange(n), n)
                 first = np.minimum.reduceat(pos, idx.starts)
                 ref = np.where(first < n, af[np.minimum(first, n - 1)], 0.0)
-                # |d| <= 2 max|x|: scale first (exact), so the shift itself cannot overflow.
-                big = 2.0 * float(np.abs(af).max(initial=0.0))
-                sc = _numerics.overflow_scale(big, n, power=2)
-                self.scale[("m2", c)] = sc
-                d = af - ref[idx.codes] if sc == 1.0 else af * sc - (ref * sc)[idx.codes]
-                if not (all_ok and all_finite):
-                    d = np.where(good, d, 0.0)
+                d = af - ref[idx.codes]
+                if not bool(moderate.all()):
+                    d = np.where(moderate, d, 0.0)
                 jobs.append((("d1", c), d))
                 jobs.append((("d2", c), d))
 
@@ -321,8 +324,7 @@ class _Sums:
 
     def total(self, c: str, st: np.ndarray, en: np.ndarray) -> np.ndarray:
         """Sum of the finite values over ``[st, en)``."""
-        hi, lo = self.dd[("sum", c)]
-        h, e = _numerics.dd_window(hi, lo, st, en)
+        h, e = _numerics.dd_window(*self.dd[("sum", c)], st, en)
         out: np.ndarray = h + e
         sc = self.scale[("sum", c)]
         return out / sc if sc != 1.0 else out
@@ -331,9 +333,11 @@ class _Sums:
         """Sum of squared deviations of the finite values over ``[st, en)`` from their mean."""
         s1h, s1l = _numerics.dd_window(*self.dd[("d1", c)], st, en)
         s2h, s2l = _numerics.dd_window(*self.dd[("d2", c)], st, en)
-        out = _numerics.m2_from_sums(s1h, s1l, s2h, s2l, self.count("nf", c, st, en))
-        sc = self.scale[("m2", c)]
-        return out / (sc * sc) if sc != 1.0 else out
+        nf = self.count("nf", c, st, en) if ("nf", c) in self.counts else en - st
+        out = _numerics.m2_from_sums(s1h, s1l, s2h, s2l, nf)
+        if ("huge", c) in self.counts:
+            out = np.where(self.count("huge", c, st, en) > 0, np.inf, out)
+        return out
 
     def part(self, kind: str, c: str, st: np.ndarray, en: np.ndarray) -> np.ndarray | None:
         """A count / sum / m2 partial over ``[st, en)``; None for an all-zero NaN/inf count."""

@@ -5,8 +5,9 @@ in proportion to the *prefix's* magnitude (a small window late in a long, large-
 and ``sumsq - sum**2 / n`` loses everything when the mean is large next to the spread
 (values around 1e8 with a std of 1.4 give 0). Here:
 
-- prefix sums are double-double (``hi + lo``): ``np.cumsum`` accumulates sequentially, so
-  each step's rounding error is recovered exactly by TwoSum and accumulated separately;
+- prefix sums are compensated (``hi + lo + lo2``): ``np.cumsum`` accumulates sequentially,
+  so each step's rounding error is recovered exactly by TwoSum and accumulated separately
+  (twice: the errors' own accumulation is compensated too);
 - squares are exact products (Dekker's TwoProduct) of values shifted by a per-entity
   reference, and the sum of squared deviations ``S2 - S1**2 / n`` is evaluated in
   double-double too, so the cancellation costs ~2**-100 of the prefix, not 2**-52;
@@ -22,6 +23,9 @@ _SPLIT = 134_217_729.0  # 2**27 + 1 (Dekker)
 # Largest magnitude a prefix of n values may reach before we scale: keeps every partial sum
 # (and the 2**27 split of it) far from float64's 1.8e308.
 _SAFE = 2.0**960
+# Values beyond this magnitude stay out of variance sums: n squared deviations of up to
+# 2e145 sum safely for any n below 1e17. A window holding one has an unspecified std (inf).
+STD_LIMIT = 1e145
 
 
 def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,31 +51,42 @@ def two_prod(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p, err
 
 
-def dd_prefix(x: np.ndarray, extra_lo: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exclusive double-double prefix sums of ``x`` (length ``n + 1``, ``[0] == 0``).
+def dd_prefix(
+    x: np.ndarray, extra_lo: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exclusive compensated prefix sums of ``x`` (three arrays of length ``n + 1``).
 
-    ``extra_lo`` (same length as ``x``) is added to the low part (the error terms of
+    ``hi`` is the plain running sum; ``lo`` accumulates the exact rounding error of each of
+    its steps (TwoSum), and ``lo2`` the rounding errors of ``lo``'s own accumulation, which
+    matter when whole values were absorbed by a much larger prefix (a dynamic range beyond
+    2**53). ``extra_lo`` (same length as ``x``) is added to the errors (the error terms of
     ``x`` itself when ``x`` is a rounded product).
     """
     n = len(x)
-    hi = np.zeros(n + 1, dtype=np.float64)
-    np.cumsum(x, out=hi[1:])
-    prev, cur = hi[:-1], hi[1:]
-    bb = cur - prev
-    err = (prev - (cur - bb)) + (x - bb)
-    if extra_lo is not None:
-        err += extra_lo
-    lo = np.zeros(n + 1, dtype=np.float64)
-    np.cumsum(err, out=lo[1:])
-    return hi, lo
+
+    def scan(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        acc = np.zeros(n + 1, dtype=np.float64)
+        np.cumsum(v, out=acc[1:])
+        prev, cur = acc[:-1], acc[1:]
+        bb = cur - prev
+        return acc, (prev - (cur - bb)) + (v - bb)
+
+    with np.errstate(invalid="ignore", over="ignore"):
+        hi, err = scan(x)
+        if extra_lo is not None:
+            err += extra_lo
+        lo, err2 = scan(err)
+    lo2 = np.zeros(n + 1, dtype=np.float64)
+    np.cumsum(err2, out=lo2[1:])
+    return hi, lo, lo2
 
 
 def dd_window(
-    hi: np.ndarray, lo: np.ndarray, st: np.ndarray, en: np.ndarray
+    hi: np.ndarray, lo: np.ndarray, lo2: np.ndarray, st: np.ndarray, en: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sum over rows ``[st, en)`` from exclusive double-double prefixes, as ``(hi, lo)``."""
+    """Sum over rows ``[st, en)`` from :func:`dd_prefix` arrays, as ``(hi, lo)``."""
     h, e = two_sum(hi[en], -hi[st])
-    return h, e + (lo[en] - lo[st])
+    return h, e + ((lo[en] - lo[st]) + (lo2[en] - lo2[st]))
 
 
 def m2_from_sums(
@@ -89,13 +104,12 @@ def m2_from_sums(
     return np.where(n > 0, out, 0.0)
 
 
-def overflow_scale(finite_abs_max: float, n: int, power: int = 1) -> float:
-    """A power of two ``s`` so that ``n`` values of magnitude ``(max * s) ** power`` sum safely.
-
-    1.0 in the usual case (no scaling, bit-identical results)."""
+def overflow_scale(finite_abs_max: float, n: int, power: int = 1, factor: float = 1.0) -> float:
+    """A power of two ``s`` so that ``n`` values of magnitude ``(factor * max * s) ** power``
+    sum safely. 1.0 in the usual case (no scaling, bit-identical results)."""
     if finite_abs_max == 0.0 or not np.isfinite(finite_abs_max):
         return 1.0
-    limit = _SAFE ** (1.0 / power) / max(1, n)
+    limit = _SAFE ** (1.0 / power) / max(1, n) / factor
     if finite_abs_max <= limit:
         return 1.0
     return float(2.0 ** -int(np.ceil(np.log2(finite_abs_max / limit))))

@@ -43,6 +43,7 @@ import numpy as np
 import polars as pl
 
 from keel.features import _hll
+from keel.features._numerics import STD_LIMIT
 from keel.features._batch import NONFINITE, _partials
 from keel.features._definitions import FeatureView, duration_us
 from keel.features._errors import InvalidInputError, short_repr, short_text
@@ -158,7 +159,12 @@ class StreamingEngine:
         }
         for c in self._num_cols:
             s[f"nn:{c}"] = (np.int64, 0)
-            s[f"sum:{c}"] = (np.float64, 0.0)  # finite values only
+            # Per entity, a reference value (its first finite value, fixed for good): slots
+            # hold the sum of the finite values' differences from it, so bucket means stay
+            # small and merges keep full precision whatever the offset (1e9 + N(0, 1)).
+            s[f"ref:{c}"] = (np.float64, np.nan)
+            s[f"sum:{c}"] = (np.float64, 0.0)  # finite values
+            s[f"dsum:{c}"] = (np.float64, 0.0)  # finite values minus ref (for M2 merges)
             s[f"m2:{c}"] = (np.float64, 0.0)  # squared deviations of the finite values
             if self._types[c] == "float":
                 for kind in NONFINITE:
@@ -177,6 +183,8 @@ class StreamingEngine:
         return s
 
     def _shape(self, name: str, cap: int) -> tuple[int, ...]:
+        if name.startswith("ref:"):
+            return (cap,)
         return (cap, self.ring, _hll.M) if name.startswith("hll:") else (cap, self.ring)
 
     def _grow(self, need: int) -> None:
@@ -326,7 +334,7 @@ class StreamingEngine:
         if reset.any():
             rr, ss = rows[reset], slots[reset]
             for name, (_, ident) in self._specs().items():
-                if name != "bucket":
+                if name != "bucket" and not name.startswith("ref:"):
                     A[name][rr, ss] = ident
         keep = j == new
         if not keep.all():  # superseded by a newer bucket in the same slot: outside every window
@@ -381,19 +389,28 @@ class StreamingEngine:
             np.maximum.at(A[f"max:{c}"], (r, s), x)
         if len(x) == 0:
             return
+        ref_all = A[f"ref:{c}"]
+        unset = np.isnan(ref_all[r])
+        if unset.any():  # an entity's first finite value becomes its reference (0 if huge)
+            ents, first = np.unique(r[unset], return_index=True)
+            ref = x[unset][first]
+            ref_all[ents] = np.where(np.abs(ref) <= STD_LIMIT, ref, 0.0)
         flat = r * self.ring + s
         cells, inv = np.unique(flat, return_inverse=True)
+        raw = np.bincount(inv, weights=x)
+        x = x - ref_all[r]
         nb = np.bincount(inv).astype(np.float64)
         sb = np.bincount(inv, weights=x)
         dev = x - (sb / nb)[inv]
         m2b = np.bincount(inv, weights=dev * dev)
         cr, cs = cells // self.ring, cells % self.ring
         na = self._finite_count(c, cr, cs).astype(np.float64) - nb  # before this batch
-        sa, m2a = A[f"sum:{c}"][cr, cs], A[f"m2:{c}"][cr, cs]
-        with np.errstate(invalid="ignore", divide="ignore"):
+        sa, m2a = A[f"dsum:{c}"][cr, cs], A[f"m2:{c}"][cr, cs]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             delta = sb / nb - sa / na
             cross = np.where(na > 0, delta * delta * na * nb / (na + nb), 0.0)
-        A[f"sum:{c}"][cr, cs] = sa + sb
+        A[f"sum:{c}"][cr, cs] += raw
+        A[f"dsum:{c}"][cr, cs] = sa + sb
         A[f"m2:{c}"][cr, cs] = m2a + m2b + cross
 
     def _finite_count(self, c: str, r: Any, s: Any) -> np.ndarray:
@@ -581,17 +598,18 @@ class StreamingEngine:
         """sum / mean / std over the window's slots, with the engines' NaN / inf rules."""
         A = self._arrays
         nn = masked_sum(f"nn:{c}", mask)
-        total = masked_sum(f"sum:{c}", mask)
         zeros = np.zeros_like(nn)
         nan, pinf, ninf = (
             masked_sum(f"{k}:{c}", mask) if f"{k}:{c}" in A else zeros for k in NONFINITE
         )
+        nf_slot = np.where(mask, self._finite_count(c, rows, slice(None)), 0)
+        nf = nf_slot.sum(axis=1).astype(np.float64)
+        total = masked_sum(f"sum:{c}", mask)
         if fn == "std":
-            nf_slot = np.where(mask, self._finite_count(c, rows, slice(None)), 0)
-            s_slot = np.where(mask, A[f"sum:{c}"][rows], 0.0)
-            nf = nf_slot.sum(axis=1).astype(np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = total / nf
+            total_d = masked_sum(f"dsum:{c}", mask)
+            s_slot = np.where(mask, A[f"dsum:{c}"][rows], 0.0)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                mean = total_d / nf
                 dev = np.where(nf_slot > 0, s_slot / nf_slot - mean[:, None], 0.0)
                 m2 = masked_sum(f"m2:{c}", mask) + (nf_slot * dev * dev).sum(axis=1)
                 var = m2 / (nn - 1)
