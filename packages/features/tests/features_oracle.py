@@ -7,10 +7,10 @@ event for every query; clarity over speed. Times are integer microseconds.
 from __future__ import annotations
 
 import math
-from decimal import Decimal, localcontext
-from fractions import Fraction
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from fractions import Fraction
 from typing import Any
 
 from keel.features import FeatureView
@@ -132,7 +132,6 @@ def numeric(fn: str, vals: list[float]) -> Any:
     total = _to_float(sum((Fraction(x) for x in vals), Fraction(0)))
     # mean is the float64 sum over the count: a sum beyond float64's range makes it +-inf too
     return total / n if fn == "mean" and math.isfinite(total) else total
-
 
 
 def _to_float(x: Fraction) -> float:

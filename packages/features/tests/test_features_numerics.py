@@ -44,9 +44,7 @@ FNS = ("count", "sum", "mean", "std", "min", "max")
 def make_view(
     record_time: bool = False, windows: tuple[int, ...] = (10, 30), mixed: bool = False
 ) -> FeatureView:
-    feats = [
-        Aggregation(fn, "amount", timedelta(minutes=w)) for w in windows for fn in FNS
-    ]
+    feats = [Aggregation(fn, "amount", timedelta(minutes=w)) for w in windows for fn in FNS]
     if mixed:  # a feature the fast path does not cover: numerics must not change
         feats.append(Aggregation("last", "amount", timedelta(minutes=windows[0])))
     return FeatureView(
@@ -143,12 +141,16 @@ def test_every_engine_follows_the_documented_numeric_semantics(rows: list[tuple]
     check_engines(rows, PLANS)
 
 
-moderate = st.one_of(st.none(), st.floats(-3, 3).map(lambda x: 1e6 + x), st.floats(-1e3, 1e3), special)
+moderate = st.one_of(
+    st.none(), st.floats(-3, 3).map(lambda x: 1e6 + x), st.floats(-1e3, 1e3), special
+)
 
 
 @given(
     rows=st.lists(
-        st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 90), moderate), min_size=1, max_size=40
+        st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 90), moderate),
+        min_size=1,
+        max_size=40,
     )
 )
 def test_rolling_fallback_follows_the_same_semantics(rows: list[tuple]) -> None:
@@ -168,7 +170,9 @@ def test_std_is_exact_for_large_offsets(offset: float) -> None:
     t = BASE_US + 10 * MIN
     want = float(np.std(x[1:], ddof=1))  # (T - 10m, T] holds events 1..599
     for plan in PLANS:
-        rows = stream_rows(evs, [("a", t)]) if plan == "stream" else batch_rows(evs, [("a", t)], plan)
+        rows = (
+            stream_rows(evs, [("a", t)]) if plan == "stream" else batch_rows(evs, [("a", t)], plan)
+        )
         assert math.isclose(rows[0]["std_amount_10m"], want, rel_tol=1e-7), (plan, rows[0])
         assert math.isclose(rows[0]["mean_amount_10m"], float(np.mean(x[1:])), rel_tol=1e-14), plan
 
@@ -177,7 +181,9 @@ def test_std_of_a_drifting_series_stays_exact_in_the_fast_path() -> None:
     """Late windows of a series drifting to 1e12: the prefix magnitude must not leak in."""
     n = 20_000
     x = np.linspace(0, 1e12, n) + np.random.default_rng(2).normal(0, 1, n)
-    df = frame([Ev("a", BASE_US + i * 1_000_000, None, {"amount": float(v)}) for i, v in enumerate(x)])
+    df = frame(
+        [Ev("a", BASE_US + i * 1_000_000, None, {"amount": float(v)}) for i, v in enumerate(x)]
+    )
     got = backfill(make_view(windows=(10,)), df)["std_amount_10m"].to_numpy()
     for i in (700, 12_345, n - 1):
         want = float(np.std(x[i - 599 : i + 1], ddof=1))
@@ -195,7 +201,10 @@ def test_inf_and_overflow_leave_no_trace_after_leaving_the_window() -> None:
         sums30 = [r["sum_amount_30m"] for r in rows]
         assert sums[1] == math.inf and sums30[4] == math.inf, (plan, sums, sums30)
         assert sums[-2:] == [3.0, 5.0] and sums30[-1] == 1e308, (plan, sums, sums30)
-        assert math.isnan(rows[2]["mean_amount_30m"]) is False and rows[2]["mean_amount_30m"] == math.inf
+        assert (
+            math.isnan(rows[2]["mean_amount_30m"]) is False
+            and rows[2]["mean_amount_30m"] == math.inf
+        )
         assert rows[-1]["mean_amount_10m"] == 5.0 and rows[-1]["std_amount_10m"] is None, plan
 
 
@@ -280,7 +289,9 @@ def test_ring_size_is_checked_against_the_state_budget_at_definition() -> None:
         source=EventSource("x"),
         entities=[Entity("card")],
         fields={"amount": "float"},
-        features=[Aggregation("sum", "amount", w) for w in (timedelta(minutes=7), timedelta(days=30))],
+        features=[
+            Aggregation("sum", "amount", w) for w in (timedelta(minutes=7), timedelta(days=30))
+        ],
         max_state_bytes_per_entity=8 << 20,
     )
     eng = StreamingEngine(view, clock=lambda: NOW)

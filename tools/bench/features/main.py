@@ -129,7 +129,9 @@ def polars_packed_key(df: pl.DataFrame) -> pl.DataFrame:
     crosses an entity), then ``rolling_*_by`` on that key with no ``.over`` and no grouping."""
     df = df.unique(subset=["event_id"], keep="first", maintain_order=True)
     t = pl.col("event_time").dt.epoch("us")
-    span = df.select(t.max() - t.min()).item() + max(w // timedelta(microseconds=1) for w in WINDOWS.values())
+    span = df.select(t.max() - t.min()).item() + max(
+        w // timedelta(microseconds=1) for w in WINDOWS.values()
+    )
     shift = int(span).bit_length()
     code = pl.col("card").cast(pl.Categorical).to_physical().cast(pl.Int64)
     keyed = df.with_columns((code * (1 << shift) + (t - t.min())).alias("key")).sort("key")
@@ -158,7 +160,9 @@ def bitemporal_scaling(sizes: list[int]) -> dict[str, float]:
         times.append(t)
         print(f"  bitemporal backfill {n:,} events: {t:.2f}s")
     k = float(np.polyfit(np.log(sizes), np.log(times), 1)[0]) if len(sizes) > 1 else float("nan")
-    out_figs: dict[str, float] = {f"bitemporal_backfill_{n}_s": round(t, 3) for n, t in zip(sizes, times, strict=True)}
+    out_figs: dict[str, float] = {
+        f"bitemporal_backfill_{n}_s": round(t, 3) for n, t in zip(sizes, times, strict=True)
+    }
     out_figs["bitemporal_scaling_exponent"] = round(k, 2)
     return out_figs
 
@@ -270,7 +274,10 @@ def main() -> int:
     del pl_nd
     # The strongest idiomatic Polars anchors (same result, de-duplication included).
     anchors = {"over": t_pl}
-    for name, fn in (("rolling_group_by", polars_rolling_group_by), ("packed_key", polars_packed_key)):
+    for name, fn in (
+        ("rolling_group_by", polars_rolling_group_by),
+        ("packed_key", polars_packed_key),
+    ):
         t_a, out_a = timed(fn, df, repeat=reps)
         figs[f"batch_polars_{name}_s"] = round(t_a, 3)
         figs[f"batch_keel_polars_{name}_agree"] = agree(keel_out, out_a, names)
@@ -315,7 +322,9 @@ def main() -> int:
         return ok if full else None
 
     goals: dict[str, bool | None] = {
-        "keel_within_1_15x_of_best_polars": judged(ratios["keel_vs_best_polars_time_ratio"] <= 1.15),
+        "keel_within_1_15x_of_best_polars": judged(
+            ratios["keel_vs_best_polars_time_ratio"] <= 1.15
+        ),
         "keel_20x_faster_than_pandas": judged(ratios["keel_vs_pandas_speedup"] >= 20),
         "all_anchors_agree": bool(
             figs["batch_keel_polars_agree"]

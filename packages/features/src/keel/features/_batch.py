@@ -508,7 +508,11 @@ def _merge(
             delta = sb / nb_f - sa / na_f
             cross = delta * delta * na_f * nb_f / (na_f + nb_f)
             exprs.append(
-                (a.fill_null(0.0) + b.fill_null(0.0) + pl.when((na > 0) & (nb > 0)).then(cross).otherwise(0.0)).alias(p.name)
+                (
+                    a.fill_null(0.0)
+                    + b.fill_null(0.0)
+                    + pl.when((na > 0) & (nb > 0)).then(cross).otherwise(0.0)
+                ).alias(p.name)
             )
         else:  # counts and sums add
             exprs.append((a.fill_null(0) + b.fill_null(0)).alias(p.name))

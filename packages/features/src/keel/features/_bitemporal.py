@@ -35,7 +35,9 @@ from keel.features import _numerics
 _KEY_LIMIT = 2**62
 
 
-def _stab(n_q: int, lo: np.ndarray, hi: np.ndarray, vals: np.ndarray, fn: np.ufunc, ident: Any) -> np.ndarray:
+def _stab(
+    n_q: int, lo: np.ndarray, hi: np.ndarray, vals: np.ndarray, fn: np.ufunc, ident: Any
+) -> np.ndarray:
     """For each of ``n_q`` sorted queries, ``fn`` over the values of intervals ``[lo, hi)``
     (in query positions) that contain it; ``ident`` where none does."""
     size = 1 << max(0, (n_q - 1).bit_length())
@@ -65,7 +67,9 @@ def _stab(n_q: int, lo: np.ndarray, hi: np.ndarray, vals: np.ndarray, fn: np.ufu
 class _Intervals:
     """Events as per-entity time intervals, sorted by start and by end, against sorted queries."""
 
-    def __init__(self, start: np.ndarray, end: np.ndarray, base: np.ndarray, qk: np.ndarray) -> None:
+    def __init__(
+        self, start: np.ndarray, end: np.ndarray, base: np.ndarray, qk: np.ndarray
+    ) -> None:
         self.m = len(start)
         self.s_order = np.argsort(start)
         self.e_order = np.argsort(end)
@@ -86,9 +90,7 @@ class _Intervals:
         out = (ps[self.i_s] - ps[self.b_s]) - (pe[self.i_e] - pe[self.b_e])
         return out
 
-    def dd_sum(
-        self, x: np.ndarray, err: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def dd_sum(self, x: np.ndarray, err: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         sp = _numerics.dd_prefix(x[self.s_order], None if err is None else err[self.s_order])
         ep = _numerics.dd_prefix(x[self.e_order], None if err is None else err[self.e_order])
         # Difference level by level (hi, lo, lo2), so each level cancels before rounding.
@@ -123,8 +125,10 @@ def partials(
     ents = events.select(keys).unique(maintain_order=True).with_row_index("__code")
     n_codes = ents.height
     ev_code = (
-        events.select(keys).join(ents, on=keys, how="left", maintain_order="left")["__code"]
-    ).to_numpy().astype(np.int64)
+        (events.select(keys).join(ents, on=keys, how="left", maintain_order="left")["__code"])
+        .to_numpy()
+        .astype(np.int64)
+    )
     q_code_s = queries.select(keys).join(ents, on=keys, how="left", maintain_order="left")["__code"]
     q_code = q_code_s.fill_null(n_codes).to_numpy().astype(np.int64)  # unknown: an empty entity
     et = events[et_col].to_numpy().astype(np.int64)
@@ -185,7 +189,9 @@ def partials(
             if kind == "nn":
                 res: np.ndarray = iv.count(ok)
             elif kind in ("nan", "pinf", "ninf"):
-                flag = np.isnan(a) if kind == "nan" else a == (np.inf if kind == "pinf" else -np.inf)
+                flag = (
+                    np.isnan(a) if kind == "nan" else a == (np.inf if kind == "pinf" else -np.inf)
+                )
                 res = iv.count(ok & flag)
             elif kind == "sum":
                 af = np.where(ok & finite, a, 0.0)
@@ -215,7 +221,9 @@ def partials(
                 hi = q_pos(ebase[idx][use] + et[idx][use] + w)
                 res = _stab(n_q, lo, hi, a[use].astype(np.float64), fn, ident)
             elif kind == "dc":
-                res = _distinct(events[c][idx], ev_code[idx], vis[idx], et[idx] + w, ebase[idx], qbase, qk)
+                res = _distinct(
+                    events[c][idx], ev_code[idx], vis[idx], et[idx] + w, ebase[idx], qbase, qk
+                )
             else:  # pragma: no cover - hz / hn are refused with a record time at definition
                 raise AssertionError(kind)
             dtype = pl.Float64 if kind in ("sum", "m2", "min", "max") else pl.Int64
@@ -228,9 +236,8 @@ def partials(
             cols[v_name] = pl.Series(v_name, [None] * n_q, dtype=s.dtype)
             cols[t_name] = pl.Series(t_name, [None] * n_q, dtype=pl.Int64)
             continue
-        ranked = (
-            pl.DataFrame({"code": ev_code[nn], "et": et[nn], "v": s.gather(nn), "i": nn})
-            .sort(["code", "et", "v"])
+        ranked = pl.DataFrame({"code": ev_code[nn], "et": et[nn], "v": s.gather(nn), "i": nn}).sort(
+            ["code", "et", "v"]
         )
         rank = np.empty(len(nn), dtype=np.int64)
         rank[np.searchsorted(nn, ranked["i"].to_numpy())] = np.arange(len(nn))
@@ -261,9 +268,9 @@ def _distinct(
     qk: np.ndarray,
 ) -> np.ndarray:
     """Distinct non-null values whose (merged) intervals contain each query."""
-    df = pl.DataFrame(
-        {"code": code, "v": col, "s": ebase + start_t, "e": ebase + end_t}
-    ).filter(pl.col("v").is_not_null())
+    df = pl.DataFrame({"code": code, "v": col, "s": ebase + start_t, "e": ebase + end_t}).filter(
+        pl.col("v").is_not_null()
+    )
     runs = (
         df.sort(["code", "v", "s"])
         .with_columns(prev=pl.col("e").cum_max().shift(1).over(["code", "v"]))

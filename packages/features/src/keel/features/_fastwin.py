@@ -558,7 +558,10 @@ def _backfill(
             fn = np.maximum if kind == "max" else np.minimum
             specs[(kind, c)] = (_extremum_input(idx, kind, c), fn)
     live = [p for p in parts if p[0] not in ("nan", "pinf", "ninf") or sums.has(p[0], str(p[1]))]
-    out = {p[3]: np.empty(n, dtype=np.int64 if p[0] in ("n", *_COUNT_KINDS) else np.float64) for p in live}
+    out = {
+        p[3]: np.empty(n, dtype=np.int64 if p[0] in ("n", *_COUNT_KINDS) else np.float64)
+        for p in live
+    }
     nulls = {p[3]: np.zeros(n, dtype=bool) for p in parts if p[0] in ("min", "max")}
 
     def chunk(a: int, b: int) -> None:

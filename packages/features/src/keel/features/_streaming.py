@@ -43,11 +43,11 @@ import numpy as np
 import polars as pl
 
 from keel.features import _hll
-from keel.features._numerics import STD_LIMIT
 from keel.features._batch import NONFINITE, _partials
 from keel.features._definitions import FeatureView, duration_us
 from keel.features._errors import InvalidInputError, short_repr, short_text
 from keel.features._frames import ET, ID, check_nulls, collect, from_us, prepare, to_us
+from keel.features._numerics import STD_LIMIT
 
 _MIN = np.iinfo(np.int64).min
 _SNAPSHOT_FORMAT = 2
@@ -616,7 +616,12 @@ class StreamingEngine:
             return [
                 None if k < 2 else (math.nan if a or b or d else math.sqrt(max(0.0, v)))
                 for v, k, a, b, d in zip(
-                    var.tolist(), nn.tolist(), nan.tolist(), pinf.tolist(), ninf.tolist(), strict=True
+                    var.tolist(),
+                    nn.tolist(),
+                    nan.tolist(),
+                    pinf.tolist(),
+                    ninf.tolist(),
+                    strict=True,
                 )
             ]
         out: list[Any] = []
