@@ -450,7 +450,6 @@ def _evaluate(
     threads: ThreadPoolExecutor,
 ) -> pl.DataFrame | None:
     """Every part at every (sorted) query; NumPy releases the GIL, so windows run in threads."""
-    n = events.height
     base = qcode * idx.stride
     all_found = bool(found.all())
 
