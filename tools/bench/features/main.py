@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -112,7 +113,7 @@ def polars_rolling_group_by(df: pl.DataFrame) -> pl.DataFrame:
     df = df.unique(subset=["event_id"], keep="first", maintain_order=True).sort(
         "card", "event_time"
     )
-    parts = []
+    parts: list[pl.DataFrame] = []
     for label, w in WINDOWS.items():
         r = df.rolling(index_column="event_time", period=w, group_by="card", closed="right").agg(
             pl.len().cast(pl.Int64).alias(f"count_{label}"),
@@ -252,7 +253,7 @@ def main() -> int:
     n_ent = args.entities or (5_000 if args.quick else 100_000)
     view = make_view()
     names = list(view.feature_names)
-    figs: dict[str, float | int | bool | str] = {
+    figs: dict[str, Any] = {
         "events": n,
         "entities": n_ent,
         "features": len(names),

@@ -597,7 +597,9 @@ def _backfill(
                 np.equal(sums.count("nn", c, st[w], en), 0, out=nulls[name][a:b])
             else:
                 assert c is not None
-                dst[:] = sums.part(kind, c, st[w], en)
+                value = sums.part(kind, c, st[w], en)
+                assert value is not None  # absent NaN/inf counts are not in ``live``
+                dst[:] = value
 
     bounds = list(range(0, n, _CHUNK))
     workers = min(len(bounds), _workers())

@@ -79,11 +79,11 @@ def time_to_us_expr(frame_schema: pl.Schema, column: str, what: str) -> pl.Expr:
 
 def _sub_us(frame_schema: pl.Schema, columns: list[str]) -> pl.Expr | None:
     """True where a nanosecond-unit time column holds a value that is not a whole microsecond."""
-    flags = [
-        (pl.col(c).dt.epoch("ns") % 1000) != 0
-        for c in columns
-        if isinstance(frame_schema.get(c), pl.Datetime) and frame_schema[c].time_unit == "ns"  # type: ignore[union-attr]
-    ]
+    flags = []
+    for c in columns:
+        dtype = frame_schema.get(c)
+        if isinstance(dtype, pl.Datetime) and dtype.time_unit == "ns":
+            flags.append((pl.col(c).dt.epoch("ns") % 1000) != 0)
     return pl.any_horizontal(flags) if flags else None
 
 
