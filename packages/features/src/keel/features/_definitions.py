@@ -12,6 +12,12 @@ right-closed), and, when the view has a record-time column, only events with
 the sample standard deviation, null below two values). ``last`` is the value of the
 latest event; events tied on event time are ordered by value (largest wins), so the
 result never depends on arrival order.
+
+NaN and +-inf are values, handled alike by every engine: a window holding NaN gives NaN for
+sum / mean / std / min / max; +-inf give the IEEE sum and mean (NaN when both signs) and a
+NaN std; an exact sum beyond float64's range is +-inf; none of this outlives the value's
+stay in the window. std is exact for values up to 1e145 in magnitude (stable methods, see
+``_numerics`` and the streaming engine), unspecified beyond.
 """
 
 from __future__ import annotations
