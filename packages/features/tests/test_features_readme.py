@@ -7,6 +7,11 @@ import io
 import re
 from pathlib import Path
 
+# What the example imports, named here so the test's environment provides it.
+import polars  # noqa: F401
+
+import keel.features  # noqa: F401
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
