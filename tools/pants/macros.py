@@ -58,7 +58,7 @@ def keel_package(name, third_party=(), test_third_party=(), description="", inst
     )
     test_rules = (
         src_rules
-        + ["/tests/**", "//tests/testutil/**"]
+        + ["/tests/**", ":readme", "//tests/testutil/**"]  # tests may run their README
         + [_req(t) for t in list(test_third_party) + list(_TEST_THIRD_PARTY)]
     )
     __dependencies_rules__(

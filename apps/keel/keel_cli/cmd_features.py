@@ -135,17 +135,27 @@ def materialize(
     events: Path | None = EventsOpt,
     online_url: str | None = typer.Option(None, envvar="KEEL_FEATURES_ONLINE_URL"),
 ) -> None:
-    """Compute every entity's values as of --at with the batch engine and write them online."""
+    """Compute every entity's values as of --at with the batch engine and write them online.
+
+    Each entity's row is written under its latest event time at --at (the freshness the
+    online store compares), so later streaming updates still apply.
+    """
     from keel.features import FeaturesError, latest, namespace, open_online_store
 
     view = _view(definitions, view_name)
     t = _parse_time(at)
     try:
-        out = latest(view, _source_frame(view, events), t)
+        out = latest(view, _source_frame(view, events), t, with_event_time=True)
         store = open_online_store(online_url)
         keys = view.join_keys
+        # Written under each entity's latest event time (not --at): the online store keeps a
+        # row only against newer event times, so streaming can still update it afterwards.
         rows = [
-            ("|".join(str(r[k]) for k in keys), {n: r[n] for n in view.feature_names}, t)
+            (
+                "|".join(str(r[k]) for k in keys),
+                {n: r[n] for n in view.feature_names},
+                r[view.event_time],
+            )
             for r in out.to_dicts()
         ]
         n = store.write(namespace(view), rows)

@@ -117,7 +117,9 @@ def test_materialize_then_get_reads_online_values(env: dict[str, str]) -> None:
     row = json.loads(out)
     # As of +30m: card a has events at 0m and 10m (the 90m one is in the future).
     assert row["values"] == {"count_1h": 2, "sum_amount_1h": 15.0, "max_amount_1d": 10.0}
-    assert datetime.fromisoformat(row["event_time"]) == BASE + timedelta(minutes=30)
+    # Written under a's latest event time by +30m (10m), not under --at: a later streaming
+    # write of an event at, say, +20m must still be accepted by the online store.
+    assert datetime.fromisoformat(row["event_time"]) == BASE + timedelta(minutes=10)
     assert row["age_s"] > 0
     # The store holds exactly what the command reported.
     store = open_online_store(env["KEEL_FEATURES_ONLINE_URL"])
@@ -125,6 +127,12 @@ def test_materialize_then_get_reads_online_values(env: dict[str, str]) -> None:
     b = store.read(f"card_txn:{view.version}", "b")
     store.close()
     assert b is not None and b.values["sum_amount_1h"] == 7.0
+    store = open_online_store(env["KEEL_FEATURES_ONLINE_URL"])
+    accepted = store.write(
+        f"card_txn:{view.version}", [("a", {"count_1h": 3}, BASE + timedelta(minutes=20))]
+    )
+    store.close()
+    assert accepted == 1
 
 
 def test_get_unknown_entity_and_view_fail_clearly(env: dict[str, str]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from fractions import Fraction
 from typing import Any
 
 from keel.features import FeatureView
@@ -65,20 +67,8 @@ def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> d
         v: Any
         if fn == "count":
             v = len(vals)
-        elif fn == "sum":
-            v = float(sum(vals)) if vals else 0.0
-        elif fn == "mean":
-            v = sum(vals) / len(vals) if vals else None
-        elif fn == "std":
-            if len(vals) < 2:
-                v = None
-            else:
-                m = sum(vals) / len(vals)
-                v = math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1))
-        elif fn == "min":
-            v = float(min(vals)) if vals else None
-        elif fn == "max":
-            v = float(max(vals)) if vals else None
+        elif fn in ("sum", "mean", "std", "min", "max"):
+            v = numeric(fn, [float(x) for x in vals])
         elif fn == "distinct_count":
             v = len(set(vals))
         elif fn == "approx_distinct_count":
@@ -93,6 +83,62 @@ def naive_values(view: FeatureView, events: Sequence[Ev], key: str, t: int) -> d
             raise AssertionError(fn)
         out[agg.name] = None if stale else v
     return out
+
+
+class _Unspecified:
+    """An oracle value the semantics leave open: any engine value is accepted."""
+
+    def __repr__(self) -> str:
+        return "UNSPECIFIED"
+
+
+UNSPECIFIED: Any = _Unspecified()
+STD_LIMIT = 1e145  # keel.features._numerics.STD_LIMIT: beyond, std is unspecified
+
+
+def numeric(fn: str, vals: list[float]) -> Any:
+    """The documented numeric semantics, computed exactly (fractions) then rounded once.
+
+    A window holding NaN gives NaN for sum / mean / std / min / max; +inf and -inf give the
+    IEEE sum (+inf, -inf, or NaN when both), std NaN; min / max order infinities normally. An
+    exact sum beyond float64's range is +-inf (and so is the mean: sum over count). Empty windows: sum 0, the others null; std
+    needs two values. std of finite values beyond ``STD_LIMIT`` in magnitude is unspecified
+    (the engines' sum of squared deviations cannot be represented).
+    """
+    n = len(vals)
+    if fn in ("mean", "min", "max") and n == 0:
+        return None
+    if fn == "std" and n < 2:
+        return None
+    nan = any(math.isnan(x) for x in vals)
+    pinf, ninf = math.inf in vals, -math.inf in vals
+    if fn in ("min", "max"):
+        return math.nan if nan else float(min(vals) if fn == "min" else max(vals))
+    if nan or (pinf and ninf):
+        return math.nan
+    if fn == "std":
+        if pinf or ninf:
+            return math.nan
+        if max(abs(x) for x in vals) > STD_LIMIT:
+            return UNSPECIFIED
+        exact = [Fraction(x) for x in vals]
+        mean = sum(exact, Fraction(0)) / n
+        var = sum(((x - mean) ** 2 for x in exact), Fraction(0)) / (n - 1)
+        with localcontext() as ctx:
+            ctx.prec = 60
+            return float((Decimal(var.numerator) / Decimal(var.denominator)).sqrt())
+    if pinf or ninf:
+        return math.inf if pinf else -math.inf
+    total = _to_float(sum((Fraction(x) for x in vals), Fraction(0)))
+    # mean is the float64 sum over the count: a sum beyond float64's range makes it +-inf too
+    return total / n if fn == "mean" and math.isfinite(total) else total
+
+
+def _to_float(x: Fraction) -> float:
+    try:
+        return float(x)
+    except OverflowError:
+        return math.inf if x > 0 else -math.inf
 
 
 def naive_hll(values: set[Any], typ: str) -> int:
@@ -119,10 +165,18 @@ def naive_hll(values: set[Any], typ: str) -> int:
 
 
 def same(a: Any, b: Any, *, rel: float = 1e-9) -> bool:
+    """Equal; floats to ``rel`` (absolute 1e-9 near zero); NaN equals NaN, inf equals inf."""
+    if a is UNSPECIFIED or b is UNSPECIFIED:
+        return True
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(float(a), float(b), rel_tol=rel, abs_tol=1e-9)
+        x, y = float(a), float(b)
+        if math.isnan(x) or math.isnan(y):
+            return math.isnan(x) and math.isnan(y)
+        if math.isinf(x) or math.isinf(y):
+            return x == y
+        return math.isclose(x, y, rel_tol=rel, abs_tol=1e-9)
     return bool(a == b)
 
 

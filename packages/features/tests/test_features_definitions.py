@@ -170,16 +170,10 @@ def test_streaming_state_is_bounded_by_entities_not_events() -> None:
 
 
 def test_import_does_not_pull_heavy_modules() -> None:
-    code = "import sys, keel.features; bad = [m for m in ('torch', 'ray', 'mlflow') if m in sys.modules]; print(bad)"
-    out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
+    """Which modules load, never how long it takes (a busy machine must not fail this)."""
+    code = (
+        "import sys, keel.features; "
+        "print([m for m in ('torch', 'ray', 'mlflow', 'pandas', 'pyarrow', 'redis') if m in sys.modules])"
     )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
-    total_us = sum(
-        int(line.split("|")[1])
-        for line in out.stderr.splitlines()
-        if line.startswith("import time:") and "|" in line and line.split("|")[1].strip().isdigit()
-    )
-    assert (
-        total_us < 5_000_000
-    ), f"import keel.features took {total_us / 1e6:.2f}s cumulative self time"

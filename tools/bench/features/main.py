@@ -1,9 +1,11 @@
-"""Feature benchmarks: batch (Keel vs hand-written Polars vs pandas), streaming, online reads.
+"""Feature benchmarks: batch (Keel vs three Polars anchors vs pandas), record-time scaling,
+streaming, online reads.
 
     ./pants run tools/bench/features:features -- [--quick]
 
 Prints figures and, as the last line, one JSON object
-{"bench": "features", "figures": {...}, "ratios": {...}, "goals_met": {...}}.
+{"bench": "features", "figures": {...}, "ratios": {...}, "goals_met": {...}}. Goals that
+depend on size are ``null`` (not evaluated) under ``--quick``, never ``false``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -35,7 +38,7 @@ BASE = datetime(2024, 1, 1, tzinfo=UTC)
 WINDOWS = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "1d": timedelta(days=1)}
 
 
-def make_view() -> FeatureView:
+def make_view(record_time: bool = False) -> FeatureView:
     feats = []
     for label, w in WINDOWS.items():
         feats += [
@@ -50,13 +53,18 @@ def make_view() -> FeatureView:
         fields={"amount": "float"},
         features=feats,
         id_column="event_id",
+        record_time="recorded_at" if record_time else None,
         allowed_lateness=timedelta(minutes=10),
     )
 
 
-def make_events(n: int, n_ent: int, seed: int = 7) -> pl.DataFrame:
+def make_events(n: int, n_ent: int, seed: int = 7, record_lag: bool = False) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     t_us = np.sort(rng.integers(0, 7 * 86_400_000_000, n)) + int(BASE.timestamp()) * 1_000_000
+    if record_lag:  # recorded ~2 s (exponential) after the event: nearly every event is "late"
+        lag = rng.exponential(2e6, n).astype(np.int64)
+        rec = pl.from_epoch(pl.Series(t_us + lag), time_unit="us").dt.replace_time_zone("UTC")
+        return make_events(n, n_ent, seed).with_columns(rec.alias("recorded_at"))
     return pl.DataFrame(
         {
             "card": pl.Series(rng.integers(0, n_ent, n)).cast(pl.String),
@@ -97,6 +105,67 @@ def hand_polars(df: pl.DataFrame, dedupe: bool = True) -> pl.DataFrame:
             .alias(f"max_{label}"),
         ]
     return out.select("card", "event_time", *cols)
+
+
+def polars_rolling_group_by(df: pl.DataFrame) -> pl.DataFrame:
+    """The same nine features with ``DataFrame.rolling(index_column, period, group_by=...)``:
+    one grouped rolling pass per window computing count, sum and max together."""
+    df = df.unique(subset=["event_id"], keep="first", maintain_order=True).sort(
+        "card", "event_time"
+    )
+    parts: list[pl.DataFrame] = []
+    for label, w in WINDOWS.items():
+        r = df.rolling(index_column="event_time", period=w, group_by="card", closed="right").agg(
+            pl.len().cast(pl.Int64).alias(f"count_{label}"),
+            pl.col("amount").sum().alias(f"sum_{label}"),
+            pl.col("amount").max().alias(f"max_{label}"),
+        )
+        parts.append(r if not parts else r.drop("card", "event_time"))
+    return pl.concat(parts, how="horizontal")
+
+
+def polars_packed_key(df: pl.DataFrame) -> pl.DataFrame:
+    """The strongest hand-written Polars we know: one sort on a packed int64 key
+    ``entity_code * 2**k + (t - t0)`` (``2**k`` > time span + longest window, so no window
+    crosses an entity), then ``rolling_*_by`` on that key with no ``.over`` and no grouping."""
+    df = df.unique(subset=["event_id"], keep="first", maintain_order=True)
+    t = pl.col("event_time").dt.epoch("us")
+    span = df.select(t.max() - t.min()).item() + max(
+        w // timedelta(microseconds=1) for w in WINDOWS.values()
+    )
+    shift = int(span).bit_length()
+    code = pl.col("card").cast(pl.Categorical).to_physical().cast(pl.Int64)
+    keyed = df.with_columns((code * (1 << shift) + (t - t.min())).alias("key")).sort("key")
+    keyed = keyed.with_columns(pl.lit(1, pl.Int64).alias("one"))
+    one = pl.col("one")
+    cols = []
+    for label, w in WINDOWS.items():
+        win = f"{w // timedelta(microseconds=1)}i"
+        cols += [
+            one.rolling_sum_by("key", win, closed="right").alias(f"count_{label}"),
+            pl.col("amount").rolling_sum_by("key", win, closed="right").alias(f"sum_{label}"),
+            pl.col("amount").rolling_max_by("key", win, closed="right").alias(f"max_{label}"),
+        ]
+    return keyed.select("card", "event_time", *cols)
+
+
+def bitemporal_scaling(sizes: list[int]) -> dict[str, float]:
+    """Record-time backfill (almost every event recorded after its event time, ~2 s lag) at
+    each size; returns the times and the fitted exponent of t ~ n**k."""
+    view = make_view(record_time=True)
+    times = []
+    for n in sizes:
+        df = make_events(n, max(100, n // 100), record_lag=True)
+        t, out = timed(backfill, view, df)
+        assert out.height == n
+        times.append(t)
+        print(f"  bitemporal backfill {n:,} events: {t:.2f}s")
+    k = float(np.polyfit(np.log(sizes), np.log(times), 1)[0]) if len(sizes) > 1 else float("nan")
+    out_figs: dict[str, float] = {
+        f"bitemporal_backfill_{n}_s": round(t, 3) for n, t in zip(sizes, times, strict=True)
+    }
+    out_figs["bitemporal_scaling_exponent"] = round(k, 2)
+    return out_figs
 
 
 def to_pandas_input(df: pl.DataFrame):  # type: ignore[no-untyped-def]
@@ -176,6 +245,14 @@ def main() -> int:
     )
     ap.add_argument("--pandas-repeat", type=int, default=1)
     ap.add_argument("--skip-streaming", action="store_true", help="batch figures only")
+    ap.add_argument("--skip-bitemporal", action="store_true", help="no record-time scaling run")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="also time Keel and the best Polars anchor alternately N times; the goal ratio "
+        "then uses the medians of these interleaved runs",
+    )
     args = ap.parse_args()
     if args.repeat is None:
         args.repeat = 2 if args.quick else 3
@@ -183,7 +260,12 @@ def main() -> int:
     n_ent = args.entities or (5_000 if args.quick else 100_000)
     view = make_view()
     names = list(view.feature_names)
-    figs: dict[str, float | int | bool] = {"events": n, "entities": n_ent, "features": len(names)}
+    figs: dict[str, Any] = {
+        "events": n,
+        "entities": n_ent,
+        "features": len(names),
+        "quick": bool(args.quick),
+    }
 
     df = make_events(n, n_ent)
     print(f"batch: {n:,} events, {n_ent:,} entities, {len(names)} features (3 aggs x 3 windows)")
@@ -198,6 +280,34 @@ def main() -> int:
     figs["batch_polars_no_dedupe_s"] = round(t_pl_nd, 3)
     figs["batch_keel_polars_no_dedupe_agree"] = agree(keel_out, pl_nd, names)
     del pl_nd
+    # The strongest idiomatic Polars anchors (same result, de-duplication included).
+    anchors = {"over": t_pl}
+    for name, fn in (
+        ("rolling_group_by", polars_rolling_group_by),
+        ("packed_key", polars_packed_key),
+    ):
+        t_a, out_a = timed(fn, df, repeat=reps)
+        figs[f"batch_polars_{name}_s"] = round(t_a, 3)
+        figs[f"batch_keel_polars_{name}_agree"] = agree(keel_out, out_a, names)
+        anchors[name] = t_a
+        del out_a
+    best_name = min(anchors, key=lambda k: anchors[k])
+    t_best = anchors[best_name]
+    figs["batch_best_polars"] = best_name
+    figs["batch_best_polars_s"] = round(t_best, 3)
+    if args.pairs:
+        # Keel and the best anchor alternately, N times: on a shared machine whose load
+        # drifts, the ratio of the medians of interleaved runs is the fair comparison.
+        best_fn = {"over": hand_polars, "rolling_group_by": polars_rolling_group_by}.get(
+            best_name, polars_packed_key
+        )
+        ks, ps = [], []
+        for _ in range(args.pairs):
+            ks.append(timed(backfill, view, df)[0])
+            ps.append(timed(best_fn, df)[0])
+        figs["batch_interleaved_keel_s"] = [round(x, 3) for x in ks]
+        figs["batch_interleaved_best_polars_s"] = [round(x, 3) for x in ps]
+        t_keel, t_best = float(np.median(ks)), float(np.median(ps))
     # pandas anchor: on the full frame by default (--pandas-fraction < 1: an entity subset,
     # with Keel re-measured on the same subset). The pandas conversion is not timed.
     if args.pandas_fraction < 1.0:
@@ -220,17 +330,35 @@ def main() -> int:
     )
 
     ratios = {
+        "keel_vs_best_polars_time_ratio": round(t_keel / t_best, 3),
         "keel_vs_hand_polars_time_ratio": round(t_keel / t_pl, 3),
         "keel_vs_pandas_speedup": round(t_pd / t_keel_sub, 1),
         "keel_vs_hand_polars_no_dedupe_time_ratio": round(t_keel / t_pl_nd, 3),
     }
-    goals = {
-        "keel_within_1_15x_of_hand_polars": ratios["keel_vs_hand_polars_time_ratio"] <= 1.15,
-        "keel_20x_faster_than_pandas": ratios["keel_vs_pandas_speedup"] >= 20,
-        "all_three_agree": bool(
-            figs["batch_keel_polars_agree"] and figs["batch_keel_pandas_agree"]
+    # Size-dependent goals are judged at full size only: --quick reports them as null (not
+    # evaluated), never as failed. Agreement is judged at any size.
+    full = not args.quick
+
+    def judged(ok: bool) -> bool | None:
+        return ok if full else None
+
+    goals: dict[str, bool | None] = {
+        "keel_within_1_15x_of_best_polars": judged(
+            ratios["keel_vs_best_polars_time_ratio"] <= 1.15
+        ),
+        "keel_20x_faster_than_pandas": judged(ratios["keel_vs_pandas_speedup"] >= 20),
+        "all_anchors_agree": bool(
+            figs["batch_keel_polars_agree"]
+            and figs["batch_keel_pandas_agree"]
+            and figs["batch_keel_polars_rolling_group_by_agree"]
+            and figs["batch_keel_polars_packed_key_agree"]
         ),
     }
+    if not args.skip_bitemporal:
+        sizes = [2_000, 20_000, 200_000] if args.quick else [20_000, 200_000, 2_000_000]
+        print("bitemporal (record-time) backfill scaling:")
+        figs |= bitemporal_scaling(sizes)
+        goals["bitemporal_n_log_n"] = judged(figs["bitemporal_scaling_exponent"] <= 1.25)
     if args.skip_streaming:
         return report(figs, ratios, goals)
 
@@ -303,12 +431,12 @@ def main() -> int:
     figs["peak_rss_mib"] = round(rss_mib(), 1)
 
     goals |= {
-        "stream_250k_events_per_s": figs["stream_events_per_s"] >= 250_000,
-        "stream_p99_event_to_online_5ms": figs["stream_event_to_online_p99_ms"] <= 5.0,
-        "online_read_sqlite_p99_0_3ms": figs["online_read_sqlite_p99_ms"] <= 0.3,
+        "stream_250k_events_per_s": judged(figs["stream_events_per_s"] >= 250_000),
+        "stream_p99_event_to_online_5ms": judged(figs["stream_event_to_online_p99_ms"] <= 5.0),
+        "online_read_sqlite_p99_0_3ms": judged(figs["online_read_sqlite_p99_ms"] <= 0.3),
     }
     if "online_read_redis_p99_ms" in figs:
-        goals["online_read_redis_p99_1ms"] = figs["online_read_redis_p99_ms"] <= 1.0
+        goals["online_read_redis_p99_1ms"] = judged(figs["online_read_redis_p99_ms"] <= 1.0)
     return report(figs, ratios, goals)
 
 

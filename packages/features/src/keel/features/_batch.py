@@ -28,7 +28,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
-from keel.features import _fastwin, _hll
+from keel.features import _bitemporal, _fastwin, _hll
 from keel.features._definitions import FIELD_TYPES, FeatureView, duration_us
 from keel.features._errors import InvalidInputError
 from keel.features._frames import (
@@ -36,6 +36,7 @@ from keel.features._frames import (
     ID,
     RT,
     check_nulls,
+    collect,
     prepare,
     time_to_us_expr,
     to_us,
@@ -49,7 +50,11 @@ ONE = "__one"
 
 @dataclass(frozen=True)
 class _Partial:
-    kind: str  # n, nn, sum, sumsq, min, max, dc, hz / hn (HyperLogLog z-sum / set registers)
+    # n, nn: row / non-null counts; sum: sum of the finite values; m2: sum of squared
+    # deviations of the finite values from their mean; nan / pinf / ninf: counts of NaN, +inf
+    # and -inf; min, max: over the non-NaN values; dc: distinct values; hz / hn: HyperLogLog
+    # z-sum / set registers.
+    kind: str
     column: str | None
     window_us: int
 
@@ -58,12 +63,19 @@ class _Partial:
         return f"__p_{self.kind}_{self.column or ''}_{self.window_us}"
 
 
+NONFINITE = ("nan", "pinf", "ninf")
+COUNT_KINDS = frozenset({"n", "nn", "nan", "pinf", "ninf", "dc"})
+
+
 def _partials(view: FeatureView) -> tuple[list[_Partial], list[str]]:
     """The partial aggregates the view's features need, and the columns needing ``last``."""
     parts: list[_Partial] = []
     lasts: list[str] = []
+    types = view.column_types
 
     def add(kind: str, col: str | None, w: int) -> None:
+        if kind in NONFINITE and (col is None or types[col] != "float"):
+            return  # only float columns can hold NaN / inf
         p = _Partial(kind, col, w)
         if p not in parts:
             parts.append(p)
@@ -72,28 +84,28 @@ def _partials(view: FeatureView) -> tuple[list[_Partial], list[str]]:
         w = duration_us(agg.window)
         c = agg.column
         fn = agg.function
+        needs: tuple[str, ...]
         if fn == "count":
-            add("n" if c is None else "nn", c, w)
+            needs = ("n",) if c is None else ("nn",)
         elif fn == "sum":
-            add("sum", c, w)
+            needs = ("sum", *NONFINITE)
         elif fn == "mean":
-            add("sum", c, w)
-            add("nn", c, w)
+            needs = ("sum", "nn", *NONFINITE)
         elif fn == "std":
-            add("sum", c, w)
-            add("sumsq", c, w)
-            add("nn", c, w)
+            needs = ("sum", "m2", "nn", *NONFINITE)
         elif fn in ("min", "max"):
-            add(fn, c, w)
+            needs = (fn, "nn", "nan")
         elif fn == "distinct_count":
-            add("dc", c, w)
+            needs = ("dc",)
         elif fn == "approx_distinct_count":
-            add("hz", c, w)
-            add("hn", c, w)
-        elif fn == "last":
+            needs = ("hz", "hn")
+        else:  # last
             assert c is not None
             if c not in lasts:
                 lasts.append(c)
+            needs = ()
+        for kind in needs:
+            add(kind, c, w)
     return parts, lasts
 
 
@@ -132,19 +144,9 @@ def _rolling_exprs(view: FeatureView, parts: list[_Partial], lasts: list[str]) -
         elif p.kind == "nn":
             assert col is not None
             e = col.is_not_null().cast(pl.Int64).rolling_sum_by(ET, win, closed="right")
-        elif p.kind == "sum":
+        elif p.kind in ("sum", "m2", "nan", "pinf", "ninf", "min", "max"):
             assert col is not None
-            e = col.cast(pl.Float64).rolling_sum_by(ET, win, closed="right").fill_null(0.0)
-        elif p.kind == "sumsq":
-            assert col is not None
-            x = col.cast(pl.Float64)
-            e = (x * x).rolling_sum_by(ET, win, closed="right").fill_null(0.0)
-        elif p.kind == "min":
-            assert col is not None
-            e = col.cast(pl.Float64).rolling_min_by(ET, win, closed="right")
-        elif p.kind == "max":
-            assert col is not None
-            e = col.cast(pl.Float64).rolling_max_by(ET, win, closed="right")
+            e = _numeric_rolling(p.kind, col.cast(pl.Float64), win)
         elif p.kind in ("hz", "hn"):
             assert p.column is not None
             codes = pl.col(_hll_col(p.column))
@@ -168,31 +170,101 @@ def _rolling_exprs(view: FeatureView, parts: list[_Partial], lasts: list[str]) -
     return out
 
 
-def _finalize(view: FeatureView, lasts: Sequence[str]) -> list[pl.Expr]:
-    """Feature expressions from partial columns, evaluated at time column ``T``."""
+def _numeric_rolling(kind: str, x: pl.Expr, win: str) -> pl.Expr:
+    """One numeric partial (see :class:`_Partial`) of float column ``x`` at every row."""
+    finite = pl.when(x.is_finite()).then(x)  # null for null, NaN and +-inf
+    if kind == "sum":
+        return finite.rolling_sum_by(ET, win, closed="right").fill_null(0.0)
+    if kind == "m2":
+        nf = x.is_finite().cast(pl.Int64).rolling_sum_by(ET, win, closed="right")
+        var = finite.rolling_var_by(ET, win, closed="right", ddof=0)
+        return (var * nf).fill_null(0.0).fill_nan(0.0)
+    if kind in ("min", "max"):
+        not_nan = pl.when(~x.is_nan()).then(x)
+        if kind == "min":
+            return not_nan.rolling_min_by(ET, win, closed="right")
+        return not_nan.rolling_max_by(ET, win, closed="right")
+    flag = x.is_nan() if kind == "nan" else x == (np.inf if kind == "pinf" else -np.inf)
+    return flag.cast(pl.Int64).rolling_sum_by(ET, win, closed="right").fill_null(0)
+
+
+def _ieee_sum(total: pl.Expr, nan: pl.Expr, pinf: pl.Expr, ninf: pl.Expr) -> pl.Expr:
+    """The sum a float64 summation of the window's values gives for non-finite inputs."""
+    return (
+        pl.when((nan > 0) | ((pinf > 0) & (ninf > 0)))
+        .then(pl.lit(float("nan")))
+        .when(pinf > 0)
+        .then(pl.lit(float("inf")))
+        .when(ninf > 0)
+        .then(pl.lit(float("-inf")))
+        .otherwise(total)
+    )
+
+
+def _numeric_agg(kind: str, x: pl.Expr, cond: pl.Expr) -> pl.Expr:
+    """One numeric partial (see :class:`_Partial`) over the rows where ``cond`` holds."""
+    finite = x.filter(cond & x.is_finite())
+    if kind == "sum":
+        return finite.sum()
+    if kind == "m2":
+        return (finite.var(ddof=0) * finite.len()).fill_null(0.0)
+    if kind in ("min", "max"):
+        v = x.filter(cond & ~x.is_nan())
+        return v.min() if kind == "min" else v.max()
+    flag = x.is_nan() if kind == "nan" else x == (np.inf if kind == "pinf" else -np.inf)
+    return (cond & flag).sum().cast(pl.Int64)
+
+
+def _finalize(
+    view: FeatureView, lasts: Sequence[str], available: Sequence[str] | None = None
+) -> list[pl.Expr]:
+    """Feature expressions from partial columns, evaluated at time column ``T``.
+
+    ``available``: the partial columns present; a missing NaN / inf count is zero (the fast
+    path omits them for columns that hold only finite values).
+    """
     types = view.column_types
+    have = set(available) if available is not None else None
     out: list[pl.Expr] = []
     for agg in view.features:
         w = duration_us(agg.window)
         c = agg.column
 
         def p(kind: str, _c: str | None = c, _w: int = w) -> pl.Expr:
-            return pl.col(_Partial(kind, _c, _w).name)
+            name = _Partial(kind, _c, _w).name
+            if kind in NONFINITE and (
+                (have is not None and name not in have) or (_c is None or types[_c] != "float")
+            ):
+                return pl.lit(0, pl.Int64)
+            return pl.col(name)
 
         fn = agg.function
         if fn == "count":
             e = p("n" if c is None else "nn").fill_null(0).cast(pl.Int64)
         elif fn == "sum":
-            e = p("sum").fill_null(0.0)
+            e = _ieee_sum(p("sum").fill_null(0.0), p("nan"), p("pinf"), p("ninf"))
         elif fn == "mean":
-            e = pl.when(p("nn") > 0).then(p("sum") / p("nn"))
+            n = p("nn")
+            e = pl.when(n > 0).then(_ieee_sum(p("sum") / n, p("nan"), p("pinf"), p("ninf")))
         elif fn == "std":
             n = p("nn")
-            s = p("sum")
-            var = (p("sumsq") - s * s / n) / (n - 1)
-            e = pl.when(n > 1).then(var.clip(lower_bound=0.0).sqrt())
+            bad = p("nan") + p("pinf") + p("ninf")
+            var = p("m2") / (n - 1)
+            e = (
+                pl.when(n < 2)
+                .then(pl.lit(None, pl.Float64))
+                .when(bad > 0)
+                .then(pl.lit(float("nan")))
+                .otherwise(var.clip(lower_bound=0.0).sqrt())
+            )
         elif fn in ("min", "max"):
-            e = p(fn)
+            e = (
+                pl.when(p("nn").fill_null(0) == 0)
+                .then(pl.lit(None, pl.Float64))
+                .when(p("nan") > 0)
+                .then(pl.lit(float("nan")))
+                .otherwise(p(fn))
+            )
         elif fn == "distinct_count":
             e = p("dc").fill_null(0).cast(pl.Int64)
         elif fn == "approx_distinct_count":
@@ -215,13 +287,13 @@ def _finalize(view: FeatureView, lasts: Sequence[str]) -> list[pl.Expr]:
 
 def _prepared(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     # One chunk per column: later gathers (sorting by entity) are ~10x slower on chunked data.
-    df = prepare(view, events).collect().rechunk()
+    df = collect(view, prepare(view, events)).rechunk()
     # Drop repeated event ids (first occurrence wins, as in the streaming engine). Distinct
     # 64-bit hashes prove distinct ids, and sorting hashes is a much cheaper pass than
     # ``unique`` on strings; only frames with a repeated hash pay for the exact ``unique``.
     if view.id_column is not None and _may_have_repeats(df[ID]):
         df = df.unique(subset=[ID], keep="first", maintain_order=True)
-    check_nulls(view, df)
+    df = check_nulls(view, df)
     return df
 
 
@@ -233,7 +305,7 @@ def _may_have_repeats(ids: pl.Series) -> bool:
     return bool((h[1:] == h[:-1]).any()) or ids.null_count() > 1
 
 
-_FAST_KINDS = frozenset({"n", "nn", "sum", "sumsq", "min", "max"})
+_FAST_KINDS = frozenset({"n", "nn", "sum", "m2", "nan", "pinf", "ninf", "min", "max"})
 
 
 def _fast_partials(
@@ -254,6 +326,21 @@ def _fast_partials(
         T,
         [(p.kind, p.column, p.window_us, p.name) for p in parts],
         LAST_ANY if view.ttl is not None else None,
+    )
+
+
+def _numeric_fast(
+    view: FeatureView, events: pl.DataFrame, queries: pl.DataFrame, parts: list[_Partial]
+) -> pl.DataFrame | None:
+    """The fast path's numeric partials alone (no TTL column), in query order; None if declined."""
+    return _fastwin.partials(
+        events,
+        queries,
+        list(view.join_keys),
+        ET,
+        T,
+        [(p.kind, p.column, p.window_us, p.name) for p in parts],
+        None,
     )
 
 
@@ -336,19 +423,9 @@ def _late_partials(
         elif p.kind == "nn":
             assert col is not None
             e = (cond & col.is_not_null()).sum().cast(pl.Int64)
-        elif p.kind == "sum":
+        elif p.kind in ("sum", "m2", "nan", "pinf", "ninf", "min", "max"):
             assert col is not None
-            e = col.cast(pl.Float64).filter(cond).sum()
-        elif p.kind == "sumsq":
-            assert col is not None
-            x = col.cast(pl.Float64)
-            e = (x * x).filter(cond).sum()
-        elif p.kind == "min":
-            assert col is not None
-            e = col.cast(pl.Float64).filter(cond).min()
-        elif p.kind == "max":
-            assert col is not None
-            e = col.cast(pl.Float64).filter(cond).max()
+            e = _numeric_agg(p.kind, col.cast(pl.Float64), cond)
         else:
             assert col is not None
             e = col.filter(cond).drop_nulls().unique()
@@ -404,17 +481,41 @@ def _merge(
     if late.height == 0:
         return base
     late = late.rename({c: f"{c}__late" for c in late.columns if c != QID})
+    late_cols = set(late.columns)
     merged = base.join(late, on=QID, how="left")
     exprs: list[pl.Expr] = []
+
+    def both(kind: str, p: _Partial) -> tuple[pl.Expr, pl.Expr]:
+        name = _Partial(kind, p.column, p.window_us).name
+        if name not in base.columns:
+            return pl.lit(0, pl.Int64), pl.lit(0, pl.Int64)
+        b = pl.col(f"{name}__late") if f"{name}__late" in late_cols else pl.lit(0)
+        return pl.col(name).fill_null(0), b.fill_null(0)
+
     for p in parts:
         a = pl.col(p.name)
         b = pl.col(f"{p.name}__late")
-        if p.kind in ("n", "nn", "sum", "sumsq", "dc"):
+        if p.kind in ("min", "max"):
+            fn = pl.min_horizontal if p.kind == "min" else pl.max_horizontal
+            exprs.append(fn(a, b).alias(p.name))
+        elif p.kind == "m2":  # Chan et al.: merge (count, sum, M2) of the finite values
+            na, nb = both("nn", p)
+            for kind in NONFINITE:
+                xa, xb = both(kind, p)
+                na, nb = na - xa, nb - xb
+            sa, sb = both("sum", p)
+            na_f, nb_f = na.cast(pl.Float64), nb.cast(pl.Float64)
+            delta = sb / nb_f - sa / na_f
+            cross = delta * delta * na_f * nb_f / (na_f + nb_f)
+            exprs.append(
+                (
+                    a.fill_null(0.0)
+                    + b.fill_null(0.0)
+                    + pl.when((na > 0) & (nb > 0)).then(cross).otherwise(0.0)
+                ).alias(p.name)
+            )
+        else:  # counts and sums add
             exprs.append((a.fill_null(0) + b.fill_null(0)).alias(p.name))
-        elif p.kind == "min":
-            exprs.append(pl.min_horizontal(a, b).alias(p.name))
-        else:
-            exprs.append(pl.max_horizontal(a, b).alias(p.name))
     for c in lasts:
         ov, ot = pl.col(_lv(c)), pl.col(_lt(c))
         lv, lt = pl.col(f"{_lv(c)}__late"), pl.col(f"{_lt(c)}__late")
@@ -462,8 +563,31 @@ def _partials_at(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> 
         fast = _fast_partials(view, prepared, q, parts, lasts)
         if fast is not None:  # already in QID order
             return fast.with_columns(q[QID], q[T])
-        base = _union_partials(view, prepared, q, parts, lasts)
+        # Mixed views: the numeric partials still come from the fast path (one numerics for
+        # every view), only last / distinct / sketches from the rolling plan.
+        numeric = [p for p in parts if p.kind in _FAST_KINDS]
+        rest = [p for p in parts if p.kind not in _FAST_KINDS]
+        fast = _numeric_fast(view, prepared, q, numeric) if numeric else None
+        if fast is not None:
+            base = _union_partials(view, prepared, q, rest, lasts).sort(QID)
+            base = pl.concat([base, fast], how="horizontal")
+        else:
+            base = _union_partials(view, prepared, q, parts, lasts)
     else:
+        bt = _bitemporal.partials(
+            prepared,
+            q,
+            keys,
+            ET,
+            RT,
+            T,
+            [(p.kind, p.column, p.window_us, p.name) for p in parts],
+            [(c, _lv(c), _lt(c)) for c in lasts],
+            LAST_ANY if view.ttl is not None else None,
+        )
+        if bt is not None:  # already in QID order
+            return bt.with_columns(q[QID], q[T])
+        # Fallback (packed keys would overflow int64): on-time rolling plan + late-event join.
         rt = pl.col(RT).fill_null(pl.col(ET))
         ontime = prepared.filter(rt <= pl.col(ET))
         late = prepared.filter(rt > pl.col(ET)).with_columns(rt.alias(RT))
@@ -477,7 +601,8 @@ def _partials_at(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> 
 
 def _values(view: FeatureView, prepared: pl.DataFrame, q: pl.DataFrame) -> pl.DataFrame:
     _, lasts = _partials(view)
-    return _partials_at(view, prepared, q).select(_finalize(view, lasts))
+    parts = _partials_at(view, prepared, q)
+    return parts.select(_finalize(view, lasts, parts.columns))
 
 
 def compute_at(
@@ -519,8 +644,10 @@ def backfill(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataF
         fast = _fast_partials(view, prepared, None, parts, lasts)
         if fast is not None:  # grouped by entity, time-ordered within each entity
             return fast.with_columns(pl.col(ET).alias(T)).select(
-                [*keys, out_time, *_finalize(view, lasts)]
+                [*keys, out_time, *_finalize(view, lasts, fast.columns)]
             )
+        if any(p.kind in _FAST_KINDS and p.kind != "n" for p in parts):
+            return _backfill_by_queries(view, prepared)  # mixed view: see _partials_at
         lf = _with_hll_codes(
             prepared.lazy().sort([*keys, ET]).with_columns(pl.lit(1, pl.Int64).alias(ONE)), parts
         )
@@ -533,21 +660,54 @@ def backfill(view: FeatureView, events: pl.DataFrame | pl.LazyFrame) -> pl.DataF
             .select([*keys, out_time, *_finalize(view, lasts)])
             .collect()
         )
+    return _backfill_by_queries(view, prepared)
+
+
+def _backfill_by_queries(view: FeatureView, prepared: pl.DataFrame) -> pl.DataFrame:
+    """Backfill as ``compute_at`` at every event's own time (record-time and mixed views)."""
+    keys = list(view.join_keys)
+    out_time = (
+        pl.from_epoch(pl.col(T), time_unit="us").dt.replace_time_zone("UTC").alias(view.event_time)
+    )
     q = prepared.select([*keys, pl.col(ET).alias(T)]).with_row_index(QID)
     values = _values(view, prepared, q)
     out = pl.concat([q.select([*keys, out_time]), values], how="horizontal")
     return out.sort([*keys, view.event_time], maintain_order=True)
 
 
-def latest(view: FeatureView, events: pl.DataFrame | pl.LazyFrame, at: datetime) -> pl.DataFrame:
-    """Feature values of every entity seen in ``events`` (up to ``at``) as of ``at``: for materialising."""
+def latest(
+    view: FeatureView,
+    events: pl.DataFrame | pl.LazyFrame,
+    at: datetime,
+    *,
+    with_event_time: bool = False,
+) -> pl.DataFrame:
+    """Feature values of every entity seen in ``events`` (up to ``at``) as of ``at``: for materialising.
+
+    ``with_event_time=True`` adds the column ``view.event_time``: each entity's latest event
+    time visible at ``at`` — the time to write online values under (not ``at`` itself, or a
+    later streaming write of an older event would be refused by the online store's
+    event-time condition).
+    """
     prepared = _prepared(view, events)
     at_us = to_us(at)
     keys = list(view.join_keys)
-    ents = prepared.filter(pl.col(ET) <= at_us).select(keys).unique(maintain_order=True)
+    visible = pl.col(ET) <= at_us
+    if view.record_time is not None:
+        visible &= pl.col(RT).fill_null(pl.col(ET)) <= at_us
+    seen = (
+        prepared.filter(visible)
+        .group_by(keys, maintain_order=True)
+        .agg(pl.col(ET).max().alias("__latest"))
+    )
+    ents = seen.select(keys)
     q = ents.with_columns(pl.lit(at_us, pl.Int64).alias(T)).with_row_index(QID)
     values = _values(view, prepared, q)
-    return pl.concat([ents, values], how="horizontal")
+    out = pl.concat([ents, values], how="horizontal")
+    if with_event_time:
+        et = pl.from_epoch(seen["__latest"], time_unit="us").dt.replace_time_zone("UTC")
+        out = out.with_columns(et.alias(view.event_time))
+    return out
 
 
 def prepared_to_events(view: FeatureView, prepared: pl.DataFrame) -> pl.DataFrame:

@@ -12,6 +12,12 @@ right-closed), and, when the view has a record-time column, only events with
 the sample standard deviation, null below two values). ``last`` is the value of the
 latest event; events tied on event time are ordered by value (largest wins), so the
 result never depends on arrival order.
+
+NaN and +-inf are values, handled alike by every engine: a window holding NaN gives NaN for
+sum / mean / std / min / max; +-inf give the IEEE sum and mean (NaN when both signs) and a
+NaN std; an exact sum beyond float64's range is +-inf; none of this outlives the value's
+stay in the window. std is exact for values up to 1e145 in magnitude (stable methods, see
+``_numerics`` and the streaming engine), unspecified beyond.
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ from typing import Any, Literal
 
 import polars as pl
 
-from keel.features._errors import ConflictError, InvalidDefinitionError, NotFoundError
+from keel.features._errors import (
+    ConflictError,
+    InvalidDefinitionError,
+    NotFoundError,
+    short_repr,
+)
 
 AggFunction = Literal[
     "count", "sum", "mean", "min", "max", "last", "distinct_count", "approx_distinct_count", "std"
@@ -55,6 +66,7 @@ _NUMERIC_ONLY = {"sum", "mean", "min", "max", "std"}
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VIEW_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _US = timedelta(microseconds=1)
+DEFAULT_STATE_BUDGET = 1 << 20  # streaming state per entity, bytes (1 MiB)
 
 
 def _check_name(kind: str, name: str, pattern: re.Pattern[str] = _NAME_RE) -> None:
@@ -67,7 +79,9 @@ def _check_name(kind: str, name: str, pattern: re.Pattern[str] = _NAME_RE) -> No
 
 def _check_duration(what: str, value: object) -> timedelta:
     if not isinstance(value, timedelta):
-        raise InvalidDefinitionError(f"{what} must be a datetime.timedelta, got {value!r}")
+        raise InvalidDefinitionError(
+            f"{what} must be a datetime.timedelta, got {short_repr(value)}"
+        )
     if value <= timedelta(0):
         raise InvalidDefinitionError(f"{what} must be positive, got {value}")
     if value % _US != timedelta(0):
@@ -78,6 +92,13 @@ def _check_duration(what: str, value: object) -> timedelta:
 def duration_us(value: timedelta) -> int:
     """A timedelta as integer microseconds (exact)."""
     return value // _US
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n} B"
 
 
 def window_label(window: timedelta) -> str:
@@ -226,12 +247,14 @@ class FeatureView:
     bucket: timedelta | None = None
     allowed_lateness: timedelta = timedelta(minutes=5)
     description: str = ""
+    max_state_bytes_per_entity: int = DEFAULT_STATE_BUDGET
 
     def __post_init__(self) -> None:
         _check_name("feature view", self.name, _VIEW_NAME_RE)
         if not isinstance(self.source, EventSource | TableSource):
             raise InvalidDefinitionError(
-                f"view {self.name!r}: source must be EventSource or TableSource, got {self.source!r}"
+                f"view {self.name!r}: source must be EventSource or TableSource, "
+                f"got {short_repr(self.source)}"
             )
         ents = (self.entities,) if isinstance(self.entities, Entity) else tuple(self.entities)
         if not ents or not all(isinstance(e, Entity) for e in ents):
@@ -333,6 +356,63 @@ class FeatureView:
                     f"view {self.name!r}: bucket {self.bucket} does not divide the windows of {bad}"
                 )
 
+        self._check_state_budget()
+
+    def _check_state_budget(self) -> None:
+        budget = self.max_state_bytes_per_entity
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise InvalidDefinitionError(
+                f"view {self.name!r}: max_state_bytes_per_entity must be a positive int, "
+                f"got {short_repr(budget)}"
+            )
+        slots = self.ring_slots
+        need = slots * self.state_bytes_per_slot
+        if need > budget:
+            wins = ", ".join(window_label(w) for w in self.windows)
+            ttl = f", ttl {window_label(self.ttl)}" if self.ttl is not None else ""
+            raise InvalidDefinitionError(
+                f"view {self.name!r}: windows {wins}{ttl} with allowed lateness "
+                f"{window_label(self.allowed_lateness)} and bucket {window_label(self.bucket or _US)} "
+                f"need a streaming ring of {slots:,} buckets per entity, about {_bytes(need)} "
+                f"of state per entity, above the budget of {_bytes(budget)} "
+                "(max_state_bytes_per_entity). The bucket must divide every window: choose "
+                "windows with a larger common divisor (e.g. whole minutes or hours), set a "
+                "coarser bucket, or raise max_state_bytes_per_entity."
+            )
+
+    @property
+    def ring_slots(self) -> int:
+        """Bucket slots per entity in the streaming engine's ring."""
+        b = self.bucket_us
+        span = max(duration_us(a.window) for a in self.features)
+        if self.ttl is not None:
+            span = max(span, duration_us(self.ttl))
+        return -(-span // b) + -(-duration_us(self.allowed_lateness) // b) + 2
+
+    @property
+    def state_bytes_per_slot(self) -> int:
+        """Bytes of streaming state per (entity, bucket slot), excluding distinct-value sets."""
+        types = self.column_types
+        numeric, counted, lasts, sets, sketches = set(), set(), set(), set(), set()
+        for a in self.features:
+            c = a.column
+            if c is None:
+                continue
+            if a.function in _NUMERIC_ONLY:
+                numeric.add(c)
+            elif a.function == "count":
+                counted.add(c)
+            elif a.function == "last":
+                lasts.add(c)
+            elif a.function == "distinct_count":
+                sets.add(c)
+            else:
+                sketches.add(c)
+        size = 24  # bucket index, row count, latest event time
+        size += sum(80 if types[c] == "float" else 56 for c in numeric)
+        size += 8 * len(counted - numeric) + 16 * len(lasts) + 8 * len(sets)
+        return size + 256 * len(sketches)
+
     # -- derived properties ---------------------------------------------------------
     @property
     def join_keys(self) -> tuple[str, ...]:
@@ -420,7 +500,7 @@ class Registry:
     def register(self, view: FeatureView) -> FeatureView:
         if not isinstance(view, FeatureView):
             raise InvalidDefinitionError(
-                f"only FeatureView objects can be registered, got {view!r}"
+                f"only FeatureView objects can be registered, got {short_repr(view)}"
             )
         existing = self._views.get(view.name)
         if existing is not None and existing.version != view.version:

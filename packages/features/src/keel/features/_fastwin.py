@@ -37,9 +37,12 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
+
+from keel.features import _numerics
 
 _SEED_A = 0x6B65656C
 _SEED_B = 0x77696E64
@@ -179,7 +182,11 @@ def _value_arrays(events: pl.DataFrame, value_cols: list[str]) -> list[np.ndarra
     """Per value column its float64 values (nulls as 0), then a non-null mask if it has nulls."""
     out: list[np.ndarray] = []
     for c in value_cols:
-        x = events[c].cast(pl.Float64)
+        col = events[c]
+        if not col.dtype.is_numeric():  # only counted (count over a str / bool column)
+            x = pl.Series(c, np.zeros(len(col))).set(col.is_null(), None)
+        else:
+            x = col.cast(pl.Float64)
         if x.null_count() == 0:
             out.append(x.to_numpy())
         else:
@@ -214,36 +221,141 @@ def _carried(
     return events.select(carry)[perm[starts]][codes_s]
 
 
-def _local_cumsum(a: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Inclusive cumulative sum restarted at each entity run (magnitudes stay per-entity)."""
-    a2 = a.copy()
-    if len(starts) > 1:
-        totals = np.add.reduceat(a, starts)
-        a2[starts[1:]] -= totals[:-1]
-    return np.cumsum(a2)
+_Parts = list[tuple[str, str | None, int, str]]
+_COUNT_KINDS = ("nn", "nan", "pinf", "ninf", "nf", "huge")
 
 
-_Arrays = dict[tuple[str, str], np.ndarray]
+class _Sums:
+    """Exclusive prefix sums (length ``n + 1``) every part needs, computed once, shared by
+    every window; a window ``[st, en)`` is then ``P[en] - P[st]``.
+
+    Counts (``nn`` non-null, ``nan`` / ``pinf`` / ``ninf``, ``nf`` finite non-null) are exact
+    int64 prefixes, built only where they differ from the row count (``nn``, ``nf``) or from
+    zero (the non-finite counts: a column without NaN/inf has no such partial at all).
+    ``sum`` is a double-double prefix of the finite values; ``m2`` (sum of squared deviations)
+    comes from double-double prefixes of the finite values shifted by their entity's first
+    finite value (``d1``) and of their exact squares (``d2``), see ``_numerics``. A column
+    whose values could overflow a prefix is scaled by an exact power of two.
+    """
+
+    def __init__(self, parts: _Parts, idx: _Index, threads: ThreadPoolExecutor) -> None:
+        n = len(idx.keys)
+        self.n = n
+        self.counts: dict[tuple[str, str], np.ndarray] = {}
+        self.dd: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.scale: dict[tuple[str, str], float] = {}
+        jobs: list[tuple[tuple[str, str], Any]] = []
+        kinds: dict[str, set[str]] = {}
+        for kind, c, _, _ in parts:
+            if c is not None:
+                kinds.setdefault(c, set()).add(kind)
+        for c, ks in kinds.items():
+            a, ok = idx.values[c]
+            finite = np.isfinite(a)
+            all_finite = bool(finite.all())
+            all_ok = bool(ok.all())
+            if not all_ok and "nn" in ks:
+                jobs.append((("nn", c), ok))
+            if not all_finite:
+                for kind, flag in (
+                    ("nan", np.isnan(a)),
+                    ("pinf", a == np.inf),
+                    ("ninf", a == -np.inf),
+                ):
+                    if kind in ks and bool(flag.any()):
+                        jobs.append(((kind, c), flag))
+            good = ok if all_finite else ok & finite
+            af = a if all_finite else np.where(finite, a, 0.0)
+            if "sum" in ks:
+                sc = _numerics.overflow_scale(float(np.abs(af).max(initial=0.0)), n)
+                self.scale[("sum", c)] = sc
+                jobs.append((("sum", c), af * sc if sc != 1.0 else af))
+            if "m2" in ks:
+                # Values beyond STD_LIMIT stay out of the shifted sums (their squares would
+                # overflow a prefix and poison later windows); windows holding one give inf.
+                huge = np.abs(af) > _numerics.STD_LIMIT
+                moderate = good
+                if bool(huge.any()):
+                    jobs.append((("huge", c), huge & good))
+                    moderate = good & ~huge
+                if not bool(moderate.all()):
+                    jobs.append((("nf", c), moderate))
+                pos = np.where(moderate, np.arange(n), n)
+                first = np.minimum.reduceat(pos, idx.starts)
+                ref = np.where(first < n, af[np.minimum(first, n - 1)], 0.0)
+                d = af - ref[idx.codes]
+                if not bool(moderate.all()):
+                    d = np.where(moderate, d, 0.0)
+                jobs.append((("d1", c), d))
+                jobs.append((("d2", c), d))
+
+        def build(job: tuple[tuple[str, str], Any]) -> Any:
+            (kind, _), arr = job
+            if kind in _COUNT_KINDS:
+                out = np.zeros(n + 1, dtype=np.int64)
+                np.cumsum(arr, out=out[1:])
+                return out
+            if kind == "d2":
+                sq, err = _numerics.two_prod(arr, arr)
+                return _numerics.dd_prefix(sq, err)
+            return _numerics.dd_prefix(arr)
+
+        for (key, _), res in zip(jobs, threads.map(build, jobs), strict=True):
+            if key[0] in _COUNT_KINDS:
+                self.counts[key] = res
+            else:
+                self.dd[key] = res
+
+    def has(self, kind: str, c: str) -> bool:
+        return (kind, c) in self.counts
+
+    def count(self, kind: str, c: str, st: np.ndarray, en: np.ndarray) -> np.ndarray:
+        """A count partial over ``[st, en)``; ``nn``/``nf`` default to the row count."""
+        p = self.counts.get((kind, c))
+        if p is None:
+            if kind == "nf" and ("nn", c) in self.counts:
+                p = self.counts[("nn", c)]
+            elif kind in ("nn", "nf"):
+                return en - st
+            else:
+                return np.zeros(len(st), dtype=np.int64)
+        out: np.ndarray = p[en] - p[st]
+        return out
+
+    def total(self, c: str, st: np.ndarray, en: np.ndarray) -> np.ndarray:
+        """Sum of the finite values over ``[st, en)``."""
+        h, e = _numerics.dd_window(*self.dd[("sum", c)], st, en)
+        out: np.ndarray = h + e
+        sc = self.scale[("sum", c)]
+        return out / sc if sc != 1.0 else out
+
+    def m2(self, c: str, st: np.ndarray, en: np.ndarray) -> np.ndarray:
+        """Sum of squared deviations of the finite values over ``[st, en)`` from their mean."""
+        s1h, s1l = _numerics.dd_window(*self.dd[("d1", c)], st, en)
+        s2h, s2l = _numerics.dd_window(*self.dd[("d2", c)], st, en)
+        nf = self.count("nf", c, st, en) if ("nf", c) in self.counts else en - st
+        out = _numerics.m2_from_sums(s1h, s1l, s2h, s2l, nf)
+        if ("huge", c) in self.counts:
+            out = np.where(self.count("huge", c, st, en) > 0, np.inf, out)
+        return out
+
+    def part(self, kind: str, c: str, st: np.ndarray, en: np.ndarray) -> np.ndarray | None:
+        """A count / sum / m2 partial over ``[st, en)``; None for an all-zero NaN/inf count."""
+        if kind in ("nan", "pinf", "ninf") and (kind, c) not in self.counts:
+            return None
+        if kind in _COUNT_KINDS:
+            return self.count(kind, c, st, en)
+        if kind == "sum":
+            return self.total(c, st, en)
+        return self.m2(c, st, en)
 
 
-def _prefix_sums(
-    parts: list[tuple[str, str | None, int, str]], idx: _Index, threads: ThreadPoolExecutor
-) -> tuple[_Arrays, _Arrays]:
-    """The summands every part needs and their per-entity prefix sums, computed once and
-    shared by every window: ``("sum", c)`` and ``("sumsq", c)`` of the values, ``("nn", c)``
-    of the non-null mask (only where column ``c`` has nulls)."""
-    needs: dict[tuple[str, str], np.ndarray] = {}
-    for kind, c, _, _ in parts:
-        if c is None:
-            continue
-        a, ok = idx.values[c]
-        if kind in ("sum", "sumsq") and (kind, c) not in needs:
-            needs[(kind, c)] = a if kind == "sum" else a * a
-        if kind not in ("sum", "sumsq") and not bool(ok.all()):
-            needs[("nn", c)] = ok.astype(np.int64)
-    keys = list(needs)
-    sums = threads.map(lambda k: _local_cumsum(needs[k], idx.starts), keys)
-    return needs, dict(zip(keys, sums, strict=True))
+def _extremum_input(idx: _Index, kind: str, c: str) -> np.ndarray:
+    """Values for a min/max table: nulls and NaN replaced by the identity (they never win)."""
+    a, ok = idx.values[c]
+    fill = -np.inf if kind == "max" else np.inf
+    bad = ~ok | np.isnan(a)
+    return np.where(bad, fill, a) if bool(bad.any()) else a
 
 
 class _Extremum:
@@ -281,15 +393,13 @@ def partials(
 ) -> pl.DataFrame | None:
     """Partial aggregates at each query row (input order), or None when not applicable.
 
-    ``parts`` are ``(kind, column, window_us, output name)`` with kind in n, nn, sum, sumsq,
-    min, max. ``queries`` None means "at every event's own time" (a backfill): then rows come
+    ``parts`` are ``(kind, column, window_us, output name)`` with kind in n, nn, sum, m2,
+    nan, pinf, ninf, min, max (see ``_batch._Partial``); a NaN/inf count of a column holding
+    none is left out of the result (it is zero). ``queries`` None means "at every event's own time" (a backfill): then rows come
     grouped by entity and time-ordered within it, with the join keys and ``et_col`` added.
     """
     if events.height == 0:
         return None
-    for _, c, _, _ in parts:
-        if c is not None and events.schema[c].is_float() and bool(events[c].is_nan().any()):
-            return None
     threads = ThreadPoolExecutor(max_workers=_workers())
     try:
         return _partials(events, queries, keys, et_col, t_col, parts, ttl_col, threads)
@@ -340,7 +450,6 @@ def _evaluate(
     threads: ThreadPoolExecutor,
 ) -> pl.DataFrame | None:
     """Every part at every (sorted) query; NumPy releases the GIL, so windows run in threads."""
-    n = events.height
     base = qcode * idx.stride
     all_found = bool(found.all())
 
@@ -350,21 +459,8 @@ def _evaluate(
 
     windows = sorted({w for _, _, w, _ in parts})
     bounds = dict(zip(windows, threads.map(start, windows), strict=True))
-    vals = idx.values
-    needs, prefix = _prefix_sums(parts, idx, threads)
+    sums = _Sums(parts, idx, threads)
     last = np.maximum(en - 1, 0)
-
-    def window_sum(key: tuple[str, str], w: int) -> np.ndarray:
-        st = bounds[w]
-        a, cs = needs[key], prefix[key]
-        first = np.minimum(st, n - 1)
-        out: np.ndarray = np.where(en > st, cs[last] - (cs[first] - a[first]), 0)
-        return out
-
-    def nonnull(c: str, w: int) -> np.ndarray:
-        if ("nn", c) in needs:
-            return window_sum(("nn", c), w)
-        return en - bounds[w]  # no nulls: the non-null count is the row count
 
     specs: dict[tuple[str, str], int] = {}
     for kind, c, w, _ in parts:
@@ -377,27 +473,24 @@ def _evaluate(
 
     def table(spec: tuple[str, str]) -> _Extremum:
         kind, c = spec
-        a, ok = vals[c]
-        fill = -np.inf if kind == "max" else np.inf
         fn = np.maximum if kind == "max" else np.minimum
-        return _Extremum(np.where(ok, a, fill), max(1, specs[spec].bit_length()), fn)
+        return _Extremum(_extremum_input(idx, kind, c), max(1, specs[spec].bit_length()), fn)
 
     tables = dict(zip(specs, threads.map(table, list(specs)), strict=True))
 
-    def part(p: tuple[str, str | None, int, str]) -> tuple[np.ndarray, np.ndarray | None]:
+    def part(p: tuple[str, str | None, int, str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         kind, c, w, _ = p
         if kind == "n":
             return en - bounds[w], None
         assert c is not None
-        if kind == "nn":
-            return nonnull(c, w), None
-        if kind in ("sum", "sumsq"):
-            return window_sum((kind, c), w), None
-        return tables[(kind, c)].query(bounds[w], en), nonnull(c, w) == 0
+        if kind in ("min", "max"):
+            return tables[(kind, c)].query(bounds[w], en), sums.count("nn", c, bounds[w], en) == 0
+        return sums.part(kind, c, bounds[w], en), None
 
     results: list[tuple[str, np.ndarray, np.ndarray | None, pl.DataType]] = []
     for p, (v, null) in zip(parts, threads.map(part, parts), strict=True):
-        results.append((p[3], v, null, pl.Int64() if p[0] in ("n", "nn") else pl.Float64()))
+        if v is not None:
+            results.append((p[3], v, null, _dtype(p[0])))
     if ttl_col is not None:
         has = (en > 0) & found & (idx.codes[last] == qcode)
         results.append((ttl_col, idx.et[last], ~has, pl.Int64()))
@@ -419,6 +512,10 @@ def _evaluate(
 
 _CHUNK = 1 << 15  # backfill rows evaluated together (their working set stays in L2)
 _LOG2 = np.frexp(np.arange(1 << 16))[1].astype(np.int64) - 1  # floor(log2(i)) for i >= 1
+
+
+def _dtype(kind: str) -> pl.DataType:
+    return pl.Int64() if kind in ("n", *_COUNT_KINDS) else pl.Float64()
 
 
 def _workers() -> int:
@@ -453,24 +550,23 @@ def _backfill(
         ends = np.append(np.flatnonzero(keys[1:] != keys[:-1]) + 1, n)
         en_all = np.repeat(ends, np.diff(np.concatenate([np.zeros(1, dtype=np.int64), ends])))
     windows = sorted({w for _, _, w, _ in parts})
-    vals = idx.values
-    needs, prefix = _prefix_sums(parts, idx, threads)
+    sums = _Sums(parts, idx, threads)
     specs: dict[tuple[str, str], tuple[np.ndarray, np.ufunc]] = {}
     for kind, c, _, _ in parts:
         if kind in ("min", "max") and c is not None and (kind, c) not in specs:
-            a, ok = vals[c]
-            fill = -np.inf if kind == "max" else np.inf
             fn = np.maximum if kind == "max" else np.minimum
-            specs[(kind, c)] = (a if bool(ok.all()) else np.where(ok, a, fill), fn)
-
-    out = {p[3]: np.empty(n, dtype=np.int64 if p[0] in ("n", "nn") else np.float64) for p in parts}
+            specs[(kind, c)] = (_extremum_input(idx, kind, c), fn)
+    live = [p for p in parts if p[0] not in ("nan", "pinf", "ninf") or sums.has(p[0], str(p[1]))]
+    out = {
+        p[3]: np.empty(n, dtype=np.int64 if p[0] in ("n", *_COUNT_KINDS) else np.float64)
+        for p in live
+    }
     nulls = {p[3]: np.zeros(n, dtype=bool) for p in parts if p[0] in ("min", "max")}
 
     def chunk(a: int, b: int) -> None:
         k = keys[a:b]
         floor = codes[a:b] * idx.stride - 1  # needles never leave the entity
         en = np.arange(a + 1, b + 1) if en_all is None else en_all[a:b]
-        last = en - 1
         st: dict[int, np.ndarray] = {}
         for w in windows:
             nd = np.maximum(k - w, floor)  # non-decreasing: both terms are
@@ -479,17 +575,6 @@ def _backfill(
             s += lo
             st[w] = s
         cnt = {w: en - st[w] for w in windows}
-        sums: dict[tuple[tuple[str, str], int], np.ndarray] = {}
-
-        def window_sum(key: tuple[str, str], w: int) -> np.ndarray:
-            if (key, w) not in sums:
-                cs, v, s = prefix[key], needs[key], st[w]
-                cl = cs[a:b] if en_all is None else cs[last]
-                sums[(key, w)] = cl - cs[s] + v[s]
-            return sums[(key, w)]
-
-        def nonnull(c: str, w: int) -> np.ndarray:
-            return window_sum(("nn", c), w) if ("nn", c) in needs else cnt[w]
 
         tables: dict[tuple[str, str], tuple[np.ndarray, int]] = {}
         if specs:
@@ -501,21 +586,20 @@ def _backfill(
             hi = int(en[-1])
             for spec, (arr, fn) in specs.items():
                 tables[spec] = (_table(arr[lo_min:hi], levels, fn), lo_min)
-        for kind, c, w, name in parts:
+        for kind, c, w, name in live:
             dst = out[name][a:b]
             if kind == "n":
                 dst[:] = cnt[w]
-            elif kind == "nn":
-                assert c is not None
-                dst[:] = nonnull(c, w)
-            elif kind in ("sum", "sumsq"):
-                assert c is not None
-                dst[:] = window_sum((kind, c), w)
-            else:
+            elif kind in ("min", "max"):
                 assert c is not None
                 flat, base = tables[(kind, c)]
                 _query(flat, hi - base, st[w] - base, en - base, specs[(kind, c)][1], dst)
-                np.equal(nonnull(c, w), 0, out=nulls[name][a:b])
+                np.equal(sums.count("nn", c, st[w], en), 0, out=nulls[name][a:b])
+            else:
+                assert c is not None
+                value = sums.part(kind, c, st[w], en)
+                assert value is not None  # absent NaN/inf counts are not in ``live``
+                dst[:] = value
 
     bounds = list(range(0, n, _CHUNK))
     workers = min(len(bounds), _workers())
@@ -532,8 +616,8 @@ def _backfill(
 
     cols = [idx.carried, pl.DataFrame([pl.Series(et_col, idx.et)])]
     series = []
-    for kind, _, _, name in parts:
-        sr = pl.Series(name, out[name], dtype=pl.Int64 if kind in ("n", "nn") else pl.Float64)
+    for kind, _, _, name in live:
+        sr = pl.Series(name, out[name], dtype=_dtype(kind))
         if name in nulls and nulls[name].any():
             sr = sr.set(pl.Series(nulls[name]), None)
         series.append(sr)

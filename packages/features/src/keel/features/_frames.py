@@ -13,11 +13,12 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from keel.features._definitions import FIELD_TYPES, FeatureView
-from keel.features._errors import InvalidInputError
+from keel.features._errors import InvalidInputError, short_repr, short_text
 
 ET = "__et"
 RT = "__rt"
 ID = "__id"
+SUB_US = "__sub_us"  # rows whose nanosecond event/record time is not a whole microsecond
 
 _ACCEPTS: dict[str, tuple[type[pl.DataType], ...]] = {
     "float": (
@@ -42,7 +43,7 @@ _ACCEPTS: dict[str, tuple[type[pl.DataType], ...]] = {
 def to_us(ts: datetime) -> int:
     """A timezone-aware datetime as integer microseconds since the epoch (naive is rejected)."""
     if not isinstance(ts, datetime):
-        raise InvalidInputError(f"expected a datetime, got {ts!r}")
+        raise InvalidInputError(f"expected a datetime, got {short_repr(ts)}")
     if ts.tzinfo is None or ts.tzinfo.utcoffset(ts) is None:
         raise InvalidInputError(
             f"timestamp {ts.isoformat()} is timezone-naive; pass an aware datetime "
@@ -76,6 +77,28 @@ def time_to_us_expr(frame_schema: pl.Schema, column: str, what: str) -> pl.Expr:
     return pl.col(column).dt.epoch("us")
 
 
+def _sub_us(frame_schema: pl.Schema, columns: list[str]) -> pl.Expr | None:
+    """True where a nanosecond-unit time column holds a value that is not a whole microsecond."""
+    flags = []
+    for c in columns:
+        dtype = frame_schema.get(c)
+        if isinstance(dtype, pl.Datetime) and dtype.time_unit == "ns":
+            flags.append((pl.col(c).dt.epoch("ns") % 1000) != 0)
+    return pl.any_horizontal(flags) if flags else None
+
+
+def collect(view: FeatureView, lf: pl.LazyFrame) -> pl.DataFrame:
+    """Collect a prepared frame; a Polars error (a transform that cannot be evaluated or cast)
+    becomes an InvalidInputError whose message never quotes a whole data value."""
+    try:
+        return lf.collect()
+    except pl.exceptions.PolarsError as exc:
+        raise InvalidInputError(
+            f"view {view.name!r}: the input could not be prepared "
+            f"({type(exc).__name__}: {short_text(str(exc))})"
+        ) from None
+
+
 def value_columns(view: FeatureView) -> list[str]:
     """Columns the view's aggregations read, in a stable order."""
     cols: list[str] = []
@@ -107,6 +130,9 @@ def prepare(view: FeatureView, frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFra
     exprs.append(
         time_to_us_expr(schema, view.event_time, f"view {view.name!r} event-time").alias(ET)
     )
+    sub_us = _sub_us(schema, [c for c in (view.event_time, view.record_time) if c])
+    if sub_us is not None:
+        exprs.append(sub_us.alias(SUB_US))
     if view.record_time is not None:
         exprs.append(
             time_to_us_expr(schema, view.record_time, f"view {view.name!r} record-time").alias(RT)
@@ -129,17 +155,30 @@ def prepare(view: FeatureView, frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFra
         [*view.join_keys, ET]
         + ([RT] if view.record_time else [])
         + ([ID] if view.id_column else [])
+        + ([SUB_US] if sub_us is not None else [])
     )
     return out.select([*needed, *value_columns(view)])
 
 
-def check_nulls(view: FeatureView, df: pl.DataFrame) -> None:
-    """Reject rows with a null join key or event time: they cannot be placed in any window."""
+def check_nulls(view: FeatureView, df: pl.DataFrame) -> pl.DataFrame:
+    """Reject rows with a null join key or event time (they cannot be placed in any window)
+    and nanosecond times that are not whole microseconds (the engines count in microseconds and
+    would otherwise truncate them silently). Returns ``df`` without the check column."""
     for col in (*view.join_keys, ET):
         n = df[col].null_count()
         if n:
             what = "event time" if col == ET else f"join key {col!r}"
             raise InvalidInputError(f"view {view.name!r}: {n} input rows have a null {what}")
+    if SUB_US in df.columns:
+        bad = int(df[SUB_US].sum())
+        if bad:
+            raise InvalidInputError(
+                f"view {view.name!r}: {bad} input rows have a nanosecond event/record time that "
+                "is not a whole microsecond; keel.features counts time in microseconds. Round "
+                "them explicitly first, e.g. pl.col(c).dt.truncate('1us') (or .dt.round('1us'))"
+            )
+        df = df.drop(SUB_US)
+    return df
 
 
 def dedupe(view: FeatureView, lf: pl.LazyFrame) -> pl.LazyFrame:

@@ -43,12 +43,14 @@ import numpy as np
 import polars as pl
 
 from keel.features import _hll
-from keel.features._batch import _partials
+from keel.features._batch import NONFINITE, _partials
 from keel.features._definitions import FeatureView, duration_us
-from keel.features._errors import InvalidInputError
-from keel.features._frames import ET, ID, check_nulls, from_us, prepare, to_us
+from keel.features._errors import InvalidInputError, short_repr, short_text
+from keel.features._frames import ET, ID, check_nulls, collect, from_us, prepare, to_us
+from keel.features._numerics import STD_LIMIT
 
 _MIN = np.iinfo(np.int64).min
+_SNAPSHOT_FORMAT = 2
 _KEY_SEP = "|"
 
 
@@ -111,15 +113,20 @@ class StreamingEngine:
         if view.ttl is not None:
             span = max(span, duration_us(view.ttl))
         self._span_b = -(-span // self._b)
-        self.ring = self._span_b + -(-self._lateness // self._b) + 2
+        self.ring = view.ring_slots
         self._parts, self._lasts = _partials(view)
         types = view.column_types
         self._num_cols = sorted(
             {
                 p.column
                 for p in self._parts
-                if p.column is not None and p.kind not in ("dc", "hz", "hn")
+                if p.column is not None and p.kind not in ("n", "nn", "dc", "hz", "hn")
             }
+        )
+        # Columns only counted (count over any type, mean's count is covered above).
+        self._nn_cols = sorted(
+            {p.column for p in self._parts if p.kind == "nn" and p.column is not None}
+            - set(self._num_cols)
         )
         self._dc_cols = sorted(
             {p.column for p in self._parts if p.kind == "dc" and p.column is not None}
@@ -138,7 +145,9 @@ class StreamingEngine:
         self._cap = 0
         self._ent_max = np.empty(0, np.int64)
         self._arrays: dict[str, np.ndarray] = {}
-        self._grow(max(1, initial_capacity))
+        # The first allocation stays small whatever the per-entity footprint (<= 64 MiB).
+        per_entity = max(1, self.ring * view.state_bytes_per_slot)
+        self._grow(max(1, min(initial_capacity, (64 << 20) // per_entity)))
 
     # -- state arrays -------------------------------------------------------------
     def _specs(self) -> dict[str, tuple[Any, Any]]:
@@ -150,10 +159,20 @@ class StreamingEngine:
         }
         for c in self._num_cols:
             s[f"nn:{c}"] = (np.int64, 0)
-            s[f"sum:{c}"] = (np.float64, 0.0)
-            s[f"sumsq:{c}"] = (np.float64, 0.0)
-            s[f"min:{c}"] = (np.float64, np.inf)
+            # Per entity, a reference value (its first finite value, fixed for good): slots
+            # hold the sum of the finite values' differences from it, so bucket means stay
+            # small and merges keep full precision whatever the offset (1e9 + N(0, 1)).
+            s[f"ref:{c}"] = (np.float64, np.nan)
+            s[f"sum:{c}"] = (np.float64, 0.0)  # finite values
+            s[f"dsum:{c}"] = (np.float64, 0.0)  # finite values minus ref (for M2 merges)
+            s[f"m2:{c}"] = (np.float64, 0.0)  # squared deviations of the finite values
+            if self._types[c] == "float":
+                for kind in NONFINITE:
+                    s[f"{kind}:{c}"] = (np.int64, 0)
+            s[f"min:{c}"] = (np.float64, np.inf)  # non-NaN values only
             s[f"max:{c}"] = (np.float64, -np.inf)
+        for c in self._nn_cols:
+            s[f"nn:{c}"] = (np.int64, 0)
         for c in self._lasts:
             s[f"last_t:{c}"] = (np.int64, _MIN)
             s[f"last_v:{c}"] = (object, None) if c in self._last_obj else (np.float64, np.nan)
@@ -164,18 +183,23 @@ class StreamingEngine:
         return s
 
     def _shape(self, name: str, cap: int) -> tuple[int, ...]:
+        if name.startswith("ref:"):
+            return (cap,)
         return (cap, self.ring, _hll.M) if name.startswith("hll:") else (cap, self.ring)
 
     def _grow(self, need: int) -> None:
         if need <= self._cap:
             return
         cap = max(need, self._cap * 2)
+        grown: dict[str, np.ndarray] = {}  # all or nothing: a failed allocation changes nothing
         for name, (dtype, ident) in self._specs().items():
             arr = np.full(self._shape(name, cap), ident, dtype=dtype)
             if name in self._arrays:
                 arr[: self._cap] = self._arrays[name]
-            self._arrays[name] = arr
-        self._ent_max = np.concatenate([self._ent_max, np.full(cap - self._cap, _MIN, np.int64)])
+            grown[name] = arr
+        ent_max = np.concatenate([self._ent_max, np.full(cap - self._cap, _MIN, np.int64)])
+        self._arrays.update(grown)
+        self._ent_max = ent_max
         self._cap = cap
 
     @property
@@ -200,9 +224,14 @@ class StreamingEngine:
 
     # -- ingest --------------------------------------------------------------------
     def ingest(self, frame: pl.DataFrame) -> IngestReport:
-        """Apply a micro-batch given in the view's input shape, rows in arrival order."""
-        df = prepare(self.view, frame).collect()
-        check_nulls(self.view, df)
+        """Apply a micro-batch given in the view's input shape, rows in arrival order.
+
+        Any width of event time is fine. All-or-nothing: everything that can fail (input
+        validation, conversion, allocation) happens before the first change of state, so an
+        error leaves the engine exactly as it was.
+        """
+        df = collect(self.view, prepare(self.view, frame))
+        df = check_nulls(self.view, df)
         report = IngestReport()
         n = df.height
         if n == 0:
@@ -239,22 +268,27 @@ class StreamingEngine:
                         from_us(int(et[i])),
                     )
                 )
+        sel = np.flatnonzero(ok)
+        sub_keys = [keys[i] for i in sel]
+        # Room for new entities first: the only step that may fail (memory) changes nothing.
+        new_keys = list(dict.fromkeys(k for k in sub_keys if k not in self._index))
+        self._grow(len(self._keys) + len(new_keys))
+        # -- commit: from here on only in-memory updates of validated data --------------
+        for reason, mask in (("future", future), ("late", late)):
             self.counters[reason] += int(mask.sum())
         self.counters["duplicates"] += report.duplicates
         if ids is not None:  # late events count as handled too: a redelivery is a duplicate
             for i in np.flatnonzero(ok | late):
                 self._seen[ids[i]] = int(et[i])
-        if not ok.any():
+        if not len(sel):
             return report
         self._max_et = max(self._max_et, int(cm[-1]))
-        sel = np.flatnonzero(ok)
         if ids is not None:
             self._prune_seen()
-        sub = df[sel]
-        self._apply(sub, [keys[i] for i in sel], et[sel])
+        self._apply(df[sel], sub_keys, et[sel])
         report.applied = len(sel)
         self.counters["applied"] += len(sel)
-        report.updated = list(dict.fromkeys(keys[i] for i in sel))
+        report.updated = list(dict.fromkeys(sub_keys))
         return report
 
     def _key_strings(self, df: pl.DataFrame) -> list[str]:
@@ -300,7 +334,7 @@ class StreamingEngine:
         if reset.any():
             rr, ss = rows[reset], slots[reset]
             for name, (_, ident) in self._specs().items():
-                if name != "bucket":
+                if name != "bucket" and not name.startswith("ref:"):
                     A[name][rr, ss] = ident
         keep = j == new
         if not keep.all():  # superseded by a newer bucket in the same slot: outside every window
@@ -309,14 +343,10 @@ class StreamingEngine:
         np.maximum.at(A["any_t"], (rows, slots), et)
         np.maximum.at(self._ent_max, rows, et)
         for c in self._num_cols:
-            v = df[c].cast(pl.Float64).to_numpy()
+            self._apply_numeric(c, df[c], rows, slots)
+        for c in self._nn_cols:
             nn = df[c].is_not_null().to_numpy()
-            r, s, x = rows[nn], slots[nn], v[nn]
-            np.add.at(A[f"nn:{c}"], (r, s), 1)
-            np.add.at(A[f"sum:{c}"], (r, s), x)
-            np.add.at(A[f"sumsq:{c}"], (r, s), x * x)
-            np.minimum.at(A[f"min:{c}"], (r, s), x)
-            np.maximum.at(A[f"max:{c}"], (r, s), x)
+            np.add.at(A[f"nn:{c}"], (rows[nn], slots[nn]), 1)
         for c in self._lasts:
             self._apply_last(c, df[c], rows, slots, et)
         for c in self._hll_cols:
@@ -336,6 +366,60 @@ class StreamingEngine:
                     sets[r, s] = {x}
                 else:
                     cur.add(x)
+
+    def _apply_numeric(self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray) -> None:
+        """Add a column's values to their bucket slots: counts, finite sum, M2 (Chan et al.
+        merge of the slot's (count, sum, M2) with the batch's per-slot two-pass moments)."""
+        A = self._arrays
+        v = col.cast(pl.Float64).to_numpy()
+        nn = col.is_not_null().to_numpy()
+        r, s, x = rows[nn], slots[nn], v[nn]
+        np.add.at(A[f"nn:{c}"], (r, s), 1)
+        fin = np.isfinite(x)
+        if not fin.all():
+            for kind, flag in (("nan", np.isnan(x)), ("pinf", x == np.inf), ("ninf", x == -np.inf)):
+                if flag.any():
+                    np.add.at(A[f"{kind}:{c}"], (r[flag], s[flag]), 1)
+            keep = ~np.isnan(x)
+            np.minimum.at(A[f"min:{c}"], (r[keep], s[keep]), x[keep])
+            np.maximum.at(A[f"max:{c}"], (r[keep], s[keep]), x[keep])
+            r, s, x = r[fin], s[fin], x[fin]
+        else:
+            np.minimum.at(A[f"min:{c}"], (r, s), x)
+            np.maximum.at(A[f"max:{c}"], (r, s), x)
+        if len(x) == 0:
+            return
+        ref_all = A[f"ref:{c}"]
+        unset = np.isnan(ref_all[r])
+        if unset.any():  # an entity's first finite value becomes its reference (0 if huge)
+            ents, first = np.unique(r[unset], return_index=True)
+            ref = x[unset][first]
+            ref_all[ents] = np.where(np.abs(ref) <= STD_LIMIT, ref, 0.0)
+        flat = r * self.ring + s
+        cells, inv = np.unique(flat, return_inverse=True)
+        raw = np.bincount(inv, weights=x)
+        x = x - ref_all[r]
+        nb = np.bincount(inv).astype(np.float64)
+        sb = np.bincount(inv, weights=x)
+        dev = x - (sb / nb)[inv]
+        m2b = np.bincount(inv, weights=dev * dev)
+        cr, cs = cells // self.ring, cells % self.ring
+        na = self._finite_count(c, cr, cs).astype(np.float64) - nb  # before this batch
+        sa, m2a = A[f"dsum:{c}"][cr, cs], A[f"m2:{c}"][cr, cs]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            delta = sb / nb - sa / na
+            cross = np.where(na > 0, delta * delta * na * nb / (na + nb), 0.0)
+        A[f"sum:{c}"][cr, cs] += raw
+        A[f"dsum:{c}"][cr, cs] = sa + sb
+        A[f"m2:{c}"][cr, cs] = m2a + m2b + cross
+
+    def _finite_count(self, c: str, r: Any, s: Any) -> np.ndarray:
+        """Finite non-null values per cell (non-null minus NaN/inf counts)."""
+        A = self._arrays
+        out: np.ndarray = A[f"nn:{c}"][r, s]
+        if self._types[c] == "float":
+            out = out - sum(A[f"{k}:{c}"][r, s] for k in NONFINITE)
+        return out
 
     def _apply_last(
         self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray, et: np.ndarray
@@ -388,18 +472,26 @@ class StreamingEngine:
         """Values for ``keys`` at the end of the bucket holding each entity's latest event.
 
         Returns the values and each entity's latest event time (the online store's write
-        condition and freshness reference).
+        condition and freshness reference). Works for any batch width: an entity's own ring
+        always holds every bucket of the window ending at its latest event (slots are only
+        ever overwritten by that entity's newer buckets), so no retention check applies.
+        Raises InvalidInputError, before reading anything, for a key the engine never saw.
         """
+        unknown = [k for k in keys if k not in self._index]
+        if unknown:
+            raise InvalidInputError(
+                f"current(): {len(unknown)} entities were never ingested, e.g. {short_repr(unknown[0])}"
+            )
         rows = np.asarray([self._index[k] for k in keys], dtype=np.int64)
         last = self._ent_max[rows]
         m = (last - 1) // self._b + 1
-        return self._read(list(keys), m), [from_us(int(x)) for x in last]
+        return self._read(list(keys), m, check_retention=False), [from_us(int(x)) for x in last]
 
-    def _read(self, keys: list[str], m: np.ndarray) -> pl.DataFrame:
+    def _read(self, keys: list[str], m: np.ndarray, check_retention: bool = True) -> pl.DataFrame:
         A = self._arrays
         known = np.asarray([k in self._index for k in keys], dtype=bool)
         rows = np.asarray([self._index.get(k, 0) for k in keys], dtype=np.int64)
-        if self._max_et != _MIN:
+        if check_retention and self._max_et != _MIN:
             oldest_intact = (self._max_et - 1) // self._b - self.ring + 1
             too_old = known & (m - self._span_b < oldest_intact)
             if too_old.any():
@@ -436,33 +528,20 @@ class StreamingEngine:
             if fn == "count":
                 arr = masked_sum("n" if c is None else f"nn:{c}", mask)
                 vals = arr.astype(np.int64).tolist()
-            elif fn == "sum":
-                vals = masked_sum(f"sum:{c}", mask).tolist()
-            elif fn == "mean":
-                s = masked_sum(f"sum:{c}", mask)
+            elif fn in ("sum", "mean", "std"):
+                assert c is not None
+                vals = self._moments(fn, c, rows, mask, masked_sum)
+            elif fn in ("min", "max"):
+                assert c is not None
+                ident = np.inf if fn == "min" else -np.inf
+                red = np.where(mask, A[f"{fn}:{c}"][rows], ident)
+                ext = red.min(axis=1) if fn == "min" else red.max(axis=1)
                 nn = masked_sum(f"nn:{c}", mask)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = s / nn
+                nan = masked_sum(f"nan:{c}", mask) if f"nan:{c}" in A else np.zeros_like(nn)
                 vals = [
-                    None if k == 0 else float(x)
-                    for x, k in zip(mean.tolist(), nn.tolist(), strict=True)
+                    None if k == 0 else (math.nan if bad else float(x))
+                    for x, k, bad in zip(ext.tolist(), nn.tolist(), nan.tolist(), strict=True)
                 ]
-            elif fn == "std":
-                s = masked_sum(f"sum:{c}", mask)
-                ss = masked_sum(f"sumsq:{c}", mask)
-                nn = masked_sum(f"nn:{c}", mask).astype(np.float64)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    var = (ss - s * s / nn) / (nn - 1)
-                vals = [
-                    None if k < 2 else math.sqrt(max(0.0, x))
-                    for x, k in zip(var.tolist(), nn.tolist(), strict=True)
-                ]
-            elif fn == "min":
-                mn = np.where(mask, A[f"min:{c}"][rows], np.inf).min(axis=1)
-                vals = [None if x == np.inf else float(x) for x in mn.tolist()]
-            elif fn == "max":
-                mx = np.where(mask, A[f"max:{c}"][rows], -np.inf).max(axis=1)
-                vals = [None if x == -np.inf else float(x) for x in mx.tolist()]
             elif fn == "distinct_count":
                 sets = A[f"dc:{c}"][rows]
                 vals = []
@@ -508,6 +587,59 @@ class StreamingEngine:
                 schema[agg.name] = pl.Float64()
         return pl.DataFrame({"entity": keys, **cols}, schema=schema)
 
+    def _moments(
+        self,
+        fn: str,
+        c: str,
+        rows: np.ndarray,
+        mask: np.ndarray,
+        masked_sum: Callable[[str, np.ndarray], np.ndarray],
+    ) -> list[Any]:
+        """sum / mean / std over the window's slots, with the engines' NaN / inf rules."""
+        A = self._arrays
+        nn = masked_sum(f"nn:{c}", mask)
+        zeros = np.zeros_like(nn)
+        nan, pinf, ninf = (
+            masked_sum(f"{k}:{c}", mask) if f"{k}:{c}" in A else zeros for k in NONFINITE
+        )
+        nf_slot = np.where(mask, self._finite_count(c, rows, slice(None)), 0)
+        nf = nf_slot.sum(axis=1).astype(np.float64)
+        total = masked_sum(f"sum:{c}", mask)
+        if fn == "std":
+            total_d = masked_sum(f"dsum:{c}", mask)
+            s_slot = np.where(mask, A[f"dsum:{c}"][rows], 0.0)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                mean = total_d / nf
+                dev = np.where(nf_slot > 0, s_slot / nf_slot - mean[:, None], 0.0)
+                m2 = masked_sum(f"m2:{c}", mask) + (nf_slot * dev * dev).sum(axis=1)
+                var = m2 / (nn - 1)
+            return [
+                None if k < 2 else (math.nan if a or b or d else math.sqrt(max(0.0, v)))
+                for v, k, a, b, d in zip(
+                    var.tolist(),
+                    nn.tolist(),
+                    nan.tolist(),
+                    pinf.tolist(),
+                    ninf.tolist(),
+                    strict=True,
+                )
+            ]
+        out: list[Any] = []
+        for t, k, a, b, d in zip(
+            total.tolist(), nn.tolist(), nan.tolist(), pinf.tolist(), ninf.tolist(), strict=True
+        ):
+            if fn == "mean" and k == 0:
+                out.append(None)
+                continue
+            if a or (b and d):
+                v = math.nan
+            elif b or d:
+                v = math.inf if b else -math.inf
+            else:
+                v = t / k if fn == "mean" else t
+            out.append(v)
+        return out
+
     def _cast_last(self, c: str, x: Any) -> Any:
         typ = self._types[c]
         if typ == "int":
@@ -540,7 +672,7 @@ class StreamingEngine:
                 np.save(buf, np.ascontiguousarray(part), allow_pickle=False)
                 arrays[name] = buf.getvalue()
         blob = {
-            "format": 1,
+            "format": _SNAPSHOT_FORMAT,
             "view": self.view.name,
             "version": self.view.version,
             "keys": self._keys,
@@ -562,6 +694,12 @@ class StreamingEngine:
             blob = msgspec.msgpack.decode(data)
         except msgspec.DecodeError as exc:
             raise InvalidInputError(f"state snapshot is not readable: {exc}") from exc
+        if blob.get("format") != _SNAPSHOT_FORMAT:
+            raise InvalidInputError(
+                f"state snapshot has format {short_repr(blob.get('format'))}, this engine reads "
+                f"format {_SNAPSHOT_FORMAT} (variance state changed to count/sum/M2); rebuild "
+                "the state (backfill) instead"
+            )
         if blob.get("version") != view.version:
             raise InvalidInputError(
                 f"state snapshot was taken for view {blob.get('view')!r} version {blob.get('version')}, "
@@ -652,7 +790,11 @@ def events_to_frame(
         except Exception as exc:  # translate anything the payload throws into a dead letter
             dead.append(
                 DeadLetter(
-                    "invalid", str(exc), ev.id, ev.key, et if getattr(et, "tzinfo", None) else None
+                    "invalid",
+                    short_text(str(exc)),
+                    ev.id,
+                    ev.key,
+                    et if getattr(et, "tzinfo", None) else None,
                 )
             )
             continue
