@@ -58,7 +58,9 @@ def test_worker_binary_consumes_serves_metrics_and_stops_on_sigterm(tmp_path: Pa
     }
     env.pop("KEEL_NATS_URL", None)
     env.pop("KEEL_REDIS_URL", None)
-    now = datetime.now(UTC).replace(microsecond=0)
+    # all five events inside one streaming bucket (1 h here): online values are exact at the
+    # end of the bucket holding an entity's latest event, so the test must not straddle an hour
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(minutes=30)
     home.mkdir()
     bus = open_bus(f"sqlite:///{home}/events.db")
     bus.publish_batch(
