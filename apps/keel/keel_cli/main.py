@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from keel_cli import cmd_drift, cmd_events, cmd_features
+from keel_cli import cmd_drift, cmd_events, cmd_features, cmd_registry
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
 
@@ -26,6 +26,7 @@ app = typer.Typer(
 app.add_typer(cmd_events.app, name="events")
 app.add_typer(cmd_features.app, name="features")
 app.add_typer(cmd_drift.app, name="drift")
+app.add_typer(cmd_registry.app, name="registry")
 
 console = Console()
 err_console = Console(stderr=True)

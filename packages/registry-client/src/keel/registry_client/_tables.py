@@ -73,6 +73,8 @@ class SqliteTables:
         try:
             self._conn = sqlite3.connect(db, timeout=60, isolation_level=None)
             with self.lock(""):
+                # WAL: readers (MLflow's and ours) never wait for the one writer.
+                self._conn.execute("PRAGMA journal_mode=WAL")
                 for stmt in _SCHEMA:
                     self._conn.execute(stmt)
         except sqlite3.Error as e:
