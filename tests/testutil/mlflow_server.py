@@ -96,11 +96,16 @@ class MlflowServer:
                 [
                     *server_command(),
                     "server",
-                    "--backend-store-uri", store,
-                    "--artifacts-destination", artifacts.as_uri(),
-                    "--host", "127.0.0.1",
-                    "--port", str(self.port),
-                    "--workers", "2",
+                    "--backend-store-uri",
+                    store,
+                    "--artifacts-destination",
+                    artifacts.as_uri(),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "2",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -111,10 +116,12 @@ class MlflowServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited ({self.proc.returncode}): {self.tail()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(self.url + "/health", timeout=2) as r,
+            ):
+                if r.status == 200:
+                    return
             time.sleep(0.5)
         self.stop()
         raise RuntimeError(f"mlflow server did not answer within {timeout_s}s: {self.tail()}")
@@ -130,6 +137,9 @@ class MlflowServer:
         self.proc = None
         import psycopg
 
-        with contextlib.suppress(psycopg.Error), psycopg.connect(_admin_dsn(), autocommit=True) as conn:
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(_admin_dsn(), autocommit=True) as conn,
+        ):
             conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
         shutil.rmtree(self.workdir / "artifacts", ignore_errors=True)

@@ -21,23 +21,37 @@ from rich.table import Table
 if TYPE_CHECKING:
     from keel.registry_client import AuditEntry, Registry
 
-app = typer.Typer(help="Model registry: versions, aliases (promote / rollback), audit log.", no_args_is_help=True)
+app = typer.Typer(
+    help="Model registry: versions, aliases (promote / rollback), audit log.", no_args_is_help=True
+)
 console = Console()
 
-HomeOpt = typer.Option(None, "--home", help="KEEL_HOME of the embedded registry (default: $KEEL_HOME or ./.keel)")
+HomeOpt = typer.Option(
+    None, "--home", help="KEEL_HOME of the embedded registry (default: $KEEL_HOME or ./.keel)"
+)
 TrackingOpt = typer.Option(
-    None, "--tracking-uri", envvar="KEEL_REGISTRY_TRACKING_URI", help="an `mlflow server` URL (http://...)"
+    None,
+    "--tracking-uri",
+    envvar="KEEL_REGISTRY_TRACKING_URI",
+    help="an `mlflow server` URL (http://...)",
 )
 DbOpt = typer.Option(
-    None, "--db-url", envvar="KEEL_REGISTRY_DB_URL", help="the server's PostgreSQL URL (with --tracking-uri)"
+    None,
+    "--db-url",
+    envvar="KEEL_REGISTRY_DB_URL",
+    help="the server's PostgreSQL URL (with --tracking-uri)",
 )
 WhoOpt = typer.Option(..., "--who", help="who decided (identity string)")
 WhyOpt = typer.Option(..., "--why", help="why the alias moves")
-EvidenceOpt = typer.Option(..., "--evidence", help="digest of the evidence: gate results, approvals")
+EvidenceOpt = typer.Option(
+    ..., "--evidence", help="digest of the evidence: gate results, approvals"
+)
 
 
 @contextmanager
-def _registry(home: Path | None, tracking_uri: str | None, db_url: str | None) -> Iterator[Registry]:
+def _registry(
+    home: Path | None, tracking_uri: str | None, db_url: str | None
+) -> Iterator[Registry]:
     from keel.registry_client import open_registry
 
     if tracking_uri:
@@ -57,7 +71,9 @@ def _entry_json(e: AuditEntry) -> str:
 
 
 @app.command("list")
-def list_models(home: Path | None = HomeOpt, tracking_uri: str | None = TrackingOpt, db_url: str | None = DbOpt) -> None:
+def list_models(
+    home: Path | None = HomeOpt, tracking_uri: str | None = TrackingOpt, db_url: str | None = DbOpt
+) -> None:
     """Registered models with their aliases and latest version."""
     with _registry(home, tracking_uri, db_url) as reg:
         table = Table(title="models")
@@ -73,7 +89,9 @@ def list_models(home: Path | None = HomeOpt, tracking_uri: str | None = Tracking
 def show(
     name: str,
     version: int | None = typer.Option(None, "--version", "-v", help="one version, as JSON"),
-    alias: str | None = typer.Option(None, "--alias", "-a", help="the version an alias points at, as JSON"),
+    alias: str | None = typer.Option(
+        None, "--alias", "-a", help="the version an alias points at, as JSON"
+    ),
     home: Path | None = HomeOpt,
     tracking_uri: str | None = TrackingOpt,
     db_url: str | None = DbOpt,
@@ -152,7 +170,9 @@ def rollback(
 @app.command()
 def audit(
     name: str | None = typer.Argument(None, help="one model (default: all)"),
-    verify: bool = typer.Option(False, "--verify", help="check the hash chains; exit 1 on any problem"),
+    verify: bool = typer.Option(
+        False, "--verify", help="check the hash chains; exit 1 on any problem"
+    ),
     home: Path | None = HomeOpt,
     tracking_uri: str | None = TrackingOpt,
     db_url: str | None = DbOpt,

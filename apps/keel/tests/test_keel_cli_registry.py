@@ -59,7 +59,11 @@ def test_promote_show_rollback_audit_verify(home: Path) -> None:
     table = _run(home, "show", "fraud")
     assert "champion" in table and "fp2" in table
     lines = [json.loads(x) for x in _run(home, "audit", "fraud").splitlines()]
-    assert [(e["action"], e["to_version"]) for e in lines] == [("promote", 1), ("promote", 3), ("rollback", 1)]
+    assert [(e["action"], e["to_version"]) for e in lines] == [
+        ("promote", 1),
+        ("promote", 3),
+        ("rollback", 1),
+    ]
     assert lines[0]["decision"]["who"] == "alice@bank"
     assert "audit log ok: 3 entries" in _run(home, "audit", "--verify")
 
@@ -71,6 +75,8 @@ def test_promote_show_rollback_audit_verify(home: Path) -> None:
 
 
 def test_a_move_without_a_decision_record_is_refused(home: Path) -> None:
-    result = runner.invoke(app, ["registry", "promote", "fraud", "shadow", "2", "--home", str(home)])
+    result = runner.invoke(
+        app, ["registry", "promote", "fraud", "shadow", "2", "--home", str(home)]
+    )
     assert result.exit_code == 2  # --who/--why/--evidence are required
     assert "--who" in result.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import pickle
 
 import pytest
 from hypothesis import given
@@ -67,7 +66,9 @@ def test_the_hash_is_stable_across_json_round_trips() -> None:
 
 
 @given(st.lists(st.integers(1, 9), min_size=3, max_size=12), st.data())
-def test_any_single_edit_delete_or_swap_is_detected(versions: list[int], data: st.DataObject) -> None:
+def test_any_single_edit_delete_or_swap_is_detected(
+    versions: list[int], data: st.DataObject
+) -> None:
     es = chain([("promote", "champion", v) for v in versions])
     h = head(es)
     i = data.draw(st.integers(0, len(es) - 1))
@@ -124,7 +125,7 @@ def test_decisions_need_who_why_and_evidence() -> None:
             Decision(**{"who": "a", "why": "b", "evidence_digest": "c", **kw})
 
 
-def test_errors_pickle_and_group_by_what_to_do() -> None:
-    e = pickle.loads(pickle.dumps(UnavailableError("db busy")))
+def test_errors_group_by_what_to_do() -> None:
+    e = UnavailableError("db busy")
     assert isinstance(e, RegistryError) and str(e) == "db busy"
     assert issubclass(InvalidInputError, ValueError) and issubclass(NotFoundError, LookupError)

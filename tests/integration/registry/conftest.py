@@ -18,12 +18,15 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
+from integration.registry.registry_support import (  # noqa: E402
+    ArtifactFactory,
+    Backend,
+    build_artifact,
+)
 from testutil.isolation import unique_name  # noqa: E402
 from testutil.mlflow_server import MlflowServer  # noqa: E402
 
-from integration.registry.registry_support import ArtifactFactory, Backend, build_artifact  # noqa: E402
-
-from keel.registry_client import Registry, RegistrableArtifact, open_registry  # noqa: E402
+from keel.registry_client import RegistrableArtifact, Registry, open_registry  # noqa: E402
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -74,7 +77,8 @@ def model_name() -> str:
 @pytest.fixture
 def make_artifact(tmp_path: Path, model_name: str) -> ArtifactFactory:
     def make(i: int, **overrides: Any) -> RegistrableArtifact:
-        return build_artifact(tmp_path / "artifacts", overrides.pop("name", model_name), i, **overrides)
+        return build_artifact(
+            tmp_path / "artifacts", overrides.pop("name", model_name), i, **overrides
+        )
 
     return make
-

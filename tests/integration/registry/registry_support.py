@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keel.registry_client import Registry, RegistrableArtifact, open_registry
+from keel.registry_client import RegistrableArtifact, Registry, open_registry
 
 ArtifactFactory = Callable[..., RegistrableArtifact]
-
-
 
 
 def build_artifact(root: Path, name: str, i: int, **overrides: Any) -> RegistrableArtifact:
@@ -50,7 +48,9 @@ class Backend:
         if self.kind == "sqlite":
             reg = open_registry(self.spec["home"], **kwargs)
         else:
-            reg = open_registry(tracking_uri=self.spec["tracking_uri"], db_url=self.spec["db_url"], **kwargs)
+            reg = open_registry(
+                tracking_uri=self.spec["tracking_uri"], db_url=self.spec["db_url"], **kwargs
+            )
         self.opened.append(reg)
         return reg
 
@@ -59,6 +59,7 @@ class Backend:
         if self.kind == "sqlite":
             return f"sqlite:///{Path(self.spec['home']).resolve() / 'mlflow.db'}"
         return str(self.spec["tracking_uri"])
+
 
 def tamper(backend: Backend, sql: str, args: tuple[Any, ...] = ()) -> None:
     """Run SQL directly against Keel's tables, bypassing the registry (for tamper tests).

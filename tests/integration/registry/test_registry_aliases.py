@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from integration.registry.registry_support import ArtifactFactory, Backend
+
 from keel.registry_client import (
     AliasMoved,
     ConflictError,
@@ -14,7 +14,9 @@ from keel.registry_client import (
     Registry,
 )
 
-DECIDED = Decision(who="alice@bank", why="AUC +0.02 over champion", evidence_digest="sha256:" + "e" * 64)
+DECIDED = Decision(
+    who="alice@bank", why="AUC +0.02 over champion", evidence_digest="sha256:" + "e" * 64
+)
 
 
 def _versions(registry: Registry, make_artifact: ArtifactFactory, n: int) -> str:
@@ -61,7 +63,9 @@ def test_promote_rollback_and_get_by_alias(
     assert [e.hash for e in registry.audit(name)] == [m.audit_hash for m in moved]
 
 
-def test_every_move_needs_a_decision_record(registry: Registry, make_artifact: ArtifactFactory) -> None:
+def test_every_move_needs_a_decision_record(
+    registry: Registry, make_artifact: ArtifactFactory
+) -> None:
     name = _versions(registry, make_artifact, 1)
     with pytest.raises(InvalidInputError, match="who"):
         Decision(who=" ", why="x", evidence_digest="d")

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from integration.registry.registry_support import Backend, build_artifact
+
 from keel.registry_client import Registry
 
 pytestmark = pytest.mark.slow
@@ -26,13 +26,25 @@ PROCESSES = 16
 PER_PROCESS = int(os.environ.get("KEEL_REGISTRY_PER_PROCESS", "50"))
 
 
-def _run(backend: Backend, model: str, root: Path, ranges: list[tuple[int, int]], tmp: Path) -> list[dict]:
+def _run(
+    backend: Backend, model: str, root: Path, ranges: list[tuple[int, int]], tmp: Path
+) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     go = tmp / "go"
     outs = [tmp / f"out{k}.json" for k in range(len(ranges))]
     procs = [
         subprocess.Popen(
-            [sys.executable, WORKER, json.dumps(backend.spec), model, str(root), str(lo), str(hi), str(go), str(out)],
+            [
+                sys.executable,
+                WORKER,
+                json.dumps(backend.spec),
+                model,
+                str(root),
+                str(lo),
+                str(hi),
+                str(go),
+                str(out),
+            ],
             env=env,
         )
         for (lo, hi), out in zip(ranges, outs, strict=True)
@@ -63,7 +75,9 @@ def test_distinct_artifacts_get_distinct_gap_free_versions(
     elapsed = time.monotonic() - started
     total = PROCESSES * PER_PROCESS
     versions = [v for r in results for v in r.values()]
-    print(f"\nregistry[{backend.kind}]: {total} registrations by {PROCESSES} processes in {elapsed:.1f}s")
+    print(
+        f"\nregistry[{backend.kind}]: {total} registrations by {PROCESSES} processes in {elapsed:.1f}s"
+    )
     assert sorted(versions) == list(range(1, total + 1))
     mlflow_versions = registry.versions(model_name)
     assert [v.version for v in mlflow_versions] == list(range(1, total + 1))

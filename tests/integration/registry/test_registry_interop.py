@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import mlflow
-
 from integration.registry.registry_support import ArtifactFactory, Backend
+
 from keel.registry_client import Decision, Registry
 
 
@@ -16,7 +16,9 @@ def test_plain_mlflow_client_reads_keel_models(
     name = make_artifact(0).name
     registry.promote(name, "champion", 2, Decision("carol", "ship it", "sha256:x"))
 
-    client = mlflow.MlflowClient(tracking_uri=backend.tracking_uri, registry_uri=backend.tracking_uri)
+    client = mlflow.MlflowClient(
+        tracking_uri=backend.tracking_uri, registry_uri=backend.tracking_uri
+    )
     rm = client.get_registered_model(name)
     assert {a: str(v) for a, v in rm.aliases.items()} == {"champion": "2"}
     assert rm.tags["keel.audit_head"].startswith("1:")
@@ -26,6 +28,7 @@ def test_plain_mlflow_client_reads_keel_models(
     assert champion.tags["keel.parent_version"] == "1"
     versions = client.search_model_versions(f"name = '{name}'")
     assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert champion.run_id
     run = client.get_run(champion.run_id)
     assert sorted(f.path for f in client.list_artifacts(run.info.run_id, "keel")) == [
         "keel/manifest.json",

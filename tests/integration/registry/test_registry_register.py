@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from integration.registry.registry_support import ArtifactFactory, Backend
+
 from keel.registry_client import (
     TAG_DIGEST,
     InvalidInputError,
@@ -38,7 +38,9 @@ def test_register_attaches_archive_manifest_and_lineage_tags(
     assert (got / "manifest.json").read_bytes() == a.manifest.read_bytes()
 
 
-def test_retry_returns_the_existing_version(registry: Registry, make_artifact: ArtifactFactory) -> None:
+def test_retry_returns_the_existing_version(
+    registry: Registry, make_artifact: ArtifactFactory
+) -> None:
     first = [registry.register(make_artifact(i)).version for i in range(3)]
     again = [registry.register(make_artifact(i)).version for i in (2, 0, 1)]
     assert first == [1, 2, 3]
@@ -52,7 +54,9 @@ def test_a_version_created_but_not_claimed_is_found_by_its_digest_tag(
     # What a crash between MLflow's create_model_version and Keel's claim leaves behind.
     a = make_artifact(1)
     registry.register(make_artifact(0))
-    registry.mlflow_client.create_model_version(a.name, "s3://keel-test/crashed-upload", tags={TAG_DIGEST: a.digest})
+    registry.mlflow_client.create_model_version(
+        a.name, "s3://keel-test/crashed-upload", tags={TAG_DIGEST: a.digest}
+    )
     assert registry.register(a).version == 2
     assert registry.register(a).version == 2
     assert len(registry.versions(a.name)) == 2

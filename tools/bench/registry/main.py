@@ -76,7 +76,10 @@ def bench_backend(reg: Registry, n: int, lookups: int, tmp: Path) -> dict[str, f
                 client.log_artifact(run.info.run_id, str(plain[i].manifest), "keel")
                 client.set_terminated(run.info.run_id)
                 client.create_model_version(
-                    "bench-plain", run.info.artifact_uri + "/keel", run_id=run.info.run_id, tags={"d": plain[i].digest}
+                    "bench-plain",
+                    run.info.artifact_uri + "/keel",
+                    run_id=run.info.run_id,
+                    tags={"d": plain[i].digest},
                 )
                 t_upload.append(time.perf_counter() - t0)
             else:
@@ -108,7 +111,9 @@ def bench_backend(reg: Registry, n: int, lookups: int, tmp: Path) -> dict[str, f
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smoke size (20 registrations)")
     ap.add_argument("--n", type=int, default=None, help="registrations per side (default 200)")
     ap.add_argument("--no-server", action="store_true", help="embedded SQLite only")
@@ -151,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
             ratios[f"{kind}_keel_vs_plain_upload_time"] = round(r_up, 3)
             ratios[f"{kind}_keel_vs_plain_create_model_version_time"] = round(r_cmv, 3)
             goals[f"{kind}_keel_vs_plain_upload_le_1_5x"] = r_up <= 1.5
-    print(json.dumps({"bench": "registry", "figures": figures, "ratios": ratios, "goals_met": goals}))
+    print(
+        json.dumps({"bench": "registry", "figures": figures, "ratios": ratios, "goals_met": goals})
+    )
 
 
 if __name__ == "__main__":

@@ -82,11 +82,15 @@ def check_fields(a: Registrable) -> None:
             f"model name {a.name!r}: use 1-128 letters, digits, '_', '.', '-' (starting with a letter or digit)"
         )
     if not isinstance(a.digest, str) or not _DIGEST.match(a.digest):
-        raise InvalidInputError(f"digest {a.digest!r}: expected 64 lowercase hex characters (sha256)")
+        raise InvalidInputError(
+            f"digest {a.digest!r}: expected 64 lowercase hex characters (sha256)"
+        )
     for label in ("data_fingerprint", "code_version", "lock_hash"):
         v = getattr(a, label)
         if not isinstance(v, str) or not v or len(v) > 500:
-            raise InvalidInputError(f"{label} {v!r}: expected a non-empty string of at most 500 characters")
+            raise InvalidInputError(
+                f"{label} {v!r}: expected a non-empty string of at most 500 characters"
+            )
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in a.feature_views.items()):
         raise InvalidInputError("feature_views: expected a mapping of view name -> version strings")
     pv = a.parent_version

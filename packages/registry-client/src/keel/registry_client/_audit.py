@@ -28,7 +28,12 @@ STANDARD_ALIASES = ("champion", "challenger", "shadow")
 
 def check_alias(alias: str) -> str:
     """`champion`, `challenger`, `shadow` or a user-defined lowercase name."""
-    if not isinstance(alias, str) or not _ALIAS.match(alias) or alias == "latest" or _VERSION_LIKE.match(alias):
+    if (
+        not isinstance(alias, str)
+        or not _ALIAS.match(alias)
+        or alias == "latest"
+        or _VERSION_LIKE.match(alias)
+    ):
         raise InvalidInputError(
             f"alias {alias!r}: use a lowercase name (letters, digits, '_', '-'; not 'latest' or 'v<N>'), "
             f"e.g. one of {', '.join(STANDARD_ALIASES)}"
@@ -51,7 +56,9 @@ class Decision:
             if not isinstance(v, str) or not v.strip():
                 raise InvalidInputError(f"decision.{label}: required (a non-empty string)")
         if len(self.who) > 200 or len(self.why) > 4000 or len(self.evidence_digest) > 200:
-            raise InvalidInputError("decision: who <= 200, why <= 4000, evidence_digest <= 200 characters")
+            raise InvalidInputError(
+                "decision: who <= 200, why <= 4000, evidence_digest <= 200 characters"
+            )
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,9 @@ def next_entry(
         raise InvalidInputError(f"action {action!r}: expected one of {ACTIONS}")
     seq = 1 if prev is None else prev.seq + 1
     prev_hash = GENESIS if prev is None else prev.hash
-    draft = AuditEntry(model, seq, time, action, alias, from_version, to_version, decision, prev_hash, "")
+    draft = AuditEntry(
+        model, seq, time, action, alias, from_version, to_version, decision, prev_hash, ""
+    )
     return AuditEntry(**{**draft.__dict__, "hash": entry_hash(draft.body())})
 
 
@@ -128,11 +137,17 @@ def verify_chain(
         if e.model != model:
             problems.append(AuditProblem(model, e.seq, f"entry belongs to model {e.model!r}"))
         if e.seq != i:
-            problems.append(AuditProblem(model, e.seq, f"expected seq {i}: an entry was deleted or reordered"))
+            problems.append(
+                AuditProblem(model, e.seq, f"expected seq {i}: an entry was deleted or reordered")
+            )
         if e.prev_hash != prev_hash:
-            problems.append(AuditProblem(model, e.seq, "prev_hash does not link to the previous entry"))
+            problems.append(
+                AuditProblem(model, e.seq, "prev_hash does not link to the previous entry")
+            )
         if entry_hash(e.body()) != e.hash:
-            problems.append(AuditProblem(model, e.seq, "hash does not match the entry: it was edited"))
+            problems.append(
+                AuditProblem(model, e.seq, "hash does not match the entry: it was edited")
+            )
         prev_hash = e.hash
     if head is not None:
         last = entries[-1] if entries else None

@@ -197,7 +197,10 @@ class Registry:
         if hit is not None:
             return self.get_version(name, hit)
         with self._write_lock(name):
-            if self._tables.serialize_all and (hit := self._tables.claimed(name, digest)) is not None:
+            if (
+                self._tables.serialize_all
+                and (hit := self._tables.claimed(name, digest)) is not None
+            ):
                 return self.get_version(name, hit)
             run_id, source = self._upload(artifact)
             with self._tables.lock(name):
@@ -219,7 +222,8 @@ class Registry:
     def _upload(self, a: Registrable) -> tuple[str, str]:
         with _mlflow_errors(f"upload {a.name}"):
             run = self._client.create_run(
-                self._experiment(), tags={TAG_DIGEST: a.digest, "mlflow.runName": f"register-{a.name}"}
+                self._experiment(),
+                tags={TAG_DIGEST: a.digest, "mlflow.runName": f"register-{a.name}"},
             )
             run_id = run.info.run_id
             self._client.log_artifact(run_id, str(a.archive), ARTIFACT_DIR)
@@ -289,7 +293,9 @@ class Registry:
     def models(self) -> list[ModelInfo]:
         with _mlflow_errors("list models"):
             found = _all_pages(
-                lambda token: self._client.search_registered_models(max_results=1000, page_token=token)
+                lambda token: self._client.search_registered_models(
+                    max_results=1000, page_token=token
+                )
             )
         out = []
         for rm in found:
@@ -440,7 +446,9 @@ def open_registry(
     """
     if tracking_uri is None:
         if home is None:
-            raise InvalidInputError("open_registry: give `home` (embedded) or `tracking_uri` + `db_url`")
+            raise InvalidInputError(
+                "open_registry: give `home` (embedded) or `tracking_uri` + `db_url`"
+            )
         root = Path(home).expanduser().resolve()
         root.mkdir(parents=True, exist_ok=True)
         db = root / "mlflow.db"
@@ -449,7 +457,9 @@ def open_registry(
         artifact_location: str | None = (root / "mlartifacts").as_uri()
     else:
         if not tracking_uri.startswith(("http://", "https://")):
-            raise InvalidInputError(f"tracking_uri {tracking_uri!r}: expected the server's http(s):// URL")
+            raise InvalidInputError(
+                f"tracking_uri {tracking_uri!r}: expected the server's http(s):// URL"
+            )
         if not db_url or not db_url.startswith(("postgresql", "postgres://")):
             raise InvalidInputError(
                 "db_url: the MLflow server's PostgreSQL database URL is required with tracking_uri "
@@ -464,4 +474,6 @@ def open_registry(
     if isinstance(tables, SqliteTables):
         with tables.lock(""), _mlflow_errors(f"open {uri}"):
             client.search_experiments(max_results=1)  # create/upgrade MLflow's tables, once
-    return Registry(client, tables, artifact_location=artifact_location, clock=clock, publisher=publisher)
+    return Registry(
+        client, tables, artifact_location=artifact_location, clock=clock, publisher=publisher
+    )

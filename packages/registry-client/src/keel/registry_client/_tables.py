@@ -106,7 +106,8 @@ class SqliteTables:
 
     def claimed(self, model: str, digest: str) -> int | None:
         rows = self._q(
-            "SELECT version FROM keel_registry_versions WHERE model = ? AND digest = ?", (model, digest)
+            "SELECT version FROM keel_registry_versions WHERE model = ? AND digest = ?",
+            (model, digest),
         )
         return int(rows[0][0]) if rows else None
 
@@ -118,10 +119,14 @@ class SqliteTables:
 
     def entries(self, model: str) -> list[AuditEntry]:
         # Ordered by the seq column; verification compares it with the seq inside each entry.
-        return _decode(self._q("SELECT entry FROM keel_registry_audit WHERE model = ? ORDER BY seq", (model,)))
+        return _decode(
+            self._q("SELECT entry FROM keel_registry_audit WHERE model = ? ORDER BY seq", (model,))
+        )
 
     def audited_models(self) -> list[str]:
-        return [r[0] for r in self._q("SELECT DISTINCT model FROM keel_registry_audit ORDER BY model")]
+        return [
+            r[0] for r in self._q("SELECT DISTINCT model FROM keel_registry_audit ORDER BY model")
+        ]
 
     def append(self, entry: AuditEntry) -> None:
         self._q(
@@ -146,7 +151,9 @@ class PostgresTables:
         try:
             self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
             with self._conn.transaction():
-                self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key("keel.registry.schema"),))
+                self._conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s)", (_key("keel.registry.schema"),)
+                )
                 for stmt in _SCHEMA:
                     self._conn.execute(stmt.replace("INTEGER", "BIGINT"))
         except psycopg.Error as e:
@@ -172,7 +179,8 @@ class PostgresTables:
 
     def claimed(self, model: str, digest: str) -> int | None:
         rows = self._q(
-            "SELECT version FROM keel_registry_versions WHERE model = %s AND digest = %s", (model, digest)
+            "SELECT version FROM keel_registry_versions WHERE model = %s AND digest = %s",
+            (model, digest),
         )
         return int(rows[0][0]) if rows else None
 
@@ -184,10 +192,14 @@ class PostgresTables:
 
     def entries(self, model: str) -> list[AuditEntry]:
         # Ordered by the seq column; verification compares it with the seq inside each entry.
-        return _decode(self._q("SELECT entry FROM keel_registry_audit WHERE model = %s ORDER BY seq", (model,)))
+        return _decode(
+            self._q("SELECT entry FROM keel_registry_audit WHERE model = %s ORDER BY seq", (model,))
+        )
 
     def audited_models(self) -> list[str]:
-        return [r[0] for r in self._q("SELECT DISTINCT model FROM keel_registry_audit ORDER BY model")]
+        return [
+            r[0] for r in self._q("SELECT DISTINCT model FROM keel_registry_audit ORDER BY model")
+        ]
 
     def append(self, entry: AuditEntry) -> None:
         self._q(
