@@ -12,7 +12,7 @@ from testutil.profiles import register_profiles
 
 register_profiles()
 
-import shutil  # noqa: E402
+import sqlite3  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -54,7 +54,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if request.param == "sqlite":
         home = tmp_path / "home"
         home.mkdir()
-        shutil.copy(request.getfixturevalue("sqlite_template"), home / "mlflow.db")
+        # The backup API, not a file copy: the template's latest pages may still be in its WAL.
+        with (
+            sqlite3.connect(request.getfixturevalue("sqlite_template")) as src,
+            sqlite3.connect(home / "mlflow.db") as dst,
+        ):
+            src.backup(dst)
         b = Backend("sqlite", {"home": str(home)}, [])
     else:
         server: MlflowServer = request.getfixturevalue("mlflow_server")

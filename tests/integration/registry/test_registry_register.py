@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from integration.registry.registry_support import ArtifactFactory, Backend
+from integration.registry.registry_support import ArtifactFactory, Backend, tamper
 
 from keel.registry_client import (
     TAG_DIGEST,
@@ -48,18 +48,38 @@ def test_retry_returns_the_existing_version(
     assert [v.version for v in registry.versions(make_artifact(0).name)] == [1, 2, 3]
 
 
-def test_a_version_created_but_not_claimed_is_found_by_its_digest_tag(
+def test_a_registration_that_crashed_after_mlflow_created_the_version_is_recovered(
     backend: Backend, registry: Registry, make_artifact: ArtifactFactory
 ) -> None:
-    # What a crash between MLflow's create_model_version and Keel's claim leaves behind.
+    # A crash between MLflow's create_model_version and Keel's claim leaves an intent row
+    # without a version, and a version carrying the digest tag.
     a = make_artifact(1)
     registry.register(make_artifact(0))
+    tamper(
+        backend,
+        "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (?, ?, NULL, ?)",
+        (a.name, a.digest, "crashed-run"),
+    )
     registry.mlflow_client.create_model_version(
         a.name, "s3://keel-test/crashed-upload", tags={TAG_DIGEST: a.digest}
     )
     assert registry.register(a).version == 2
     assert registry.register(a).version == 2
     assert len(registry.versions(a.name)) == 2
+
+
+def test_a_registration_that_crashed_before_mlflow_created_the_version_completes(
+    backend: Backend, registry: Registry, make_artifact: ArtifactFactory
+) -> None:
+    a = make_artifact(1)
+    tamper(
+        backend,
+        "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (?, ?, NULL, ?)",
+        (a.name, a.digest, "crashed-run"),
+    )
+    assert registry.register(a).version == 1
+    assert registry.register(a).version == 1
+    assert [v.digest for v in registry.versions(a.name)] == [a.digest]
 
 
 def test_digest_must_be_the_manifest_sha256(

@@ -6,8 +6,9 @@ tags and aliases); Keel adds, in its own tables beside MLflow's (see `_tables`):
   returns the existing version instead of creating a second one;
 * an append-only, hash-chained audit entry with a decision record for every alias move.
 
-Crash windows (each recovers on the next call): a version created but not yet claimed is
-found again by its `keel.digest` tag; an audit entry is written *before* the alias moves, so
+Crash windows (each recovers on the next call): an intent row is written before MLflow
+creates a version, so a version created but not yet claimed is found again by its
+`keel.digest` tag (searched only for digests with such a pending intent); an audit entry is written *before* the alias moves, so
 the log never misses a move (a crash between the two leaves an entry whose move did not
 happen: `promote` again to re-apply it).
 """
@@ -46,7 +47,7 @@ from keel.registry_client._errors import (
     RegistryError,
     UnavailableError,
 )
-from keel.registry_client._tables import PostgresTables, SqliteTables, Tables
+from keel.registry_client._tables import PENDING, PostgresTables, SqliteTables, Tables
 
 EXPERIMENT = "keel-registry"
 ARTIFACT_DIR = "keel"  # the run's artifact folder holding the archive and manifest
@@ -151,6 +152,7 @@ class Registry:
         self._clock = clock
         self._publisher = publisher
         self._experiment_id: str | None = None
+        self._known_models: set[str] = set()
 
     # -- plumbing -------------------------------------------------------------------------
     @property
@@ -193,31 +195,31 @@ class Registry:
         check_fields(artifact)
         check_files(artifact)
         name, digest = artifact.name, artifact.digest
-        hit = self._tables.claimed(name, digest)
-        if hit is not None:
+        if hit := self._tables.claimed(name, digest):
             return self.get_version(name, hit)
         with self._write_lock(name):
-            if (
-                self._tables.serialize_all
-                and (hit := self._tables.claimed(name, digest)) is not None
-            ):
+            if self._tables.serialize_all and (hit := self._tables.claimed(name, digest)):
                 return self.get_version(name, hit)
-            run_id, source = self._upload(artifact)
+            run_id, source = self._upload(artifact)  # outside the per-model lock on PostgreSQL
             with self._tables.lock(name):
-                version = self._tables.claimed(name, digest) or self._find_by_digest(name, digest)
-                if version is None:
-                    with _mlflow_errors(f"register {name}"):
-                        self._ensure_model(name)
-                        mv = self._client.create_model_version(
-                            name, source, run_id=run_id, tags=version_tags(artifact)
-                        )
-                    version = int(mv.version)
-                else:
+                state = self._tables.claimed(name, digest)
+                # Only an intent row without a version (a crashed registration) needs the search.
+                version = state or (self._find_by_digest(name, digest) if state == PENDING else None)
+                if version is not None:
                     with _mlflow_errors(f"register {name}"):
                         self._client.delete_run(run_id)  # a duplicate's upload is not needed
-                if self._tables.claimed(name, digest) is None:
-                    self._tables.claim(name, digest, version, run_id)
-        return self.get_version(name, version)
+                    if not state:
+                        self._tables.claim(name, digest, version)
+                    return self.get_version(name, version)
+                if state is None:
+                    self._tables.intend(name, digest, run_id)
+                with _mlflow_errors(f"register {name}"):
+                    self._ensure_model(name)
+                    mv = self._client.create_model_version(
+                        name, source, run_id=run_id, tags=version_tags(artifact)
+                    )
+                self._tables.claim(name, digest, int(mv.version))
+        return self._info(mv, ())
 
     def _upload(self, a: Registrable) -> tuple[str, str]:
         with _mlflow_errors(f"upload {a.name}"):
@@ -234,11 +236,14 @@ class Registry:
     def _ensure_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
 
+        if name in self._known_models:
+            return
         try:
             self._client.create_registered_model(name, tags={"keel.managed": "true"})
         except MlflowException as e:
             if getattr(e, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
                 raise
+        self._known_models.add(name)
 
     def _find_by_digest(self, name: str, digest: str) -> int | None:
         with _mlflow_errors(f"search {name}"):

@@ -26,7 +26,7 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS keel_registry_versions (
         model TEXT NOT NULL,
         digest TEXT NOT NULL,
-        version INTEGER NOT NULL,
+        version INTEGER,
         run_id TEXT NOT NULL,
         PRIMARY KEY (model, digest)
     )""",
@@ -39,13 +39,25 @@ _SCHEMA = [
 ]
 
 
+# An intent row without a version: a registration started and may have crashed after
+# MLflow created the version (the registry then looks the version up by its digest tag).
+PENDING = 0
+
+
 class Tables(Protocol):
     #: True when every write (not only version creation) must happen under `lock`.
     serialize_all: bool
 
     def lock(self, model: str) -> contextlib.AbstractContextManager[None]: ...
-    def claimed(self, model: str, digest: str) -> int | None: ...
-    def claim(self, model: str, digest: str, version: int, run_id: str) -> None: ...
+    def claimed(self, model: str, digest: str) -> int | None:
+        """The version registered for the digest; PENDING if only intended; None if neither."""
+        ...
+
+    def intend(self, model: str, digest: str, run_id: str) -> None:
+        """Record, before MLflow creates it, that a version for the digest is being created."""
+        ...
+
+    def claim(self, model: str, digest: str, version: int) -> None: ...
     def entries(self, model: str) -> list[AuditEntry]: ...
     def audited_models(self) -> list[str]: ...
     def append(self, entry: AuditEntry) -> None: ...
@@ -109,12 +121,18 @@ class SqliteTables:
             "SELECT version FROM keel_registry_versions WHERE model = ? AND digest = ?",
             (model, digest),
         )
-        return int(rows[0][0]) if rows else None
+        return (int(rows[0][0]) if rows[0][0] is not None else PENDING) if rows else None
 
-    def claim(self, model: str, digest: str, version: int, run_id: str) -> None:
+    def intend(self, model: str, digest: str, run_id: str) -> None:
         self._q(
-            "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (?, ?, ?, ?)",
-            (model, digest, version, run_id),
+            "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (?, ?, NULL, ?)",
+            (model, digest, run_id),
+        )
+
+    def claim(self, model: str, digest: str, version: int) -> None:
+        self._q(
+            "UPDATE keel_registry_versions SET version = ? WHERE model = ? AND digest = ?",
+            (version, model, digest),
         )
 
     def entries(self, model: str) -> list[AuditEntry]:
@@ -182,12 +200,18 @@ class PostgresTables:
             "SELECT version FROM keel_registry_versions WHERE model = %s AND digest = %s",
             (model, digest),
         )
-        return int(rows[0][0]) if rows else None
+        return (int(rows[0][0]) if rows[0][0] is not None else PENDING) if rows else None
 
-    def claim(self, model: str, digest: str, version: int, run_id: str) -> None:
+    def intend(self, model: str, digest: str, run_id: str) -> None:
         self._q(
-            "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (%s, %s, %s, %s)",
-            (model, digest, version, run_id),
+            "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (%s, %s, NULL, %s)",
+            (model, digest, run_id),
+        )
+
+    def claim(self, model: str, digest: str, version: int) -> None:
+        self._q(
+            "UPDATE keel_registry_versions SET version = %s WHERE model = %s AND digest = %s",
+            (version, model, digest),
         )
 
     def entries(self, model: str) -> list[AuditEntry]:
