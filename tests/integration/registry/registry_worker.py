@@ -1,9 +1,10 @@
 """A registering process for the concurrency test (run as a script).
 
-registry_worker.py SPEC_JSON MODEL ARTIFACTS_ROOT FIRST LAST GO_FILE OUT_FILE
-  opens the registry described by SPEC_JSON, waits for GO_FILE (a start barrier), registers
-  artifacts FIRST..LAST-1 of MODEL (built by conftest.build_artifact under ARTIFACTS_ROOT),
-  and writes {"versions": {index: version}} to OUT_FILE.
+registry_worker.py SPEC_JSON ARTIFACTS_ROOT GO_FILE OUT_FILE JOBS_JSON
+  opens the registry described by SPEC_JSON, writes OUT_FILE.ready, waits for GO_FILE (a start
+  barrier), then for each [model, first, last] in JOBS_JSON registers artifacts first..last-1
+  of that model (built by registry_support.build_artifact under ARTIFACTS_ROOT), and writes
+  {model: {index: version}} to OUT_FILE.
 """
 
 from __future__ import annotations
@@ -18,21 +19,24 @@ from integration.registry.registry_support import build_artifact
 from keel.registry_client import open_registry
 
 
-def main(spec_json: str, model: str, root: str, first: int, last: int, go: str, out: str) -> None:
+def main(spec_json: str, root: str, go: str, out: str, jobs_json: str) -> None:
     spec = json.loads(spec_json)
     if "home" in spec:
         reg = open_registry(spec["home"])
     else:
         reg = open_registry(tracking_uri=spec["tracking_uri"], db_url=spec["db_url"])
-    arts = [build_artifact(Path(root), model, i) for i in range(first, last)]
+    jobs = [(m, [build_artifact(Path(root), m, i) for i in range(lo, hi)]) for m, lo, hi in json.loads(jobs_json)]
     Path(out + ".ready").write_text("1")
     while not Path(go).exists():
         time.sleep(0.01)
-    versions = {i: reg.register(a).version for i, a in zip(range(first, last), arts, strict=True)}
-    Path(out).write_text(json.dumps({"versions": versions}))
+    versions: dict[str, dict[int, int]] = {}
+    for model, arts in jobs:
+        for a in arts:
+            i = int(json.loads(a.manifest.read_text())["i"])
+            versions.setdefault(model, {})[i] = reg.register(a).version
+    Path(out).write_text(json.dumps(versions))
     reg.close()
 
 
 if __name__ == "__main__":
-    a = sys.argv[1:]
-    main(a[0], a[1], a[2], int(a[3]), int(a[4]), a[5], a[6])
+    main(*sys.argv[1:6])
