@@ -52,13 +52,14 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def bench_backend(reg: Registry, n: int, lookups: int, tmp: Path) -> dict[str, float]:
+def bench_backend(reg: Registry, n: int, lookups: int, tmp: Path, local: bool) -> dict[str, float]:
     client = reg.mlflow_client
     arts = [_artifact(tmp / "a", "bench-keel", i) for i in range(n)]
     plain = [_artifact(tmp / "p", "bench-plain", i) for i in range(n)]
     client.create_registered_model("bench-plain")
     client.create_registered_model("bench-cmv")
-    exp = client.create_experiment("bench-plain")
+    # A local store needs an explicit location (MLflow's default is ./mlruns in the cwd).
+    exp = client.create_experiment("bench-plain", artifact_location=(tmp / "plain").as_uri() if local else None)
     reg.register(_artifact(tmp / "w", "bench-warm", 0))  # warm: experiment, model, sessions
     t_keel: list[float] = []
     t_upload: list[float] = []
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"server backend skipped: {str(e)[:300]}", file=sys.stderr)
                         continue
                     reg = open_registry(tracking_uri=server.url, db_url=server.db_url)
-                f = bench_backend(reg, n, lookups, tmp / kind)
+                f = bench_backend(reg, n, lookups, tmp / kind, local=kind == "sqlite")
                 reg.close()
             finally:
                 if server is not None:
