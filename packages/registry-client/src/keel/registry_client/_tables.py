@@ -72,7 +72,50 @@ def _encode(entry: AuditEntry) -> str:
     return json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":"))
 
 
-class SqliteTables:
+class _SqlTables:
+    """The queries both databases share, written with `?` placeholders (see `_q`)."""
+
+    def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    def claimed(self, model: str, digest: str) -> int | None:
+        rows = self._q(
+            "SELECT version FROM keel_registry_versions WHERE model = ? AND digest = ?",
+            (model, digest),
+        )
+        return (int(rows[0][0]) if rows[0][0] is not None else PENDING) if rows else None
+
+    def intend(self, model: str, digest: str, run_id: str) -> None:
+        self._q(
+            "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (?, ?, NULL, ?)",
+            (model, digest, run_id),
+        )
+
+    def claim(self, model: str, digest: str, version: int) -> None:
+        self._q(
+            "UPDATE keel_registry_versions SET version = ? WHERE model = ? AND digest = ?",
+            (version, model, digest),
+        )
+
+    def entries(self, model: str) -> list[AuditEntry]:
+        # Ordered by the seq column; verification compares it with the seq inside each entry.
+        return _decode(
+            self._q("SELECT entry FROM keel_registry_audit WHERE model = ? ORDER BY seq", (model,))
+        )
+
+    def audited_models(self) -> list[str]:
+        return [
+            r[0] for r in self._q("SELECT DISTINCT model FROM keel_registry_audit ORDER BY model")
+        ]
+
+    def append(self, entry: AuditEntry) -> None:
+        self._q(
+            "INSERT INTO keel_registry_audit (model, seq, entry) VALUES (?, ?, ?)",
+            (entry.model, entry.seq, _encode(entry)),
+        )
+
+
+class SqliteTables(_SqlTables):
     """Keel's tables in MLflow's SQLite file (embedded default)."""
 
     serialize_all = True
@@ -116,47 +159,11 @@ class SqliteTables:
         except sqlite3.Error as e:
             raise UnavailableError(f"registry database {self.db}: {e}") from None
 
-    def claimed(self, model: str, digest: str) -> int | None:
-        rows = self._q(
-            "SELECT version FROM keel_registry_versions WHERE model = ? AND digest = ?",
-            (model, digest),
-        )
-        return (int(rows[0][0]) if rows[0][0] is not None else PENDING) if rows else None
-
-    def intend(self, model: str, digest: str, run_id: str) -> None:
-        self._q(
-            "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (?, ?, NULL, ?)",
-            (model, digest, run_id),
-        )
-
-    def claim(self, model: str, digest: str, version: int) -> None:
-        self._q(
-            "UPDATE keel_registry_versions SET version = ? WHERE model = ? AND digest = ?",
-            (version, model, digest),
-        )
-
-    def entries(self, model: str) -> list[AuditEntry]:
-        # Ordered by the seq column; verification compares it with the seq inside each entry.
-        return _decode(
-            self._q("SELECT entry FROM keel_registry_audit WHERE model = ? ORDER BY seq", (model,))
-        )
-
-    def audited_models(self) -> list[str]:
-        return [
-            r[0] for r in self._q("SELECT DISTINCT model FROM keel_registry_audit ORDER BY model")
-        ]
-
-    def append(self, entry: AuditEntry) -> None:
-        self._q(
-            "INSERT INTO keel_registry_audit (model, seq, entry) VALUES (?, ?, ?)",
-            (entry.model, entry.seq, _encode(entry)),
-        )
-
     def close(self) -> None:
         self._conn.close()
 
 
-class PostgresTables:
+class PostgresTables(_SqlTables):
     """Keel's tables in the MLflow server's PostgreSQL database."""
 
     serialize_all = False
@@ -180,56 +187,20 @@ class PostgresTables:
     @contextlib.contextmanager
     def lock(self, model: str) -> Iterator[None]:
         key = _key("keel.registry:" + model)
-        self._q("SELECT pg_advisory_lock(%s)", (key,))
+        self._q("SELECT pg_advisory_lock(?)", (key,))
         try:
             yield
         finally:
-            self._q("SELECT pg_advisory_unlock(%s)", (key,))
+            self._q("SELECT pg_advisory_unlock(?)", (key,))
 
     def _q(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         try:
-            cur = self._conn.execute(sql, args)
+            cur = self._conn.execute(sql.replace("?", "%s"), args)
             return cur.fetchall() if cur.description else []
         except self._psycopg.errors.UniqueViolation as e:
             raise ConflictError(f"registry database: {e}") from None
         except self._psycopg.Error as e:
             raise UnavailableError(f"registry database {_redact(self.dsn)}: {e}") from None
-
-    def claimed(self, model: str, digest: str) -> int | None:
-        rows = self._q(
-            "SELECT version FROM keel_registry_versions WHERE model = %s AND digest = %s",
-            (model, digest),
-        )
-        return (int(rows[0][0]) if rows[0][0] is not None else PENDING) if rows else None
-
-    def intend(self, model: str, digest: str, run_id: str) -> None:
-        self._q(
-            "INSERT INTO keel_registry_versions (model, digest, version, run_id) VALUES (%s, %s, NULL, %s)",
-            (model, digest, run_id),
-        )
-
-    def claim(self, model: str, digest: str, version: int) -> None:
-        self._q(
-            "UPDATE keel_registry_versions SET version = %s WHERE model = %s AND digest = %s",
-            (version, model, digest),
-        )
-
-    def entries(self, model: str) -> list[AuditEntry]:
-        # Ordered by the seq column; verification compares it with the seq inside each entry.
-        return _decode(
-            self._q("SELECT entry FROM keel_registry_audit WHERE model = %s ORDER BY seq", (model,))
-        )
-
-    def audited_models(self) -> list[str]:
-        return [
-            r[0] for r in self._q("SELECT DISTINCT model FROM keel_registry_audit ORDER BY model")
-        ]
-
-    def append(self, entry: AuditEntry) -> None:
-        self._q(
-            "INSERT INTO keel_registry_audit (model, seq, entry) VALUES (%s, %s, %s)",
-            (entry.model, entry.seq, _encode(entry)),
-        )
 
     def close(self) -> None:
         self._conn.close()
