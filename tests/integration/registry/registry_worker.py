@@ -25,7 +25,10 @@ def main(spec_json: str, root: str, go: str, out: str, jobs_json: str) -> None:
         reg = open_registry(spec["home"])
     else:
         reg = open_registry(tracking_uri=spec["tracking_uri"], db_url=spec["db_url"])
-    jobs = [(m, [build_artifact(Path(root), m, i) for i in range(lo, hi)]) for m, lo, hi in json.loads(jobs_json)]
+    jobs = [
+        (m, [build_artifact(Path(root), m, i) for i in range(lo, hi)])
+        for m, lo, hi in json.loads(jobs_json)
+    ]
     Path(out + ".ready").write_text("1")
     while not Path(go).exists():
         time.sleep(0.01)

@@ -79,4 +79,6 @@ def test_concurrent_registration_is_idempotent_and_gap_free(
     assert sorted(versions) == list(range(1, total + 1))
     in_mlflow = registry.versions(distinct)
     assert [v.version for v in in_mlflow] == list(range(1, total + 1))
-    assert {v.digest for v in in_mlflow} == {build_artifact(root, distinct, i).digest for i in range(total)}
+    assert {v.digest for v in in_mlflow} == {
+        build_artifact(root, distinct, i).digest for i in range(total)
+    }

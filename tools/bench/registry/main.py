@@ -59,7 +59,9 @@ def bench_backend(reg: Registry, n: int, lookups: int, tmp: Path, local: bool) -
     client.create_registered_model("bench-plain")
     client.create_registered_model("bench-cmv")
     # A local store needs an explicit location (MLflow's default is ./mlruns in the cwd).
-    exp = client.create_experiment("bench-plain", artifact_location=(tmp / "plain").as_uri() if local else None)
+    exp = client.create_experiment(
+        "bench-plain", artifact_location=(tmp / "plain").as_uri() if local else None
+    )
     reg.register(_artifact(tmp / "w", "bench-warm", 0))  # warm: experiment, model, sessions
     t_keel: list[float] = []
     t_upload: list[float] = []

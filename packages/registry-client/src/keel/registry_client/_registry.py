@@ -204,7 +204,9 @@ class Registry:
             with self._tables.lock(name):
                 state = self._tables.claimed(name, digest)
                 # Only an intent row without a version (a crashed registration) needs the search.
-                version = state or (self._find_by_digest(name, digest) if state == PENDING else None)
+                version = state or (
+                    self._find_by_digest(name, digest) if state == PENDING else None
+                )
                 if version is not None:
                     with _mlflow_errors(f"register {name}"):
                         self._client.delete_run(run_id)  # a duplicate's upload is not needed
