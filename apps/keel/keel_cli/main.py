@@ -16,16 +16,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from keel_cli import cmd_artifact, cmd_drift, cmd_events, cmd_features, cmd_governance
+from keel_cli import (
+    cmd_artifact,
+    cmd_drift,
+    cmd_events,
+    cmd_features,
+    cmd_governance,
+    cmd_registry,
+)
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
 
 app = typer.Typer(
     name="keel",
     help=(
-        "Keel: event bus, features (batch + streaming), drift monitoring and model governance,"
-        " on embedded defaults or real services. Planned, not built yet: training, model"
-        " registry, serving, retraining."
+        "Keel: event bus, features (batch + streaming), drift monitoring, signed model"
+        " artifacts, the model registry and model governance, on embedded defaults or real"
+        " services. Planned, not built yet: training, serving, retraining."
     ),
     no_args_is_help=True,
     add_completion=True,
@@ -36,6 +43,7 @@ app.add_typer(cmd_features.app, name="features")
 app.add_typer(cmd_drift.app, name="drift")
 app.add_typer(cmd_governance.app, name="governance")
 app.add_typer(cmd_artifact.app, name="artifact")
+app.add_typer(cmd_registry.app, name="registry")
 
 console = Console()
 err_console = Console(stderr=True)

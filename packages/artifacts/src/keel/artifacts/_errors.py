@@ -1,4 +1,4 @@
-"""keel.artifacts errors, grouped by what the caller does next (STYLE.md #8).
+"""keel.artifacts errors, grouped by what the caller does next.
 
 Every refusal is an ``ArtifactError``; third-party exceptions (safetensors, cryptography,
 tarfile, json, OSError) are translated at the boundary and never leak. The class says

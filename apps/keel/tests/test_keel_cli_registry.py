@@ -1,0 +1,82 @@
+"""`keel registry ...` against a real embedded registry (MLflow on SQLite) in a temp KEEL_HOME."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from keel_cli.main import app
+from typer.testing import CliRunner
+
+from keel.registry_client import RegistrableArtifact, open_registry
+
+runner = CliRunner()
+WHO = ["--who", "alice@bank", "--why", "gates passed", "--evidence", "sha256:" + "1" * 64]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("keel-home")
+    with open_registry(home) as reg:
+        for i in range(3):
+            manifest = home / f"manifest{i}.json"
+            manifest.write_text(json.dumps({"i": i}))
+            archive = home / f"model{i}.keel"
+            archive.write_bytes(b"weights" * (i + 1))
+            reg.register(
+                RegistrableArtifact(
+                    name="fraud",
+                    digest=hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                    archive=archive,
+                    manifest=manifest,
+                    data_fingerprint=f"fp{i}",
+                    code_version="git:abc",
+                    lock_hash="lock",
+                    feature_views={"txn": "1"},
+                    parent_version=i or None,
+                )
+            )
+    return home
+
+
+def _run(home: Path, *args: str) -> str:
+    result = runner.invoke(app, ["registry", *args, "--home", str(home)])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_promote_show_rollback_audit_verify(home: Path) -> None:
+    assert "fraud" in _run(home, "list")
+    assert "1 -> 2" not in _run(home, "promote", "fraud", "champion", "1", *WHO)
+    assert "1 -> 3" in _run(home, "promote", "fraud", "champion", "3", *WHO)
+    shown = json.loads(_run(home, "show", "fraud", "--alias", "champion"))
+    assert shown["version"] == 3 and shown["aliases"] == ["champion"]
+    assert shown["tags"]["keel.parent_version"] == "2"
+    assert "3 -> 1 (rollback" in _run(home, "rollback", "fraud", "champion", *WHO)
+    table = _run(home, "show", "fraud")
+    assert "champion" in table and "fp2" in table
+    lines = [json.loads(x) for x in _run(home, "audit", "fraud").splitlines()]
+    assert [(e["action"], e["to_version"]) for e in lines] == [
+        ("promote", 1),
+        ("promote", 3),
+        ("rollback", 1),
+    ]
+    assert lines[0]["decision"]["who"] == "alice@bank"
+    assert "audit log ok: 3 entries" in _run(home, "audit", "--verify")
+
+    with sqlite3.connect(home / "mlflow.db") as conn:
+        conn.execute("DELETE FROM keel_registry_audit WHERE seq = 2")
+    result = runner.invoke(app, ["registry", "audit", "--verify", "--home", str(home)])
+    assert result.exit_code == 1
+    assert "FAILED verification" in result.output
+
+
+def test_a_move_without_a_decision_record_is_refused(home: Path) -> None:
+    result = runner.invoke(
+        app, ["registry", "promote", "fraud", "shadow", "2", "--home", str(home)]
+    )
+    assert result.exit_code == 2  # --who/--why/--evidence are required
+    assert "--who" in result.output
