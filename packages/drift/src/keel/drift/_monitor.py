@@ -39,7 +39,7 @@ from keel.drift._check import CheckOptions, DriftResult, compare_summaries, qual
 from keel.drift._errors import InvalidInputError
 from keel.drift._multivariate import domain_classifier_test
 from keel.drift._performance import ScoreHistogram
-from keel.drift._policy import DriftPolicy, Level, PolicyDecision
+from keel.drift._policy import DriftPolicy, PolicyDecision
 from keel.drift._profile import (
     ColumnSummary,
     NumericSummary,
