@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -72,10 +72,11 @@ def _entry_json(e: AuditEntry) -> str:
 
 @app.command()
 def register(
-    artifact: Path = typer.Argument(..., help="keel artifact archive (.tar) or directory"),
-    trust: list[Path] | None = typer.Option(
-        None, "--trust", "-t", help="trusted public key, PEM (repeatable)"
-    ),
+    artifact: Annotated[Path, typer.Argument(help="keel artifact archive (.tar) or directory")],
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option("--trust", "-t", help="trusted public key, PEM (repeatable)"),
+    ] = None,
     allow_unsigned: bool = typer.Option(
         False, "--allow-unsigned", help="accept an unsigned artifact (logged)"
     ),

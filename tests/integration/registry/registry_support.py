@@ -45,7 +45,10 @@ def build_signed(
     fields: dict[str, Any] = {
         "name": name,
         "architecture": Architecture(builder="linear", args={"n_in": 2}),
-        "input_schema": [FieldSpec(name="x0", dtype="float64"), FieldSpec(name="x1", dtype="float64")],
+        "input_schema": [
+            FieldSpec(name="x0", dtype="float64"),
+            FieldSpec(name="x1", dtype="float64"),
+        ],
         "output_schema": [FieldSpec(name="score", dtype="float64")],
         "feature_views": [
             FeatureViewRef(name="txn_stats", version="2"),

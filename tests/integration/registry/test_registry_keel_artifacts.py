@@ -111,9 +111,9 @@ def test_unverifiable_artifacts_are_refused_and_nothing_is_registered(
     unsigned = build_signed(tmp_path / "u", model_name, 1, None)
     other = build_signed(tmp_path / "o", model_name, 2, Signer())
     good = build_signed(tmp_path / "g", model_name, 3, signer)
-    cases = [
-        (unsigned.archive, UnsignedArtifactError),
-        (other.archive, UntrustedSignerError),
+    cases: list[tuple[Path, type[Exception]]] = [
+        (unsigned.path, UnsignedArtifactError),
+        (Path(f"{other.path}.tar"), UntrustedSignerError),  # the archive
         (_flip_a_weights_byte(good.path, tmp_path), IntegrityError),
     ]
     for path, reason in cases:
@@ -148,7 +148,7 @@ def test_objects_without_files_or_lineage_are_rejected(
     built = build_signed(tmp_path, model_name, 1, signer)
     loaded = load_artifact(built.path, signer.policy, framework="numpy")
     with pytest.raises(InvalidInputError, match="LoadedArtifact"):
-        registry.register(loaded, trust=signer.policy)
+        registry.register(loaded, trust=signer.policy)  # type: ignore[arg-type]
     bare = build_signed(tmp_path / "bare", model_name, 2, signer, training_data_fingerprint="")
     with pytest.raises(InvalidInputError, match="training_data_fingerprint"):
         registry.register(bare, trust=signer.policy)

@@ -31,7 +31,6 @@ from keel.artifacts import (
     archive_artifact,
     verify_artifact,
 )
-
 from keel.registry_client._artifact import TAG_FORMAT_VERSION, TAG_SIGNER, RegistrableArtifact
 from keel.registry_client._errors import InvalidInputError, UnverifiedArtifactError
 

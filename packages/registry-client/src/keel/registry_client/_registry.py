@@ -263,7 +263,10 @@ class Registry:
         with _mlflow_errors(f"upload {a.name}"):
             run = self._client.create_run(
                 self._experiment(),
-                tags={TAG_DIGEST: canonical_digest(a.digest), "mlflow.runName": f"register-{a.name}"},
+                tags={
+                    TAG_DIGEST: canonical_digest(a.digest),
+                    "mlflow.runName": f"register-{a.name}",
+                },
             )
             run_id = run.info.run_id
             self._client.log_artifact(run_id, str(a.archive), ARTIFACT_DIR)
