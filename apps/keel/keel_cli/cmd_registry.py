@@ -1,4 +1,4 @@
-"""`keel registry list|show|promote|rollback|audit`: the model registry (keel.registry_client).
+"""`keel registry register|list|show|promote|rollback|audit`: the model registry.
 
 Embedded by default: MLflow's SQLite store in $KEEL_HOME/mlflow.db. For a real `mlflow
 server` give --tracking-uri (env KEEL_REGISTRY_TRACKING_URI) and --db-url, the server's
@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -68,6 +68,35 @@ def _registry(
 
 def _entry_json(e: AuditEntry) -> str:
     return json.dumps(e.to_json(), sort_keys=True)
+
+
+@app.command()
+def register(
+    artifact: Annotated[Path, typer.Argument(help="keel artifact archive (.tar) or directory")],
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option("--trust", "-t", help="trusted public key, PEM (repeatable)"),
+    ] = None,
+    allow_unsigned: bool = typer.Option(
+        False, "--allow-unsigned", help="accept an unsigned artifact (logged)"
+    ),
+    parent_version: int | None = typer.Option(
+        None, "--parent-version", help="the version this one was derived from (lineage)"
+    ),
+    home: Path | None = HomeOpt,
+    tracking_uri: str | None = TrackingOpt,
+    db_url: str | None = DbOpt,
+) -> None:
+    """Verify a signed keel artifact, then register it (once: keyed by its digest).
+
+    Name, digest and lineage tags come from the verified manifest; an artifact that fails
+    verification against the --trust keys is refused and nothing is written."""
+    from keel.artifacts import TrustPolicy
+
+    policy = TrustPolicy.from_files(trust or [], allow_unsigned=allow_unsigned)
+    with _registry(home, tracking_uri, db_url) as reg:
+        v = reg.register(artifact, trust=policy, parent_version=parent_version)
+    typer.echo(f"{v.name} version {v.version} {v.digest}")
 
 
 @app.command("list")

@@ -80,3 +80,46 @@ def test_a_move_without_a_decision_record_is_refused(home: Path) -> None:
     )
     assert result.exit_code == 2  # --who/--why/--evidence are required
     assert "--who" in result.output
+
+
+def test_register_verifies_a_signed_archive_then_registers_it_once(tmp_path: Path) -> None:
+    import numpy as np
+
+    from keel.artifacts import (
+        Architecture,
+        ArtifactSpec,
+        CodeVersion,
+        FieldSpec,
+        SigningKey,
+        build_artifact,
+        generate_keypair,
+    )
+    from keel.registry_client import UnverifiedArtifactError
+
+    priv, pub = generate_keypair()
+    (tmp_path / "keel.pub").write_bytes(pub)
+    spec = ArtifactSpec(
+        name="scorer",
+        architecture=Architecture(builder="linear"),
+        input_schema=[FieldSpec(name="x", dtype="float64")],
+        output_schema=[FieldSpec(name="y", dtype="float64")],
+        training_data_fingerprint="fp",
+        code=CodeVersion(commit="abc", dirty=False),
+        dependency_lock_hash="lock",
+    )
+    weights = {"w": np.ones(2, dtype=np.float32)}
+    signed = build_artifact(
+        tmp_path / "a", spec, weights, signing_key=SigningKey.from_pem(priv),
+        archive=tmp_path / "a.tar",
+    )  # fmt: skip
+    build_artifact(tmp_path / "u", spec, weights, archive=tmp_path / "u.tar")
+    home, key = tmp_path / "home", str(tmp_path / "keel.pub")
+    out = _run(home, "register", str(tmp_path / "a.tar"), "--trust", key)
+    assert f"scorer version 1 {signed.digest}" in out
+    assert "scorer version 1" in _run(home, "register", str(tmp_path / "a"), "--trust", key)
+    refused = runner.invoke(
+        app, ["registry", "register", str(tmp_path / "u.tar"), "-t", key, "--home", str(home)]
+    )
+    assert isinstance(refused.exception, UnverifiedArtifactError)
+    shown = json.loads(_run(home, "show", "scorer", "--version", "1"))
+    assert shown["digest"] == signed.digest and shown["tags"]["keel.code_version"] == "git:abc"

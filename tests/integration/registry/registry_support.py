@@ -9,9 +9,65 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from keel.artifacts import (
+    Architecture,
+    ArtifactSpec,
+    BuiltArtifact,
+    CodeVersion,
+    FeatureViewRef,
+    FieldSpec,
+    SigningKey,
+    TrustPolicy,
+    generate_keypair,
+)
+from keel.artifacts import build_artifact as build_keel
 from keel.registry_client import RegistrableArtifact, Registry, open_registry
 
 ArtifactFactory = Callable[..., RegistrableArtifact]
+
+
+class Signer:
+    """A key pair, its signing key and the trust policy that accepts it."""
+
+    def __init__(self) -> None:
+        self.private_pem, self.public_pem = generate_keypair()
+        self.key = SigningKey.from_pem(self.private_pem)
+        self.policy = TrustPolicy((self.public_pem,))
+
+
+def build_signed(
+    root: Path, name: str, i: int, signer: Signer | None, **spec_overrides: Any
+) -> BuiltArtifact:
+    """A real keel.artifacts artifact (directory + archive), signed unless `signer` is None."""
+    rng = np.random.default_rng(i)
+    fields: dict[str, Any] = {
+        "name": name,
+        "architecture": Architecture(builder="linear", args={"n_in": 2}),
+        "input_schema": [
+            FieldSpec(name="x0", dtype="float64"),
+            FieldSpec(name="x1", dtype="float64"),
+        ],
+        "output_schema": [FieldSpec(name="score", dtype="float64")],
+        "feature_views": [
+            FeatureViewRef(name="txn_stats", version="2"),
+            FeatureViewRef(name="merchant", version="1"),
+        ],
+        "training_data_fingerprint": f"sha256:{i:064x}",
+        "code": CodeVersion(commit="0123456789abcdef0123456789abcdef01234567", dirty=i % 2 == 1),
+        "dependency_lock_hash": "sha256:" + "cd" * 32,
+        "metrics": {"auc": 0.9},
+    }
+    fields.update(spec_overrides)
+    d = root / f"{name}-{i}"
+    return build_keel(
+        d,
+        ArtifactSpec(**fields),
+        {"weight": rng.standard_normal((1, 2)).astype(np.float32)},
+        signing_key=signer.key if signer else None,
+        archive=root / f"{name}-{i}.tar",
+    )
 
 
 def build_artifact(root: Path, name: str, i: int, **overrides: Any) -> RegistrableArtifact:

@@ -1,13 +1,16 @@
 """keel.registry_client: Keel's model registry on MLflow.
 
-* `register(artifact)` is idempotent on the artifact digest, under retries and concurrency.
+* `register(artifact, trust=TrustPolicy(...))` registers a keel.artifacts archive (or
+  `BuiltArtifact`) after verifying its signature and hashes, tags derived from its manifest;
+  idempotent on the artifact digest, under retries and concurrency.
 * Aliases (`champion`, `challenger`, `shadow`, user-defined) move only with a `Decision`
   (who, why, evidence digest) and each move appends a hash-chained `AuditEntry` stored beside
   MLflow's own tables; `verify_audit()` detects edited, reordered or deleted entries.
 * `rollback` returns an alias to its previous holder, read from the audit log.
 * Everything stays a normal MLflow model: plain `mlflow.MlflowClient()` reads it.
 
-mlflow is imported only when a registry is opened (`open_registry`), never by this import.
+mlflow is imported only when a registry is opened (`open_registry`), and keel.artifacts only
+when one of its artifacts is registered, never by this import.
 """
 
 from keel.registry_client._artifact import (
@@ -15,8 +18,10 @@ from keel.registry_client._artifact import (
     TAG_DATA_FINGERPRINT,
     TAG_DIGEST,
     TAG_FEATURE_VIEWS,
+    TAG_FORMAT_VERSION,
     TAG_LOCK_HASH,
     TAG_PARENT_VERSION,
+    TAG_SIGNER,
     Registrable,
     RegistrableArtifact,
 )
@@ -33,6 +38,7 @@ from keel.registry_client._errors import (
     NotFoundError,
     RegistryError,
     UnavailableError,
+    UnverifiedArtifactError,
 )
 from keel.registry_client._registry import (
     ALIAS_MOVED,
@@ -52,8 +58,10 @@ __all__ = [
     "TAG_DATA_FINGERPRINT",
     "TAG_DIGEST",
     "TAG_FEATURE_VIEWS",
+    "TAG_FORMAT_VERSION",
     "TAG_LOCK_HASH",
     "TAG_PARENT_VERSION",
+    "TAG_SIGNER",
     "AliasMoved",
     "AuditEntry",
     "AuditIntegrityError",
@@ -71,5 +79,6 @@ __all__ = [
     "Registry",
     "RegistryError",
     "UnavailableError",
+    "UnverifiedArtifactError",
     "open_registry",
 ]

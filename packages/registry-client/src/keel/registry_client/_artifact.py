@@ -1,9 +1,10 @@
 """What the registry needs to know about an artifact: a narrow, documented input.
 
-keel.registry_client does not depend on keel.artifacts' classes: any object with the
-attributes of `Registrable` can be registered (keel.artifacts' `Artifact` is adapted to it
-by its caller, or builds a `RegistrableArtifact`). The registry checks that `digest` is the
-SHA-256 of the manifest file's bytes before it registers anything.
+Any object with the attributes of `Registrable` can be registered; the registry checks that
+`digest` is the SHA-256 of the manifest file's bytes before it registers anything. Digests
+are keyed in keel.artifacts' form, `sha256:<hex>` (a bare hex digest is normalised to it).
+keel.artifacts' own objects (an archive path, `BuiltArtifact`, `VerifiedArtifact`) are
+registered directly, verified first: see `_keel_artifact`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from keel.registry_client._errors import InvalidInputError
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
 # MLflow accepts more, but these names survive URIs (models:/<name>@alias), shells and paths.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -29,6 +30,8 @@ TAG_CODE_VERSION = "keel.code_version"
 TAG_LOCK_HASH = "keel.lock_hash"
 TAG_FEATURE_VIEWS = "keel.feature_views"
 TAG_PARENT_VERSION = "keel.parent_version"
+TAG_SIGNER = "keel.signer"  # verified signer's key hint ("unsigned" if the policy allowed it)
+TAG_FORMAT_VERSION = "keel.format_version"  # keel.artifacts format version of the manifest
 TAG_ARCHIVE = "keel.archive"
 TAG_MANIFEST = "keel.manifest"
 
@@ -40,7 +43,7 @@ class Registrable(Protocol):
     @property
     def name(self) -> str: ...  # registered model name
     @property
-    def digest(self) -> str: ...  # sha256 hex of the manifest file's bytes
+    def digest(self) -> str: ...  # 'sha256:<hex>' (or bare hex) of the manifest file's bytes
     @property
     def archive(self) -> Path: ...  # the signed archive file
     @property
@@ -73,6 +76,12 @@ class RegistrableArtifact:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        object.__setattr__(self, "digest", canonical_digest(self.digest))
+
+
+def canonical_digest(digest: str) -> str:
+    """keel.artifacts' form of a manifest digest, `sha256:<hex>` (registrations are keyed by it)."""
+    return digest if digest.startswith("sha256:") else "sha256:" + digest
 
 
 def check_fields(a: Registrable) -> None:
@@ -83,7 +92,8 @@ def check_fields(a: Registrable) -> None:
         )
     if not isinstance(a.digest, str) or not _DIGEST.match(a.digest):
         raise InvalidInputError(
-            f"digest {a.digest!r}: expected 64 lowercase hex characters (sha256)"
+            f"digest {a.digest!r}: expected 'sha256:' + 64 lowercase hex characters "
+            "(keel.artifacts' digest; the bare hex is accepted too)"
         )
     for label in ("data_fingerprint", "code_version", "lock_hash"):
         v = getattr(a, label)
@@ -104,8 +114,8 @@ def check_files(a: Registrable) -> None:
         p = Path(getattr(a, label))
         if not p.is_file():
             raise InvalidInputError(f"{label} {p}: no such file")
-    actual = hashlib.sha256(Path(a.manifest).read_bytes()).hexdigest()
-    if actual != a.digest:
+    actual = "sha256:" + hashlib.sha256(Path(a.manifest).read_bytes()).hexdigest()
+    if actual != canonical_digest(a.digest):
         raise InvalidInputError(
             f"digest {a.digest} does not match the manifest {a.manifest} (sha256 {actual}): "
             "the manifest changed after the artifact was built, or the wrong file was given"
@@ -115,7 +125,7 @@ def check_files(a: Registrable) -> None:
 def version_tags(a: Registrable) -> dict[str, str]:
     """The lineage tags of a registered version."""
     tags = {
-        TAG_DIGEST: a.digest,
+        TAG_DIGEST: canonical_digest(a.digest),
         TAG_DATA_FINGERPRINT: a.data_fingerprint,
         TAG_CODE_VERSION: a.code_version,
         TAG_LOCK_HASH: a.lock_hash,
@@ -125,4 +135,5 @@ def version_tags(a: Registrable) -> dict[str, str]:
     }
     if a.parent_version is not None:
         tags[TAG_PARENT_VERSION] = str(a.parent_version)
+    tags.update(getattr(a, "extra_tags", None) or {})
     return tags

@@ -30,3 +30,13 @@ class UnavailableError(RegistryError):
 
 class AuditIntegrityError(RegistryError):
     """The audit log fails verification (an entry edited, reordered or deleted)."""
+
+
+class UnverifiedArtifactError(RegistryError):
+    """A keel.artifacts artifact failed verification against the caller's trust policy
+    (unsigned, untrusted signer, a changed file or manifest, a malformed archive): it was not
+    registered. `reason` holds keel.artifacts' specific `ArtifactError`, when there is one."""
+
+    def __init__(self, message: str, *, reason: Exception | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -20,11 +20,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keel.registry_client._artifact import (
     TAG_DIGEST,
     Registrable,
+    canonical_digest,
     check_fields,
     check_files,
     version_tags,
@@ -48,6 +49,9 @@ from keel.registry_client._errors import (
     UnavailableError,
 )
 from keel.registry_client._tables import PENDING, PostgresTables, SqliteTables, Tables
+
+if TYPE_CHECKING:
+    from keel.artifacts import BuiltArtifact, TrustPolicy, VerifiedArtifact
 
 EXPERIMENT = "keel-registry"
 ARTIFACT_DIR = "keel"  # the run's artifact folder holding the archive and manifest
@@ -185,16 +189,48 @@ class Registry:
         return self._experiment_id
 
     # -- registration ---------------------------------------------------------------------
-    def register(self, artifact: Registrable) -> ModelVersionInfo:
-        """Register `artifact` as a new version of the model `artifact.name`, once.
+    def register(
+        self,
+        artifact: Registrable | BuiltArtifact | VerifiedArtifact | str | Path,
+        *,
+        trust: TrustPolicy | None = None,
+        parent_version: int | None = None,
+    ) -> ModelVersionInfo:
+        """Register `artifact` as a new version of its model, once.
+
+        `artifact` is a keel.artifacts artifact — an archive or directory path, a
+        `BuiltArtifact` or a `VerifiedArtifact` — verified against `trust` (signature,
+        manifest, every file hash) before anything is written, its name, digest and lineage
+        tags taken from the verified manifest (`parent_version` is the caller's); an artifact
+        that fails is refused with `UnverifiedArtifactError`. Or it is any `Registrable`
+        (e.g. `RegistrableArtifact`), whose fields are taken as given (`trust` and
+        `parent_version` must then be left unset).
 
         Keyed by the artifact digest: a retry, or a concurrent call with the same artifact from
         any process, returns the version already registered. The version carries the archive
         and manifest as MLflow artifacts and the lineage tags (`keel.digest`, ...).
         """
+        from keel.registry_client._keel_artifact import is_keel_artifact, verified_registrable
+
+        if is_keel_artifact(artifact):
+            with verified_registrable(artifact, trust, parent_version=parent_version) as r:
+                return self._register(r)
+        if trust is not None or parent_version is not None:
+            raise InvalidInputError(
+                "register: trust and parent_version apply to keel.artifacts artifacts; a "
+                "Registrable carries its own parent_version"
+            )
+        if not isinstance(artifact, Registrable):
+            raise InvalidInputError(
+                f"register: cannot register a {type(artifact).__name__}; give a keel.artifacts "
+                "archive path, BuiltArtifact or VerifiedArtifact, or a RegistrableArtifact"
+            )
+        return self._register(artifact)
+
+    def _register(self, artifact: Registrable) -> ModelVersionInfo:
         check_fields(artifact)
         check_files(artifact)
-        name, digest = artifact.name, artifact.digest
+        name, digest = artifact.name, canonical_digest(artifact.digest)
         if hit := self._tables.claimed(name, digest):
             return self.get_version(name, hit)
         with self._write_lock(name):
@@ -227,7 +263,10 @@ class Registry:
         with _mlflow_errors(f"upload {a.name}"):
             run = self._client.create_run(
                 self._experiment(),
-                tags={TAG_DIGEST: a.digest, "mlflow.runName": f"register-{a.name}"},
+                tags={
+                    TAG_DIGEST: canonical_digest(a.digest),
+                    "mlflow.runName": f"register-{a.name}",
+                },
             )
             run_id = run.info.run_id
             self._client.log_artifact(run_id, str(a.archive), ARTIFACT_DIR)
