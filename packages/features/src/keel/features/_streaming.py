@@ -369,7 +369,10 @@ class StreamingEngine:
 
     def _apply_numeric(self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray) -> None:
         """Add a column's values to their bucket slots: counts, finite sum, M2 (Chan et al.
-        merge of the slot's (count, sum, M2) with the batch's per-slot two-pass moments)."""
+        merge of the slot's (count, sum, M2) with the batch's per-slot two-pass moments).
+
+        Sums are batch-invariant (added in arrival order). M2 is merged per batch, so a
+        std may differ in its last ulp between two different cuts of the same events."""
         A = self._arrays
         v = col.cast(pl.Float64).to_numpy()
         nn = col.is_not_null().to_numpy()
@@ -397,7 +400,11 @@ class StreamingEngine:
             ref_all[ents] = np.where(np.abs(ref) <= STD_LIMIT, ref, 0.0)
         flat = r * self.ring + s
         cells, inv = np.unique(flat, return_inverse=True)
-        raw = np.bincount(inv, weights=x)
+        # Sums are added event by event in arrival order (np.add.at is unbuffered and
+        # sequential), never as per-batch partial sums: the bits must not depend on where a
+        # micro-batch boundary fell, or a consumer restarted after a crash (different batch
+        # cuts, same events) would write values one ulp away from an uninterrupted one.
+        np.add.at(A[f"sum:{c}"], (r, s), x)
         x = x - ref_all[r]
         nb = np.bincount(inv).astype(np.float64)
         sb = np.bincount(inv, weights=x)
@@ -409,8 +416,7 @@ class StreamingEngine:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             delta = sb / nb - sa / na
             cross = np.where(na > 0, delta * delta * na * nb / (na + nb), 0.0)
-        A[f"sum:{c}"][cr, cs] += raw
-        A[f"dsum:{c}"][cr, cs] = sa + sb
+        np.add.at(A[f"dsum:{c}"], (r, s), x)
         A[f"m2:{c}"][cr, cs] = m2a + m2b + cross
 
     def _finite_count(self, c: str, r: Any, s: Any) -> np.ndarray:
