@@ -1,7 +1,7 @@
 """Crash-exact streaming, end to end (issue: features/events consumers).
 
 Events flow into two streams while a chaos thread SIGKILLs the feature-worker and the
-drift-monitor at random points (and, on NATS, stops and restarts the broker once, see Broker.restart_stop). A second
+drift-monitor at random points (and, on NATS, kills and restarts the broker once). A second
 pair of the same binaries, on their own durables and homes, consumes the same streams
 uninterrupted. Afterwards the online store, the offline event log, the dead-letter queue and
 the monitor's window results of both are IDENTICAL (content hashes); the test reports how
@@ -135,20 +135,6 @@ class Broker:
             time.sleep(0.05)
         raise RuntimeError("nats-server did not start")
 
-    def restart_stop(self) -> None:
-        """Stop the broker for a restart with SIGTERM, not SIGKILL: nats-server 2.9 acks a
-        publish before its file store has flushed it, so a SIGKILLed broker can drop the
-        newest acknowledged messages (no sync-always option before 2.10). The uninterrupted
-        consumers may already have read those, and no consumer could then match them: that
-        would measure the broker's durability setting, not Keel's consumers."""
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
@@ -255,8 +241,9 @@ def _settled(bus_url: str, durables: list[tuple[str, str]]) -> bool:
         bus.close()
 
 
-# The NATS variant (SIGKILLs plus a broker restart) is not yet exact: in about 1 run in 9 the
-# chaotic feature-worker's offline log misses one event that its online store did apply
+# The NATS variant (SIGKILLs plus a broker restart) is not yet exact: in some runs the
+# *uninterrupted* feature-worker logs an event twice in its offline log — an ack lost in the
+# broker restart comes back after ack_wait, when the id has left the worker's duplicate memory
 # (open in issue 8). It runs on request: KEEL_CHAOS_BACKENDS=sqlite,nats.
 _BACKENDS = [
     b if b == "sqlite" else pytest.param(b, marks=pytest.mark.integration)
@@ -351,7 +338,7 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
             app.kill()
             kills[victim] += 1
             if broker is not None and victim == "fw-chaos" and n == KILLS // 2:
-                broker.restart_stop()
+                broker.kill()
                 kills["broker"] += 1
                 time.sleep(0.5)
                 broker.start()
