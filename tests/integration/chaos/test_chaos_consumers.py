@@ -15,9 +15,7 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +31,7 @@ import keel_feature_worker.main as worker_main
 import numpy as np
 import polars as pl
 import pytest
+from testutil.nats_server import PrivateNatsServer, os_free_port
 
 from keel.drift import build_profile
 from keel.events import Event, UnavailableError, open_bus
@@ -99,46 +98,6 @@ def _events(seed: int) -> tuple[list[Event], list[Event]]:
             )
         )
     return txns, preds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Broker:
-    """A private nats-server (JetStream on disk) that the test can kill and restart."""
-
-    def __init__(self, root: Path) -> None:
-        self.port = _free_port()
-        self.root = root
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        self.proc = subprocess.Popen(
-            [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.root)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 class App:
@@ -253,11 +212,14 @@ _BACKENDS = [
 
 
 @pytest.fixture(params=_BACKENDS)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Broker | None]]:
+def backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, PrivateNatsServer | None]]:
     if request.param == "sqlite":
         yield f"sqlite://{tmp_path / 'bus' / 'events.db'}", None
         return
-    broker = Broker(tmp_path / "js")
+    broker = PrivateNatsServer(tmp_path / "js", os_free_port())
+    broker.start()
     try:
         yield broker.url, broker
     finally:
@@ -266,7 +228,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 
 @pytest.mark.slow
 def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
-    tmp_path: Path, backend: tuple[str, Broker | None]
+    tmp_path: Path, backend: tuple[str, PrivateNatsServer | None]
 ) -> None:
     bus_url, broker = backend
     rng = random.Random(int(os.environ.get("KEEL_CHAOS_SEED", "11")))

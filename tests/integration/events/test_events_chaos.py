@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from testutil.isolation import port_base, slot, unique_name
+from testutil.nats_server import PrivateNatsServer
 
 from keel.events import open_bus
 
@@ -38,50 +37,16 @@ WORKER = str(Path(__file__).with_name("events_chaos_worker.py"))
 KILLS = int(os.environ.get("KEEL_CHAOS_KILLS", "12"))
 N_EVENTS = int(os.environ.get("KEEL_CHAOS_EVENTS", "3000"))
 PRODUCERS, CONSUMERS = 2, 2
-NATS_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
-
-
-class NatsServer:
-    """A private, restartable nats-server (never the shared one at 4222)."""
-
-    def __init__(self, store: Path) -> None:
-        self.port = port_base(61)
-        self.store = store
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [NATS_BIN, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("private nats-server did not start")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture(params=["sqlite", "nats"])
 def backend(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[str, NatsServer | None]]:
+) -> Iterator[tuple[str, PrivateNatsServer | None]]:
     if request.param == "sqlite":
         yield f"sqlite://{tmp_path / 'events.db'}", None
         return
-    server = NatsServer(tmp_path / "js")
+    server = PrivateNatsServer(tmp_path / "js", port_base(61))
     server.start()
     try:
         yield server.url, server
@@ -90,7 +55,7 @@ def backend(
 
 
 def test_chaos_no_loss_no_duplicate_effects(
-    backend: tuple[str, NatsServer | None], tmp_path: Path
+    backend: tuple[str, PrivateNatsServer | None], tmp_path: Path
 ) -> None:
     url, server = backend
     stream = unique_name("chaos")
