@@ -30,7 +30,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -509,7 +508,7 @@ class StreamingMonitor:
                 raise ValueError(f"unknown monitor snapshot version {state.get('version')!r}")
             panes = {int(p): _pane_from_dict(d) for p, d in state["panes"].items()}
             retained = {int(p): _hist_from_dict(d) for p, d in state["retained"].items()}
-            decisions = [_decision_from_dict(d) for d in state["decisions"]]
+            decisions = [PolicyDecision.from_dict(d) for d in state["decisions"]]
         except (ValueError, KeyError, TypeError) as exc:
             raise InvalidInputError(f"cannot restore the monitor from its snapshot: {exc}") from exc
         self._panes, self._retained, self._decisions = panes, retained, decisions
@@ -594,7 +593,3 @@ def _frame_from_text(text: str) -> pl.DataFrame:
 
 def _empty_like(h: ScoreHistogram) -> ScoreHistogram:
     return ScoreHistogram(h.bins)
-
-
-def _decision_from_dict(d: dict[str, Any]) -> PolicyDecision:
-    return PolicyDecision.from_dict(d)
