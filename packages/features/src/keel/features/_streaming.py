@@ -474,6 +474,11 @@ class StreamingEngine:
         m = np.full(len(keys), t // self._b, dtype=np.int64)
         return self._read(list(keys), m)
 
+    def seen_ids(self, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` this engine has already handled (applied, or refused as
+        late) and still remembers: its dedupe memory, bounded by the allowed lateness."""
+        return {i for i in ids if i in self._seen}
+
     def current(self, keys: Sequence[str]) -> tuple[pl.DataFrame, list[datetime]]:
         """Values for ``keys`` at the end of the bucket holding each entity's latest event.
 

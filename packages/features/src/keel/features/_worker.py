@@ -121,12 +121,6 @@ class WorkerStats:
     dead_letters: dict[str, int] = field(default_factory=dict)
 
 
-def _seen_ids(engine: StreamingEngine, ids: Sequence[str]) -> set[str]:
-    """The ids among ``ids`` the engine has already handled (applied or refused as late)."""
-    seen: dict[str, int] = engine._seen  # - the engine's dedupe memory
-    return {i for i in ids if i in seen}
-
-
 def _short(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
@@ -264,7 +258,7 @@ class FeatureWorker:
             if not mine:
                 continue
             eng = self.engines[view.name]
-            known = _seen_ids(eng, [e.id for e in mine])
+            known = eng.seen_ids([e.id for e in mine])
             frame, invalid = events_to_frame(view, mine)
             bad = {d.event_id for d in invalid}
             for d in invalid:
