@@ -25,7 +25,7 @@ def os_free_port() -> int:
 
 class PrivateNatsServer:
     """``start()`` launches (or relaunches on the same store) and waits until it listens;
-    ``kill()`` SIGKILLs it. Construct with the port to use (``os_free_port()`` or a port
+    ``kill()`` SIGKILLs it, ``stop()`` stops it gracefully. Construct with the port to use (``os_free_port()`` or a port
     from the slot's range)."""
 
     def __init__(self, store: Path, port: int) -> None:
@@ -50,6 +50,17 @@ class PrivateNatsServer:
                     return
             time.sleep(0.05)
         raise RuntimeError("private nats-server did not start")
+
+    def stop(self) -> None:
+        """A graceful stop (SIGTERM): the server flushes its stores before exiting."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
 
     def kill(self) -> None:
         if self.proc is not None:

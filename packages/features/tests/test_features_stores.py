@@ -160,5 +160,11 @@ def test_state_stores_round_trip(kind: str, tmp_path: Path) -> None:
     st.save(name, b"\x00snap1")
     st.save(name, b"\x00snap2")
     assert st.load(name) == b"\x00snap2"
+    # save_many is all-or-none and an empty value deletes its name in the same write
+    other = name + "/other"
+    st.save_many({other: b"x", name: b""})
+    assert st.load(name) is None and st.load(other) == b"x"
+    st.save_many({other: b""})
+    assert st.load(other) is None
     if kind == "redis":
         redis.Redis.from_url(redis_url()).delete("keeltest:" + name)

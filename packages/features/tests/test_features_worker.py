@@ -333,3 +333,133 @@ def test_poison_events_are_dead_lettered_and_the_good_ones_in_the_batch_applied(
     assert w.stats.dead_letters["failed"] == 1
     assert bus.consumer("transactions", durable="fw").info().ack_pending == 0
     bus.close()
+
+
+class _LosingAcks:
+    """A consumer whose acks (and dead-letterings) of some events are lost once, as in a broker
+    restart: the bus redelivers them after its ack wait, long after the worker committed them."""
+
+    def __init__(self, inner: object, lose: set[str]) -> None:
+        self._inner = inner
+        self._lose = set(lose)
+        self.durable = inner.durable  # type: ignore[attr-defined]
+        self.config = inner.config  # type: ignore[attr-defined]
+
+    def fetch(self, max_messages: int = 500, timeout_s: float = 1.0) -> list:
+        out = self._inner.fetch(max_messages, timeout_s)  # type: ignore[attr-defined]
+        for d in out:
+            d._consumer = self  # settle through this wrapper
+        return out
+
+    def ack_all(self, deliveries: list) -> None:
+        kept = [d for d in deliveries if d.event.id not in self._lose]
+        self._lose -= {d.event.id for d in deliveries}
+        self._inner.ack_all(kept)  # type: ignore[attr-defined]
+
+    def _ack(self, deliveries: list) -> None:
+        self.ack_all(deliveries)
+
+    def _term(self, delivery: object, reason: str) -> None:
+        eid = delivery.event.id  # type: ignore[attr-defined]
+        if eid in self._lose:
+            self._lose.discard(eid)
+            return
+        self._inner._term(delivery, reason)  # type: ignore[attr-defined]
+
+    def info(self) -> object:
+        return self._inner.info()  # type: ignore[attr-defined]
+
+
+def test_a_lost_ack_redelivered_many_commits_later_is_not_logged_twice(tmp_path: Path) -> None:
+    """The bus redelivers an event whose ack was lost up to its redelivery horizon later; by
+    then many commits have passed and the engines forgot the id (it is past allowed lateness):
+    the worker's durable id index must still know it — across a restart too — so the offline
+    log holds every event once."""
+    import time
+
+    # 3000 events over 90 min: the engine prunes its id memory (past allowed lateness)
+    events = [ev(i, f"c{i % 3}", i * 0.03, float(i)) for i in range(3000)]
+    events.insert(1000, ev(5000, "c0", 20.0, 1.0))  # 10 min behind: late, dead-lettered, logged
+    lost = {"ev-1", "ev-2", "ev-10", "ev-5000"}
+    bus = open_bus(f"sqlite:///{tmp_path}/events.db")
+    bus.publish_batch("transactions", events)
+    state = SQLiteStateStore(tmp_path / "state.db", clock=lambda: NOW)
+
+    def worker(consumer: object) -> FeatureWorker:
+        return FeatureWorker(
+            [VIEW],
+            consumer,  # type: ignore[arg-type]
+            SQLiteOnlineStore(tmp_path / "online.db"),
+            offline=OfflineStore(tmp_path / "offline"),
+            state=state,
+            clock=lambda: NOW,
+            batch_size=100,
+            flush_interval_s=0,
+            fetch_timeout_s=0.01,
+            monotonic=lambda: 0.0,
+        )
+
+    inner = bus.consumer("transactions", durable="fw", ack_wait_s=1.0, instance="fw-0")
+    w = worker(_LosingAcks(inner, lost))
+    while w.step():
+        pass
+    w.flush()
+    assert w.stats.flushes > 10  # the lost ids are older than the last few commits
+    del w
+    # a restart (the index is reloaded from the state store), then the redeliveries arrive
+    w = worker(bus.consumer("transactions", durable="fw", ack_wait_s=1.0, instance="fw-0"))
+    deadline = time.monotonic() + 30
+    while w.stats.deliveries < len(lost):
+        assert time.monotonic() < deadline, "the lost acks were never redelivered"
+        w.step()
+        w.flush()
+    _drain(w)
+    assert bus.consumer("transactions", durable="fw", ack_wait_s=1.0).info().ack_pending == 0
+    assert w.stats.duplicates == 3  # the applied ones: skipped
+    assert w.stats.dead_letters == {"late": 1}  # the refused one: dead-lettered again
+    log = OfflineStore(tmp_path / "offline").read(event_log_dataset("txn.created")).collect()
+    assert log.height == len(events)
+    assert log["event_id"].n_unique() == len(events)
+    assert "ev-5000" in {d.event_id for d in bus.dead_letters("transactions")}
+    bus.close()
+
+
+def test_the_id_index_forgets_commits_past_the_redelivery_horizon(tmp_path: Path) -> None:
+    """Bounded state: a commit's ids are deleted once they are past the consumer's redelivery
+    horizon and older than the last few commits."""
+    bus = open_bus(f"sqlite:///{tmp_path}/events.db")
+    bus.publish_batch("transactions", [ev(i, "a", i * 0.1, 1.0) for i in range(60)])
+    state = SQLiteStateStore(tmp_path / "state.db", clock=lambda: NOW)
+    wall = [1_000_000.0]
+    w = FeatureWorker(
+        [VIEW],
+        bus.consumer("transactions", durable="fw", ack_wait_s=20, max_deliver=2, backoff_s=(5.0,)),
+        SQLiteOnlineStore(tmp_path / "online.db"),
+        state=state,
+        clock=lambda: NOW,
+        batch_size=2,
+        flush_interval_s=0,
+        fetch_timeout_s=0.01,
+        monotonic=lambda: 0.0,
+        wall_clock=lambda: wall[0],
+    )
+    first = "keel.worker/fw/ids/000000000000"
+    w.step()
+    w.flush()
+    assert state.load(first) is not None
+    wall[0] += 49  # inside the redelivery horizon: 2 x (20 s + 5 s)
+    for _ in range(12):
+        w.step()
+        w.flush()
+    assert state.load(first) is not None and "ev-0" in w._committed
+    wall[0] += 2  # past it
+    while w.step():
+        w.flush()
+        wall[0] += 60  # each commit is past the horizon at the next one
+    w.flush()
+    assert w.stats.flushes > 10
+    assert state.load(first) is None  # deleted in a later commit
+    names = [r[0] for r in state._db.execute("SELECT name FROM snapshots").fetchall()]
+    assert sum(n.startswith("keel.worker/fw/ids/") for n in names) <= 9
+    assert len(w._committed) <= 9 * 2
+    bus.close()

@@ -662,11 +662,14 @@ class NatsConsumer(Consumer):
         hi, self._reclaim_hi = self._reclaim_hi, 0
         deadline = time.monotonic() + max(5.0, self.config.ack_wait_s / 4)
         got: list[Delivery] = []
-        while time.monotonic() < deadline:
+        # The naks are processed by the server asynchronously: a fetch can return newer
+        # events first, or nothing yet. Collect until every handed-back delivery is in (or
+        # the deadline passes — e.g. one went to the dead-letter queue on max_deliver).
+        back = 0
+        while time.monotonic() < deadline and back < self.reclaimed:
             batch = self._fetch(1000, 0.5)
             got.extend(batch)
-            if not batch or any(d.seq > hi for d in batch):
-                break
+            back += sum(1 for d in batch if d.seq <= hi)
         got.sort(key=lambda d: d.seq)
         self._buffer.extend(got)
 

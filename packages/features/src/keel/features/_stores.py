@@ -331,7 +331,8 @@ class OfflineStore:
 
 
 class StateStore(Protocol):
-    """Where streaming-engine snapshots live. ``save_many`` is atomic: all or none."""
+    """Where streaming-engine snapshots live. ``save_many`` is atomic: all or none; an empty
+    value deletes its name (``load`` then returns None)."""
 
     def save(self, name: str, data: bytes) -> None: ...
 
@@ -350,7 +351,11 @@ class MemoryStateStore:
         self._d[name] = bytes(data)
 
     def save_many(self, items: Mapping[str, bytes]) -> None:
-        self._d.update({k: bytes(v) for k, v in items.items()})
+        for k, v in items.items():
+            if v:
+                self._d[k] = bytes(v)
+            else:
+                self._d.pop(k, None)
 
     def load(self, name: str) -> bytes | None:
         return self._d.get(name)
@@ -388,7 +393,11 @@ class SQLiteStateStore:
                 self._db.executemany(
                     "INSERT INTO snapshots(name, data, saved_us) VALUES (?, ?, ?) ON CONFLICT(name) "
                     "DO UPDATE SET data = excluded.data, saved_us = excluded.saved_us",
-                    [(k, v, now) for k, v in items.items()],
+                    [(k, v, now) for k, v in items.items() if v],
+                )
+                self._db.executemany(
+                    "DELETE FROM snapshots WHERE name = ?",
+                    [(k,) for k, v in items.items() if not v],
                 )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -417,7 +426,14 @@ class RedisStateStore:
 
     def save_many(self, items: Mapping[str, bytes]) -> None:
         try:
-            self._r.mset({self.prefix + k: v for k, v in items.items()})  # atomic in Redis
+            pipe = self._r.pipeline(transaction=True)  # MULTI/EXEC: all or none
+            keep = {self.prefix + k: v for k, v in items.items() if v}
+            if keep:
+                pipe.mset(keep)
+            gone = [self.prefix + k for k, v in items.items() if not v]
+            if gone:
+                pipe.delete(*gone)
+            pipe.execute()
         except self._redis_mod.RedisError as exc:
             raise UnavailableError(f"Redis state save failed: {exc}") from exc
 

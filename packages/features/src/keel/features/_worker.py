@@ -121,6 +121,17 @@ class WorkerStats:
     dead_letters: dict[str, int] = field(default_factory=dict)
 
 
+def _redelivery_horizon_s(consumer: object) -> float:
+    """How long after its first delivery an event can still come back: ``max_deliver x
+    (ack_wait_s + largest backoff)`` of the consumer's config (0 for a consumer without one)."""
+    cfg = getattr(consumer, "config", None)
+    try:
+        backoff = max((float(b) for b in getattr(cfg, "backoff_s", ()) or ()), default=0.0)
+        return float(cfg.max_deliver) * (float(cfg.ack_wait_s) + backoff)  # type: ignore[union-attr]
+    except (AttributeError, TypeError, ValueError):
+        return 0.0
+
+
 def _short(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL else text[: _MAX_DETAIL - 3] + "..."
 
@@ -144,6 +155,7 @@ class FeatureWorker:
         fetch_timeout_s: float = 0.5,
         flush_interval_s: float = 2.0,
         monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not views:
             raise InvalidDefinitionError("the feature worker needs at least one feature view")
@@ -167,6 +179,7 @@ class FeatureWorker:
         self.fetch_timeout_s = fetch_timeout_s
         self.flush_interval_s = flush_interval_s
         self._mono = monotonic
+        self._wall = wall_clock  # commit times of the id index (unix s; survive restarts)
         self._types = {v.source.event_type for v in self.views if isinstance(v.source, EventSource)}
         self._record_key = f"keel.worker/{consumer.durable}"
         self.engines: dict[str, StreamingEngine] = {}
@@ -176,9 +189,25 @@ class FeatureWorker:
         self._flush_no = int(record.get("flushes", 0))
         #: Dead letters committed but perhaps not settled before a crash: event id -> reason.
         self._carry: dict[str, str] = dict(record.get("dead", {}))
-        #: Ids applied by the last few commits (id -> flush number): a redelivery of one is
-        #: skipped whatever the engines' id memory has pruned since.
-        self._committed: dict[str, int] = dict(record.get("done", {}))
+        #: Ids applied by recent commits (id -> flush number): a redelivery of one is skipped
+        #: whatever the engines' id memory has pruned since. Kept durably, one state entry per
+        #: commit, for the bus's redelivery horizon (an ack lost in a broker restart comes
+        #: back ``ack_wait`` later) and at least the last few commits.
+        self._horizon_s = _redelivery_horizon_s(consumer)
+        self._committed: dict[str, int] = dict(record.get("done", {}))  # pre-index records
+        self._legacy = bool(self._committed)
+        #: Ids refused by a view (late, future) but written to the offline log by recent
+        #: commits: a redelivery is dead-lettered again, never logged twice.
+        self._logged_dead: dict[str, int] = {}
+        self._id_flushes: dict[int, float] = {}  # flush number -> commit time (unix s)
+        self._ids_by_flush: dict[int, tuple[list[str], list[str]]] = {}
+        for n, t in record.get("id_flushes", []):
+            raw_ids = self.state.load(self._ids_key(int(n)))
+            applied, logged_dead = json.loads(raw_ids) if raw_ids else ([], [])
+            self._id_flushes[int(n)] = float(t)
+            self._ids_by_flush[int(n)] = (applied, logged_dead)
+            self._committed.update((i, int(n)) for i in applied)
+            self._logged_dead.update((i, int(n)) for i in logged_dead)
         if self.offline is not None:  # parts a crash left between write and commit
             for t in sorted(self._types):
                 self.offline.discard(event_log_dataset(t), self._part_name())
@@ -187,9 +216,13 @@ class FeatureWorker:
         self._unsettled: list[tuple[Delivery, str | None]] = []  # committed, settle failed
         self._dead: dict[str, str] = {}  # event id -> reason, settled at the next flush
         self._log_rows: list[dict[str, Any]] = []
+        self._log_ids: set[str] = set()  # event ids of _log_rows
         self._first_pending: float | None = None
         self._newest: dict[str, datetime] = {}
         self._m = _WorkerMetrics(metrics, [v.name for v in self.views]) if metrics else None
+
+    def _ids_key(self, flush_no: int) -> str:
+        return f"{self._record_key}/ids/{flush_no:012d}"
 
     def _part_name(self) -> str:
         return f"{self.consumer.durable}-{self._flush_no:012d}"
@@ -304,6 +337,9 @@ class FeatureWorker:
         for e in fresh.values():
             if e.id in dead and dead[e.id].startswith(("invalid", "failed")):
                 continue
+            if e.id in self._logged_dead or e.id in self._log_ids:
+                continue  # a refused event redelivered (its dead-lettering was lost): logged
+            self._log_ids.add(e.id)
             self._log_rows.append(
                 {
                     "event_id": e.id,
@@ -320,7 +356,7 @@ class FeatureWorker:
         """Roll back to the last commit, re-apply what was pending (it applied before), then
         apply the failed batch one event at a time, dead-lettering the events that fail."""
         pending = self._pending
-        self._pending, self._dead, self._log_rows = [], {}, []
+        self._pending, self._dead, self._log_rows, self._log_ids = [], {}, [], set()
         self._restore_committed()
         if pending:
             self._apply(pending)
@@ -363,20 +399,63 @@ class FeatureWorker:
                     name=self._part_name(),
                 )
         carry = {**self._carry, **self._dead}
-        keep_from = self._flush_no - _REMEMBERED_FLUSHES
-        done = {i: n for i, n in self._committed.items() if n > keep_from}
-        done.update((d.event.id, self._flush_no) for d in self._pending if d.event.id not in carry)
         items = {namespace(v): self.engines[v.name].snapshot() for v in self.views}
+        # -- the id index: this commit's ids in, commits past the redelivery horizon out ---
+        now = self._wall()
+        keep_from = self._flush_no - _REMEMBERED_FLUSHES
+        expired = {
+            n for n, t in self._id_flushes.items() if n <= keep_from and now - t > self._horizon_s
+        }
+        for n in expired:
+            items[self._ids_key(n)] = b""  # deleted in the same transaction
+        new_ids = list(dict.fromkeys(d.event.id for d in self._pending if d.event.id not in carry))
+        new_dead = sorted(i for i in self._log_ids if i in carry)  # logged, refused by a view
+        id_flushes = {n: t for n, t in self._id_flushes.items() if n not in expired}
+        if new_ids or new_dead:
+            items[self._ids_key(self._flush_no)] = json.dumps([new_ids, new_dead]).encode()
+            id_flushes[self._flush_no] = now
+        # ids of a record written before the index existed: kept for the last few commits
+        legacy = (
+            {
+                i: n
+                for i, n in self._committed.items()
+                if n not in self._ids_by_flush and n > keep_from
+            }
+            if self._legacy
+            else {}
+        )
         items[self._record_key] = json.dumps(
-            {"flushes": self._flush_no + 1, "dead": carry, "done": done}
+            {
+                "flushes": self._flush_no + 1,
+                "dead": carry,
+                "done": legacy,
+                "id_flushes": sorted(id_flushes.items()),
+            }
         ).encode()
         self.state.save_many(items)
-        self._committed = done
+        for n in expired:
+            applied, logged_dead = self._ids_by_flush.pop(n, ([], []))
+            for i in applied:
+                if self._committed.get(i) == n:
+                    del self._committed[i]
+            for i in logged_dead:
+                if self._logged_dead.get(i) == n:
+                    del self._logged_dead[i]
+        if self._legacy:
+            for i, n in list(self._committed.items()):
+                if n not in self._ids_by_flush and i not in legacy:
+                    del self._committed[i]
+            self._legacy = bool(legacy)
+        if new_ids or new_dead:
+            self._ids_by_flush[self._flush_no] = (new_ids, new_dead)
+            self._committed.update((i, self._flush_no) for i in new_ids)
+            self._logged_dead.update((i, self._flush_no) for i in new_dead)
+        self._id_flushes = id_flushes
         self._flush_no += 1
         self.stats.flushes += 1
         # -- committed: settle (if the bus is away, retried at the next flush) ------------
         settle = self._unsettled + [(d, carry.get(d.event.id)) for d in self._pending]
-        self._pending, self._dead, self._log_rows = [], {}, []
+        self._pending, self._dead, self._log_rows, self._log_ids = [], {}, [], set()
         self._settle(settle)
 
     def _settle(self, items: list[tuple[Delivery, str | None]]) -> None:
