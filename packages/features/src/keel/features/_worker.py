@@ -7,8 +7,12 @@ uninterrupted run):
   (``part-<durable>-<flush number>``), then saves every view's snapshot and the worker's own
   record (the next flush number, the dead letters not yet settled) in ONE state-store
   transaction, and only then settles the deliveries. A restart discards parts carrying the
-  uncommitted flush number; the engines' seen-id sets make redeliveries of committed events
-  no-ops; online writes are conditional on event time, so re-applying is harmless.
+  uncommitted flush number. Redeliveries of committed events are no-ops: each commit also
+  stores its event ids (applied, and refused-but-logged) in the same transaction, kept for the
+  bus's redelivery horizon (``max_deliver x (ack_wait + largest backoff)``) — an ack or a
+  dead-lettering lost in a broker restart comes back that late, after the engines' own id
+  memory has moved on — so nothing is applied or logged twice; online writes are conditional
+  on event time, so re-applying is harmless.
 * **Nothing acked that was not applied or dead-lettered.** Events refused by a view (invalid
   payload, too late, from the future) are dead-lettered on the bus with the reason
   (requeueable), after the commit; too-late and future events still reach the offline log, so
