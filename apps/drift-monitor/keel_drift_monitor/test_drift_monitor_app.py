@@ -305,3 +305,43 @@ def test_failures_are_one_line_and_exit_1(
     assert errors[0]["msg"].startswith("drift-monitor: ") and needle in errors[0]["msg"]
     assert "hunter2" not in proc.stderr
     assert records[-1]["msg"] == "drift-monitor stopped" and records[-1]["exit"] == 1
+
+
+def test_a_dead_letter_whose_settlement_failed_is_dead_lettered_on_redelivery(
+    tmp_path: Path, profile_path: Path
+) -> None:
+    """The broker goes away between the commit and the dead-lettering (a broker restart): the
+    uninterrupted service must dead-letter the redelivered event, not just ack it as a
+    committed one."""
+    import time
+
+    from keel.events import UnavailableError
+
+    bus = open_bus(f"sqlite://{tmp_path / 'events.db'}")
+    rng = np.random.default_rng(5)
+    good = predictions(rng, hours=1, drift_from=9, per_hour=20)
+    bad = Event.create(
+        type="prediction.made", key="k", event_time=T0, id="p-bad", payload={"score": "high"}
+    )
+    bus.publish_batch("predictions", [*good[:10], bad, *good[10:]])
+    cfg = Settings(profile=profile_path, min_samples=10, poll_timeout_s=0.05)
+    svc = build_service(cfg, bus)
+    consumer = bus.consumer("predictions", "dm-short-wait", ack_wait_s=0.3)
+    real_term = consumer._term
+    failed: list[str] = []
+
+    def term_once_unavailable(delivery, reason: str) -> None:  # type: ignore[no-untyped-def]
+        if not failed:
+            failed.append(delivery.event.id)
+            raise UnavailableError("broker restarting")
+        real_term(delivery, reason)
+
+    consumer._term = term_once_unavailable  # type: ignore[method-assign]
+    svc.consumer = consumer
+    deadline = time.monotonic() + 30
+    while not bus.dead_letters("predictions"):
+        assert time.monotonic() < deadline, "the redelivered dead letter was never settled"
+        svc.step()
+    assert failed == ["p-bad"]
+    assert [d.event_id for d in bus.dead_letters("predictions")] == ["p-bad"]
+    bus.close()

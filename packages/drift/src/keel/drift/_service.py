@@ -398,6 +398,9 @@ class DriftMonitorService(Generic[D]):
         progress = json.dumps({"seq": hwm, "dead": carry}).encode()
         self.store.commit({"monitor": self.monitor.snapshot(), "progress": progress}, windows)
         self._hwm = hwm
+        # Committed dead letters stay remembered until their term succeeds: if the bus fails
+        # mid-settlement (broker restarting), the redelivery is dead-lettered, not just acked.
+        self._carry = carry
         try:  # committed: a failed settlement only means redeliveries, absorbed by seq
             ok = [d for d in deliveries if d.event.id not in dead]
             if ok:
