@@ -400,23 +400,22 @@ def test_a_lost_ack_redelivered_many_commits_later_is_not_logged_twice(tmp_path:
         )
 
     inner = bus.consumer("transactions", durable="fw", ack_wait_s=1.0, instance="fw-0")
-    w = worker(_LosingAcks(inner, lost))
-    while w.step():
+    first = worker(_LosingAcks(inner, lost))
+    while first.step():
         pass
-    w.flush()
-    assert w.stats.flushes > 10  # the lost ids are older than the last few commits
-    del w
-    # a restart (the index is reloaded from the state store), then the redeliveries arrive
+    first.flush()
+    assert first.stats.flushes > 10  # the lost ids are older than the last few commits
+    # a restart (the index is reloaded from the state store); the redeliveries arrive in
+    # either worker, depending on how long the first one ran (ack wait 1 s)
     w = worker(bus.consumer("transactions", durable="fw", ack_wait_s=1.0, instance="fw-0"))
     deadline = time.monotonic() + 30
-    while w.stats.deliveries < len(lost):
+    while (info := inner.info()).ack_pending or info.lag:
         assert time.monotonic() < deadline, "the lost acks were never redelivered"
         w.step()
         w.flush()
-    _drain(w)
-    assert bus.consumer("transactions", durable="fw", ack_wait_s=1.0).info().ack_pending == 0
-    assert w.stats.duplicates == 3  # the applied ones: skipped
-    assert w.stats.dead_letters == {"late": 1}  # the refused one: dead-lettered again
+    assert first.stats.duplicates + w.stats.duplicates == 3  # the applied ones: skipped
+    late = first.stats.dead_letters.get("late", 0) + w.stats.dead_letters.get("late", 0)
+    assert late == 2  # the refused one, dead-lettered again on its redelivery
     log = OfflineStore(tmp_path / "offline").read(event_log_dataset("txn.created")).collect()
     assert log.height == len(events)
     assert log["event_id"].n_unique() == len(events)

@@ -437,6 +437,7 @@ class FeatureWorker:
             }
         ).encode()
         self.state.save_many(items)
+        self._carry = carry  # committed dead letters, until their dead-lettering succeeds
         for n in expired:
             applied, logged_dead = self._ids_by_flush.pop(n, ([], []))
             for i in applied:
