@@ -192,9 +192,9 @@ def _private_buffer(size: int) -> Buffer:
     zero-filled by a serial pass before the read — the kernel hands out zeroed pages as
     the readers first write them, in parallel with hashing. No ``MADV_HUGEPAGE``: on a VM
     whose balloon reports free memory to the host, 2 MiB pages come from exactly the
-    memory the host has discarded and took ~2x longer to fill than 4 KiB pages (measured,
-    see tools/bench/artifacts); the system's own policy still applies. The memory is
-    released when the last tensor viewing it is.
+    memory the host has discarded and took ~2x the CPU of 4 KiB pages (measured, see the
+    package README); the system's own policy still applies. The memory is released when
+    the last tensor viewing it is.
     """
     private, anon = getattr(mmap, "MAP_PRIVATE", None), getattr(mmap, "MAP_ANONYMOUS", None)
     if size < _MAPPED_MIN or private is None or anon is None:
