@@ -18,6 +18,15 @@ building from torch tensors.
 """
 
 from keel.artifacts._build import BuiltArtifact, archive_artifact, build_artifact
+from keel.artifacts._builders import (
+    BUILDERS_ENV,
+    ENTRY_POINT_GROUP,
+    Builder,
+    builders_for,
+    register_builder,
+    resolve_builder,
+    unregister_builder,
+)
 from keel.artifacts._canonical import canonical_dumps, canonical_loads
 from keel.artifacts._compat import (
     Requirements,
@@ -32,6 +41,7 @@ from keel.artifacts._errors import (
     ArchiveError,
     ArtifactError,
     ArtifactNotFoundError,
+    BuilderNotFoundError,
     ForbiddenPayloadError,
     IncompatibleArtifactError,
     IntegrityError,
@@ -83,6 +93,8 @@ __all__ = [
     "MANIFEST_FILE",
     "SIGNATURE_FILE",
     "WEIGHTS_FILE",
+    "BUILDERS_ENV",
+    "ENTRY_POINT_GROUP",
     "ArchiveBombError",
     "ArchiveError",
     "Architecture",
@@ -90,6 +102,8 @@ __all__ = [
     "ArtifactMetrics",
     "ArtifactNotFoundError",
     "ArtifactSpec",
+    "Builder",
+    "BuilderNotFoundError",
     "BuiltArtifact",
     "Change",
     "CodeVersion",
@@ -119,6 +133,7 @@ __all__ = [
     "WeightsFormatError",
     "archive_artifact",
     "build_artifact",
+    "builders_for",
     "canonical_dumps",
     "canonical_loads",
     "check_compatibility",
@@ -127,6 +142,9 @@ __all__ = [
     "extract_archive",
     "generate_keypair",
     "load_artifact",
+    "register_builder",
+    "resolve_builder",
+    "unregister_builder",
     "parse_manifest",
     "read_manifest",
     "save_safetensors",

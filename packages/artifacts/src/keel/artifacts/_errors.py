@@ -26,6 +26,11 @@ class ArtifactNotFoundError(ArtifactError, FileNotFoundError):
     reason = "not_found"
 
 
+class BuilderNotFoundError(ArtifactError, LookupError):
+    """No model builder is registered under the name an artifact's architecture gives
+    (``keel.artifacts.register_builder``, ``KEEL_MODEL_BUILDERS`` or an entry point)."""
+
+
 class ManifestError(ArtifactError):
     """The manifest is missing, not canonical JSON, or fails its schema."""
 

@@ -81,15 +81,24 @@ class LoadedArtifact:
     runtime_config: Mapping[str, Any]
     files: Mapping[str, bytes] = field(default_factory=dict)
 
-    def build_model(self, builders: Mapping[str, Callable[..., Any]]) -> Any:
-        """Build the model with the registered builder the manifest names, then load the
-        tensors into it (``load_state_dict``, strict). No stored code ever runs."""
+    def build_model(self, builders: Mapping[str, Callable[..., Any]] | None = None) -> Any:
+        """Build the model with the builder the manifest names, then load the tensors into
+        it (``load_state_dict``, strict). No stored code ever runs. ``builders`` (name ->
+        callable), when given, is the whole set the caller allows; otherwise the process's
+        registered builders are used (``register_builder``, ``KEEL_MODEL_BUILDERS``, the
+        ``keel.model_builders`` entry points; ``BuilderNotFoundError`` naming all three)."""
+        from keel.artifacts._builders import resolve_builder
+
         arch = self.manifest.architecture
-        builder = builders.get(arch.builder)
-        if builder is None:
-            raise InvalidInputError(
-                f"no model builder registered as {arch.builder!r} (have {sorted(builders)})"
-            )
+        if builders is None:
+            builder = resolve_builder(arch.builder)
+        else:
+            found = builders.get(arch.builder)
+            if found is None:
+                raise InvalidInputError(
+                    f"no model builder registered as {arch.builder!r} (have {sorted(builders)})"
+                )
+            builder = found
         model = builder(**arch.args)
         if hasattr(model, "load_state_dict"):
             try:
