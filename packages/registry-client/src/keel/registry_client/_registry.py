@@ -271,6 +271,9 @@ class Registry:
             run_id = run.info.run_id
             self._client.log_artifact(run_id, str(a.archive), ARTIFACT_DIR)
             self._client.log_artifact(run_id, str(a.manifest), ARTIFACT_DIR)
+            if (model_dir := getattr(a, "mlflow_model", None)) is not None:
+                # MLmodel + code file: the folder is an MLflow model (models:/ URIs load it)
+                self._client.log_artifacts(run_id, str(model_dir), ARTIFACT_DIR)
             self._client.set_terminated(run_id)
         return run_id, f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_DIR}"
 
