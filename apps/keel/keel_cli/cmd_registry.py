@@ -90,9 +90,7 @@ def _registry(
 
 
 @contextmanager
-def _publisher(
-    bus_url: str | None, stream: str
-) -> Iterator[Callable[[AliasMoved], None] | None]:
+def _publisher(bus_url: str | None, stream: str) -> Iterator[Callable[[AliasMoved], None] | None]:
     """A publisher of `model.alias_moved` onto the configured bus (None: no bus)."""
     if not bus_url:
         yield None

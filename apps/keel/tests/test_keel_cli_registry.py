@@ -200,8 +200,16 @@ def test_a_bad_bus_url_fails_before_anything_moves(tmp_path: Path) -> None:
     result = runner.invoke(
         app,
         [
-            "registry", "promote", "churn", "champion", "1", *WHO,
-            "--home", str(home), "--bus-url", "bogus://nowhere",
+            "registry",
+            "promote",
+            "churn",
+            "champion",
+            "1",
+            *WHO,
+            "--home",
+            str(home),
+            "--bus-url",
+            "bogus://nowhere",
         ],
     )
     assert result.exit_code != 0

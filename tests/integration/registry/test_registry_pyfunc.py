@@ -13,7 +13,6 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from integration.registry.registry_support import (
     LINEAR_BUILDER,
     Backend,
@@ -21,6 +20,7 @@ from integration.registry.registry_support import (
     build_signed,
     make_linear,
 )
+from mlflow.models import Model
 
 from keel.artifacts import (
     ArchiveError,
@@ -70,7 +70,11 @@ def _oracle(archive: Path, policy: TrustPolicy, x: np.ndarray) -> np.ndarray:
     loaded = load_artifact(archive, policy, framework="torch")
     model = loaded.build_model({"linear": make_linear})
     with torch.no_grad():
-        return model(torch.from_numpy(np.ascontiguousarray(x)).float()).numpy()[:, 0].astype(np.float64)
+        return (
+            model(torch.from_numpy(np.ascontiguousarray(x)).float())
+            .numpy()[:, 0]
+            .astype(np.float64)
+        )
 
 
 def _frame(n: int) -> pd.DataFrame:
@@ -108,7 +112,9 @@ def test_models_uri_at_champion_predicts_like_a_direct_load(
     assert built[1].archive is not None and built[0].archive is not None
     want = _oracle(built[1].archive, signer.policy, x)
     np.testing.assert_allclose(got["score"].to_numpy(), want, rtol=0, atol=1e-6)
-    w = np.asarray(load_artifact(built[1].archive, signer.policy, framework="numpy").tensors["weight"])
+    w = np.asarray(
+        load_artifact(built[1].archive, signer.policy, framework="numpy").tensors["weight"]
+    )
     np.testing.assert_allclose(got["score"].to_numpy(), x @ w[0].astype(np.float64), atol=1e-5)
     # the alias decides: version 1 predicts differently
     other = _oracle(built[0].archive, signer.policy, x)
@@ -122,7 +128,7 @@ def test_models_uri_at_champion_predicts_like_a_direct_load(
             f"models:/{model_name}@champion", dst_path=str(tmp_path / "dl")
         )
     )
-    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    flavor = Model.load(str(local / "MLmodel")).flavors["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert flavor["model_code_path"] == "keel_model.py"
     assert "python_model" not in flavor and "cloudpickle_version" not in flavor
@@ -178,7 +184,10 @@ def test_a_tampered_archive_in_the_store_is_refused_at_load(
     assert isinstance(info.value.reason, UntrustedSignerError)
 
     stored.write_bytes(pristine)
-    assert mlflow.pyfunc.load_model(f"models:/{model_name}@champion").predict(_frame(3)).shape == (3, 1)
+    assert mlflow.pyfunc.load_model(f"models:/{model_name}@champion").predict(_frame(3)).shape == (
+        3,
+        1,
+    )
 
 
 def test_loading_needs_a_configured_trust_policy(

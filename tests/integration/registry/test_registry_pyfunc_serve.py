@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -48,9 +49,7 @@ def _uvicorn_shim(tmp: Path) -> Path:
 
 
 def _env(backend: Backend, key: Path | None, bin_dir: Path) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("KEEL_TRUSTED", "KEEL_ALLOW"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_TRUSTED", "KEEL_ALLOW"))}
     env.update(
         MLFLOW_TRACKING_URI=backend.tracking_uri,
         MLFLOW_REGISTRY_URI=backend.tracking_uri,
@@ -66,13 +65,31 @@ def _env(backend: Backend, key: Path | None, bin_dir: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _serve(uri: str, env: dict[str, str], log: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+def _serve(
+    uri: str, env: dict[str, str], log: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port(80)
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager",
-           "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     try:
         yield proc, port
     finally:
@@ -87,16 +104,17 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited {proc.returncode}: {log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/ping", timeout=2
-        ) as r:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r,
+        ):
             if r.status == 200:
                 return
         time.sleep(0.5)
     raise AssertionError(f"server not ready: {log.read_text()[-3000:]}")
 
 
-def _post(port: int, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+def _post(port: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations",
         data=json.dumps(body).encode(),
@@ -125,13 +143,16 @@ def test_mlflow_models_serve_serves_the_champion(
     uri = f"models:/{model_name}@champion"
 
     x = np.random.default_rng(1).standard_normal((16, 2))
-    with _serve(uri, _env(backend, key, _uvicorn_shim(tmp_path)), tmp_path / "serve.log") as (proc, port):
+    with _serve(uri, _env(backend, key, _uvicorn_shim(tmp_path)), tmp_path / "serve.log") as (
+        proc,
+        port,
+    ):
         _wait_ready(proc, port, tmp_path / "serve.log")
         status, out = _post(
             port, {"dataframe_split": {"columns": ["x0", "x1"], "data": x.tolist()}}
         )
         assert status == 200, out
-        got = np.array([row["score"] for row in out["predictions"]])  # type: ignore[union-attr]
+        got = np.array([row["score"] for row in out["predictions"]])
         model = load_artifact(built.archive, signer.policy).build_model({"linear": make_linear})
         with torch.no_grad():
             want = model(torch.from_numpy(x).float()).numpy()[:, 0]

@@ -80,8 +80,8 @@ def _env_targets(environ: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     if not raw:
         return out
-    for item in raw.split(","):
-        item = item.strip()
+    for part in raw.split(","):
+        item = part.strip()
         if not item:
             continue
         name, sep, target = (s.strip() for s in item.partition("="))
@@ -128,7 +128,9 @@ def _entry_point_target(name: str) -> tuple[Builder | None, list[str]]:
             f"cannot be imported: {e}"
         ) from None
     if not callable(obj):
-        raise InvalidInputError(f"model builder {found[0].value} ({ENTRY_POINT_GROUP}) is not callable")
+        raise InvalidInputError(
+            f"model builder {found[0].value} ({ENTRY_POINT_GROUP}) is not callable"
+        )
     return obj, values
 
 

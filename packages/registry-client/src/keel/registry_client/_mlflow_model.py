@@ -50,9 +50,7 @@ _COLSPEC = {
 def _schema(fields: list[FieldSpec]) -> object:
     from mlflow.types import ColSpec, Schema
 
-    return Schema(
-        [ColSpec(_COLSPEC[f.dtype], f.name, required=not f.nullable) for f in fields]
-    )
+    return Schema([ColSpec(_COLSPEC[f.dtype], f.name, required=not f.nullable) for f in fields])
 
 
 def _requirements() -> list[str]:

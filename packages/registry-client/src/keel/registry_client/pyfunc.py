@@ -76,7 +76,9 @@ def trust_policy_from_env(environ: Mapping[str, str] | None = None) -> TrustPoli
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.suffix in (".pub", ".pem") and q.is_file())
             if not found:
-                raise InvalidInputError(f"{TRUSTED_KEYS_ENV}: folder {p} holds no *.pub / *.pem key")
+                raise InvalidInputError(
+                    f"{TRUSTED_KEYS_ENV}: folder {p} holds no *.pub / *.pem key"
+                )
             paths.extend(found)
         elif p.is_file():
             paths.append(p)
