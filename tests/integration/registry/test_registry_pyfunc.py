@@ -249,6 +249,12 @@ def test_builder_and_input_errors_are_clear(
     monkeypatch.setenv("KEEL_MODEL_BUILDERS", "linear")
     with pytest.raises(InvalidInputError, match="name=module:attribute"):
         mlflow.pyfunc.load_model(uri)
+    monkeypatch.setenv("KEEL_MODEL_BUILDERS", "linear=torch.nn:ReLU")  # takes no n_in
+    with pytest.raises(InvalidInputError, match="builder 'linear' failed with args"):
+        mlflow.pyfunc.load_model(uri)
+    monkeypatch.setenv("KEEL_MODEL_BUILDERS", "linear=torch.nn:Identity")  # has no weight
+    with pytest.raises(InvalidInputError, match="weights do not fit"):
+        mlflow.pyfunc.load_model(uri)
     monkeypatch.setenv("KEEL_MODEL_BUILDERS", LINEAR_BUILDER)
     model = mlflow.pyfunc.load_model(uri)
     with pytest.raises(Exception, match="x0"):  # MLflow's schema enforcement names the column

@@ -157,8 +157,13 @@ class KeelPredictor:
         builder = resolve_builder(m.architecture.builder)
         try:
             model = loaded.build_model({m.architecture.builder: builder})
-        except ArtifactError as e:
+        except ArtifactError as e:  # the weights do not fit what the builder built
             raise InvalidInputError(f"model {m.name!r}: {e}") from None
+        except (TypeError, ValueError) as e:  # the builder rejected the manifest's args
+            raise InvalidInputError(
+                f"model {m.name!r}: builder {m.architecture.builder!r} failed with args "
+                f"{m.architecture.args}: {type(e).__name__}: {e}"
+            ) from None
         if hasattr(model, "eval"):
             model.eval()
         return cls(model, m, loaded.digest, loaded.signer)
