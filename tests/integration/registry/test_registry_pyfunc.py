@@ -134,9 +134,10 @@ def test_models_uri_at_champion_predicts_like_a_direct_load(
     assert "python_model" not in flavor and "cloudpickle_version" not in flavor
     assert flavor["config"]["keel_digest"] == mv.digest
     stored = registry.mlflow_client.list_artifacts(mv.run_id, "keel")
-    # (MLflow itself adds `registered_model_meta` when it loads a models:/ URI)
+    # Loading from a local (file://) store, MLflow uses the stored folder in place: it adds its
+    # `registered_model_meta`, and importing the code file leaves a `__pycache__` there.
     files = sorted(f.path.removeprefix("keel/") for f in stored)
-    files = [f for f in files if f != "registered_model_meta"]
+    files = [f for f in files if f not in ("registered_model_meta", "__pycache__")]
     assert files == sorted(
         ["MLmodel", "keel_model.py", "manifest.json", "requirements.txt", built[1].archive.name]
     )
