@@ -4,13 +4,21 @@ Embedded by default: MLflow's SQLite store in $KEEL_HOME/mlflow.db. For a real `
 server` give --tracking-uri (env KEEL_REGISTRY_TRACKING_URI) and --db-url, the server's
 PostgreSQL database (env KEEL_REGISTRY_DB_URL), where Keel keeps its claims and audit log.
 mlflow is imported only inside the commands.
+
+`promote` and `rollback` publish a `model.alias_moved` event (keel.events) when a bus is
+configured: --bus-url (env KEEL_BUS_URL, e.g. sqlite:///…/events.db or nats://host:4222) and
+--events-stream (env KEEL_REGISTRY_EVENTS_STREAM, default `models`). The event id is the
+audit entry's hash, so re-running a promote that already happened appends nothing and re-sends
+the same event, which the bus drops as a duplicate (a crash between the alias move and the
+publish therefore loses nothing).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from keel.registry_client import AuditEntry, Registry
+    from keel.registry_client import AliasMoved, AuditEntry, Registry
 
 app = typer.Typer(
     help="Model registry: versions, aliases (promote / rollback), audit log.", no_args_is_help=True
@@ -46,24 +54,68 @@ WhyOpt = typer.Option(..., "--why", help="why the alias moves")
 EvidenceOpt = typer.Option(
     ..., "--evidence", help="digest of the evidence: gate results, approvals"
 )
+BusOpt = typer.Option(
+    None,
+    "--bus-url",
+    envvar="KEEL_BUS_URL",
+    help="publish model.alias_moved to this keel.events bus (sqlite:///path or nats://...)",
+)
+StreamOpt = typer.Option(
+    "models",
+    "--events-stream",
+    envvar="KEEL_REGISTRY_EVENTS_STREAM",
+    help="the bus stream for model.alias_moved events",
+)
 
 
 @contextmanager
 def _registry(
-    home: Path | None, tracking_uri: str | None, db_url: str | None
+    home: Path | None,
+    tracking_uri: str | None,
+    db_url: str | None,
+    publisher: Callable[[AliasMoved], None] | None = None,
 ) -> Iterator[Registry]:
     from keel.registry_client import open_registry
 
     if tracking_uri:
-        reg = open_registry(tracking_uri=tracking_uri, db_url=db_url)
+        reg = open_registry(tracking_uri=tracking_uri, db_url=db_url, publisher=publisher)
     else:
         from keel_cli.config import load_config
 
-        reg = open_registry(home or load_config().home)
+        reg = open_registry(home or load_config().home, publisher=publisher)
     try:
         yield reg
     finally:
         reg.close()
+
+
+@contextmanager
+def _publisher(bus_url: str | None, stream: str) -> Iterator[Callable[[AliasMoved], None] | None]:
+    """A publisher of `model.alias_moved` onto the configured bus (None: no bus)."""
+    if not bus_url:
+        yield None
+        return
+    from keel.events import Event, open_bus
+    from keel.registry_client import ALIAS_MOVED
+
+    bus = open_bus(bus_url)
+
+    def publish(moved: AliasMoved) -> None:
+        bus.publish(
+            stream,
+            Event.create(
+                type=ALIAS_MOVED,
+                key=moved.model,
+                event_time=datetime.fromisoformat(moved.time),
+                payload=moved.to_json(),
+                id=moved.event_id,
+            ),
+        )
+
+    try:
+        yield publish
+    finally:
+        bus.close()
 
 
 def _entry_json(e: AuditEntry) -> str:
@@ -166,12 +218,20 @@ def promote(
     home: Path | None = HomeOpt,
     tracking_uri: str | None = TrackingOpt,
     db_url: str | None = DbOpt,
+    bus_url: str | None = BusOpt,
+    events_stream: str = StreamOpt,
 ) -> None:
-    """Point NAME@ALIAS at VERSION, with a decision record in the audit log."""
+    """Point NAME@ALIAS at VERSION, with a decision record in the audit log.
+
+    Idempotent: if the log's last move of ALIAS already put it at VERSION, nothing is
+    appended and the same audit entry (and event id) is reported again."""
     from keel.registry_client import Decision
 
     decision = Decision(who=who, why=why, evidence_digest=evidence)
-    with _registry(home, tracking_uri, db_url) as reg:
+    with (
+        _publisher(bus_url, events_stream) as publish,
+        _registry(home, tracking_uri, db_url, publish) as reg,
+    ):
         e = reg.promote(name, alias, version, decision)
     typer.echo(f"{name}@{alias}: {e.from_version or '-'} -> {e.to_version} (audit seq {e.seq})")
 
@@ -186,12 +246,19 @@ def rollback(
     home: Path | None = HomeOpt,
     tracking_uri: str | None = TrackingOpt,
     db_url: str | None = DbOpt,
+    bus_url: str | None = BusOpt,
+    events_stream: str = StreamOpt,
 ) -> None:
-    """Point NAME@ALIAS back at its previous holder (from the audit log)."""
+    """Point NAME@ALIAS back at its previous holder (from the audit log).
+
+    Not idempotent by nature: each rollback steps one holder further back."""
     from keel.registry_client import Decision
 
     decision = Decision(who=who, why=why, evidence_digest=evidence)
-    with _registry(home, tracking_uri, db_url) as reg:
+    with (
+        _publisher(bus_url, events_stream) as publish,
+        _registry(home, tracking_uri, db_url, publish) as reg,
+    ):
         e = reg.rollback(name, alias, decision)
     typer.echo(f"{name}@{alias}: {e.from_version} -> {e.to_version} (rollback, audit seq {e.seq})")
 

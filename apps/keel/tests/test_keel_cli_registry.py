@@ -123,3 +123,96 @@ def test_register_verifies_a_signed_archive_then_registers_it_once(tmp_path: Pat
     assert isinstance(refused.exception, UnverifiedArtifactError)
     shown = json.loads(_run(home, "show", "scorer", "--version", "1"))
     assert shown["digest"] == signed.digest and shown["tags"]["keel.code_version"] == "git:abc"
+
+
+def _fresh_home(root: Path) -> Path:
+    with open_registry(root) as reg:
+        for i in range(2):
+            manifest = root / f"manifest{i}.json"
+            manifest.write_text(json.dumps({"bus": i}))
+            archive = root / f"model{i}.keel"
+            archive.write_bytes(b"w" * (i + 1))
+            reg.register(
+                RegistrableArtifact(
+                    name="churn",
+                    digest=hashlib.sha256(manifest.read_bytes()).hexdigest(),
+                    archive=archive,
+                    manifest=manifest,
+                    data_fingerprint=f"fp{i}",
+                    code_version="git:abc",
+                    lock_hash="lock",
+                )
+            )
+    return root
+
+
+def test_alias_moves_publish_model_alias_moved_once_on_the_configured_bus(
+    tmp_path: Path,
+) -> None:
+    from keel.events import open_bus
+
+    home = _fresh_home(tmp_path / "home")
+    bus_url = f"sqlite://{tmp_path / 'bus' / 'events.db'}"
+    (tmp_path / "bus").mkdir()
+    bus_args = ["--bus-url", bus_url]
+
+    # no bus configured: the move happens, nothing is published anywhere
+    _run(home, "promote", "churn", "challenger", "1", *WHO)
+    assert not (tmp_path / "bus" / "events.db").exists()
+
+    first = _run(home, "promote", "churn", "champion", "1", *WHO, *bus_args)
+    second = _run(home, "promote", "churn", "champion", "2", *WHO, *bus_args)
+    again = _run(home, "promote", "churn", "champion", "2", *WHO, *bus_args)  # a re-run
+    assert "- -> 1 (audit seq 2)" in first and "1 -> 2 (audit seq 3)" in second
+    assert again == second  # same entry reported, nothing appended
+    back = _run(
+        home, "rollback", "churn", "champion", *WHO, "--events-stream", "registry", *bus_args
+    )
+    assert "2 -> 1 (rollback, audit seq 4)" in back
+
+    audit = {e.seq: e for e in open_registry(home).audit("churn")}
+    assert sorted(audit) == [1, 2, 3, 4]
+    with open_bus(bus_url) as bus:
+        models = [s.event for s in bus.replay("models")]
+        rolled = [s.event for s in bus.replay("registry")]
+    assert [e.type for e in models] == ["model.alias_moved"] * 2  # the re-run was deduplicated
+    assert [e.key for e in models] == ["churn", "churn"]
+    payloads = [e.json() for e in models]
+    assert [(p["alias"], p["from_version"], p["to_version"], p["action"]) for p in payloads] == [
+        ("champion", None, 1, "promote"),
+        ("champion", 1, 2, "promote"),
+    ]
+    for e, p in zip(models, payloads, strict=True):
+        entry = audit[p["audit_seq"]]
+        assert e.id == f"model.alias_moved:{entry.hash}" and p["audit_hash"] == entry.hash
+        assert p["model"] == "churn"
+        assert p["decision"] == {
+            "who": "alice@bank",
+            "why": "gates passed",
+            "evidence_digest": "sha256:" + "1" * 64,
+        }
+        assert e.event_time.isoformat() == entry.time
+    assert [(e.json()["action"], e.json()["to_version"]) for e in rolled] == [("rollback", 1)]
+
+
+def test_a_bad_bus_url_fails_before_anything_moves(tmp_path: Path) -> None:
+    home = _fresh_home(tmp_path / "home")
+    result = runner.invoke(
+        app,
+        [
+            "registry",
+            "promote",
+            "churn",
+            "champion",
+            "1",
+            *WHO,
+            "--home",
+            str(home),
+            "--bus-url",
+            "bogus://nowhere",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "bogus://" in str(result.exception)
+    with open_registry(home) as reg:
+        assert reg.aliases("churn") == {} and reg.audit("churn") == []

@@ -63,7 +63,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         b = Backend("sqlite", {"home": str(home)}, [])
     else:
         server: MlflowServer = request.getfixturevalue("mlflow_server")
-        b = Backend("server", {"tracking_uri": server.url, "db_url": server.db_url}, [])
+        b = Backend(
+            "server",
+            {
+                "tracking_uri": server.url,
+                "db_url": server.db_url,
+                "artifacts": str(server.workdir / "artifacts"),
+            },
+            [],
+        )
     yield b
     for reg in b.opened:
         reg.close()

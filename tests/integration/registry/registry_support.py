@@ -70,6 +70,17 @@ def build_signed(
     )
 
 
+def make_linear(n_in: int) -> Any:
+    """The `linear` model builder the artifacts above name (registered by tests through
+    KEEL_MODEL_BUILDERS=linear=integration.registry.registry_support:make_linear)."""
+    import torch
+
+    return torch.nn.Linear(n_in, 1, bias=False)
+
+
+LINEAR_BUILDER = "linear=integration.registry.registry_support:make_linear"
+
+
 def build_artifact(root: Path, name: str, i: int, **overrides: Any) -> RegistrableArtifact:
     """A small 'signed archive' + manifest pair whose digest is the manifest's sha256."""
     d = root / f"{name}-{i}"
@@ -109,6 +120,13 @@ class Backend:
             )
         self.opened.append(reg)
         return reg
+
+    @property
+    def artifacts_root(self) -> Path:
+        """Where the backend's artifact store keeps files (for tamper tests)."""
+        if self.kind == "sqlite":
+            return Path(self.spec["home"]) / "mlartifacts"
+        return Path(self.spec["artifacts"])
 
     @property
     def tracking_uri(self) -> str:

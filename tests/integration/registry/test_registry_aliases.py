@@ -12,6 +12,7 @@ from keel.registry_client import (
     InvalidInputError,
     NotFoundError,
     Registry,
+    UnavailableError,
 )
 
 DECIDED = Decision(
@@ -92,3 +93,62 @@ def test_rollback_refuses_when_the_alias_was_moved_outside_keel(
     with pytest.raises(ConflictError, match="outside Keel"):
         registry.rollback(name, "champion", DECIDED)
     assert registry.get_by_alias(name, "champion").version == 3
+
+
+def test_promote_is_idempotent_and_a_failed_publish_is_resent_with_the_same_event_id(
+    backend: Backend, make_artifact: ArtifactFactory
+) -> None:
+    sent: list[AliasMoved] = []
+    failures = [RuntimeError("bus down")]
+
+    def publish(moved: AliasMoved) -> None:
+        sent.append(moved)
+        if failures:
+            raise failures.pop()
+
+    registry = backend.open(publisher=publish)
+    name = _versions(registry, make_artifact, 2)
+    with pytest.raises(UnavailableError, match="publishing model.alias_moved failed.*Re-run"):
+        registry.promote(name, "champion", 1, DECIDED)
+    assert registry.aliases(name) == {"champion": 1}  # the audited move itself happened
+    entry = registry.promote(name, "champion", 1, DECIDED)  # the re-run re-sends, appends nothing
+    assert registry.promote(name, "champion", 1, DECIDED) == entry
+    assert [e.seq for e in registry.audit(name)] == [1]
+    assert {m.event_id for m in sent} == {f"model.alias_moved:{entry.hash}"} and len(sent) == 3
+    assert AliasMoved.from_json(sent[0].to_json()) == sent[0]
+
+    # A rollback target that is promoted again explicitly is also already in place.
+    registry.promote(name, "champion", 2, DECIDED)
+    registry.rollback(name, "champion", DECIDED)
+    assert registry.promote(name, "champion", 1, DECIDED).action == "rollback"
+    assert [e.seq for e in registry.audit(name)] == [1, 2, 3]
+    assert registry.verify_audit(name).ok
+
+
+def test_a_promote_interrupted_after_its_audit_entry_is_completed_by_a_rerun(
+    backend: Backend, make_artifact: ArtifactFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = backend.open()
+    name = _versions(registry, make_artifact, 2)
+    registry.promote(name, "champion", 1, DECIDED)
+    client = registry.mlflow_client
+    real = client.set_registered_model_alias
+
+    def fail_once(*args: object) -> None:
+        monkeypatch.setattr(client, "set_registered_model_alias", real)
+        raise OSError("connection reset")  # the crash window: entry written, alias not moved
+
+    monkeypatch.setattr(client, "set_registered_model_alias", fail_once)
+    with pytest.raises(UnavailableError):
+        registry.promote(name, "champion", 2, DECIDED)
+    assert registry.aliases(name) == {"champion": 1}
+    assert [e.to_version for e in registry.audit(name)] == [1, 2]
+    assert not registry.verify_audit(name).ok  # the head tag lags the log until completed
+
+    done = registry.promote(name, "champion", 2, DECIDED)
+    assert (done.seq, done.from_version, done.to_version) == (2, 1, 2)
+    assert registry.aliases(name) == {"champion": 2}
+    assert [e.seq for e in registry.audit(name)] == [1, 2]
+    assert registry.verify_audit(name).ok
+    back = registry.rollback(name, "champion", DECIDED)
+    assert (back.from_version, back.to_version) == (2, 1)

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from keel.artifacts import (
 )
 from keel.registry_client._artifact import TAG_FORMAT_VERSION, TAG_SIGNER, RegistrableArtifact
 from keel.registry_client._errors import InvalidInputError, UnverifiedArtifactError
+from keel.registry_client._mlflow_model import RESERVED_NAMES, write_mlflow_model
 
 KEEL_ARTIFACT_TYPES = (str, Path, BuiltArtifact, VerifiedArtifact, LoadedArtifact)
 
@@ -42,6 +43,9 @@ class VerifiedRegistrable(RegistrableArtifact):
     """A `RegistrableArtifact` derived from a verified keel.artifacts artifact."""
 
     extra_tags: Mapping[str, str] = field(default_factory=dict)
+    # A folder holding the MLflow model files (MLmodel, code file, requirements) uploaded
+    # beside the archive so that `models:/<name>@<alias>` loads through `pyfunc`.
+    mlflow_model: Path | None = None
 
 
 def is_keel_artifact(obj: object) -> bool:
@@ -83,10 +87,13 @@ def verified_registrable(
     with tempfile.TemporaryDirectory(prefix="keel-register-") as tmp:
         work = Path(tmp)
         try:
+            name = f"{src.name}.tar" if src.is_dir() else src.name
+            if name in RESERVED_NAMES:  # the version's folder also holds these files
+                name = "artifact.tar"
+            archive = work / name
             if src.is_dir():
-                archive = archive_artifact(src, work / f"{src.name}.tar")
+                archive_artifact(src, archive)
             else:
-                archive = work / src.name
                 shutil.copyfile(src, archive)
             verified = verify_artifact(archive, trust)
         except ArtifactError as e:
@@ -106,7 +113,7 @@ def verified_registrable(
             raise UnverifiedArtifactError(f"{src}: its manifest is not in canonical form")
         manifest = work / MANIFEST_FILE
         manifest.write_bytes(m.to_bytes())
-        yield VerifiedRegistrable(
+        registrable = VerifiedRegistrable(
             name=m.name,
             digest=verified.digest,
             archive=archive,
@@ -121,6 +128,9 @@ def verified_registrable(
                 TAG_FORMAT_VERSION: m.format_version,
             },
         )
+        model_dir = work / "mlflow-model"
+        write_mlflow_model(model_dir, manifest=m, digest=verified.digest, archive_name=name)
+        yield replace(registrable, mlflow_model=model_dir)
 
 
 def _required(value: str, what: str) -> str:

@@ -94,6 +94,47 @@ class AliasMoved:
     time: str
     type: str = field(default=ALIAS_MOVED)
 
+    @property
+    def event_id(self) -> str:
+        """A stable id for this move (its audit entry's hash): re-sending the same move, e.g.
+        after a crash between the alias move and the publish, is deduplicated by the bus."""
+        return f"{ALIAS_MOVED}:{self.audit_hash}"
+
+    def to_json(self) -> dict[str, Any]:
+        """The event payload: JSON types only."""
+        return {
+            "model": self.model,
+            "alias": self.alias,
+            "from_version": self.from_version,
+            "to_version": self.to_version,
+            "action": self.action,
+            "audit_seq": self.audit_seq,
+            "audit_hash": self.audit_hash,
+            "decision": {
+                "who": self.decision.who,
+                "why": self.decision.why,
+                "evidence_digest": self.decision.evidence_digest,
+            },
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> AliasMoved:
+        try:
+            return cls(
+                model=str(d["model"]),
+                alias=str(d["alias"]),
+                from_version=None if d["from_version"] is None else int(d["from_version"]),
+                to_version=int(d["to_version"]),
+                action=str(d["action"]),
+                audit_seq=int(d["audit_seq"]),
+                audit_hash=str(d["audit_hash"]),
+                decision=Decision(**d["decision"]),
+                time=str(d["time"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidInputError(f"not a {ALIAS_MOVED} payload: {e}") from None
+
 
 @dataclass(frozen=True)
 class AuditReport:
@@ -271,6 +312,9 @@ class Registry:
             run_id = run.info.run_id
             self._client.log_artifact(run_id, str(a.archive), ARTIFACT_DIR)
             self._client.log_artifact(run_id, str(a.manifest), ARTIFACT_DIR)
+            if (model_dir := getattr(a, "mlflow_model", None)) is not None:
+                # MLmodel + code file: the folder is an MLflow model (models:/ URIs load it)
+                self._client.log_artifacts(run_id, str(model_dir), ARTIFACT_DIR)
             self._client.set_terminated(run_id)
         return run_id, f"{run.info.artifact_uri.rstrip('/')}/{ARTIFACT_DIR}"
 
@@ -399,6 +443,14 @@ class Registry:
         with self._tables.lock(name):
             entries = self._tables.entries(name)
             current = self.aliases(name).get(alias)
+            if action == "promote" and (done := _already_promoted(entries, alias, current, target)):
+                # Idempotent re-run: the log already records this move. Finish it if a crash
+                # left it half-applied (entry written, alias not moved), and re-send its event
+                # with the same id (a crash may have come before the publish), append nothing.
+                if current != done.to_version:
+                    self._apply(name, alias, done, head=done is entries[-1])
+                self._publish(done)
+                return done
             to_version = target(entries, current)
             entry = next_entry(
                 entries[-1] if entries else None,
@@ -411,24 +463,38 @@ class Registry:
                 decision=decision,
             )
             self._tables.append(entry)  # audit first: the log never misses a move
-            with _mlflow_errors(f"{action} {name}@{alias}"):
-                self._client.set_registered_model_alias(name, alias, str(to_version))
-                self._client.set_registered_model_tag(name, TAG_AUDIT_HEAD, format_head(entry))
-        if self._publisher is not None:
-            self._publisher(
-                AliasMoved(
-                    model=name,
-                    alias=alias,
-                    from_version=current,
-                    to_version=to_version,
-                    action=action,
-                    audit_seq=entry.seq,
-                    audit_hash=entry.hash,
-                    decision=decision,
-                    time=entry.time,
-                )
-            )
+            self._apply(name, alias, entry, head=True)
+        self._publish(entry)
         return entry
+
+    def _apply(self, name: str, alias: str, entry: AuditEntry, *, head: bool) -> None:
+        with _mlflow_errors(f"{entry.action} {name}@{alias}"):
+            self._client.set_registered_model_alias(name, alias, str(entry.to_version))
+            if head:
+                self._client.set_registered_model_tag(name, TAG_AUDIT_HEAD, format_head(entry))
+
+    def _publish(self, entry: AuditEntry) -> None:
+        if self._publisher is None:
+            return
+        moved = AliasMoved(
+            model=entry.model,
+            alias=entry.alias,
+            from_version=entry.from_version,
+            to_version=entry.to_version,
+            action=entry.action,
+            audit_seq=entry.seq,
+            audit_hash=entry.hash,
+            decision=entry.decision,
+            time=entry.time,
+        )
+        try:
+            self._publisher(moved)
+        except Exception as e:  # the publisher is the caller's: translate whatever it raises
+            raise UnavailableError(
+                f"{entry.model}@{entry.alias} moved to {entry.to_version} (audit seq "
+                f"{entry.seq}) but publishing {ALIAS_MOVED} failed: {type(e).__name__}: {e}. "
+                "Re-run the same promote to re-send it (same event id, deduplicated)"
+            ) from e
 
     # -- audit ----------------------------------------------------------------------------
     def audit(self, name: str) -> list[AuditEntry]:
@@ -460,6 +526,23 @@ class Registry:
         except NotFoundError:
             return None
         return parse_head((rm.tags or {}).get(TAG_AUDIT_HEAD))
+
+
+def _already_promoted(
+    entries: list[AuditEntry],
+    alias: str,
+    current: int | None,
+    target: Callable[[list[AuditEntry], int | None], int],
+) -> AuditEntry | None:
+    """The alias's last logged move if promoting would repeat it: the move went to the same
+    version and the alias holds it, or it was a promotion whose alias move a crash prevented
+    (the alias is still where that move started)."""
+    last = next((e for e in reversed(entries) if e.alias == alias), None)
+    if last is None or last.to_version != target(entries, current):
+        return None
+    if current == last.to_version:
+        return last
+    return last if last.action == "promote" and current == last.from_version else None
 
 
 def _all_pages(fetch: Callable[[str | None], Any]) -> list[Any]:
