@@ -10,8 +10,8 @@
 * Everything stays a normal MLflow model: plain `mlflow.MlflowClient()` reads it, and a
   registered keel.artifacts artifact loads with `mlflow.pyfunc.load_model("models:/m@champion")`
   (models from code; signature verified first; see `keel.registry_client.pyfunc`), its model
-  rebuilt by a builder registered with `register_builder` / `KEEL_MODEL_BUILDERS` / the
-  `keel.model_builders` entry points.
+  rebuilt by a builder registered with `keel.artifacts.register_builder` /
+  `KEEL_MODEL_BUILDERS` / the `keel.model_builders` entry points.
 
 mlflow is imported only when a registry is opened (`open_registry`), and keel.artifacts only
 when one of its artifacts is registered, never by this import.
@@ -35,13 +35,6 @@ from keel.registry_client._audit import (
     AuditProblem,
     Decision,
 )
-from keel.registry_client._builders import (
-    BUILDERS_ENV,
-    ENTRY_POINT_GROUP,
-    register_builder,
-    resolve_builder,
-    unregister_builder,
-)
 from keel.registry_client._errors import (
     AuditIntegrityError,
     ConflictError,
@@ -64,8 +57,6 @@ from keel.registry_client._registry import (
 
 __all__ = [
     "ALIAS_MOVED",
-    "BUILDERS_ENV",
-    "ENTRY_POINT_GROUP",
     "STANDARD_ALIASES",
     "TAG_CODE_VERSION",
     "TAG_DATA_FINGERPRINT",
@@ -94,7 +85,4 @@ __all__ = [
     "UnavailableError",
     "UnverifiedArtifactError",
     "open_registry",
-    "register_builder",
-    "resolve_builder",
-    "unregister_builder",
 ]

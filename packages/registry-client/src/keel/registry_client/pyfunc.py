@@ -10,7 +10,7 @@ Loading (`KeelPyfuncModel.load_context`) verifies the archive with keel.artifact
 deserialising a byte — signature against the trust policy of the loading process, manifest,
 every file hash, weights header — checks that it is the artifact that was registered (the
 digest recorded in `MLmodel`), then rebuilds the model from the manifest's architecture
-(a builder name + JSON args, see `register_builder`) and loads the verified weights.
+(a builder name + JSON args, see `keel.artifacts.register_builder`) and loads the verified weights.
 
 Trust comes from the loading process's environment, never from the model's files (anyone
 who can write to the artifact store could edit those):
@@ -36,8 +36,11 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from keel.registry_client._builders import resolve_builder
-from keel.registry_client._errors import InvalidInputError, UnverifiedArtifactError
+from keel.registry_client._errors import (
+    InvalidInputError,
+    NotFoundError,
+    UnverifiedArtifactError,
+)
 
 if TYPE_CHECKING:
     from keel.artifacts import Manifest, TrustPolicy
@@ -128,7 +131,12 @@ class KeelPredictor:
         runtime_config: Mapping[str, Any] | None = None,
     ) -> KeelPredictor:
         """Verify `archive` against `policy`, check it is the expected artifact, build it."""
-        from keel.artifacts import ArtifactError, load_artifact
+        from keel.artifacts import (
+            ArtifactError,
+            BuilderNotFoundError,
+            load_artifact,
+            resolve_builder,
+        )
 
         try:
             loaded = load_artifact(
@@ -154,7 +162,12 @@ class KeelPredictor:
                 f"model {m.name!r}: the pyfunc loader feeds numeric columns to a torch model; "
                 f"inputs {', '.join(bad)} are not numeric (encode them in the model's features)"
             )
-        builder = resolve_builder(m.architecture.builder)
+        try:
+            builder = resolve_builder(m.architecture.builder)
+        except BuilderNotFoundError as e:
+            raise NotFoundError(str(e)) from None
+        except ArtifactError as e:  # a malformed KEEL_MODEL_BUILDERS, a non-callable target
+            raise InvalidInputError(str(e)) from None
         try:
             model = loaded.build_model({m.architecture.builder: builder})
         except ArtifactError as e:  # the weights do not fit what the builder built
