@@ -222,3 +222,42 @@ def test_shadow_is_logged_but_never_answers(world: dict[str, Any], tmp_path: Pat
     assert by_variant["shadow"]["version"] == "2"
     want_shadow = reference(shadow_model, [[1.5, -3.0, 0.25, 0.0]])[0]
     assert by_variant["shadow"]["output"]["p_default"] == pytest.approx(want_shadow, abs=1e-6)
+
+
+def test_canary_is_sticky_by_entity_and_stopped_on_slo_breach(world: dict[str, Any], tmp_path: Path) -> None:
+    from keel.serving import CANARY_FAILED, CanaryConfig, CanaryPolicy, entity_bucket
+
+    store = world["store"]
+    ents = [f"e{i}" for i in range(200)]
+    store.write("card_stats:v1", [(e, {"f0": 1.0, "f1": 1.0, "f2": 1.0}, T0) for e in ents])
+    canary_path, _ = make_artifact(tmp_path, world["keys"], seed=9, dirname="canary")
+    published: list[tuple[str, dict[str, Any]]] = []
+    in_canary = [e for e in ents if entity_bucket(e) < 0.3]
+    assert 30 < len(in_canary) < 90
+
+    async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
+        svc.set_variant("canary", load_predictor(canary_path, world["keys"].policy, version="9"))
+        for e in ents[:50]:
+            for _ in range(2):  # sticky: the same entity always gets the same variant
+                r = await c.post("/v1/predict", json={"instances": [{"entity": e, "features": {"channel": "web"}}]})
+                assert r.json()["variant"] == ("canary" if e in in_canary else "primary")
+
+        def broken(x: Any) -> Any:
+            raise RuntimeError("canary model broke")
+
+        svc.variants["canary"].predictor.model = broken
+        codes = []
+        for e in in_canary:
+            r = await c.post("/v1/predict", json={"instances": [{"entity": e, "features": {"channel": "web"}}]})
+            codes.append(r.status_code)
+        assert "canary" not in svc.variants  # stopped at once
+        failed = codes.count(500)
+        # errors until the policy's error rate is crossed, then the primary serves the rest
+        assert 1 <= failed <= 10 and codes == [500] * failed + [200] * (len(codes) - failed)
+        r = await c.post("/v1/predict", json={"instances": [{"entity": in_canary[0], "features": {"channel": "web"}}]})
+        assert r.json()["variant"] == "primary"
+
+    run(world, body, canary=CanaryConfig(0.3, CanaryPolicy(max_error_rate=0.1, min_requests=20, window=50)),
+        publish=lambda t, p: published.append((t, dict(p))))
+    assert [t for t, _ in published] == [CANARY_FAILED]
+    assert published[0][1]["version"] == "9" and "error rate" in published[0][1]["reason"]
