@@ -10,6 +10,7 @@ import torch
 from keel.artifacts import (
     Architecture,
     ArtifactSpec,
+    CodeVersion,
     FeatureViewRef,
     FieldSpec,
     SigningKey,
@@ -43,6 +44,9 @@ def credit_spec(
         input_schema=fields,
         output_schema=[FieldSpec(name="p_default", dtype="float64", min=0.0, max=1.0)],
         feature_views=[FeatureViewRef(name="card_stats", version="v1")] if views else [],
+        training_data_fingerprint="sha256:" + "ab" * 32,
+        code=CodeVersion(commit="0123456789abcdef0123456789abcdef01234567", dirty=False),
+        dependency_lock_hash="sha256:" + "cd" * 32,
     )
 
 
