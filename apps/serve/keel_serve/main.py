@@ -151,7 +151,13 @@ def run(settings: Settings, ctx: AppContext) -> None:
                              event_time=datetime.now(UTC), payload=dict(payload)),
             )
 
-        name = settings.name or (ref.name if ref else None)
+        first = None
+        if ref is None:
+            try:
+                first = load_predictor(settings.model, policy, **load_kw)
+            except ServingError as exc:
+                raise AppError(str(exc)) from exc
+        name = settings.name or (ref.name if ref is not None else first.name)  # type: ignore[union-attr]
         svc_holder: dict[str, ModelService] = {}
         loop_holder: dict[str, asyncio.AbstractEventLoop] = {}
 
@@ -166,7 +172,7 @@ def run(settings: Settings, ctx: AppContext) -> None:
             return on_load
 
         svc = ModelService(
-            name or "model",
+            name,
             store=store,
             log=log,
             telemetry=telemetry,
@@ -188,14 +194,10 @@ def run(settings: Settings, ctx: AppContext) -> None:
             publish=publish,
         )
         svc_holder["svc"] = svc
-        if ref is None:
-            try:
-                p = load_predictor(settings.model, policy, **load_kw)
-            except ServingError as exc:
-                raise AppError(str(exc)) from exc
-            svc.name = settings.name or p.name
-            svc.set_variant("primary", p)
+        if first is not None:
+            svc.set_variant("primary", first)
         else:
+            assert ref is not None
             from keel.registry_client import open_registry
 
             def opener() -> Any:

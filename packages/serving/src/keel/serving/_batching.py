@@ -116,7 +116,8 @@ class MicroBatcher:
                 self.retry_after_s(),
             )
         loop = asyncio.get_running_loop()
-        if self._task is None:
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            # first use, or a new event loop (a worker never outlives its loop)
             self._wake = asyncio.Event()
             self._task = loop.create_task(self._worker(), name="keel-serving-batcher")
         now = self._clock()

@@ -121,9 +121,11 @@ class ModelService:
         self._new_id = new_id
         self.max_instances = max_instances
         self.variants: dict[str, Variant] = {}
+        self._fetch_hist = self.telemetry.feature_fetch.labels(model=name)
         self._retired: list[MicroBatcher] = []
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.canary_failures: list[dict[str, Any]] = []
+        self._metric_cache: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         if primary is not None:
             self.set_variant("primary", primary)
 
@@ -157,12 +159,13 @@ class ModelService:
                 cur.window = CanaryWindow(self.canary.policy.window)
             t.swaps.labels(model=self.name, variant=role).inc()
         else:
-            label = (self.name, role)
+            fwd = t.forward_rows.labels(model=self.name, variant=role)
+            sli_batch = t.sli.batch_size.labels(model=self.name) if role == "primary" else None
 
-            def on_batch(rows: int, label: tuple[str, str] = label) -> None:
-                t.forward_rows.labels(model=label[0], variant=label[1]).observe(rows)
-                if label[1] == "primary":
-                    t.sli.observe_batch(label[0], rows)
+            def on_batch(rows: int) -> None:
+                fwd.observe(rows)
+                if sli_batch is not None:
+                    sli_batch.observe(rows)
 
             batcher = MicroBatcher(
                 lambda p, x: p.predict(x), self.batching, on_batch=on_batch, clock=self._clock
@@ -272,7 +275,7 @@ class ModelService:
         fetcher = FeatureFetcher(self.store, views, clock=self._clock)
         rows = fetcher.rows(instances, p.inputs.names)
         if views:
-            self.telemetry.feature_fetch.labels(model=self.name).observe(fetcher.last_fetch_s)
+            self._fetch_hist.observe(fetcher.last_fetch_s)
         return rows
 
     async def infer_v2(self, body: Any) -> dict[str, Any]:
@@ -316,6 +319,27 @@ class ModelService:
         }
 
     # -- accounting -------------------------------------------------------------------------
+    def _children(self, role: str, version: str, outcome: str) -> tuple[Any, ...]:
+        """The labelled metric children of one (variant, version, outcome), resolved once:
+        a labels() lookup (with its cardinality guard) costs more than the observation."""
+        key = (role, version, outcome)
+        got = self._metric_cache.get(key)
+        if got is None:
+            t, m = self.telemetry, self.name
+            got = (
+                t.sli.requests.labels(model=m, version=version, outcome=outcome),
+                t.sli.latency.labels(model=m, version=version),
+                t.sli.predictions.labels(model=m, version=version),
+                t.variant_requests.labels(model=m, variant=role, outcome=outcome),
+                t.variant_latency.labels(model=m, variant=role),
+                t.queue_rows.labels(model=m, variant=role),
+                t.shed.labels(model=m, variant=role),
+            )
+            if len(self._metric_cache) > 1000:
+                self._metric_cache.clear()
+            self._metric_cache[key] = got
+        return got
+
     def _account(
         self,
         variant: Variant | None,
@@ -324,7 +348,6 @@ class ModelService:
         exc: BaseException | None,
         rows: int,
     ) -> None:
-        t = self.telemetry
         latency = self._clock() - t0
         if exc is None:
             outcome = "ok"
@@ -334,14 +357,18 @@ class ModelService:
             outcome = "error"
         version = p.version if p is not None else "none"
         role = variant.role if variant is not None else "primary"
+        requests, lat, preds, v_requests, v_lat, queue_rows, shed = self._children(role, version, outcome)
         if isinstance(exc, OverloadedError):
-            t.shed.labels(model=self.name, variant=role).inc()
-        t.sli.observe_request(self.name, version, latency, outcome=outcome, rows=rows)
-        t.variant_requests.labels(model=self.name, variant=role, outcome=outcome).inc()
+            shed.inc()
+        requests.inc()
+        lat.observe(latency)
+        if outcome == "ok" and rows:
+            preds.inc(rows)
+        v_requests.inc()
         if outcome != "invalid":
-            t.variant_latency.labels(model=self.name, variant=role).observe(latency)
+            v_lat.observe(latency)
         if variant is not None:
-            t.queue_rows.labels(model=self.name, variant=role).set(variant.batcher.queued_rows)
+            queue_rows.set(variant.batcher.queued_rows)
             if variant.window is not None and outcome != "invalid":
                 variant.window.add(outcome == "ok", latency)
                 reason = self.canary.policy.decide(variant.window)
