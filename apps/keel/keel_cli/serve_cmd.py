@@ -30,7 +30,8 @@ def batch(
     input: Annotated[Path, typer.Option("--input", "-i", help="input Parquet file")],
     output: Annotated[Path, typer.Option("--output", "-o", help="output Parquet file")],
     trust_key: Annotated[
-        list[Path] | None, typer.Option("--trust-key", help="trusted signer public key (PEM); repeatable")
+        list[Path] | None,
+        typer.Option("--trust-key", help="trusted signer public key (PEM); repeatable"),
     ] = None,
     allow_unsigned: Annotated[bool, typer.Option(help="accept unsigned artifacts")] = False,
     chunk_rows: Annotated[int, typer.Option(min=1, help="rows read per chunk")] = 65_536,
@@ -59,7 +60,6 @@ def batch(
     try:
         if "@" in model and not Path(model).exists():
             from keel.registry_client import RegistryError, open_registry
-
             from keel_cli.config import load_config
 
             try:
@@ -71,7 +71,9 @@ def batch(
             except RegistryError as e:
                 raise _fail(f"registry: {e}", 1) from None
             with reg, tempfile.TemporaryDirectory(prefix="keel-batch-") as tmp:
-                _, p = load_from_registry(reg, ModelRef.parse(model), policy, workdir=Path(tmp), threads=threads)
+                _, p = load_from_registry(
+                    reg, ModelRef.parse(model), policy, workdir=Path(tmp), threads=threads
+                )
         else:
             p = load_predictor(model, policy, threads=threads)
         report = score_parquet(p, input, output, chunk_rows=chunk_rows, batch_rows=batch_rows)
@@ -81,7 +83,12 @@ def batch(
         raise _fail(f"{e}{detail}", 1) from None
     typer.echo(
         json.dumps(
-            {"rows": report.rows, "chunks": report.chunks, "output": str(report.output),
-             "model": report.model, "digest": report.digest}
+            {
+                "rows": report.rows,
+                "chunks": report.chunks,
+                "output": str(report.output),
+                "model": report.model,
+                "digest": report.digest,
+            }
         )
     )

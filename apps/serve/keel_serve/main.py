@@ -55,7 +55,8 @@ class Settings(BaseModel):
     canary_max_p99_s: float = Field(default=0.05, gt=0, description="canary latency SLO")
     canary_min_requests: int = Field(default=50, ge=1, description="requests before judging")
     online_url: str | None = Field(
-        default=None, description="online store (redis://...); default $KEEL_REDIS_URL, else SQLite in home"
+        default=None,
+        description="online store (redis://...); default $KEEL_REDIS_URL, else SQLite in home",
     )
     bus_url: str | None = Field(
         default=None, description="event bus; default $KEEL_NATS_URL, else the embedded log in home"
@@ -64,10 +65,14 @@ class Settings(BaseModel):
     predictions_stream: str = Field(default="predictions", description="prediction log stream")
     host: str = Field(default="127.0.0.1", description="listen address")
     port: int = Field(default=8080, ge=0, le=65535, description="listen port (0: any)")
-    max_batch_rows: int = Field(default=64, ge=1, le=65536, description="rows per forward pass (1: off)")
+    max_batch_rows: int = Field(
+        default=64, ge=1, le=65536, description="rows per forward pass (1: off)"
+    )
     max_wait_s: float = Field(default=0.001, ge=0, le=1, description="max wait to fill a batch")
     max_queue_rows: int = Field(default=1024, ge=1, description="admission queue; beyond: 503")
-    forward_in_thread: bool = Field(default=True, description="run forward passes off the event loop")
+    forward_in_thread: bool = Field(
+        default=True, description="run forward passes off the event loop"
+    )
     threads: int = Field(default=1, ge=1, le=256, description="torch intra-op threads")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="torch device")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request body limit")
@@ -147,8 +152,12 @@ def run(settings: Settings, ctx: AppContext) -> None:
 
             bus.publish(  # type: ignore[union-attr]
                 settings.control_stream,
-                Event.create(type=type_, key=str(payload.get("model", "")),
-                             event_time=datetime.now(UTC), payload=dict(payload)),
+                Event.create(
+                    type=type_,
+                    key=str(payload.get("model", "")),
+                    event_time=datetime.now(UTC),
+                    payload=dict(payload),
+                ),
             )
 
         first = None
@@ -169,6 +178,7 @@ def run(settings: Settings, ctx: AppContext) -> None:
                     svc.set_variant(role, p)
                 else:
                     loop.call_soon_threadsafe(svc.set_variant, role, p)
+
             return on_load
 
         svc = ModelService(
@@ -202,20 +212,35 @@ def run(settings: Settings, ctx: AppContext) -> None:
 
             def opener() -> Any:
                 if settings.registry_tracking_uri:
-                    return open_registry(tracking_uri=settings.registry_tracking_uri,
-                                         db_url=settings.registry_db_url)
+                    return open_registry(
+                        tracking_uri=settings.registry_tracking_uri, db_url=settings.registry_db_url
+                    )
                 return open_registry(home)
 
-            roles = [("primary", ref.alias), ("shadow", settings.shadow), ("canary", settings.canary)]
+            roles = [
+                ("primary", ref.alias),
+                ("shadow", settings.shadow),
+                ("canary", settings.canary),
+            ]
             for role, alias in roles:
                 if not alias:
                     continue
                 events = None
                 if role == "primary":
-                    events = bus.consumer(settings.control_stream, durable=f"serve-{ref.name}-{os.getpid()}")
-                f = AliasFollower(opener, ModelRef(ref.name, alias), policy, installer(role),
-                                  workdir=workdir, poll_s=settings.poll_s, events=events,
-                                  telemetry=telemetry, load_kw=load_kw)
+                    events = bus.consumer(
+                        settings.control_stream, durable=f"serve-{ref.name}-{os.getpid()}"
+                    )
+                f = AliasFollower(
+                    opener,
+                    ModelRef(ref.name, alias),
+                    policy,
+                    installer(role),
+                    workdir=workdir,
+                    poll_s=settings.poll_s,
+                    events=events,
+                    telemetry=telemetry,
+                    load_kw=load_kw,
+                )
                 f.tick()  # the first load happens before the port opens
                 if role == "primary" and f.version is None:
                     raise AppError(f"cannot load {ref}: {f.last_error}")
@@ -236,9 +261,13 @@ def run(settings: Settings, ctx: AppContext) -> None:
                 pass
             if server.started:
                 ports = [s.getsockname()[1] for srv in server.servers for s in srv.sockets]
-                ctx.ready(model=svc.name, version=svc.primary.version, digest=svc.primary.digest,
-                          port=ports[0] if ports else settings.port,
-                          variants=sorted(svc.variants))
+                ctx.ready(
+                    model=svc.name,
+                    version=svc.primary.version,
+                    digest=svc.primary.digest,
+                    port=ports[0] if ports else settings.port,
+                    variants=sorted(svc.variants),
+                )
             ctx.stop.wait()
             server.should_exit = True
 

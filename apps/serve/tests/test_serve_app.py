@@ -10,16 +10,15 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "packages" / "serving" / "tests"))
-from serving_testdata import Keys, make_artifact, reference  # noqa: E402
+from keel_serve.main import APP, run
+from serving_testdata import Keys, make_artifact, reference
 
-from keel.registry_client import Decision, open_registry  # noqa: E402
-from keel_serve.main import APP, run  # noqa: E402
+from keel.registry_client import Decision, open_registry
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DECIDED = Decision(who="test", why="hot swap test", evidence_digest="sha256:" + "0" * 64)
@@ -98,9 +97,18 @@ def test_alias_move_hot_swaps_with_zero_failed_requests(tmp_path: Path) -> None:
     def client(i: int) -> None:
         with httpx.Client(base_url=url, timeout=10) as c:
             while not done.is_set():
-                r = c.post("/v1/predict", json={"instances": [{"entity": "c1", "features": {"channel": "pos"}}]})
+                r = c.post(
+                    "/v1/predict",
+                    json={"instances": [{"entity": "c1", "features": {"channel": "pos"}}]},
+                )
                 j = r.json() if r.status_code == 200 else {}
-                results[i].append((r.status_code, j.get("version", ""), j.get("predictions", [{}])[0].get("p_default", -1.0)))
+                results[i].append(
+                    (
+                        r.status_code,
+                        j.get("version", ""),
+                        j.get("predictions", [{}])[0].get("p_default", -1.0),
+                    )
+                )
                 if j.get("version") == "2":
                     swapped.set()
 
@@ -135,8 +143,13 @@ def test_alias_move_hot_swaps_with_zero_failed_requests(tmp_path: Path) -> None:
 
 
 def test_missing_trust_keys_is_a_configuration_error(tmp_path: Path) -> None:
-    code = APP.main(run, [], {"KEEL_SERVE_MODEL": "x.tar", "KEEL_SERVE_HOME": str(tmp_path)},
-                    stop=threading.Event(), handle_signals=False)
+    code = APP.main(
+        run,
+        [],
+        {"KEEL_SERVE_MODEL": "x.tar", "KEEL_SERVE_HOME": str(tmp_path)},
+        stop=threading.Event(),
+        handle_signals=False,
+    )
     assert code == 2
 
 
@@ -149,8 +162,12 @@ def test_tampered_artifact_fails_at_start(tmp_path: Path) -> None:
     data[-1] ^= 0xFF
     weights.chmod(0o644)
     weights.write_bytes(bytes(data))
-    env = {"KEEL_SERVE_MODEL": str(path.with_suffix("")), "KEEL_SERVE_HOME": str(tmp_path / "h"),
-           "KEEL_SERVE_TRUST_KEYS": json.dumps([str(tmp_path / "pub.pem")]), "KEEL_SERVE_PORT": "0"}
+    env = {
+        "KEEL_SERVE_MODEL": str(path.with_suffix("")),
+        "KEEL_SERVE_HOME": str(tmp_path / "h"),
+        "KEEL_SERVE_TRUST_KEYS": json.dumps([str(tmp_path / "pub.pem")]),
+        "KEEL_SERVE_PORT": "0",
+    }
     stop = threading.Event()
     guard = threading.Timer(60, stop.set)  # were it to start serving, the test still ends
     guard.start()
@@ -165,15 +182,27 @@ def test_served_artifact_answers_on_a_real_port(tmp_path: Path) -> None:
     (tmp_path / "pub.pem").write_bytes(keys.pub)
     path, model = make_artifact(tmp_path, keys, views=False)
     port = free_port()
-    env = {"KEEL_SERVE_MODEL": str(path), "KEEL_SERVE_HOME": str(tmp_path / "h"),
-           "KEEL_SERVE_TRUST_KEYS": json.dumps([str(tmp_path / "pub.pem")]), "KEEL_SERVE_PORT": str(port)}
+    env = {
+        "KEEL_SERVE_MODEL": str(path),
+        "KEEL_SERVE_HOME": str(tmp_path / "h"),
+        "KEEL_SERVE_TRUST_KEYS": json.dumps([str(tmp_path / "pub.pem")]),
+        "KEEL_SERVE_PORT": str(port),
+    }
     url = f"http://127.0.0.1:{port}"
     with Server(env) as server:
         wait_ready(url, server)
-        r = httpx.post(url + "/v1/predict", json={"instances": [{"features": {"f0": 1, "f1": 2, "f2": 3, "channel": "web"}}]})
+        r = httpx.post(
+            url + "/v1/predict",
+            json={"instances": [{"features": {"f0": 1, "f1": 2, "f2": 3, "channel": "web"}}]},
+        )
         assert r.status_code == 200, r.text
-        assert r.json()["predictions"][0]["p_default"] == pytest.approx(reference(model, [[1, 2, 3, 0]])[0], abs=1e-6)
-        assert httpx.get(url + "/v2/models/credit/ready").json() == {"name": "credit", "ready": True}
+        assert r.json()["predictions"][0]["p_default"] == pytest.approx(
+            reference(model, [[1, 2, 3, 0]])[0], abs=1e-6
+        )
+        assert httpx.get(url + "/v2/models/credit/ready").json() == {
+            "name": "credit",
+            "ready": True,
+        }
         text = httpx.get(url + "/metrics").text
         assert "keel_serving_requests_total" in text
     assert server.code == 0

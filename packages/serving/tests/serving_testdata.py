@@ -33,7 +33,9 @@ def credit_spec(
 ) -> ArtifactSpec:
     """n numeric features f0..f{n-2} from the feature view `card_stats`, plus a request-time
     category `channel`, one probability output."""
-    fields = [FieldSpec(name=f"f{i}", dtype="float64", min=-1e6, max=1e6) for i in range(n_features - 1)]
+    fields = [
+        FieldSpec(name=f"f{i}", dtype="float64", min=-1e6, max=1e6) for i in range(n_features - 1)
+    ]
     fields.append(FieldSpec(name="channel", dtype="category", categories=["web", "pos", "atm"]))
     return ArtifactSpec(
         name=name,

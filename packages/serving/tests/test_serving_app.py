@@ -41,8 +41,10 @@ def world(tmp_path: Path, keys: Keys) -> dict[str, Any]:
     store = SQLiteOnlineStore(tmp_path / "online.db")
     store.write(
         "card_stats:v1",
-        [("c1", {"f0": 1.5, "f1": -3.0, "f2": 0.25, "other": 9}, T0),
-         ("c2", {"f0": 0.0, "f1": 2.0, "f2": -1.0}, T0)],
+        [
+            ("c1", {"f0": 1.5, "f1": -3.0, "f2": 0.25, "other": 9}, T0),
+            ("c2", {"f0": 0.0, "f1": 2.0, "f2": -1.0}, T0),
+        ],
     )
     bus = open_bus(f"sqlite:///{tmp_path}/events.db")
     yield {"path": path, "model": model, "store": store, "bus": bus, "keys": keys}
@@ -50,15 +52,20 @@ def world(tmp_path: Path, keys: Keys) -> dict[str, Any]:
     store.close()
 
 
-def run(world: dict[str, Any], body: Callable[[httpx.AsyncClient, ModelService], Awaitable[None]],
-        **svc_kw: Any) -> ModelService:
+def run(
+    world: dict[str, Any],
+    body: Callable[[httpx.AsyncClient, ModelService], Awaitable[None]],
+    **svc_kw: Any,
+) -> ModelService:
     async def main() -> ModelService:
         tel = ServingTelemetry()
         log = PredictionLog(world["bus"], telemetry=tel, flush_s=0.01)
         p = load_predictor(world["path"], world["keys"].policy)
         svc = ModelService("credit", p, store=world["store"], log=log, telemetry=tel, **svc_kw)
         app = create_app(svc)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as c:
             await body(c, svc)
         await svc.aclose()
         log.close()
@@ -69,10 +76,16 @@ def run(world: dict[str, Any], body: Callable[[httpx.AsyncClient, ModelService],
 
 def test_v1_predict_reads_online_features_and_logs_the_prediction(world: dict[str, Any]) -> None:
     async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
-        r = await c.post("/v1/predict", json={"request_id": "r1", "instances": [
-            {"entity": "c1", "features": {"channel": "atm"}},
-            {"entity": "c2", "features": {"channel": "web"}},
-        ]})
+        r = await c.post(
+            "/v1/predict",
+            json={
+                "request_id": "r1",
+                "instances": [
+                    {"entity": "c1", "features": {"channel": "atm"}},
+                    {"entity": "c2", "features": {"channel": "web"}},
+                ],
+            },
+        )
         assert r.status_code == 200, r.text
         out = r.json()
         want = reference(world["model"], [[1.5, -3.0, 0.25, 2.0], [0.0, 2.0, -1.0, 0.0]])
@@ -91,7 +104,10 @@ def test_v1_predict_reads_online_features_and_logs_the_prediction(world: dict[st
 
 def test_unknown_entity_is_422_naming_entity_and_view(world: dict[str, Any]) -> None:
     async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
-        r = await c.post("/v1/predict", json={"instances": [{"entity": "nobody", "features": {"channel": "web"}}]})
+        r = await c.post(
+            "/v1/predict",
+            json={"instances": [{"entity": "nobody", "features": {"channel": "web"}}]},
+        )
         assert r.status_code == 422
         j = r.json()
         assert j["code"] == "unknown_entity"
@@ -108,18 +124,26 @@ def test_v2_protocol_endpoints(world: dict[str, Any]) -> None:
         meta = (await c.get("/v2/models/credit")).json()
         assert [i["name"] for i in meta["inputs"]] == ["f0", "f1", "f2", "channel"]
         assert meta["inputs"][3]["datatype"] == "BYTES" and meta["outputs"][0]["datatype"] == "FP64"
-        r = await c.post("/v2/models/credit/infer", json={"id": "x", "inputs": [
-            {"name": "f0", "shape": [2], "datatype": "FP64", "data": [1.0, 2.0]},
-            {"name": "f1", "shape": [2, 1], "datatype": "FP64", "data": [0.0, 1.0]},
-            {"name": "f2", "shape": [2], "datatype": "FP64", "data": [3.0, -3.0]},
-            {"name": "channel", "shape": [2], "datatype": "BYTES", "data": ["pos", "atm"]},
-        ]})
+        r = await c.post(
+            "/v2/models/credit/infer",
+            json={
+                "id": "x",
+                "inputs": [
+                    {"name": "f0", "shape": [2], "datatype": "FP64", "data": [1.0, 2.0]},
+                    {"name": "f1", "shape": [2, 1], "datatype": "FP64", "data": [0.0, 1.0]},
+                    {"name": "f2", "shape": [2], "datatype": "FP64", "data": [3.0, -3.0]},
+                    {"name": "channel", "shape": [2], "datatype": "BYTES", "data": ["pos", "atm"]},
+                ],
+            },
+        )
         assert r.status_code == 200, r.text
         out = r.json()
         assert out["id"] == "x" and out["model_name"] == "credit"
         o = out["outputs"][0]
         assert o["name"] == "p_default" and o["shape"] == [2]
-        assert o["data"] == pytest.approx(reference(world["model"], [[1, 0, 3, 1], [2, 1, -3, 2]]), abs=1e-6)
+        assert o["data"] == pytest.approx(
+            reference(world["model"], [[1, 0, 3, 1], [2, 1, -3, 2]]), abs=1e-6
+        )
         assert (await c.get("/v2/models/nope")).status_code == 404
         assert (await c.post("/v2/models/nope/infer", json={})).status_code == 404
         spec = (await c.get("/openapi.json")).json()
@@ -137,16 +161,33 @@ BAD: list[tuple[str, bytes | dict[str, Any], int, str]] = [
     ("instance not object", {"instances": [3]}, 422, "invalid_input"),
     ("extra instance field", {"instances": [{"entity": "c1", "foo": 1}]}, 422, "invalid_input"),
     ("entity wrong type", {"instances": [{"entity": [1]}]}, 422, "invalid_input"),
-    ("wrong type", {"instances": [{"entity": "c1", "features": {"channel": 7}}]}, 422, "invalid_input"),
+    (
+        "wrong type",
+        {"instances": [{"entity": "c1", "features": {"channel": 7}}]},
+        422,
+        "invalid_input",
+    ),
     ("missing field", {"instances": [{"entity": "c1"}]}, 422, "invalid_input"),
-    ("extra field", {"instances": [{"entity": "c1", "features": {"channel": "web", "zz": 1}}]}, 422, "invalid_input"),
-    ("view field sent", {"instances": [{"entity": "c1", "features": {"channel": "web", "f0": 1}}]}, 422, "invalid_input"),
+    (
+        "extra field",
+        {"instances": [{"entity": "c1", "features": {"channel": "web", "zz": 1}}]},
+        422,
+        "invalid_input",
+    ),
+    (
+        "view field sent",
+        {"instances": [{"entity": "c1", "features": {"channel": "web", "f0": 1}}]},
+        422,
+        "invalid_input",
+    ),
     ("bad request id", {"request_id": 5, "instances": [{"entity": "c1"}]}, 422, "invalid_input"),
 ]
 
 
 @pytest.mark.parametrize(("case", "payload", "status", "code"), BAD, ids=[b[0] for b in BAD])
-def test_bad_input_battery(world: dict[str, Any], case: str, payload: Any, status: int, code: str) -> None:
+def test_bad_input_battery(
+    world: dict[str, Any], case: str, payload: Any, status: int, code: str
+) -> None:
     async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         r = await c.post("/v1/predict", content=data, headers={"content-type": "application/json"})
@@ -161,12 +202,16 @@ def test_bad_input_battery(world: dict[str, Any], case: str, payload: Any, statu
 
 def test_nan_and_inf_literals_get_422_naming_the_field(world: dict[str, Any]) -> None:
     async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
-        data = json.dumps({"inputs": [
-            {"name": "f0", "shape": [1], "datatype": "FP64", "data": [math.nan]},
-            {"name": "f1", "shape": [1], "datatype": "FP64", "data": [math.inf]},
-            {"name": "f2", "shape": [1], "datatype": "FP64", "data": [1.0]},
-            {"name": "channel", "shape": [1], "datatype": "BYTES", "data": ["web"]},
-        ]})
+        data = json.dumps(
+            {
+                "inputs": [
+                    {"name": "f0", "shape": [1], "datatype": "FP64", "data": [math.nan]},
+                    {"name": "f1", "shape": [1], "datatype": "FP64", "data": [math.inf]},
+                    {"name": "f2", "shape": [1], "datatype": "FP64", "data": [1.0]},
+                    {"name": "channel", "shape": [1], "datatype": "BYTES", "data": ["web"]},
+                ]
+            }
+        )
         assert "NaN" in data
         r = await c.post("/v2/models/credit/infer", content=data)
         assert r.status_code == 422
@@ -190,12 +235,22 @@ def test_metrics_count_ok_invalid_and_latency(world: dict[str, Any]) -> None:
         ok = {"instances": [{"entity": "c1", "features": {"channel": "web"}}]}
         for _ in range(3):
             assert (await c.post("/v1/predict", json=ok)).status_code == 200
-        assert (await c.post("/v1/predict", json={"instances": [{"entity": "c1"}]})).status_code == 422
+        assert (
+            await c.post("/v1/predict", json={"instances": [{"entity": "c1"}]})
+        ).status_code == 422
         text = (await c.get("/metrics")).text
         v = svc.primary.version
-        assert f'keel_serving_requests_total{{model="credit",outcome="ok",version="{v}"}} 3.0' in text
-        assert f'keel_serving_requests_total{{model="credit",outcome="invalid",version="{v}"}} 1.0' in text
-        assert 'keel_serving_variant_latency_seconds_count{model="credit",variant="primary"} 3.0' in text
+        assert (
+            f'keel_serving_requests_total{{model="credit",outcome="ok",version="{v}"}} 3.0' in text
+        )
+        assert (
+            f'keel_serving_requests_total{{model="credit",outcome="invalid",version="{v}"}} 1.0'
+            in text
+        )
+        assert (
+            'keel_serving_variant_latency_seconds_count{model="credit",variant="primary"} 3.0'
+            in text
+        )
         assert 'keel_serving_feature_fetch_seconds_count{model="credit"} 4.0' in text
 
     run(world, body, batching=BatchingConfig(max_batch_rows=8))
@@ -206,7 +261,13 @@ def test_shadow_is_logged_but_never_answers(world: dict[str, Any], tmp_path: Pat
 
     async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
         svc.set_variant("shadow", load_predictor(shadow_path, world["keys"].policy, version="2"))
-        r = await c.post("/v1/predict", json={"request_id": "s1", "instances": [{"entity": "c1", "features": {"channel": "web"}}]})
+        r = await c.post(
+            "/v1/predict",
+            json={
+                "request_id": "s1",
+                "instances": [{"entity": "c1", "features": {"channel": "web"}}],
+            },
+        )
         assert r.json()["variant"] == "primary"
         want_primary = reference(world["model"], [[1.5, -3.0, 0.25, 0.0]])[0]
         assert r.json()["predictions"][0]["p_default"] == pytest.approx(want_primary, abs=1e-6)
@@ -224,7 +285,9 @@ def test_shadow_is_logged_but_never_answers(world: dict[str, Any], tmp_path: Pat
     assert by_variant["shadow"]["output"]["p_default"] == pytest.approx(want_shadow, abs=1e-6)
 
 
-def test_canary_is_sticky_by_entity_and_stopped_on_slo_breach(world: dict[str, Any], tmp_path: Path) -> None:
+def test_canary_is_sticky_by_entity_and_stopped_on_slo_breach(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
     from keel.serving import CANARY_FAILED, CanaryConfig, CanaryPolicy, entity_bucket
 
     store = world["store"]
@@ -239,7 +302,10 @@ def test_canary_is_sticky_by_entity_and_stopped_on_slo_breach(world: dict[str, A
         svc.set_variant("canary", load_predictor(canary_path, world["keys"].policy, version="9"))
         for e in ents[:50]:
             for _ in range(2):  # sticky: the same entity always gets the same variant
-                r = await c.post("/v1/predict", json={"instances": [{"entity": e, "features": {"channel": "web"}}]})
+                r = await c.post(
+                    "/v1/predict",
+                    json={"instances": [{"entity": e, "features": {"channel": "web"}}]},
+                )
                 assert r.json()["variant"] == ("canary" if e in in_canary else "primary")
 
         def broken(x: Any) -> Any:
@@ -248,16 +314,25 @@ def test_canary_is_sticky_by_entity_and_stopped_on_slo_breach(world: dict[str, A
         svc.variants["canary"].predictor.model = broken
         codes = []
         for e in in_canary:
-            r = await c.post("/v1/predict", json={"instances": [{"entity": e, "features": {"channel": "web"}}]})
+            r = await c.post(
+                "/v1/predict", json={"instances": [{"entity": e, "features": {"channel": "web"}}]}
+            )
             codes.append(r.status_code)
         assert "canary" not in svc.variants  # stopped at once
         failed = codes.count(500)
         # errors until the policy's error rate is crossed, then the primary serves the rest
         assert 1 <= failed <= 10 and codes == [500] * failed + [200] * (len(codes) - failed)
-        r = await c.post("/v1/predict", json={"instances": [{"entity": in_canary[0], "features": {"channel": "web"}}]})
+        r = await c.post(
+            "/v1/predict",
+            json={"instances": [{"entity": in_canary[0], "features": {"channel": "web"}}]},
+        )
         assert r.json()["variant"] == "primary"
 
-    run(world, body, canary=CanaryConfig(0.3, CanaryPolicy(max_error_rate=0.1, min_requests=20, window=50)),
-        publish=lambda t, p: published.append((t, dict(p))))
+    run(
+        world,
+        body,
+        canary=CanaryConfig(0.3, CanaryPolicy(max_error_rate=0.1, min_requests=20, window=50)),
+        publish=lambda t, p: published.append((t, dict(p))),
+    )
     assert [t for t, _ in published] == [CANARY_FAILED]
     assert published[0][1]["version"] == "9" and "error rate" in published[0][1]["reason"]

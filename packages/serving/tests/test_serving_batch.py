@@ -19,13 +19,15 @@ def keys() -> Keys:
 
 def frame(n: int, seed: int = 0) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
-    return pl.DataFrame({
-        "id": np.arange(n),
-        "f0": rng.normal(size=n),
-        "f1": rng.normal(size=n),
-        "f2": rng.integers(-5, 5, size=n),
-        "channel": rng.choice(["web", "pos", "atm"], size=n),
-    })
+    return pl.DataFrame(
+        {
+            "id": np.arange(n),
+            "f0": rng.normal(size=n),
+            "f1": rng.normal(size=n),
+            "f2": rng.integers(-5, 5, size=n),
+            "channel": rng.choice(["web", "pos", "atm"], size=n),
+        }
+    )
 
 
 def test_chunked_scoring_equals_the_reference_model(tmp_path: Path, keys: Keys) -> None:
@@ -33,22 +35,32 @@ def test_chunked_scoring_equals_the_reference_model(tmp_path: Path, keys: Keys) 
     p = load_predictor(path, keys.policy)
     df = frame(1000)
     df.write_parquet(tmp_path / "in.parquet", row_group_size=128)
-    rep = score_parquet(p, tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_rows=128, batch_rows=50)
+    rep = score_parquet(
+        p, tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_rows=128, batch_rows=50
+    )
     assert rep.rows == 1000 and rep.chunks == 8
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert out.columns == [*df.columns, "p_default"]
     assert out.drop("p_default").equals(df)
     cat = {"web": 0.0, "pos": 1.0, "atm": 2.0}
-    x = [[a, b, float(c), cat[d]] for a, b, c, d in df.select("f0", "f1", "f2", "channel").iter_rows()]
+    x = [
+        [a, b, float(c), cat[d]]
+        for a, b, c, d in df.select("f0", "f1", "f2", "channel").iter_rows()
+    ]
     assert out["p_default"].to_list() == pytest.approx(reference(model, x), abs=1e-6)
 
 
-def test_bad_columns_are_named_with_row_counts_and_no_output_is_left(tmp_path: Path, keys: Keys) -> None:
+def test_bad_columns_are_named_with_row_counts_and_no_output_is_left(
+    tmp_path: Path, keys: Keys
+) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
     p = load_predictor(path, keys.policy)
     df = frame(300).with_columns(
         pl.when(pl.col("id") == 250).then(float("nan")).otherwise(pl.col("f0")).alias("f0"),
-        pl.when(pl.col("id") >= 200).then(pl.lit("fax")).otherwise(pl.col("channel")).alias("channel"),
+        pl.when(pl.col("id") >= 200)
+        .then(pl.lit("fax"))
+        .otherwise(pl.col("channel"))
+        .alias("channel"),
     )
     df.write_parquet(tmp_path / "in.parquet", row_group_size=100)
     with pytest.raises(InvalidInputError) as ei:

@@ -77,8 +77,12 @@ def test_full_queue_sheds_with_retry_after_and_admitted_requests_complete() -> N
             def __call__(self, key: Any, x: np.ndarray) -> np.ndarray:
                 return x
 
-        b = MicroBatcher(Slow(), BatchingConfig(max_batch_rows=4, max_queue_rows=8, in_thread=False))
-        admitted = [asyncio.ensure_future(b.submit("a", np.ones((1, 1), np.float32))) for _ in range(8)]
+        b = MicroBatcher(
+            Slow(), BatchingConfig(max_batch_rows=4, max_queue_rows=8, in_thread=False)
+        )
+        admitted = [
+            asyncio.ensure_future(b.submit("a", np.ones((1, 1), np.float32))) for _ in range(8)
+        ]
         await asyncio.sleep(0)  # the 8 submits enqueue; the worker task runs after us
         assert b.queued_rows == 8
         shed = 0

@@ -28,7 +28,10 @@ def keys() -> Keys:
 def test_loaded_predictor_matches_the_reference_model(tmp_path: Path, keys: Keys) -> None:
     path, model = make_artifact(tmp_path, keys, seed=3)
     p = load_predictor(path, keys.policy, threads=1)
-    rows = [{"f0": 1.0, "f1": -2.0, "f2": 0.5, "channel": "pos"}, {"f0": 0, "f1": 0, "f2": 0, "channel": "web"}]
+    rows = [
+        {"f0": 1.0, "f1": -2.0, "f2": 0.5, "channel": "pos"},
+        {"f0": 0, "f1": 0, "f2": 0, "channel": "web"},
+    ]
     x = p.inputs.encode_rows(rows)
     assert x.tolist() == [[1.0, -2.0, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0]]
     y = p.outputs.decode(p.predict(x))["p_default"]
@@ -68,8 +71,12 @@ def test_unknown_builder_and_misfit_weights_are_named(tmp_path: Path, keys: Keys
     spec = credit_spec()
     from keel.artifacts import Architecture
 
-    bad = spec.__class__(**{**{f: getattr(spec, f) for f in spec.__struct_fields__},
-                            "architecture": Architecture(builder="nope", args={})})
+    bad = spec.__class__(
+        **{
+            **{f: getattr(spec, f) for f in spec.__struct_fields__},
+            "architecture": Architecture(builder="nope", args={}),
+        }
+    )
     build_artifact(tmp_path / "a", bad, {"w": torch.zeros(1)}, signing_key=keys.key)
     with pytest.raises(ModelLoadError, match="'nope'"):
         load_predictor(tmp_path / "a", keys.policy)
@@ -94,8 +101,15 @@ def test_validation_names_every_bad_field(tmp_path: Path, keys: Keys) -> None:
         p.inputs.encode_rows(rows)
     got = {(e["instance"], e["field"]) for e in ei.value.errors}
     assert got == {
-        (0, "f0"), (0, "f1"), (0, "f2"), (0, "channel"), (0, "zzz"),
-        (1, "f0"), (1, "f1"), (1, "f2"), (1, "channel"),
+        (0, "f0"),
+        (0, "f1"),
+        (0, "f2"),
+        (0, "channel"),
+        (0, "zzz"),
+        (1, "f0"),
+        (1, "f1"),
+        (1, "f2"),
+        (1, "channel"),
     }
     msgs = {(e["instance"], e["field"]): e["error"] for e in ei.value.errors}
     assert "finite" in msgs[(0, "f1")] and "<= 1000000" in msgs[(0, "f2")]
@@ -105,7 +119,10 @@ def test_validation_names_every_bad_field(tmp_path: Path, keys: Keys) -> None:
 def test_columns_encode_like_rows(tmp_path: Path, keys: Keys) -> None:
     path, _ = make_artifact(tmp_path, keys)
     p = load_predictor(path, keys.policy)
-    rows = [{"f0": i, "f1": -i, "f2": 0.5 * i, "channel": ["web", "pos", "atm"][i % 3]} for i in range(5)]
+    rows = [
+        {"f0": i, "f1": -i, "f2": 0.5 * i, "channel": ["web", "pos", "atm"][i % 3]}
+        for i in range(5)
+    ]
     cols = {k: [r[k] for r in rows] for k in rows[0]}
     assert np.array_equal(p.inputs.encode_columns(cols, 5), p.inputs.encode_rows(rows))
 

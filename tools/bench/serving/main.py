@@ -72,8 +72,14 @@ def build_world(tmp: Path, redis_url: str | None) -> dict[str, Any]:
     import torch
 
     from keel.artifacts import (
-        Architecture, ArtifactSpec, CodeVersion, FeatureViewRef, FieldSpec, SigningKey,
-        build_artifact, generate_keypair,
+        Architecture,
+        ArtifactSpec,
+        CodeVersion,
+        FeatureViewRef,
+        FieldSpec,
+        SigningKey,
+        build_artifact,
+        generate_keypair,
     )
     from keel.features import open_online_store
     from keel.serving import build_mlp
@@ -93,17 +99,29 @@ def build_world(tmp: Path, redis_url: str | None) -> dict[str, Any]:
     )
     torch.manual_seed(0)
     model = build_mlp(**args)
-    build_artifact(tmp / "credit", spec, model.state_dict(), signing_key=SigningKey.from_pem(priv),
-                   archive=tmp / "credit.tar")
+    build_artifact(
+        tmp / "credit",
+        spec,
+        model.state_dict(),
+        signing_key=SigningKey.from_pem(priv),
+        archive=tmp / "credit.tar",
+    )
     rng = np.random.default_rng(0)
     vals = rng.normal(size=(N_ENTITIES, N_FEATURES))
     t = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = [(f"e{i}", {f"x{j}": float(vals[i, j]) for j in range(N_FEATURES)}, t) for i in range(N_ENTITIES)]
+    rows = [
+        (f"e{i}", {f"x{j}": float(vals[i, j]) for j in range(N_FEATURES)}, t)
+        for i in range(N_ENTITIES)
+    ]
     urls = {"sqlite": f"sqlite:///{tmp}/online.db"}
     if redis_url:
         urls["redis"] = redis_url
     for url in urls.values():
-        s = open_online_store(url, prefix="keelbench:features:") if url.startswith("redis") else open_online_store(url)
+        s = (
+            open_online_store(url, prefix="keelbench:features:")
+            if url.startswith("redis")
+            else open_online_store(url)
+        )
         s.write("stats:v1", rows)
         s.close()
     return {"artifact": tmp / "credit.tar", "pub": tmp / "pub.pem", "online": urls}
@@ -116,7 +134,9 @@ class ServerProc:
         env.setdefault("OMP_NUM_THREADS", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.serving.server", "--port", str(self.port), *args],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -138,29 +158,54 @@ class ServerProc:
             self.proc.kill()
 
 
-def run_wrk(port: int, tmp: Path, *, seconds: float, conns: int, delay_ms: int, path: str = "/v1/predict") -> dict[str, Any]:
+def run_wrk(
+    port: int, tmp: Path, *, seconds: float, conns: int, delay_ms: int, path: str = "/v1/predict"
+) -> dict[str, Any]:
     script = tmp / f"wrk-{conns}-{delay_ms}.lua"
     script.write_text(LUA % {"n": N_ENTITIES, "delay": delay_ms, "path": path})
     wrk = shutil.which("wrk")
     assert wrk
     # warm-up (not measured)
-    subprocess.run([wrk, "-t1", f"-c{conns}", "-d1s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
-                   capture_output=True, check=True)
+    subprocess.run(
+        [wrk, "-t1", f"-c{conns}", "-d1s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        check=True,
+    )
     before = os.times()
     p = subprocess.run(
-        [wrk, "-t1", f"-c{conns}", f"-d{int(seconds)}s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
-        capture_output=True, text=True, check=True,
+        [
+            wrk,
+            "-t1",
+            f"-c{conns}",
+            f"-d{int(seconds)}s",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     after = os.times()
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("WRKJSON "))
-    r = json.loads(line[len("WRKJSON "):])
+    r = json.loads(line[len("WRKJSON ") :])
     r["rate"] = r["requests"] / (r["duration_us"] / 1e6)
-    r["wrk_cpu_s"] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    r["wrk_cpu_s"] = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
     return r
 
 
-def measure(world: dict[str, Any], tmp: Path, label: str, server_args: list[str], *, seconds: float,
-            conns: int, delay_ms: int) -> dict[str, Any]:
+def measure(
+    world: dict[str, Any],
+    tmp: Path,
+    label: str,
+    server_args: list[str],
+    *,
+    seconds: float,
+    conns: int,
+    delay_ms: int,
+) -> dict[str, Any]:
     srv = ServerProc(server_args)
     try:
         c0 = cpu_seconds(srv.proc.pid)
@@ -173,22 +218,30 @@ def measure(world: dict[str, Any], tmp: Path, label: str, server_args: list[str]
     r["server_cpu_s"] = srv_cpu
     r["loadgen_cpu_share"] = r["wrk_cpu_s"] / max(1e-9, r["wrk_cpu_s"] + srv_cpu)
     r["loadgen_cores"] = r["wrk_cpu_s"] / wall
-    print(f"{label:34s} rate {r['rate']:8.0f}/s  p50 {r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:6.2f} ms  "
-          f"errors {r['errors']}  wrk CPU share {r['loadgen_cpu_share']:.2f}", flush=True)
+    print(
+        f"{label:34s} rate {r['rate']:8.0f}/s  p50 {r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:6.2f} ms  "
+        f"errors {r['errors']}  wrk CPU share {r['loadgen_cpu_share']:.2f}",
+        flush=True,
+    )
     return r
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="short runs (smoke)")
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--no-redis", action="store_true")
-    ap.add_argument("--redis-url", default=os.environ.get("KEEL_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    ap.add_argument(
+        "--redis-url", default=os.environ.get("KEEL_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
     a = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not on PATH: apt-get install -y wrk")
     seconds = a.seconds or (3.0 if a.quick else 10.0)
     tmp = Path(tempfile.mkdtemp(prefix="keel-bench-serving-"))
+    world: dict[str, Any] = {}
     try:
         world = build_world(tmp, None if a.no_redis else a.redis_url)
         base = ["--artifact", str(world["artifact"]), "--pub", str(world["pub"])]
@@ -197,17 +250,36 @@ def main() -> None:
         # ~1,000 req/s paced: 10 connections, each waiting 9 ms after its previous answer
         paced = {"conns": 10, "delay_ms": 9, "seconds": seconds}
         res: dict[str, dict[str, Any]] = {}
-        res["paced_batching_on"] = measure(world, tmp, "paced 1k/s, batching on (sqlite)", sqlite + on, **paced)
-        res["paced_batching_off"] = measure(world, tmp, "paced 1k/s, batching off (sqlite)", sqlite + off, **paced)
+        res["paced_batching_on"] = measure(
+            world, tmp, "paced 1k/s, batching on (sqlite)", sqlite + on, **paced
+        )
+        res["paced_batching_off"] = measure(
+            world, tmp, "paced 1k/s, batching off (sqlite)", sqlite + off, **paced
+        )
         if "redis" in world["online"]:
-            res["paced_redis"] = measure(world, tmp, "paced 1k/s, batching on (redis)",
-                                         [*base, "--online", world["online"]["redis"]] + on, **paced)
+            res["paced_redis"] = measure(
+                world,
+                tmp,
+                "paced 1k/s, batching on (redis)",
+                [*base, "--online", world["online"]["redis"], *on],
+                **paced,
+            )
         sat = {"conns": 32, "delay_ms": 0, "seconds": seconds}
         res["sat_batching_on"] = measure(world, tmp, "saturation, batching on", sqlite + on, **sat)
-        res["sat_batching_off"] = measure(world, tmp, "saturation, batching off", sqlite + off, **sat)
-        res["sat_bare_asgi"] = measure(world, tmp, "saturation, bare ASGI (anchor)", ["--bare"], **sat)
+        res["sat_batching_off"] = measure(
+            world, tmp, "saturation, batching off", sqlite + off, **sat
+        )
+        res["sat_bare_asgi"] = measure(
+            world, tmp, "saturation, bare ASGI (anchor)", ["--bare"], **sat
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if "redis" in world.get("online", {}):
+            import redis
+
+            r = redis.Redis.from_url(world["online"]["redis"])
+            for k in r.scan_iter(match="keelbench:features:*", count=1000):
+                r.delete(k)
     p = res["paced_batching_on"]
     figures: dict[str, Any] = {
         "paced_rate_rps": round(p["rate"]),
@@ -229,8 +301,11 @@ def main() -> None:
         figures["paced_p99_redis_ms"] = res["paced_redis"]["p99_us"] / 1e3
     ratios = {
         "batching_on_vs_off_saturation_throughput": round(
-            res["sat_batching_on"]["rate"] / res["sat_batching_off"]["rate"], 3),
-        "keel_vs_bare_asgi_throughput": round(res["sat_batching_on"]["rate"] / res["sat_bare_asgi"]["rate"], 3),
+            res["sat_batching_on"]["rate"] / res["sat_batching_off"]["rate"], 3
+        ),
+        "keel_vs_bare_asgi_throughput": round(
+            res["sat_batching_on"]["rate"] / res["sat_bare_asgi"]["rate"], 3
+        ),
     }
     if "paced_redis" in res:
         ratios["redis_vs_sqlite_paced_p99"] = round(res["paced_redis"]["p99_us"] / p["p99_us"], 3)
@@ -239,7 +314,9 @@ def main() -> None:
         "no_errors": all(r["errors"] == 0 for r in res.values()),
         "batching_gain": ratios["batching_on_vs_off_saturation_throughput"] > 1.0,
     }
-    print(json.dumps({"bench": "serving", "figures": figures, "ratios": ratios, "goals_met": goals}))
+    print(
+        json.dumps({"bench": "serving", "figures": figures, "ratios": ratios, "goals_met": goals})
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,13 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         msg = await receive()
         more = msg.get("more_body", False)
     body = b'{"predictions":[{"p":0.5}]}'
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -36,6 +41,7 @@ def main() -> None:
     ap.add_argument("--artifact")
     ap.add_argument("--pub")
     ap.add_argument("--online", default=None)
+    ap.add_argument("--redis-prefix", default="keelbench:features:")
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-wait-s", type=float, default=0.001)
     ap.add_argument("--max-queue", type=int, default=1024)
@@ -52,16 +58,23 @@ def main() -> None:
     from keel.serving import BatchingConfig, ModelService, PredictionLog, create_app, load_predictor
 
     p = load_predictor(a.artifact, TrustPolicy.from_files([a.pub]), threads=1, device="cpu")
-    store = open_online_store(a.online)
+    store = open_online_store(a.online, prefix=a.redis_prefix)
     log = None
     if a.bus:
         from keel.events import open_bus
 
         log = PredictionLog(open_bus(a.bus))
     svc = ModelService(
-        p.name, p, store=store, log=log,
-        batching=BatchingConfig(max_batch_rows=a.max_batch, max_wait_s=a.max_wait_s,
-                                max_queue_rows=max(a.max_queue, a.max_batch), in_thread=not a.inline),
+        p.name,
+        p,
+        store=store,
+        log=log,
+        batching=BatchingConfig(
+            max_batch_rows=a.max_batch,
+            max_wait_s=a.max_wait_s,
+            max_queue_rows=max(a.max_queue, a.max_batch),
+            in_thread=not a.inline,
+        ),
     )
     serve(create_app(svc), port=a.port)
 

@@ -14,6 +14,7 @@ Routes: Open Inference Protocol v2 REST (``/v2/health/*``, ``/v2/models/{name}[/
 torch is imported only when a model is loaded or run.
 """
 
+from keel.serving._app import create_app
 from keel.serving._batch import BatchReport, score_parquet
 from keel.serving._batching import BatchingConfig, MicroBatcher
 from keel.serving._builders import ENTRY_POINT_GROUP, build_mlp, resolve_builders
@@ -43,7 +44,6 @@ from keel.serving._schema import InputSchema, OutputSchema, compile_fields
 from keel.serving._server import serve
 from keel.serving._service import CanaryConfig, ModelService, entity_bucket
 from keel.serving._telemetry import ServingTelemetry
-from keel.serving._app import create_app
 
 __all__ = [
     "CANARY_FAILED",

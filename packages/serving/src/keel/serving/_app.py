@@ -113,7 +113,9 @@ def create_app(
     def service(name: str) -> ModelService:
         s = by_name.get(name)
         if s is None:
-            raise NotFoundError(f"unknown model {name[:128]!r}; this server serves {sorted(by_name)}")
+            raise NotFoundError(
+                f"unknown model {name[:128]!r}; this server serves {sorted(by_name)}"
+            )
         return s
 
     def guarded(fn: Handler) -> Handler:
@@ -193,7 +195,10 @@ def create_app(
         return _json({"error": f"no route {request.url.path[:200]!r}", "code": "not_found"}, 404)
 
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return _json({"error": f"method {request.method} not allowed here", "code": "method_not_allowed"}, 405)
+        return _json(
+            {"error": f"method {request.method} not allowed here", "code": "method_not_allowed"},
+            405,
+        )
 
     g = guarded
     routes = [

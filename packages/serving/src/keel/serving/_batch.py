@@ -93,7 +93,9 @@ def encode_frame(p: Predictor, df: pl.DataFrame, offset: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.column_stack(cols), dtype=np.float32)
 
 
-def score_frame(p: Predictor, df: pl.DataFrame, *, batch_rows: int = 4096, offset: int = 0) -> pl.DataFrame:
+def score_frame(
+    p: Predictor, df: pl.DataFrame, *, batch_rows: int = 4096, offset: int = 0
+) -> pl.DataFrame:
     """``df`` plus one column per model output (names from the output schema)."""
     x = encode_frame(p, df, offset)
     ys = [p.predict(x[i : i + batch_rows]) for i in range(0, x.shape[0], batch_rows)]
@@ -144,7 +146,9 @@ def score_parquet(
             rows += df.height
             chunks += 1
         if writer is None:  # empty input: an empty output with the output columns
-            empty = score_frame(p, pl.from_arrow(reader.schema_arrow.empty_table()), batch_rows=batch_rows)  # type: ignore[arg-type]
+            empty = score_frame(
+                p, pl.from_arrow(reader.schema_arrow.empty_table()), batch_rows=batch_rows
+            )  # type: ignore[arg-type]
             pq.write_table(empty.to_arrow(), tmp)
         else:
             writer.close()

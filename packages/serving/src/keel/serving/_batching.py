@@ -12,6 +12,7 @@ drain rate) instead of growing a backlog whose latency no caller would accept.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -184,13 +185,17 @@ class MicroBatcher:
             except BaseException as e:  # every waiter gets the failure; the worker lives on
                 for it in live:
                     if not it.fut.done():
-                        it.fut.set_exception(e if isinstance(e, Exception) else RuntimeError(str(e)))
+                        it.fut.set_exception(
+                            e if isinstance(e, Exception) else RuntimeError(str(e))
+                        )
                 if isinstance(e, asyncio.CancelledError):
                     raise
                 continue
             dt = max(self._clock() - t0, 1e-6)
             rate = x.shape[0] / dt
-            self._rows_per_s = rate if self._rows_per_s == 0 else 0.9 * self._rows_per_s + 0.1 * rate
+            self._rows_per_s = (
+                rate if self._rows_per_s == 0 else 0.9 * self._rows_per_s + 0.1 * rate
+            )
             self.batches += 1
             if self._on_batch is not None:
                 self._on_batch(int(x.shape[0]))
@@ -211,10 +216,8 @@ class MicroBatcher:
         self.queued_rows = 0
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._executor is not None:
             self._executor.shutdown(wait=False)

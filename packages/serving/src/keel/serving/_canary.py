@@ -34,7 +34,7 @@ class CanaryPolicy:
         if not 1 <= self.min_requests <= self.window:
             raise ConfigError("need 1 <= min_requests <= window")
 
-    def decide(self, outcomes: "CanaryWindow") -> str | None:
+    def decide(self, outcomes: CanaryWindow) -> str | None:
         """None to keep going, else the reason to stop (names the breached SLO)."""
         n = len(outcomes.ok)
         if n < self.min_requests:

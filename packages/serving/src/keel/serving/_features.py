@@ -54,24 +54,37 @@ class FeatureFetcher:
                         keys[v] = str(k)
                     else:
                         errors.append(
-                            {"instance": i, "field": f"entity.{v}", "error": "is missing (a string key)"}
+                            {
+                                "instance": i,
+                                "field": f"entity.{v}",
+                                "error": "is missing (a string key)",
+                            }
                         )
                 for v in ent:
                     if v not in names:
                         errors.append(
-                            {"instance": i, "field": f"entity.{str(v)[:64]}",
-                             "error": f"is not a feature view of this model (views: {names})"}
+                            {
+                                "instance": i,
+                                "field": f"entity.{str(v)[:64]}",
+                                "error": f"is not a feature view of this model (views: {names})",
+                            }
                         )
             else:
                 errors.append(
-                    {"instance": i, "field": "entity",
-                     "error": "must be a string key or an object {view: key}"}
+                    {
+                        "instance": i,
+                        "field": "entity",
+                        "error": "must be a string key or an object {view: key}",
+                    }
                 )
             for v, k in keys.items():
                 if not k or len(k) > MAX_ENTITY_KEY_CHARS:
                     errors.append(
-                        {"instance": i, "field": f"entity.{v}",
-                         "error": f"must be 1..{MAX_ENTITY_KEY_CHARS} characters"}
+                        {
+                            "instance": i,
+                            "field": f"entity.{v}",
+                            "error": f"must be 1..{MAX_ENTITY_KEY_CHARS} characters",
+                        }
                     )
             out.append(keys)
         if errors:
@@ -109,8 +122,13 @@ class FeatureFetcher:
                 online = fetched[v][i]
                 if online is None:
                     unknown.append(
-                        {"instance": i, "field": "entity", "view": v, "entity": keys[i][v],
-                         "error": f"unknown entity {keys[i][v]!r}: no online features in view {v!r}"}
+                        {
+                            "instance": i,
+                            "field": "entity",
+                            "view": v,
+                            "entity": keys[i][v],
+                            "error": f"unknown entity {keys[i][v]!r}: no online features in view {v!r}",
+                        }
                     )
                     continue
                 for name, value in online.values.items():
@@ -119,8 +137,11 @@ class FeatureFetcher:
             for name, value in own.items():
                 if name in row:
                     errors.append(
-                        {"instance": i, "field": str(name)[:128],
-                         "error": "is served by a feature view; do not send it in `features`"}
+                        {
+                            "instance": i,
+                            "field": str(name)[:128],
+                            "error": "is served by a feature view; do not send it in `features`",
+                        }
                     )
                 else:
                     row[name] = value
@@ -128,7 +149,7 @@ class FeatureFetcher:
         if unknown:
             raise UnknownEntityError(
                 f"{len(unknown)} unknown entit{'y' if len(unknown) == 1 else 'ies'}: "
-                + ", ".join(sorted({repr(u['entity']) for u in unknown})[:10]),
+                + ", ".join(sorted({repr(u["entity"]) for u in unknown})[:10]),
                 unknown,
             )
         if errors:

@@ -13,6 +13,7 @@ arrives on the optional ``events`` consumer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import threading
@@ -42,7 +43,9 @@ class ModelRef:
     def parse(cls, text: str) -> ModelRef:
         name, sep, alias = text.partition("@")
         if not sep or not name or not alias:
-            raise ConfigError(f"model reference {text!r}: expected name@alias (e.g. credit@champion)")
+            raise ConfigError(
+                f"model reference {text!r}: expected name@alias (e.g. credit@champion)"
+            )
         return cls(name, alias)
 
     def __str__(self) -> str:
@@ -133,8 +136,9 @@ class AliasFollower:
             return False
         t0 = self._clock()
         try:
-            _, p = load_from_registry(reg, self.ref, self.policy, workdir=self.workdir,
-                                      version=target, **self.load_kw)
+            _, p = load_from_registry(
+                reg, self.ref, self.policy, workdir=self.workdir, version=target, **self.load_kw
+            )
         except (ModelLoadError, NotFoundError, UnavailableError) as e:
             self.refused.add(target) if isinstance(e, ModelLoadError) else None
             self.last_error = str(e)
@@ -144,7 +148,9 @@ class AliasFollower:
             return False
         if self.telemetry is not None:
             self.telemetry.model_loads.labels(model=self.ref.name, outcome="ok").inc()
-            self.telemetry.model_load_seconds.labels(model=self.ref.name).observe(self._clock() - t0)
+            self.telemetry.model_load_seconds.labels(model=self.ref.name).observe(
+                self._clock() - t0
+            )
         self.version = target
         self.last_error = None
         self.on_load(p)
@@ -167,7 +173,11 @@ class AliasFollower:
             except Exception:
                 body = None
             d.ack()
-            if isinstance(body, dict) and body.get("model") == self.ref.name and body.get("alias") == self.ref.alias:
+            if (
+                isinstance(body, dict)
+                and body.get("model") == self.ref.name
+                and body.get("alias") == self.ref.alias
+            ):
                 return  # tick now
 
     def _loop(self) -> None:
@@ -179,13 +189,13 @@ class AliasFollower:
                 log.exception("alias follower tick failed")
             self._wait()
         if self._registry is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._registry.close()
-            except Exception:
-                pass
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=f"keel-follow-{self.ref}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"keel-follow-{self.ref}", daemon=True
+        )
         self._thread.start()
 
     def close(self, timeout_s: float = 10.0) -> None:

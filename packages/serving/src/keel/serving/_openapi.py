@@ -34,7 +34,10 @@ def openapi_spec(models: list[str], version: str = "0") -> dict[str, Any]:
         "required": True,
         "schema": {"type": "string", "enum": models},
     }
-    scalar = {"nullable": True, "oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}
+    scalar = {
+        "nullable": True,
+        "oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}],
+    }
     instance = {
         "type": "object",
         "additionalProperties": False,
@@ -53,13 +56,21 @@ def openapi_spec(models: list[str], version: str = "0") -> dict[str, Any]:
         "required": ["name", "shape", "datatype", "data"],
         "properties": {
             "name": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1, "maxItems": 2},
+            "shape": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "minItems": 1,
+                "maxItems": 2,
+            },
             "datatype": {"type": "string"},
             "data": {"type": "array", "items": scalar},
             "parameters": {"type": "object"},
         },
     }
-    health = {"type": "object", "properties": {"live": {"type": "boolean"}, "ready": {"type": "boolean"}}}
+    health = {
+        "type": "object",
+        "properties": {"live": {"type": "boolean"}, "ready": {"type": "boolean"}},
+    }
     return {
         "openapi": "3.0.3",
         "info": {
@@ -76,13 +87,19 @@ def openapi_spec(models: list[str], version: str = "0") -> dict[str, Any]:
             "/v2/models/{name}": {
                 "get": {
                     "parameters": [name_param],
-                    "responses": {"200": _resp("Model metadata.", {"type": "object"}), **_errors("404", "503")},
+                    "responses": {
+                        "200": _resp("Model metadata.", {"type": "object"}),
+                        **_errors("404", "503"),
+                    },
                 }
             },
             "/v2/models/{name}/ready": {
                 "get": {
                     "parameters": [name_param],
-                    "responses": {"200": _resp("Model ready.", {"type": "object"}), **_errors("404", "503")},
+                    "responses": {
+                        "200": _resp("Model ready.", {"type": "object"}),
+                        **_errors("404", "503"),
+                    },
                 }
             },
             "/v2/models/{name}/infer": {
@@ -122,8 +139,16 @@ def openapi_spec(models: list[str], version: str = "0") -> dict[str, Any]:
                                     "required": ["instances"],
                                     "additionalProperties": False,
                                     "properties": {
-                                        "request_id": {"type": "string", "minLength": 1, "maxLength": 128},
-                                        "instances": {"type": "array", "items": instance, "minItems": 1},
+                                        "request_id": {
+                                            "type": "string",
+                                            "minLength": 1,
+                                            "maxLength": 128,
+                                        },
+                                        "instances": {
+                                            "type": "array",
+                                            "items": instance,
+                                            "minItems": 1,
+                                        },
                                     },
                                 }
                             }
@@ -161,7 +186,14 @@ def openapi_spec(models: list[str], version: str = "0") -> dict[str, Any]:
                 },
                 "Predictions": {
                     "type": "object",
-                    "required": ["request_id", "model", "version", "digest", "variant", "predictions"],
+                    "required": [
+                        "request_id",
+                        "model",
+                        "version",
+                        "digest",
+                        "variant",
+                        "predictions",
+                    ],
                     "properties": {
                         "request_id": {"type": "string"},
                         "model": {"type": "string"},

@@ -8,6 +8,7 @@ torch's thread pools and the device, and warms the model up once.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,10 +37,9 @@ def configure_torch_threads(threads: int, interop_threads: int = 1) -> None:
     with _threads_lock:
         torch.set_num_threads(threads)
         if not _threads_set:
-            try:
+            # RuntimeError: already fixed by an earlier parallel op
+            with contextlib.suppress(RuntimeError):
                 torch.set_num_interop_threads(max(1, interop_threads))
-            except RuntimeError:  # already fixed by an earlier parallel op
-                pass
             _threads_set.append(interop_threads)
 
 
@@ -159,7 +159,9 @@ def predictor_from_loaded(
     if dev != "cpu" and hasattr(model, "to"):
         model = model.to(dev)
     if trace is None:
-        trace = m.architecture.builder in TRACE_SAFE_BUILDERS and (not builders or m.architecture.builder not in builders)
+        trace = m.architecture.builder in TRACE_SAFE_BUILDERS and (
+            not builders or m.architecture.builder not in builders
+        )
     if trace:
         model = _traced(model, len(inputs), dev) or model
     p = Predictor(

@@ -157,7 +157,11 @@ class InputSchema:
                 for k in row:
                     if k not in self._index:
                         errors.append(
-                            {"instance": i, "field": str(k)[:128], "error": "is not an input of this model"}
+                            {
+                                "instance": i,
+                                "field": str(k)[:128],
+                                "error": "is not an input of this model",
+                            }
                         )
             if len(errors) >= MAX_REPORTED_ERRORS:
                 break
@@ -219,7 +223,9 @@ class OutputSchema:
             f = self.fields[0]
             cats = f.categories or ()
             if k != len(cats):
-                raise ConfigError(f"model gives {k} outputs for {len(cats)} categories of {f.name!r}")
+                raise ConfigError(
+                    f"model gives {k} outputs for {len(cats)} categories of {f.name!r}"
+                )
             return {f.name: [cats[i] for i in np.argmax(y, axis=1).tolist()]}
         if k != len(self.fields):
             raise ConfigError(f"model gives {k} outputs; the output schema has {len(self.fields)}")

@@ -11,6 +11,7 @@ with rows of the same predictor), so a hot swap fails no request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import time
@@ -19,8 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-
 
 from keel.serving._batching import BatchingConfig, MicroBatcher
 from keel.serving._canary import CANARY_FAILED, CanaryPolicy, CanaryWindow
@@ -214,8 +213,11 @@ class ModelService:
             for k in x:
                 if k not in ("entity", "features"):
                     errors.append(
-                        {"instance": i, "field": str(k)[:64],
-                         "error": "is not an instance field (entity, features)"}
+                        {
+                            "instance": i,
+                            "field": str(k)[:64],
+                            "error": "is not an instance field (entity, features)",
+                        }
                     )
         if errors:
             raise InvalidInputError(f"{len(errors)} malformed instance(s)", errors)
@@ -243,7 +245,15 @@ class ModelService:
             y = await variant.batcher.submit(p, x)
             outputs = p.outputs.decode(y)
         except BaseException as e:
-            self._account(variant, p, t0, e, len(body.get("instances") or []) if isinstance(body, Mapping) and isinstance(body.get("instances"), list) else 0)
+            self._account(
+                variant,
+                p,
+                t0,
+                e,
+                len(body.get("instances") or [])
+                if isinstance(body, Mapping) and isinstance(body.get("instances"), list)
+                else 0,
+            )
             raise
         latency = self._clock() - t0
         self._account(variant, p, t0, None, len(instances))
@@ -357,7 +367,9 @@ class ModelService:
             outcome = "error"
         version = p.version if p is not None else "none"
         role = variant.role if variant is not None else "primary"
-        requests, lat, preds, v_requests, v_lat, queue_rows, shed = self._children(role, version, outcome)
+        requests, lat, preds, v_requests, v_lat, queue_rows, shed = self._children(
+            role, version, outcome
+        )
         if isinstance(exc, OverloadedError):
             shed.inc()
         requests.inc()
@@ -388,10 +400,9 @@ class ModelService:
         }
         self.canary_failures.append(payload)
         if self.publish is not None:
-            try:
+            # the stop itself already happened; the event is best effort
+            with contextlib.suppress(Exception):
                 self.publish(CANARY_FAILED, payload)
-            except Exception:  # the stop itself already happened; the event is best effort
-                pass
 
     def _log(
         self,
@@ -423,7 +434,9 @@ class ModelService:
                 rec["score"] = s
             self.log.log(rec)
 
-    async def _shadow(self, shadow: Variant, rid: str, instances: Sequence[Mapping[str, Any]]) -> None:
+    async def _shadow(
+        self, shadow: Variant, rid: str, instances: Sequence[Mapping[str, Any]]
+    ) -> None:
         t0 = self._clock()
         p = shadow.predictor
         try:
@@ -464,7 +477,8 @@ def _v2_columns(body: Any, new_id: Callable[[], str]) -> tuple[str, dict[str, li
         rid = new_id()
     elif not isinstance(rid, str) or not 0 < len(rid) <= MAX_REQUEST_ID_CHARS:
         raise InvalidInputError(
-            "id must be a string", [{"field": "id", "error": f"1..{MAX_REQUEST_ID_CHARS} characters"}]
+            "id must be a string",
+            [{"field": "id", "error": f"1..{MAX_REQUEST_ID_CHARS} characters"}],
         )
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
@@ -477,7 +491,9 @@ def _v2_columns(body: Any, new_id: Callable[[], str]) -> tuple[str, dict[str, li
     ns: set[int] = set()
     for j, t in enumerate(inputs):
         if not isinstance(t, Mapping) or not isinstance(t.get("name"), str):
-            errors.append({"field": f"inputs[{j}]", "error": "must be an object with a string `name`"})
+            errors.append(
+                {"field": f"inputs[{j}]", "error": "must be an object with a string `name`"}
+            )
             continue
         name = t["name"]
         shape, data = t.get("shape"), t.get("data")
@@ -490,7 +506,9 @@ def _v2_columns(body: Any, new_id: Callable[[], str]) -> tuple[str, dict[str, li
             errors.append({"field": name, "error": "shape must be [n] or [n, 1]"})
             continue
         if not isinstance(data, list) or len(data) != shape[0]:
-            errors.append({"field": name, "error": f"data must be a flat list of {shape[0]} values"})
+            errors.append(
+                {"field": name, "error": f"data must be a flat list of {shape[0]} values"}
+            )
             continue
         if name in columns:
             errors.append({"field": name, "error": "is given twice"})
@@ -498,7 +516,9 @@ def _v2_columns(body: Any, new_id: Callable[[], str]) -> tuple[str, dict[str, li
         columns[name] = data
         ns.add(shape[0])
     if not errors and len(ns) != 1:
-        errors.append({"field": "inputs", "error": f"inputs disagree on the batch size: {sorted(ns)}"})
+        errors.append(
+            {"field": "inputs", "error": f"inputs disagree on the batch size: {sorted(ns)}"}
+        )
     if not errors and 0 in ns:
         errors.append({"field": "inputs", "error": "batch size must be >= 1"})
     if not errors and max(ns) > MAX_INSTANCES:
@@ -506,6 +526,3 @@ def _v2_columns(body: Any, new_id: Callable[[], str]) -> tuple[str, dict[str, li
     if errors:
         raise InvalidInputError(f"{len(errors)} malformed input tensor(s)", errors)
     return rid, columns, ns.pop()
-
-
-

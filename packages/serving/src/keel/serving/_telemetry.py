@@ -31,7 +31,9 @@ class ServingTelemetry:
             labels=("model", "variant", "outcome"),
         )
         self.shed = m.counter(
-            "shed_total", "Requests refused with 503 by the admission queue.", labels=("model", "variant")
+            "shed_total",
+            "Requests refused with 503 by the admission queue.",
+            labels=("model", "variant"),
         )
         self.queue_rows = m.gauge(
             "queue_rows", "Rows waiting in the admission queue.", labels=("model", "variant")
