@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ def keys() -> Keys:
 
 
 @pytest.fixture()
-def world(tmp_path: Path, keys: Keys) -> dict[str, Any]:
+def world(tmp_path: Path, keys: Keys) -> Iterator[dict[str, Any]]:
     path, model = make_artifact(tmp_path, keys, seed=1)
     store = SQLiteOnlineStore(tmp_path / "online.db")
     store.write(

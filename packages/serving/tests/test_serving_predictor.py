@@ -6,6 +6,7 @@ import math
 import shutil
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -93,7 +94,7 @@ def test_builders_resolve_builtin_and_extra() -> None:
 def test_validation_names_every_bad_field(tmp_path: Path, keys: Keys) -> None:
     path, _ = make_artifact(tmp_path, keys)
     p = load_predictor(path, keys.policy)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"f0": "1", "f1": math.nan, "f2": 1e7, "channel": "fax", "zzz": 1},
         {"f0": True, "f1": math.inf, "channel": 3},
     ]

@@ -86,7 +86,12 @@ def build_world(tmp: Path, redis_url: str | None) -> dict[str, Any]:
 
     priv, pub = generate_keypair()
     (tmp / "pub.pem").write_bytes(pub)
-    args = {"n_in": N_FEATURES, "hidden": [64, 32], "n_out": 1, "out_activation": "sigmoid"}
+    args: dict[str, Any] = {
+        "n_in": N_FEATURES,
+        "hidden": [64, 32],
+        "n_out": 1,
+        "out_activation": "sigmoid",
+    }
     spec = ArtifactSpec(
         name="credit",
         architecture=Architecture(builder="mlp", args=args),
@@ -248,7 +253,7 @@ def main() -> None:
         sqlite = [*base, "--online", world["online"]["sqlite"]]
         on, off = ["--max-batch", "64"], ["--max-batch", "1"]
         # ~1,000 req/s paced: 10 connections, each waiting 9 ms after its previous answer
-        paced = {"conns": 10, "delay_ms": 9, "seconds": seconds}
+        paced: dict[str, Any] = {"conns": 10, "delay_ms": 9, "seconds": seconds}
         res: dict[str, dict[str, Any]] = {}
         res["paced_batching_on"] = measure(
             world, tmp, "paced 1k/s, batching on (sqlite)", sqlite + on, **paced
@@ -264,7 +269,7 @@ def main() -> None:
                 [*base, "--online", world["online"]["redis"], *on],
                 **paced,
             )
-        sat = {"conns": 32, "delay_ms": 0, "seconds": seconds}
+        sat: dict[str, Any] = {"conns": 32, "delay_ms": 0, "seconds": seconds}
         res["sat_batching_on"] = measure(world, tmp, "saturation, batching on", sqlite + on, **sat)
         res["sat_batching_off"] = measure(
             world, tmp, "saturation, batching off", sqlite + off, **sat

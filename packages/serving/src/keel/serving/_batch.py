@@ -146,10 +146,9 @@ def score_parquet(
             rows += df.height
             chunks += 1
         if writer is None:  # empty input: an empty output with the output columns
-            empty = score_frame(
-                p, pl.from_arrow(reader.schema_arrow.empty_table()), batch_rows=batch_rows
-            )  # type: ignore[arg-type]
-            pq.write_table(empty.to_arrow(), tmp)
+            head = pl.from_arrow(reader.schema_arrow.empty_table())
+            assert isinstance(head, pl.DataFrame)
+            pq.write_table(score_frame(p, head, batch_rows=batch_rows).to_arrow(), tmp)
         else:
             writer.close()
             writer = None
