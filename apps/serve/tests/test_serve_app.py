@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "packages" / "serving" / "tests"))
 from keel_serve.main import APP, run
-from serving_testdata import Keys, make_artifact, reference
 
 from keel.registry_client import Decision, open_registry
 
@@ -64,7 +61,8 @@ def wait_ready(url: str, server: Server, timeout_s: float = 60) -> None:
 
 
 @pytest.mark.slow
-def test_alias_move_hot_swaps_with_zero_failed_requests(tmp_path: Path) -> None:
+def test_alias_move_hot_swaps_with_zero_failed_requests(tmp_path: Path, td: Any) -> None:
+    Keys, make_artifact, reference = td.Keys, td.make_artifact, td.reference
     keys = Keys()
     (tmp_path / "pub.pem").write_bytes(keys.pub)
     home = tmp_path / "home"
@@ -153,7 +151,8 @@ def test_missing_trust_keys_is_a_configuration_error(tmp_path: Path) -> None:
     assert code == 2
 
 
-def test_tampered_artifact_fails_at_start(tmp_path: Path) -> None:
+def test_tampered_artifact_fails_at_start(tmp_path: Path, td: Any) -> None:
+    Keys, make_artifact = td.Keys, td.make_artifact
     keys = Keys()
     (tmp_path / "pub.pem").write_bytes(keys.pub)
     path, _ = make_artifact(tmp_path, keys)
@@ -177,7 +176,8 @@ def test_tampered_artifact_fails_at_start(tmp_path: Path) -> None:
         guard.cancel()
 
 
-def test_served_artifact_answers_on_a_real_port(tmp_path: Path) -> None:
+def test_served_artifact_answers_on_a_real_port(tmp_path: Path, td: Any) -> None:
+    Keys, make_artifact, reference = td.Keys, td.make_artifact, td.reference
     keys = Keys()
     (tmp_path / "pub.pem").write_bytes(keys.pub)
     path, model = make_artifact(tmp_path, keys, views=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,11 +11,9 @@ import httpx
 import polars as pl
 import pytest
 import redis
-from typer.testing import CliRunner
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "packages" / "serving" / "tests"))
 from serving_testdata import Keys, make_artifact, reference
 from testutil.isolation import redis_url, unique_name
+from typer.testing import CliRunner
 
 from keel.features import RedisOnlineStore
 from keel.serving import ModelService, create_app, load_predictor
