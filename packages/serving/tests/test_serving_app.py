@@ -180,6 +180,12 @@ BAD: list[tuple[str, bytes | dict[str, Any], int, str]] = [
         422,
         "invalid_input",
     ),
+    (
+        "huge integer",
+        b'{"instances": [{"entity": "c1", "features": {"channel": "web"}}], "x": 1}',
+        422,
+        "invalid_input",
+    ),
     ("bad request id", {"request_id": 5, "instances": [{"entity": "c1"}]}, 422, "invalid_input"),
 ]
 
@@ -196,6 +202,21 @@ def test_bad_input_battery(
         assert j["code"] == code and j["error"]
         if status == 422:
             assert j["errors"], "a 422 names its fields"
+
+    run(world, body)
+
+
+def test_huge_numbers_are_422_not_500(world: dict[str, Any]) -> None:
+    async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
+        data = (
+            '{"inputs": [{"name": "f0", "shape": [1], "datatype": "FP64", "data": [1%s]},'
+            '{"name": "f1", "shape": [1], "datatype": "FP64", "data": [1e400]},'
+            '{"name": "f2", "shape": [1], "datatype": "FP64", "data": [-1%s]},'
+            '{"name": "channel", "shape": [1], "datatype": "BYTES", "data": ["web"]}]}'
+        ) % ("0" * 400, "0" * 30)
+        r = await c.post("/v2/models/credit/infer", content=data)
+        assert r.status_code == 422, r.text
+        assert {e["field"] for e in r.json()["errors"]} == {"f0", "f1", "f2"}
 
     run(world, body)
 

@@ -123,7 +123,10 @@ class InputSchema:
             lo, hi = _INT_BOUNDS[dt]
             if not lo <= v <= hi:
                 return math.nan, f"is out of the {dt} range"
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:
+            return math.nan, f"is out of the {dt} range"
         if dt == "float32" and abs(x) > 3.4028234663852886e38:
             return math.nan, "is out of the float32 range"
         if f.min is not None and x < f.min:
