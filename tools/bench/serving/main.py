@@ -276,8 +276,13 @@ def main() -> None:
         )
         # overload: 256 connections against a 64-row admission queue -> 503 + Retry-After
         res["overload_small_queue"] = measure(
-            world, tmp, "overload, 256 conns, queue 64", [*sqlite, *on, "--max-queue", "64"],
-            conns=256, delay_ms=0, seconds=seconds,
+            world,
+            tmp,
+            "overload, 256 conns, queue 64",
+            [*sqlite, *on, "--max-queue", "64"],
+            conns=256,
+            delay_ms=0,
+            seconds=seconds,
         )
         res["sat_bare_asgi"] = measure(
             world, tmp, "saturation, bare ASGI (anchor)", ["--bare"], **sat
@@ -305,7 +310,8 @@ def main() -> None:
         "sat_p99_ms_batching_off": res["sat_batching_off"]["p99_us"] / 1e3,
         "sat_rps_bare_asgi": round(res["sat_bare_asgi"]["rate"]),
         "overload_shed_share": round(
-            res["overload_small_queue"]["non2xx"] / max(1, res["overload_small_queue"]["requests"]), 3
+            res["overload_small_queue"]["non2xx"] / max(1, res["overload_small_queue"]["requests"]),
+            3,
         ),
         "overload_p99_ms": res["overload_small_queue"]["p99_us"] / 1e3,
         "n_features": N_FEATURES,
