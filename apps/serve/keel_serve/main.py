@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -63,6 +64,10 @@ class Settings(BaseModel):
     )
     log_predictions: bool = Field(default=True, description="log every prediction to the bus")
     predictions_stream: str = Field(default="predictions", description="prediction log stream")
+    instance: str | None = Field(
+        default=None,
+        description="replica name for the alias-event consumer (default: the host name)",
+    )
     host: str = Field(default="127.0.0.1", description="listen address")
     port: int = Field(default=8080, ge=0, le=65535, description="listen port (0: any)")
     max_batch_rows: int = Field(
@@ -227,8 +232,11 @@ def run(settings: Settings, ctx: AppContext) -> None:
                     continue
                 events = None
                 if role == "primary":
+                    # one durable per replica (every replica must see every move), stable
+                    # across restarts (no leaked consumers): the instance name
                     events = bus.consumer(
-                        settings.control_stream, durable=f"serve-{ref.name}-{os.getpid()}"
+                        settings.control_stream,
+                        durable=f"serve-{ref.name}-{settings.instance or socket.gethostname()}",
                     )
                 f = AliasFollower(
                     opener,
