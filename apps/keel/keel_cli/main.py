@@ -23,6 +23,7 @@ from keel_cli import (
     cmd_features,
     cmd_governance,
     cmd_registry,
+    serve_cmd,
 )
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
@@ -44,6 +45,7 @@ app.add_typer(cmd_drift.app, name="drift")
 app.add_typer(cmd_governance.app, name="governance")
 app.add_typer(cmd_artifact.app, name="artifact")
 app.add_typer(cmd_registry.app, name="registry")
+app.add_typer(serve_cmd.app, name="serve")
 
 console = Console()
 err_console = Console(stderr=True)

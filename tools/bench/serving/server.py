@@ -1,0 +1,83 @@
+"""The server under test, in its own process: ``python -m bench.serving.server ARGS``.
+
+``--bare`` serves a constant JSON answer from a raw ASGI app on the same uvicorn stack
+(the framework floor, the same-run anchor); otherwise a keel.serving ModelService.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    more = True
+    while more:
+        msg = await receive()
+        more = msg.get("more_body", False)
+    body = b'{"predictions":[{"p":0.5}]}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--bare", action="store_true")
+    ap.add_argument("--artifact")
+    ap.add_argument("--pub")
+    ap.add_argument("--online", default=None)
+    ap.add_argument("--redis-prefix", default="keelbench:features:")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-wait-s", type=float, default=0.001)
+    ap.add_argument("--max-queue", type=int, default=1024)
+    ap.add_argument("--inline", action="store_true")
+    ap.add_argument("--bus", default=None)
+    a = ap.parse_args()
+    from keel.serving._server import serve
+
+    if a.bare:
+        serve(bare_app, port=a.port)
+        return
+    from keel.artifacts import TrustPolicy
+    from keel.features import open_online_store
+    from keel.serving import BatchingConfig, ModelService, PredictionLog, create_app, load_predictor
+
+    p = load_predictor(a.artifact, TrustPolicy.from_files([a.pub]), threads=1, device="cpu")
+    store = open_online_store(a.online, prefix=a.redis_prefix)
+    log = None
+    if a.bus:
+        from keel.events import open_bus
+
+        log = PredictionLog(open_bus(a.bus))
+    svc = ModelService(
+        p.name,
+        p,
+        store=store,
+        log=log,
+        batching=BatchingConfig(
+            max_batch_rows=a.max_batch,
+            max_wait_s=a.max_wait_s,
+            max_queue_rows=max(a.max_queue, a.max_batch),
+            in_thread=not a.inline,
+        ),
+    )
+    serve(create_app(svc), port=a.port)
+
+
+if __name__ == "__main__":
+    main()
