@@ -30,7 +30,7 @@ def make_b(n: int = 1) -> tuple[str, int]:
 @pytest.fixture
 def clean() -> Iterator[None]:
     yield
-    for name in ("lin", "ep-model", "dup"):
+    for name in ("lin", "ep-model", "dup", "mlp"):
         unregister_builder(name)
 
 
@@ -91,31 +91,58 @@ def test_entry_points_of_installed_distributions(
     assert resolve_builder("dup", environ={}) is make_a
 
 
-def test_build_model_uses_the_registered_builder_when_no_mapping_is_given(
+def test_build_model_uses_the_registered_builders_when_no_mapping_is_given(
     clean: None, tmp_path: Path
 ) -> None:
     import torch
-    from artifacts_testdata import Keys, build
+    from artifacts_testdata import Keys, build, spec
 
-    from keel.artifacts import load_artifact
+    from keel.artifacts import Architecture, load_artifact
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
     keys = Keys()
-    d = build(tmp_path, keys, weights=model.state_dict())
-    loaded = load_artifact(d, keys.policy, runtime_config={"feature_url": "redis://h:1/0"})
-    with pytest.raises(BuilderNotFoundError, match="'mlp'.*register_builder"):
-        loaded.build_model()  # the manifest names builder "mlp": nobody registered it
+    cfg = {"feature_url": "redis://h:1/0"}
+    d = build(tmp_path, keys, weights=model.state_dict())  # builder "mlp", hidden 4
+    x = torch.randn(5, 3)
+    built = load_artifact(d, keys.policy, runtime_config=cfg).build_model()  # the built-in
+    assert torch.equal(built(x), model(x))
 
-    def mlp(n_in: int, hidden: int, n_out: int) -> torch.nn.Module:
+    def scaled(n_in: int, hidden: int, n_out: int) -> torch.nn.Module:
         return torch.nn.Sequential(
-            torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n_out)
+            torch.nn.Linear(n_in, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, n_out)
         )
 
-    register_builder("mlp", mlp)
-    try:
-        built = loaded.build_model()
-    finally:
-        unregister_builder("mlp")
-    x = torch.randn(5, 3)
-    assert torch.equal(built(x), model(x))
+    register_builder("mlp", scaled)  # a registered name wins over the built-in
+    custom = load_artifact(d, keys.policy, runtime_config=cfg).build_model()
+    assert isinstance(custom[1], torch.nn.Tanh)
+
+    other = spec(architecture=Architecture(builder="nope", args={}))
+    d2 = build(tmp_path, keys, name="b", spec=other, weights=model.state_dict())
+    with pytest.raises(BuilderNotFoundError, match="'nope'.*register_builder"):
+        load_artifact(d2, keys.policy, runtime_config=cfg).build_model()
+
+
+def test_the_builtin_mlp_refuses_bad_arguments_by_name() -> None:
+    from keel.artifacts import build_mlp
+
+    m = build_mlp(n_in=3, hidden=[8, 4], n_out=2, activation="silu", dropout=0.1)
+    assert [type(x).__name__ for x in m] == [
+        "Linear",
+        "SiLU",
+        "Dropout",
+        "Linear",
+        "SiLU",
+        "Dropout",
+        "Linear",
+    ]
+    assert build_mlp(2, 3, out_activation="sigmoid")[-1].__class__.__name__ == "Sigmoid"
+    for kw, needle in (
+        ({"n_in": 0}, "n_in"),
+        ({"n_in": 2, "hidden": [4, True]}, "hidden"),
+        ({"n_in": 2, "activation": "swish"}, "activation"),
+        ({"n_in": 2, "dropout": 1.0}, "dropout"),
+        ({"n_in": 2, "out_activation": "relu"}, "out_activation"),
+    ):
+        with pytest.raises(InvalidInputError, match=needle):
+            build_mlp(**kw)  # type: ignore[arg-type]

@@ -20,8 +20,10 @@ building from torch tensors.
 from keel.artifacts._build import BuiltArtifact, archive_artifact, build_artifact
 from keel.artifacts._builders import (
     BUILDERS_ENV,
+    BUILTIN_BUILDERS,
     ENTRY_POINT_GROUP,
     Builder,
+    build_mlp,
     builders_for,
     register_builder,
     resolve_builder,
@@ -94,6 +96,7 @@ __all__ = [
     "SIGNATURE_FILE",
     "WEIGHTS_FILE",
     "BUILDERS_ENV",
+    "BUILTIN_BUILDERS",
     "ENTRY_POINT_GROUP",
     "ArchiveBombError",
     "ArchiveError",
@@ -133,6 +136,7 @@ __all__ = [
     "WeightsFormatError",
     "archive_artifact",
     "build_artifact",
+    "build_mlp",
     "builders_for",
     "canonical_dumps",
     "canonical_loads",

@@ -13,6 +13,11 @@ up in this order (the first that names the builder wins):
 3. installed distributions: the entry-point group `keel.model_builders`
    (`[project.entry-points."keel.model_builders"] fraud-mlp = "fraud.models:make_mlp"`).
 
+Keel's own built-in, ``mlp`` (:func:`build_mlp`), is the last resort: a name registered in
+any of the three ways above wins. The trainer writes ``mlp`` artifacts and serving and the
+MLflow pyfunc loader rebuild them with this very function, so its arguments and parameter
+names are a compatibility contract.
+
 Only the named builder's module is imported. The loading environment decides which code a
 name runs: an artifact cannot bring its own.
 """
@@ -150,8 +155,12 @@ def resolve_builder(name: str, environ: Mapping[str, str] | None = None) -> Buil
     builder, _ = _entry_point_target(name)
     if builder is not None:
         return builder
+    if name in BUILTIN_BUILDERS:
+        return BUILTIN_BUILDERS[name]
     with _lock:
-        known = sorted(set(_registered) | set(targets) | _entry_point_names())
+        known = sorted(
+            set(_registered) | set(targets) | _entry_point_names() | set(BUILTIN_BUILDERS)
+        )
     raise NotFoundError(
         f"no model builder registered as {name!r} (known: {known or 'none'}); register it with "
         f"keel.artifacts.register_builder({name!r}, fn), the {BUILDERS_ENV} environment "
@@ -167,3 +176,62 @@ def _entry_point_names() -> set[str]:
 def builders_for(names: list[str], environ: Mapping[str, str] | None = None) -> dict[str, Builder]:
     """`{name: builder}` for the given names (each resolved with `resolve_builder`)."""
     return {n: resolve_builder(n, environ) for n in names}
+
+
+_ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "sigmoid")
+_OUT_ACTIVATIONS = (None, "sigmoid", "softmax")
+
+
+def build_mlp(
+    n_in: int,
+    hidden: int | list[int] | tuple[int, ...] = (64,),
+    n_out: int = 1,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    out_activation: str | None = None,
+) -> Any:
+    """Keel's built-in ``mlp``: ``torch.nn.Sequential`` of, per hidden layer, Linear ->
+    activation (-> Dropout when ``dropout`` > 0), then a final Linear (-> Sigmoid/Softmax when
+    ``out_activation`` says so).
+
+    Parameter names follow the Sequential's indices (``0.weight``, ``0.bias``, ``2.weight``,
+    ... without dropout): the same state-dict layout wherever it is built. Bad arguments raise
+    ``InvalidInputError`` naming the argument."""
+    import torch  # pants: no-infer-dep  (heavy: only when a model is built)
+
+    layers = [hidden] if isinstance(hidden, int) else list(hidden)
+    for what, v in (("n_in", n_in), ("n_out", n_out), *(("hidden", h) for h in layers)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidInputError(f"mlp: {what} must be a positive int, got {v!r}")
+    if activation not in _ACTIVATIONS:
+        raise InvalidInputError(f"mlp: activation {activation!r} not in {list(_ACTIVATIONS)}")
+    if out_activation not in _OUT_ACTIVATIONS:
+        raise InvalidInputError(
+            f"mlp: out_activation {out_activation!r} not in {list(_OUT_ACTIVATIONS)}"
+        )
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        raise InvalidInputError(f"mlp: dropout must be in [0, 1), got {dropout!r}")
+    act: dict[str, Callable[[], Any]] = {
+        "relu": torch.nn.ReLU,
+        "gelu": torch.nn.GELU,
+        "tanh": torch.nn.Tanh,
+        "silu": torch.nn.SiLU,
+        "sigmoid": torch.nn.Sigmoid,
+    }
+    mods: list[Any] = []
+    width = n_in
+    for h in layers:
+        mods += [torch.nn.Linear(width, h), act[activation]()]
+        if dropout:
+            mods.append(torch.nn.Dropout(float(dropout)))
+        width = h
+    mods.append(torch.nn.Linear(width, n_out))
+    if out_activation == "sigmoid":
+        mods.append(torch.nn.Sigmoid())
+    elif out_activation == "softmax":
+        mods.append(torch.nn.Softmax(dim=-1))
+    return torch.nn.Sequential(*mods)
+
+
+#: Keel's built-in builders: the last resort of ``resolve_builder``.
+BUILTIN_BUILDERS: Mapping[str, Builder] = {"mlp": build_mlp}

@@ -406,6 +406,21 @@ class Registry:
             self._client.download_artifacts(mv.run_id, ARTIFACT_DIR, str(dst))
         return dst / ARTIFACT_DIR
 
+    def download_archive(self, name: str, version: int, dst: Path) -> Path:
+        """Download the version's folder into `dst` and return its signed archive (the one
+        file that is not part of the MLflow model wrapper: MLmodel, code file, manifest,
+        requirements)."""
+        from keel.registry_client._mlflow_model import RESERVED_NAMES
+
+        folder = self.download(name, version, dst)
+        files = [p for p in folder.iterdir() if p.is_file() and p.name not in RESERVED_NAMES]
+        if len(files) != 1:
+            raise NotFoundError(
+                f"{name} version {version}: expected one archive in its registered folder, "
+                f"found {sorted(p.name for p in files)} (registered by an older Keel?)"
+            )
+        return files[0]
+
     # -- aliases --------------------------------------------------------------------------
     def promote(self, name: str, alias: str, version: int, decision: Decision) -> AuditEntry:
         """Point `name@alias` at `version`, recording the decision in the audit log."""

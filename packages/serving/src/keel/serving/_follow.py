@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keel.artifacts import MANIFEST_FILE, TrustPolicy
+from keel.artifacts import TrustPolicy
 from keel.serving._errors import ConfigError, ModelLoadError, NotFoundError, UnavailableError
 from keel.serving._predictor import Predictor, load_predictor
 from keel.serving._telemetry import ServingTelemetry
@@ -52,13 +52,6 @@ class ModelRef:
         return f"{self.name}@{self.alias}"
 
 
-def _archive_in(folder: Path) -> Path:
-    files = [p for p in folder.iterdir() if p.is_file() and p.name != MANIFEST_FILE]
-    if len(files) != 1:
-        raise ModelLoadError(f"registry download {folder} holds {len(files)} archives, expected 1")
-    return files[0]
-
-
 def load_from_registry(
     registry: Any,
     ref: ModelRef,
@@ -77,12 +70,12 @@ def load_from_registry(
         if version is None:
             version = registry.get_by_alias(ref.name, ref.alias).version
         dst = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=workdir))
-        folder = registry.download(ref.name, version, dst)
+        archive = registry.download_archive(ref.name, version, dst)
     except RegNotFound as e:
         raise NotFoundError(f"{ref}: {e}") from None
     except RegistryError as e:
         raise UnavailableError(f"registry: {e}") from None
-    p = load_predictor(_archive_in(folder), policy, version=str(version), **load_kw)
+    p = load_predictor(archive, policy, version=str(version), **load_kw)
     return version, p
 
 
