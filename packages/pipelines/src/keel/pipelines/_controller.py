@@ -248,8 +248,8 @@ class Controller:
                 r[0]: parse_iso(r[1]) for r in c.execute("SELECT model, MAX(created_at) FROM runs GROUP BY model")
             }
             decision = self.trigger_policy.decide(TriggerState(seen, active, last), trigger, now)
-            if decision.action is Action.DEFER:
-                return decision
+            if decision.action in (Action.DEFER, Action.DUPLICATE):
+                return decision  # a deferred key stays unseen; a duplicate is already recorded
             run_id = decision.run_id
             if decision.action is Action.START:
                 run_id = "run-" + sha256_hex({"trigger": trigger.key, "model": trigger.model})[:20]
