@@ -37,7 +37,8 @@ def main() -> None:
     )
     trig = Trigger.manual("credit", "req-1", at=datetime(2026, 1, 1, tzinfo=UTC), who="ana")
     ctl.submit(trig, {"data_path": str(root / "data.csv")})
-    infos = ctl.resume()
+    ctl.resume()
+    infos = ctl.runs()
     print(json.dumps([{"run_id": i.run_id, "status": i.status.value, "step": i.step} for i in infos]))
 
 

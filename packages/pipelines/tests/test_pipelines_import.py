@@ -1,4 +1,4 @@
-"""keel.pipelines stays light: no torch, ray or mlflow at import."""
+"""keel.pipelines stays light: no torch, ray, mlflow (nor polars: keel.drift is imported where used) at import."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from testutil.imports import loaded_from, modules_loaded_by
 
 import keel.pipelines
 
-FORBIDDEN = ("torch", "ray", "mlflow", "pandas", "sklearn")
+FORBIDDEN = ("torch", "ray", "mlflow", "pandas", "sklearn", "polars")
 
 
 def test_import_loads_no_forbidden_module() -> None:

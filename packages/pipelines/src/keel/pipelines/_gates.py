@@ -20,11 +20,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from keel.artifacts import Manifest, Requirements, compatibility_mismatches
-from keel.drift import Level, PolicyDecision
 from keel.governance import (
     Approval,
     FairnessGate,
@@ -34,6 +32,10 @@ from keel.governance import (
     fairness_report,
     group_fairness,
 )
+
+if TYPE_CHECKING:  # imported where used: keel.drift loads polars, keel.artifacts msgspec/crypto
+    from keel.artifacts import Manifest, Requirements
+    from keel.drift import PolicyDecision
 
 from keel.pipelines._errors import InvalidInputError
 
@@ -200,6 +202,8 @@ class CompatibilityGate:
     name = "compatibility"
 
     def evaluate(self, manifest: Manifest, serving: Requirements) -> GateResult:
+        from keel.artifacts import compatibility_mismatches
+
         mismatches = compatibility_mismatches(manifest, serving)
         return _result(
             self.name,
@@ -229,6 +233,8 @@ class TrainingDataGate:
     name = "training_data"
 
     def evaluate(self, decision: PolicyDecision) -> GateResult:
+        from keel.drift import Level
+
         reasons: list[str] = []
         if decision.decision is Level.ERROR:
             reasons.append("training data has data-quality errors: " + "; ".join(decision.errors))

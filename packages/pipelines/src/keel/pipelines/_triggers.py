@@ -25,9 +25,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from keel.drift import DriftDetected, episode_event_id
+if TYPE_CHECKING:
+    from keel.drift import DriftDetected
 
 from keel.pipelines._canonical import iso
 from keel.pipelines._errors import InvalidInputError
@@ -87,6 +88,8 @@ class Trigger:
     def from_drift(cls, event: DriftDetected | Mapping[str, Any], *, at: datetime) -> Trigger:
         """From a ``drift.detected`` payload (or keel.drift's `DriftDetected`): keyed by
         the episode, so every redelivery and every later window of it is a duplicate."""
+        from keel.drift import DriftDetected, episode_event_id  # lazy: keel.drift loads polars
+
         d = event if isinstance(event, DriftDetected) else DriftDetected.from_payload(event)
         return cls(
             TriggerKind.DRIFT,
