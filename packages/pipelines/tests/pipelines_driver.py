@@ -39,7 +39,9 @@ def main() -> None:
     ctl.submit(trig, {"data_path": str(root / "data.csv")})
     ctl.resume()
     infos = ctl.runs()
-    print(json.dumps([{"run_id": i.run_id, "status": i.status.value, "step": i.step} for i in infos]))
+    print(
+        json.dumps([{"run_id": i.run_id, "status": i.status.value, "step": i.step} for i in infos])
+    )
 
 
 if __name__ == "__main__":

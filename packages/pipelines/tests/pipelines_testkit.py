@@ -38,7 +38,9 @@ def write_dataset(path: Path, seed: int, n: int = 400) -> None:
     x = rng.normal(size=(n, 3))
     logits = 1.5 * x[:, 0] - 1.0 * x[:, 1] + 0.2 * x[:, 2]
     y = (rng.random(n) < 1 / (1 + np.exp(-logits))).astype(int)
-    rows = ["a,b,c,y"] + [f"{r[0]:.6f},{r[1]:.6f},{r[2]:.6f},{t}" for r, t in zip(x, y, strict=True)]
+    rows = ["a,b,c,y"] + [
+        f"{r[0]:.6f},{r[1]:.6f},{r[2]:.6f},{t}" for r, t in zip(x, y, strict=True)
+    ]
     path.write_text("\n".join(rows) + "\n")
 
 
@@ -92,21 +94,33 @@ class LocalExecutors:
         for _ in range(200):  # plain gradient descent: deterministic
             p = 1 / (1 + np.exp(-xb @ w))
             w -= 0.5 * xb.T @ (p - y) / len(y)
-        return {"trainer_run": "local-" + hashlib.sha256(w.tobytes()).hexdigest()[:12], "weights": [round(float(v), 10) for v in w]}
+        return {
+            "trainer_run": "local-" + hashlib.sha256(w.tobytes()).hexdigest()[:12],
+            "weights": [round(float(v), 10) for v in w],
+        }
 
     def evaluate(self, ctx: StepContext) -> Mapping[str, Any]:
         self._count("evaluate")
         raw = np.load(ctx.inputs["build_training_set"]["path"])
         w = np.array(ctx.inputs["train"]["weights"])
         s = 1 / (1 + np.exp(-(np.hstack([raw[:, :3], np.ones((len(raw), 1))]) @ w)))
-        return {"holdout": ctx.inputs["build_training_set"]["fingerprint"], "metrics": {"auc": _auc(raw[:, 3], s)}}
+        return {
+            "holdout": ctx.inputs["build_training_set"]["fingerprint"],
+            "metrics": {"auc": _auc(raw[:, 3], s)},
+        }
 
     def gates(self, ctx: StepContext) -> Sequence[GateResult]:
         self._count("gates")
         ev = ctx.inputs["evaluate"]
         challenger = Holdout(ev["holdout"], ev["metrics"])
-        champion = None if self.champion_auc is None else Holdout(ev["holdout"], {"auc": self.champion_auc})
-        gate = QualityGate("auc", threshold=float(ctx.params.get("min_auc", 0.6)), min_abs_improvement=0.0)
+        champion = (
+            None
+            if self.champion_auc is None
+            else Holdout(ev["holdout"], {"auc": self.champion_auc})
+        )
+        gate = QualityGate(
+            "auc", threshold=float(ctx.params.get("min_auc", 0.6)), min_abs_improvement=0.0
+        )
         return [gate.evaluate(challenger, champion)]
 
     def package_sign(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -120,10 +134,15 @@ class LocalExecutors:
         digest = ctx.inputs["package_sign"]["artifact_digest"]
         with self._db() as c:
             c.execute("BEGIN IMMEDIATE")
-            row = c.execute("SELECT version FROM registrations WHERE digest = ?", (digest,)).fetchone()
+            row = c.execute(
+                "SELECT version FROM registrations WHERE digest = ?", (digest,)
+            ).fetchone()
             if row is None:
                 n = c.execute("SELECT COUNT(*) FROM registrations").fetchone()[0]
-                c.execute("INSERT INTO registrations(key, version, digest) VALUES (?,?,?)", (ctx.idempotency_key, n + 1, digest))
+                c.execute(
+                    "INSERT INTO registrations(key, version, digest) VALUES (?,?,?)",
+                    (ctx.idempotency_key, n + 1, digest),
+                )
                 row = (n + 1,)
         return {"version": str(row[0]), "artifact_digest": digest}
 
@@ -131,27 +150,41 @@ class LocalExecutors:
         self._count(f"move_alias:{alias}", ctx.idempotency_key)
         with self._db() as c:
             c.execute("BEGIN IMMEDIATE")
-            done = c.execute("SELECT from_version FROM moves WHERE key = ?", (ctx.idempotency_key,)).fetchone()
+            done = c.execute(
+                "SELECT from_version FROM moves WHERE key = ?", (ctx.idempotency_key,)
+            ).fetchone()
             if done is not None:
                 return {"from_version": done[0], "to_version": version}
             cur = c.execute("SELECT version FROM aliases WHERE alias = ?", (alias,)).fetchone()
             prev = cur[0] if cur else None
-            c.execute("INSERT OR REPLACE INTO aliases(alias, version) VALUES (?, ?)", (alias, version))
-            c.execute("INSERT INTO moves(key, alias, from_version, to_version) VALUES (?,?,?,?)",
-                      (ctx.idempotency_key, alias, prev, version))
+            c.execute(
+                "INSERT OR REPLACE INTO aliases(alias, version) VALUES (?, ?)", (alias, version)
+            )
+            c.execute(
+                "INSERT INTO moves(key, alias, from_version, to_version) VALUES (?,?,?,?)",
+                (ctx.idempotency_key, alias, prev, version),
+            )
         return {"from_version": prev, "to_version": version}
 
     def canary_signals(self, ctx: StepContext, version: str) -> tuple[Sequence[CanarySignal], int]:
         with self._db() as c:
-            rows = c.execute("SELECT kind, version, at, name, value, objective FROM signals").fetchall()
-        sig = [CanarySignal(k, v, datetime.fromisoformat(a), n or "", val, obj) for k, v, a, n, val, obj in rows]
+            rows = c.execute(
+                "SELECT kind, version, at, name, value, objective FROM signals"
+            ).fetchall()
+        sig = [
+            CanarySignal(k, v, datetime.fromisoformat(a), n or "", val, obj)
+            for k, v, a, n, val, obj in rows
+        ]
         return sig, 1000
 
     def rollback(self, ctx: StepContext, version: str) -> Mapping[str, Any]:
         self._count("rollback", ctx.idempotency_key)
         with self._db() as c:
             c.execute("BEGIN IMMEDIATE")
-            c.execute("INSERT OR IGNORE INTO rollbacks(key, version) VALUES (?, ?)", (ctx.idempotency_key, version))
+            c.execute(
+                "INSERT OR IGNORE INTO rollbacks(key, version) VALUES (?, ?)",
+                (ctx.idempotency_key, version),
+            )
             for alias in ("shadow", "canary"):
                 c.execute("DELETE FROM aliases WHERE alias = ? AND version = ?", (alias, version))
         return {"removed_from": ["shadow", "canary"]}
@@ -168,7 +201,11 @@ def effects(effects_db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 class StepClock:
     """A clock that moves forward ``step`` on every read (deterministic time)."""
 
-    def __init__(self, start: datetime = datetime(2026, 1, 1, tzinfo=UTC), step: timedelta = timedelta(seconds=1)) -> None:
+    def __init__(
+        self,
+        start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
+        step: timedelta = timedelta(seconds=1),
+    ) -> None:
         self.now, self.step = start, step
 
     def __call__(self) -> datetime:

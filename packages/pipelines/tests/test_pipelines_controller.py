@@ -33,11 +33,19 @@ from keel.pipelines import (
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def make(tmp: Path, ex: LocalExecutors | None = None, **kw: object) -> tuple[Controller, LocalExecutors]:
+def make(
+    tmp: Path, ex: LocalExecutors | None = None, canary: CanaryPolicy | None = None
+) -> tuple[Controller, LocalExecutors]:
     ex = ex or LocalExecutors(tmp / "effects.db", tmp / "work")
-    kw.setdefault("canary_policy", CanaryPolicy(window=timedelta(0)))
-    kw.setdefault("trigger_policy", TriggerPolicy(cooldown=timedelta(0)))
-    ctl = Controller(ex, clock=StepClock(T0), db_path=tmp / "pipelines.db", code_version="c1", lock_hash="l1", **kw)  # type: ignore[arg-type]
+    ctl = Controller(
+        ex,
+        clock=StepClock(T0),
+        db_path=tmp / "pipelines.db",
+        canary_policy=canary or CanaryPolicy(window=timedelta(0)),
+        trigger_policy=TriggerPolicy(cooldown=timedelta(0)),
+        code_version="c1",
+        lock_hash="l1",
+    )
     return ctl, ex
 
 
@@ -63,8 +71,9 @@ def test_full_run_promotes_and_records_provenance(tmp_path: Path, data: Path) ->
     info = ctl.advance(d.run_id)
     assert info.status is RunStatus.PROMOTED
     assert [s.step for s in ctl.steps(d.run_id)] == list(STEPS)
-    assert effects(tmp_path / "effects.db", "SELECT alias, version FROM aliases ORDER BY alias") == [
-        ("canary", "1"), ("champion", "1"), ("shadow", "1")]
+    assert effects(
+        tmp_path / "effects.db", "SELECT alias, version FROM aliases ORDER BY alias"
+    ) == [("canary", "1"), ("champion", "1"), ("shadow", "1")]
     kinds = [e.kind for e in ctl.provenance(d.run_id)]
     assert kinds == ["trigger"] + [f"step:{s}" for s in STEPS]
     assert ctl.verify_provenance().ok
@@ -77,7 +86,9 @@ def test_full_run_promotes_and_records_provenance(tmp_path: Path, data: Path) ->
     assert rec["step:promote_or_rollback"]["output"]["alias"] == "champion"
 
 
-def test_rerun_on_unchanged_inputs_hits_cache_changed_data_misses(tmp_path: Path, data: Path) -> None:
+def test_rerun_on_unchanged_inputs_hits_cache_changed_data_misses(
+    tmp_path: Path, data: Path
+) -> None:
     ctl, _ = make(tmp_path)
     r1 = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
     assert r1 and ctl.advance(r1).status is RunStatus.PROMOTED
@@ -109,9 +120,11 @@ def test_failed_gate_leaves_champion_untouched(tmp_path: Path, data: Path) -> No
     info = ctl.advance(r2)
     assert info.status is RunStatus.GATE_FAILED and info.step == "gates"
     assert info.detail.startswith("quality:") and "threshold" in info.detail
-    assert effects(tmp_path / "effects.db", "SELECT version FROM aliases WHERE alias='champion'") == [("1",)]
+    assert effects(
+        tmp_path / "effects.db", "SELECT version FROM aliases WHERE alias='champion'"
+    ) == [("1",)]
     assert len(effects(tmp_path / "effects.db", "SELECT * FROM registrations")) == 1
-    gates = [e for e in ctl.provenance(r2) if e.kind == "step:gates"][0].record["output"]
+    gates = next(e for e in ctl.provenance(r2) if e.kind == "step:gates").record["output"]
     assert gates["failed"] == ["quality"] and gates["results"][0]["evidence"]["threshold"] == 0.999
 
 
@@ -125,9 +138,17 @@ class ApprovalExecutors(LocalExecutors):
     def gates(self, ctx: StepContext) -> Sequence[GateResult]:
         quality = list(super().gates(ctx))
         digest = "sha256:" + ctx.inputs["train"]["trainer_run"].split("-")[1] * 5
-        ap = ApprovalGate(1).evaluate(model=ctx.model, artifact_digest=digest, trainer="tom",
-                                      approvals=self.ledger.approvals_for(ctx.model, digest), now=ctx.now,
-                                      validation_note="ok", validator="val", fairness_passed=True, has_model_card=True)
+        ap = ApprovalGate(1).evaluate(
+            model=ctx.model,
+            artifact_digest=digest,
+            trainer="tom",
+            approvals=self.ledger.approvals_for(ctx.model, digest),
+            now=ctx.now,
+            validation_note="ok",
+            validator="val",
+            fairness_passed=True,
+            has_model_card=True,
+        )
         return [*quality, ap]
 
 
@@ -137,13 +158,30 @@ def test_tier1_run_waits_for_two_approvals(tmp_path: Path, data: Path) -> None:
     run = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
     assert run
     info = ctl.advance(run)
-    assert (info.status, info.step) == (RunStatus.WAITING, "gates") and "tier 1 needs 2" in info.detail
+    assert (info.status, info.step) == (
+        RunStatus.WAITING,
+        "gates",
+    ) and "tier 1 needs 2" in info.detail
     digest = "sha256:" + ctl.steps(run)[1].output["trainer_run"].split("-")[1] * 5
-    ex.ledger.record(model="credit", artifact_digest=digest, approver="ana", role="validator", decision="approve", evidence_digest="e" * 64)
+    ex.ledger.record(
+        model="credit",
+        artifact_digest=digest,
+        approver="ana",
+        role="validator",
+        decision="approve",
+        evidence_digest="e" * 64,
+    )
     assert ctl.advance(run).status is RunStatus.WAITING
-    ex.ledger.record(model="credit", artifact_digest=digest, approver="bo", role="risk", decision="approve", evidence_digest="e" * 64)
+    ex.ledger.record(
+        model="credit",
+        artifact_digest=digest,
+        approver="bo",
+        role="risk",
+        decision="approve",
+        evidence_digest="e" * 64,
+    )
     assert ctl.advance(run).status is RunStatus.PROMOTED
-    gates = [e for e in ctl.provenance(run) if e.kind == "step:gates"][0].record["output"]
+    gates = next(e for e in ctl.provenance(run) if e.kind == "step:gates").record["output"]
     assert sorted(gates["results"][1]["evidence"]["decision"]["approvers"]) == ["ana", "bo"]
 
 
@@ -154,8 +192,10 @@ def test_canary_failure_rolls_back_and_keeps_champion(tmp_path: Path, data: Path
     write_dataset(data, seed=3)
     sig = sqlite3.connect(tmp_path / "effects.db")
     with sig:
-        sig.execute("INSERT INTO signals VALUES ('canary.failed', '2', ?, '', NULL, NULL)",
-                    ((T0 + timedelta(days=1)).isoformat(),))
+        sig.execute(
+            "INSERT INTO signals VALUES ('canary.failed', '2', ?, '', NULL, NULL)",
+            ((T0 + timedelta(days=1)).isoformat(),),
+        )
     sig.close()
     r2 = ctl.submit(manual("r2"), {"data_path": str(data)}).run_id
     assert r2
@@ -167,18 +207,22 @@ def test_canary_failure_rolls_back_and_keeps_champion(tmp_path: Path, data: Path
 
 
 def test_canary_waits_for_its_window(tmp_path: Path, data: Path) -> None:
-    ctl, _ = make(tmp_path, canary_policy=CanaryPolicy(window=timedelta(hours=1)))
+    ctl, _ = make(tmp_path, canary=CanaryPolicy(window=timedelta(hours=1)))
     run = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
     assert run
     info = ctl.advance(run)
     assert (info.status, info.step) == (RunStatus.WAITING, "canary")
     ctl.clock.now += timedelta(hours=1)  # type: ignore[attr-defined]
     assert ctl.advance(run).status is RunStatus.PROMOTED
-    assert effects(tmp_path / "effects.db", "SELECT COUNT(*) FROM moves WHERE alias='canary'") == [(1,)]
+    assert effects(tmp_path / "effects.db", "SELECT COUNT(*) FROM moves WHERE alias='canary'") == [
+        (1,)
+    ]
 
 
 def _drift(start: datetime) -> dict[str, object]:
-    return DriftDetected("credit", start, start + timedelta(minutes=5), 100, ("a",), 0.5, {"a": 0.3}, "r").to_payload()
+    return DriftDetected(
+        "credit", start, start + timedelta(minutes=5), 100, ("a",), 0.5, {"a": 0.3}, "r"
+    ).to_payload()
 
 
 def test_one_episode_one_run_and_concurrent_triggers_coalesce(tmp_path: Path, data: Path) -> None:
@@ -187,14 +231,18 @@ def test_one_episode_one_run_and_concurrent_triggers_coalesce(tmp_path: Path, da
     assert first.action is Action.START
     again = ctl.submit(Trigger.from_drift(_drift(T0), at=T0), {"data_path": str(data)})
     assert again.action is Action.DUPLICATE
-    other = ctl.submit(Trigger.from_drift(_drift(T0 + timedelta(hours=1)), at=T0), {"data_path": str(data)})
+    other = ctl.submit(
+        Trigger.from_drift(_drift(T0 + timedelta(hours=1)), at=T0), {"data_path": str(data)}
+    )
     assert (other.action, other.run_id) == (Action.COALESCE, first.run_id)
     # many submitters at once (own connections, threads): one run
     results: list[Action] = []
 
     def submit(i: int) -> None:
         c, _ = make(tmp_path)
-        results.append(c.submit(Trigger.from_drift(_drift(T0 + timedelta(hours=2 + i % 3)), at=T0)).action)
+        results.append(
+            c.submit(Trigger.from_drift(_drift(T0 + timedelta(hours=2 + i % 3)), at=T0)).action
+        )
         c.close()
 
     threads = [threading.Thread(target=submit, args=(i,)) for i in range(9)]
@@ -246,7 +294,9 @@ def test_provenance_detects_an_edited_row(tmp_path: Path, data: Path) -> None:
     ctl = _promoted(tmp_path, data)
     c = sqlite3.connect(tmp_path / "pipelines.db")
     with c:
-        c.execute("UPDATE provenance SET record = replace(record, 'sha256:', 'sha256:0') WHERE kind = 'step:package_sign'")
+        c.execute(
+            "UPDATE provenance SET record = replace(record, 'sha256:', 'sha256:0') WHERE kind = 'step:package_sign'"
+        )
     rep = ctl.verify_provenance()
     assert not rep.ok and any("edited" in p for p in rep.problems)
 
@@ -262,7 +312,9 @@ def test_provenance_detects_deleted_and_reordered_rows(tmp_path: Path, data: Pat
 
     ctl2 = _promoted(tmp_path / "b", data)
     c2 = sqlite3.connect(tmp_path / "b" / "pipelines.db")
-    rows = c2.execute("SELECT seq, prev, run_id, model, kind, at, record, hash FROM provenance WHERE seq IN (4, 5) ORDER BY seq").fetchall()
+    rows = c2.execute(
+        "SELECT seq, prev, run_id, model, kind, at, record, hash FROM provenance WHERE seq IN (4, 5) ORDER BY seq"
+    ).fetchall()
     with c2:  # swap the contents of rows 4 and 5 (a reorder)
         c2.execute("DELETE FROM provenance WHERE seq IN (4, 5)")
         c2.execute("INSERT INTO provenance VALUES (?,?,?,?,?,?,?,?)", (4, *rows[1][1:]))

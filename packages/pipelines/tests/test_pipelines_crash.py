@@ -21,10 +21,19 @@ POINTS = [f"{when}:{step}" for step in STEPS for when in ("before", "mid", "afte
 
 
 def _run(root: Path, kill_at: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KEEL_TEST_KILL_AT": kill_at,
-           "PYTHONPATH": os.pathsep.join([str(DRIVER.parent), *sys.path])}
-    return subprocess.run([sys.executable, str(DRIVER), str(root)], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    env = {
+        **os.environ,
+        "KEEL_TEST_KILL_AT": kill_at,
+        "PYTHONPATH": os.pathsep.join([str(DRIVER.parent), *sys.path]),
+    }
+    return subprocess.run(
+        [sys.executable, str(DRIVER), str(root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.slow
@@ -43,20 +52,26 @@ def test_sigkill_then_restart_resumes_without_duplicates(tmp_path: Path, point: 
     moves = effects(db, "SELECT alias, COUNT(*) FROM moves GROUP BY alias ORDER BY alias")
     assert moves == [("canary", 1), ("champion", 1), ("shadow", 1)]
     assert effects(db, "SELECT alias, version FROM aliases ORDER BY alias") == [
-        ("canary", "1"), ("champion", "1"), ("shadow", "1")]
+        ("canary", "1"),
+        ("champion", "1"),
+        ("shadow", "1"),
+    ]
     when, step = point.split(":")
     # a step completed before the kill is never run again; one killed inside may rerun once
     for s in CACHED:
         n = effects(db, "SELECT COUNT(*) FROM calls WHERE step = ?", s)[0][0]
         assert n == (2 if (s == step and when == "mid") else 1), (s, n)
-    for s, call in (("register_challenger", "register_challenger"), ("shadow", "move_alias:shadow"),
-                    ("promote_or_rollback", "move_alias:champion")):
+    for s, call in (
+        ("register_challenger", "register_challenger"),
+        ("shadow", "move_alias:shadow"),
+        ("promote_or_rollback", "move_alias:champion"),
+    ):
         n = effects(db, "SELECT COUNT(*) FROM calls WHERE step = ?", call)[0][0]
         # a side effect killed after the executor ran is retried with the same key (idempotent)
         assert n == (2 if (s == step and when == "mid") else 1), (s, n)
         keys = effects(db, "SELECT COUNT(DISTINCT key) FROM calls WHERE step = ?", call)[0][0]
         assert keys == 1
-    assert step in STEPS and SIDE_EFFECTS <= set(STEPS)
+    assert step in STEPS and set(STEPS) >= SIDE_EFFECTS
 
     # the chain is intact and records each step once
     import sqlite3

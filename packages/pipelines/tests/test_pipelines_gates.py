@@ -132,27 +132,40 @@ def test_fairness_gate_uses_governance_thresholds() -> None:
 # -- compatibility (keel.artifacts) ---------------------------------------------------------
 def _manifest(inputs: dict[str, str], views: dict[str, str]) -> Manifest:
     return Manifest(
-        format="keel.artifact", format_version=FORMAT_VERSION, name="credit",
-        architecture=Architecture(builder="logreg"), weights="weights.safetensors",
+        format="keel.artifact",
+        format_version=FORMAT_VERSION,
+        name="credit",
+        architecture=Architecture(builder="logreg"),
+        weights="weights.safetensors",
         input_schema=[FieldSpec(name=k, dtype=v) for k, v in inputs.items()],  # type: ignore[arg-type]
         output_schema=[FieldSpec(name="p", dtype="float32")],
         feature_views=[FeatureViewRef(name=k, version=v) for k, v in views.items()],
-        training_data_fingerprint="f", code=CodeVersion(commit="c", dirty=False),
-        dependency_lock_hash="l", metrics={}, keel_version=">=0.1,<1", runtime_config={}, files=[],
+        training_data_fingerprint="f",
+        code=CodeVersion(commit="c", dirty=False),
+        dependency_lock_hash="l",
+        metrics={},
+        keel_version=">=0.1,<1",
+        runtime_config={},
+        files=[],
     )
 
 
 def test_compatibility_passes_when_serving_offers_the_contract() -> None:
     m = _manifest({"amount": "float64", "age": "int64"}, {"txn_stats": "v3"})
-    r = CompatibilityGate().evaluate(m, Requirements(feature_views={"txn_stats": "v3"},
-                                                     input_columns={"amount": "float64", "age": "int64"}))
+    r = CompatibilityGate().evaluate(
+        m,
+        Requirements(
+            feature_views={"txn_stats": "v3"}, input_columns={"amount": "float64", "age": "int64"}
+        ),
+    )
     assert r.passed, r.reasons
 
 
 def test_compatibility_names_every_mismatch() -> None:
     m = _manifest({"amount": "float64", "age": "int64"}, {"txn_stats": "v3"})
-    r = CompatibilityGate().evaluate(m, Requirements(feature_views={"txn_stats": "v2"},
-                                                     input_columns={"amount": "string"}))
+    r = CompatibilityGate().evaluate(
+        m, Requirements(feature_views={"txn_stats": "v2"}, input_columns={"amount": "string"})
+    )
     assert r.status is GateStatus.FAILED
     text = " | ".join(r.reasons)
     assert "txn_stats" in text and "'amount'" in text and "'age'" in text and len(r.reasons) == 3
@@ -169,7 +182,11 @@ def test_training_data_gate_on_real_drift_check() -> None:
     gate = TrainingDataGate(max_drift_share=0.5)
     assert gate.evaluate(pol.decide(check_drift(profile, same))).passed
     r = gate.evaluate(pol.decide(check_drift(profile, moved)))
-    assert not r.passed and r.evidence["drift_share"] == 1.0 and set(r.evidence["drifted"]) == {"a", "b"}
+    assert (
+        not r.passed
+        and r.evidence["drift_share"] == 1.0
+        and set(r.evidence["drifted"]) == {"a", "b"}
+    )
     tiny = pol.decide(check_drift(profile, same.head(5)))
     assert gate.evaluate(tiny).status is GateStatus.FAILED  # fail closed: not judged
 
@@ -180,28 +197,48 @@ def _approval(who: str, decision: str = "approve", digest: str = D1) -> Approval
 
 
 def _tier1(approvals: list[Approval]) -> GateResult:
-    return ApprovalGate(1).evaluate(model="credit", artifact_digest=D1, trainer="tom", approvals=approvals,
-                                    now=NOW, validation_note="validated holdout", validator="val",
-                                    fairness_passed=True, has_model_card=True)
+    return ApprovalGate(1).evaluate(
+        model="credit",
+        artifact_digest=D1,
+        trainer="tom",
+        approvals=approvals,
+        now=NOW,
+        validation_note="validated holdout",
+        validator="val",
+        fairness_passed=True,
+        has_model_card=True,
+    )
 
 
 def test_tier1_waits_for_two_approvals_then_passes() -> None:
     assert _tier1([]).status is GateStatus.WAITING
     assert _tier1([_approval("ana")]).status is GateStatus.WAITING
     r = _tier1([_approval("ana"), _approval("bo")])
-    assert r.status is GateStatus.PASSED and set(r.evidence["decision"]["approvers"]) == {"ana", "bo"}
+    assert r.status is GateStatus.PASSED and set(r.evidence["decision"]["approvers"]) == {
+        "ana",
+        "bo",
+    }
 
 
 def test_tier1_trainer_and_other_digest_do_not_count_and_rejection_fails() -> None:
     assert _tier1([_approval("ana"), _approval("tom")]).status is GateStatus.WAITING
-    assert _tier1([_approval("ana"), _approval("bo", digest="sha256:" + "c" * 64)]).status is GateStatus.WAITING
+    assert (
+        _tier1([_approval("ana"), _approval("bo", digest="sha256:" + "c" * 64)]).status
+        is GateStatus.WAITING
+    )
     r = _tier1([_approval("ana"), _approval("bo"), _approval("cy", "reject")])
     assert r.status is GateStatus.FAILED and "rejected by cy" in r.reasons[0]
 
 
 def test_tier3_needs_one_approval() -> None:
-    r = ApprovalGate(3).evaluate(model="credit", artifact_digest=D1, trainer="tom",
-                                 approvals=[_approval("tom")], now=NOW, has_model_card=True)
+    r = ApprovalGate(3).evaluate(
+        model="credit",
+        artifact_digest=D1,
+        trainer="tom",
+        approvals=[_approval("tom")],
+        now=NOW,
+        has_model_card=True,
+    )
     assert r.status is GateStatus.PASSED
 
 

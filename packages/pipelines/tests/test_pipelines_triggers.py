@@ -23,8 +23,16 @@ T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
 def drift(window_start: datetime, model: str = "credit") -> DriftDetected:
-    return DriftDetected(model, window_start, window_start + timedelta(minutes=5), 500, ("amount",), 0.5,
-                         {"amount": 0.4}, "2 consecutive windows drifted")
+    return DriftDetected(
+        model,
+        window_start,
+        window_start + timedelta(minutes=5),
+        500,
+        ("amount",),
+        0.5,
+        {"amount": 0.4},
+        "2 consecutive windows drifted",
+    )
 
 
 def test_drift_trigger_is_keyed_by_episode_with_keel_drift_id() -> None:
@@ -90,7 +98,12 @@ def test_count_triggers_fire_at_threshold_keyed_by_watermark(kind: TriggerKind) 
     pol = CountPolicy(kind, min_new=1000)
     assert pol.fires("credit", 5000, 5999, T0) is None
     t = pol.fires("credit", 5000, 6000, T0)
-    assert t is not None and t.kind is kind and t.key == f"{kind.value}:5000" and t.evidence["new"] == 1000
+    assert (
+        t is not None
+        and t.kind is kind
+        and t.key == f"{kind.value}:5000"
+        and t.evidence["new"] == 1000
+    )
     with pytest.raises(InvalidInputError, match="below the watermark"):
         pol.fires("credit", 5000, 10, T0)
 

@@ -43,7 +43,9 @@ class CanarySignal:
 
     def __post_init__(self) -> None:
         if self.kind not in (CANARY_FAILED, SLO):
-            raise InvalidInputError(f"canary signal kind {self.kind!r}: expected {CANARY_FAILED!r} or {SLO!r}")
+            raise InvalidInputError(
+                f"canary signal kind {self.kind!r}: expected {CANARY_FAILED!r} or {SLO!r}"
+            )
         if self.kind == SLO and (self.value is None or self.objective is None or not self.name):
             raise InvalidInputError("an slo signal needs name, value and objective")
         iso(self.at)
@@ -67,7 +69,11 @@ class CanaryDecision:
     evidence: tuple[Mapping[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action.value, "reason": self.reason, "evidence": [dict(e) for e in self.evidence]}
+        return {
+            "action": self.action.value,
+            "reason": self.reason,
+            "evidence": [dict(e) for e in self.evidence],
+        }
 
 
 @dataclass(frozen=True)
@@ -91,20 +97,31 @@ class CanaryPolicy:
         mine = [s for s in signals if s.version == version and s.at >= started_at]
         failed = [s for s in mine if s.kind == CANARY_FAILED]
         breaches = [
-            s for s in mine if s.kind == SLO and s.value is not None and s.objective is not None and s.value > s.objective
+            s
+            for s in mine
+            if s.kind == SLO
+            and s.value is not None
+            and s.objective is not None
+            and s.value > s.objective
         ]
         if failed or breaches:
             what = [f"canary.failed at {iso(s.at)}" for s in failed] + [
                 f"SLO {s.name} = {s.value} > {s.objective}" for s in breaches
             ]
-            return CanaryDecision(CanaryAction.ROLLBACK, "; ".join(what), tuple(s.to_dict() for s in failed + breaches))
+            return CanaryDecision(
+                CanaryAction.ROLLBACK,
+                "; ".join(what),
+                tuple(s.to_dict() for s in failed + breaches),
+            )
         elapsed = now - started_at
         if elapsed < self.window:
             return CanaryDecision(CanaryAction.WAIT, f"canary has run {elapsed} of {self.window}")
         if requests < self.min_requests:
             return CanaryDecision(
-                CanaryAction.WAIT, f"canary served {requests} requests; needs {self.min_requests} before promotion"
+                CanaryAction.WAIT,
+                f"canary served {requests} requests; needs {self.min_requests} before promotion",
             )
         return CanaryDecision(
-            CanaryAction.PROMOTE, f"canary ran {elapsed} (window {self.window}) with no failure or SLO breach"
+            CanaryAction.PROMOTE,
+            f"canary ran {elapsed} (window {self.window}) with no failure or SLO breach",
         )

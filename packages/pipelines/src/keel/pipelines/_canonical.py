@@ -17,7 +17,9 @@ def canonical(obj: object) -> bytes:
             obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         ).encode()
     except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"value is not canonical JSON (plain str/number/list/dict): {exc}") from None
+        raise InvalidInputError(
+            f"value is not canonical JSON (plain str/number/list/dict): {exc}"
+        ) from None
 
 
 def sha256_hex(obj: object) -> str:

@@ -245,7 +245,8 @@ class Controller:
                 )
             )
             last = {
-                r[0]: parse_iso(r[1]) for r in c.execute("SELECT model, MAX(created_at) FROM runs GROUP BY model")
+                r[0]: parse_iso(r[1])
+                for r in c.execute("SELECT model, MAX(created_at) FROM runs GROUP BY model")
             }
             decision = self.trigger_policy.decide(TriggerState(seen, active, last), trigger, now)
             if decision.action in (Action.DEFER, Action.DUPLICATE):
@@ -256,33 +257,65 @@ class Controller:
                 c.execute(
                     "INSERT INTO runs(run_id, model, status, step, created_at, updated_at, params, code_version, lock_hash, trigger_key)"
                     " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (run_id, trigger.model, RunStatus.RUNNING.value, STEPS[0], iso(now), iso(now),
-                     canonical(params).decode(), self.code_version, self.lock_hash, trigger.key),
+                    (
+                        run_id,
+                        trigger.model,
+                        RunStatus.RUNNING.value,
+                        STEPS[0],
+                        iso(now),
+                        iso(now),
+                        canonical(params).decode(),
+                        self.code_version,
+                        self.lock_hash,
+                        trigger.key,
+                    ),
                 )
                 decision = TriggerDecision(decision.action, decision.reason, run_id)
             c.execute(
                 "INSERT INTO triggers(key, model, kind, at, action, run_id, trigger) VALUES (?,?,?,?,?,?,?)",
-                (trigger.key, trigger.model, trigger.kind.value, iso(trigger.at), decision.action.value, run_id,
-                 canonical(trigger.to_dict()).decode()),
+                (
+                    trigger.key,
+                    trigger.model,
+                    trigger.kind.value,
+                    iso(trigger.at),
+                    decision.action.value,
+                    run_id,
+                    canonical(trigger.to_dict()).decode(),
+                ),
             )
             if decision.action in (Action.START, Action.COALESCE) and run_id is not None:
-                prov.append(c, run_id=run_id, model=trigger.model, kind="trigger", at=iso(now),
-                            record={"trigger": trigger.to_dict(), "decision": decision.to_dict(),
-                                    "code_version": self.code_version, "lock_hash": self.lock_hash,
-                                    "params": params})
+                prov.append(
+                    c,
+                    run_id=run_id,
+                    model=trigger.model,
+                    kind="trigger",
+                    at=iso(now),
+                    record={
+                        "trigger": trigger.to_dict(),
+                        "decision": decision.to_dict(),
+                        "code_version": self.code_version,
+                        "lock_hash": self.lock_hash,
+                        "params": params,
+                    },
+                )
             return decision
 
     # -- reading -----------------------------------------------------------------------------
     def run(self, run_id: str) -> RunInfo:
         r = self._conn.execute(
-            "SELECT run_id, model, status, step, created_at, trigger_key, detail FROM runs WHERE run_id = ?", (run_id,)
+            "SELECT run_id, model, status, step, created_at, trigger_key, detail FROM runs WHERE run_id = ?",
+            (run_id,),
         ).fetchone()
         if r is None:
             raise NotFoundError(f"no run {run_id!r}; `keel retrain history` lists them")
         return RunInfo(r[0], r[1], RunStatus(r[2]), r[3], r[4], r[5], r[6])
 
     def runs(self, model: str | None = None) -> list[RunInfo]:
-        q = "SELECT run_id FROM runs" + (" WHERE model = ?" if model else "") + " ORDER BY created_at, run_id"
+        q = (
+            "SELECT run_id FROM runs"
+            + (" WHERE model = ?" if model else "")
+            + " ORDER BY created_at, run_id"
+        )
         return [self.run(r[0]) for r in self._conn.execute(q, (model,) if model else ())]
 
     def steps(self, run_id: str) -> list[StepRecord]:
@@ -296,15 +329,21 @@ class Controller:
     def provenance(self, run_id: str | None = None) -> list[prov.ProvenanceEntry]:
         return prov.read(self._conn, run_id)
 
-    def verify_provenance(self, expected_head: tuple[int, str] | None = None) -> prov.ProvenanceReport:
+    def verify_provenance(
+        self, expected_head: tuple[int, str] | None = None
+    ) -> prov.ProvenanceReport:
         return prov.verify(self._conn, expected_head)
 
     # -- running -----------------------------------------------------------------------------
     def resume(self) -> list[RunInfo]:
         """Advance every run that is running, waiting or failed (after a restart)."""
-        ids = [r[0] for r in self._conn.execute(
-            "SELECT run_id FROM runs WHERE status IN (?,?,?) ORDER BY created_at",
-            (RunStatus.RUNNING.value, RunStatus.WAITING.value, RunStatus.FAILED.value))]
+        ids = [
+            r[0]
+            for r in self._conn.execute(
+                "SELECT run_id FROM runs WHERE status IN (?,?,?) ORDER BY created_at",
+                (RunStatus.RUNNING.value, RunStatus.WAITING.value, RunStatus.FAILED.value),
+            )
+        ]
         return [self.advance(i) for i in ids]
 
     def advance(self, run_id: str) -> RunInfo:
@@ -323,25 +362,45 @@ class Controller:
 
     def _set_status(self, run_id: str, status: RunStatus, step: str | None, detail: str) -> None:
         with self._tx() as c:
-            c.execute("UPDATE runs SET status = ?, step = ?, detail = ?, updated_at = ? WHERE run_id = ?",
-                      (status.value, step, detail, iso(self.clock()), run_id))
+            c.execute(
+                "UPDATE runs SET status = ?, step = ?, detail = ?, updated_at = ? WHERE run_id = ?",
+                (status.value, step, detail, iso(self.clock()), run_id),
+            )
 
     def _ctx(self, info: RunInfo, step: str, key: str = "") -> StepContext:
-        r = self._conn.execute("SELECT params, code_version, lock_hash FROM runs WHERE run_id = ?",
-                               (info.run_id,)).fetchone()
+        r = self._conn.execute(
+            "SELECT params, code_version, lock_hash FROM runs WHERE run_id = ?", (info.run_id,)
+        ).fetchone()
         inputs = {s.step: s.output for s in self.steps(info.run_id)}
-        return StepContext(info.run_id, info.model, step, loads(r[0]), r[1], r[2], inputs, self.clock(), key)
+        return StepContext(
+            info.run_id, info.model, step, loads(r[0]), r[1], r[2], inputs, self.clock(), key
+        )
 
     def _cache_key(self, ctx: StepContext, sources: Mapping[str, str] | None) -> str:
         upstream = {s: sha256_hex(dict(o)) for s, o in ctx.inputs.items()}
-        return sha256_hex({
-            "step": ctx.step, "code_version": ctx.code_version, "lock_hash": ctx.lock_hash,
-            "params": dict(ctx.params), "inputs": upstream,
-            "sources": dict(sources) if sources is not None else None,
-        })
+        return sha256_hex(
+            {
+                "step": ctx.step,
+                "code_version": ctx.code_version,
+                "lock_hash": ctx.lock_hash,
+                "params": dict(ctx.params),
+                "inputs": upstream,
+                "sources": dict(sources) if sources is not None else None,
+            }
+        )
 
-    def _complete(self, info: RunInfo, step: str, output: Mapping[str, Any], cache_key: str, hit: bool,
-                  *, status: RunStatus | None = None, effect_key: str | None = None, detail: str = "") -> None:
+    def _complete(
+        self,
+        info: RunInfo,
+        step: str,
+        output: Mapping[str, Any],
+        cache_key: str,
+        hit: bool,
+        *,
+        status: RunStatus | None = None,
+        effect_key: str | None = None,
+        detail: str = "",
+    ) -> None:
         out = dict(output)
         body = canonical(out).decode()
         idx = STEPS.index(step)
@@ -350,17 +409,43 @@ class Controller:
         at = iso(self.clock())
         with self._tx() as c:
             if effect_key is not None:
-                c.execute("UPDATE effects SET state = 'done', done_at = ?, result = ? WHERE key = ?",
-                          (at, body, effect_key))
+                c.execute(
+                    "UPDATE effects SET state = 'done', done_at = ?, result = ? WHERE key = ?",
+                    (at, body, effect_key),
+                )
             if step in CACHED and not hit:
-                c.execute("INSERT OR IGNORE INTO cache(step, cache_key, output) VALUES (?,?,?)", (step, cache_key, body))
-            c.execute("INSERT INTO steps(run_id, step, cache_key, cache_hit, output, at) VALUES (?,?,?,?,?,?)",
-                      (info.run_id, step, cache_key, int(hit), body, at))
-            c.execute("UPDATE runs SET status = ?, step = ?, detail = ?, updated_at = ? WHERE run_id = ?",
-                      (new_status.value, nxt if new_status is RunStatus.RUNNING else step, detail, at, info.run_id))
-            prov.append(c, run_id=info.run_id, model=info.model, kind=f"step:{step}", at=at,
-                        record={"cache_key": cache_key, "cache_hit": hit, "idempotency_key": effect_key,
-                                "output": out, "status": new_status.value})
+                c.execute(
+                    "INSERT OR IGNORE INTO cache(step, cache_key, output) VALUES (?,?,?)",
+                    (step, cache_key, body),
+                )
+            c.execute(
+                "INSERT INTO steps(run_id, step, cache_key, cache_hit, output, at) VALUES (?,?,?,?,?,?)",
+                (info.run_id, step, cache_key, int(hit), body, at),
+            )
+            c.execute(
+                "UPDATE runs SET status = ?, step = ?, detail = ?, updated_at = ? WHERE run_id = ?",
+                (
+                    new_status.value,
+                    nxt if new_status is RunStatus.RUNNING else step,
+                    detail,
+                    at,
+                    info.run_id,
+                ),
+            )
+            prov.append(
+                c,
+                run_id=info.run_id,
+                model=info.model,
+                kind=f"step:{step}",
+                at=at,
+                record={
+                    "cache_key": cache_key,
+                    "cache_hit": hit,
+                    "idempotency_key": effect_key,
+                    "output": out,
+                    "status": new_status.value,
+                },
+            )
 
     def _call(self, info: RunInfo, step: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -380,13 +465,16 @@ class Controller:
             ctx = self._ctx(info, step)
             sources = None
             if step == "build_training_set":
-                sources = dict(self._call(info, step, lambda: self.executors.source_fingerprints(ctx)))
+                sources = dict(
+                    self._call(info, step, lambda: self.executors.source_fingerprints(ctx))
+                )
             key = self._cache_key(ctx, sources)
             if step == "gates":
                 self._gates(info, ctx, key)
             else:
-                row = self._conn.execute("SELECT output FROM cache WHERE step = ? AND cache_key = ?",
-                                         (step, key)).fetchone()
+                row = self._conn.execute(
+                    "SELECT output FROM cache WHERE step = ? AND cache_key = ?", (step, key)
+                ).fetchone()
                 if row is not None:
                     self._complete(info, step, loads(row[0]), key, True)
                 else:
@@ -394,7 +482,14 @@ class Controller:
                     out = self._call(info, step, lambda: dict(fn(ctx)))
                     if sources is not None:
                         out.setdefault("sources", sources)
-                    _require(out, {"build_training_set": "fingerprint", "package_sign": "artifact_digest"}.get(step), step)
+                    _require(
+                        out,
+                        {
+                            "build_training_set": "fingerprint",
+                            "package_sign": "artifact_digest",
+                        }.get(step),
+                        step,
+                    )
                     self.hook(f"mid:{step}")
                     self._complete(info, step, out, key, False)
         self.hook(f"after:{step}")
@@ -403,27 +498,51 @@ class Controller:
         results = self._call(info, "gates", lambda: list(self.executors.gates(ctx)))
         verdict = combine(results)
         if verdict.status is GateStatus.WAITING:
-            self._set_status(info.run_id, RunStatus.WAITING, "gates",
-                             "waiting: " + "; ".join(r for g in verdict.waiting for r in g.reasons))
+            self._set_status(
+                info.run_id,
+                RunStatus.WAITING,
+                "gates",
+                "waiting: " + "; ".join(r for g in verdict.waiting for r in g.reasons),
+            )
             return
         failed = verdict.status is GateStatus.FAILED
         detail = "; ".join(f"{g.gate}: {', '.join(g.reasons)}" for g in verdict.failed)
         self.hook("mid:gates")
-        self._complete(info, "gates", verdict.to_dict(), key, False,
-                       status=RunStatus.GATE_FAILED if failed else None, detail=detail)
+        self._complete(
+            info,
+            "gates",
+            verdict.to_dict(),
+            key,
+            False,
+            status=RunStatus.GATE_FAILED if failed else None,
+            detail=detail,
+        )
 
     def _side_effect_step(self, info: RunInfo, step: str) -> None:
         pre = self._ctx(info, step)
         digest = str(pre.inputs.get("package_sign", {}).get("artifact_digest", ""))
         ekey = sha256_hex({"run_id": info.run_id, "step": step, "artifact_digest": digest})
-        row = self._conn.execute("SELECT state, result, intent_at FROM effects WHERE key = ?", (ekey,)).fetchone()
+        row = self._conn.execute(
+            "SELECT state, result, intent_at FROM effects WHERE key = ?", (ekey,)
+        ).fetchone()
         if row is None:
             with self._tx() as c:
-                c.execute("INSERT INTO effects(key, run_id, step, state, intent_at) VALUES (?,?,?,?,?)",
-                          (ekey, info.run_id, step, "intent", iso(self.clock())))
+                c.execute(
+                    "INSERT INTO effects(key, run_id, step, state, intent_at) VALUES (?,?,?,?,?)",
+                    (ekey, info.run_id, step, "intent", iso(self.clock())),
+                )
             row = ("intent", None, None)
-        ctx = StepContext(pre.run_id, pre.model, step, pre.params, pre.code_version, pre.lock_hash,
-                          pre.inputs, pre.now, ekey)
+        ctx = StepContext(
+            pre.run_id,
+            pre.model,
+            step,
+            pre.params,
+            pre.code_version,
+            pre.lock_hash,
+            pre.inputs,
+            pre.now,
+            ekey,
+        )
         version = str(ctx.inputs.get("register_challenger", {}).get("version", ""))
         if step == "canary":
             self._canary(info, ctx, ekey, row, version)
@@ -432,43 +551,87 @@ class Controller:
             out = self._call(info, step, lambda: dict(self.executors.register_challenger(ctx)))
             _require(out, "version", step)
         elif step == "shadow":
-            out = {"alias": "shadow", "version": version,
-                   **self._call(info, step, lambda: dict(self.executors.move_alias(ctx, "shadow", version)))}
+            out = {
+                "alias": "shadow",
+                "version": version,
+                **self._call(
+                    info, step, lambda: dict(self.executors.move_alias(ctx, "shadow", version))
+                ),
+            }
         else:  # promote_or_rollback
             decision = ctx.inputs["canary"]["decision"]
             if decision["action"] == CanaryAction.PROMOTE.value:
-                out = {"action": "promote", "alias": "champion", "version": version,
-                       **self._call(info, step, lambda: dict(self.executors.move_alias(ctx, "champion", version)))}
+                out = {
+                    "action": "promote",
+                    "alias": "champion",
+                    "version": version,
+                    **self._call(
+                        info,
+                        step,
+                        lambda: dict(self.executors.move_alias(ctx, "champion", version)),
+                    ),
+                }
             else:
-                out = {"action": "rollback", "version": version,
-                       **self._call(info, step, lambda: dict(self.executors.rollback(ctx, version)))}
+                out = {
+                    "action": "rollback",
+                    "version": version,
+                    **self._call(info, step, lambda: dict(self.executors.rollback(ctx, version))),
+                }
         self.hook(f"mid:{step}")
         status = None
         if step == "promote_or_rollback":
             status = RunStatus.PROMOTED if out["action"] == "promote" else RunStatus.ROLLED_BACK
         self._complete(info, step, out, ekey, False, status=status, effect_key=ekey)
 
-    def _canary(self, info: RunInfo, ctx: StepContext, ekey: str, row: tuple[Any, ...], version: str) -> None:
+    def _canary(
+        self, info: RunInfo, ctx: StepContext, ekey: str, row: tuple[Any, ...], version: str
+    ) -> None:
         # phase 1: start the canary once (the effect); phase 2: watch until the policy decides
         if row[0] != "started":
-            moved = self._call(info, "canary", lambda: dict(self.executors.move_alias(ctx, "canary", version)))
+            moved = self._call(
+                info, "canary", lambda: dict(self.executors.move_alias(ctx, "canary", version))
+            )
             self.hook("mid:canary")
             with self._tx() as c:
-                c.execute("UPDATE effects SET state = 'started', result = ? WHERE key = ?",
-                          (canonical({"move": moved, "started_at": iso(self.clock())}).decode(), ekey))
-            row = self._conn.execute("SELECT state, result, intent_at FROM effects WHERE key = ?", (ekey,)).fetchone()
+                c.execute(
+                    "UPDATE effects SET state = 'started', result = ? WHERE key = ?",
+                    (canonical({"move": moved, "started_at": iso(self.clock())}).decode(), ekey),
+                )
+            row = self._conn.execute(
+                "SELECT state, result, intent_at FROM effects WHERE key = ?", (ekey,)
+            ).fetchone()
         started = loads(row[1])
-        signals, requests = self._call(info, "canary", lambda: self.executors.canary_signals(ctx, version))
-        decision = self.canary_policy.decide(version=version, started_at=parse_iso(started["started_at"]),
-                                             now=self.clock(), signals=list(signals), requests=int(requests))
+        signals, requests = self._call(
+            info, "canary", lambda: self.executors.canary_signals(ctx, version)
+        )
+        decision = self.canary_policy.decide(
+            version=version,
+            started_at=parse_iso(started["started_at"]),
+            now=self.clock(),
+            signals=list(signals),
+            requests=int(requests),
+        )
         if decision.action is CanaryAction.WAIT:
             self._set_status(info.run_id, RunStatus.WAITING, "canary", decision.reason)
             return
-        self._complete(info, "canary", {"alias": "canary", "version": version, "move": started["move"],
-                                        "started_at": started["started_at"], "decision": decision.to_dict()},
-                       ekey, False, effect_key=ekey)
+        self._complete(
+            info,
+            "canary",
+            {
+                "alias": "canary",
+                "version": version,
+                "move": started["move"],
+                "started_at": started["started_at"],
+                "decision": decision.to_dict(),
+            },
+            ekey,
+            False,
+            effect_key=ekey,
+        )
 
 
 def _require(out: Mapping[str, Any], key: str | None, step: str) -> None:
     if key is not None and not out.get(key):
-        raise InvalidInputError(f"the {step} executor must return {key!r} in its output; got keys {sorted(out)}")
+        raise InvalidInputError(
+            f"the {step} executor must return {key!r} in its output; got keys {sorted(out)}"
+        )

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from keel.governance import (
     Approval,
     FairnessGate,
@@ -71,7 +72,9 @@ class GateResult:
 
 
 def _result(gate: str, reasons: Sequence[str], evidence: Mapping[str, Any]) -> GateResult:
-    return GateResult(gate, GateStatus.FAILED if reasons else GateStatus.PASSED, tuple(reasons), evidence)
+    return GateResult(
+        gate, GateStatus.FAILED if reasons else GateStatus.PASSED, tuple(reasons), evidence
+    )
 
 
 def _finite(v: float | None, what: str) -> float:
@@ -129,7 +132,11 @@ class QualityGate:
             old = _finite(champion.metrics.get(self.metric), f"champion {self.metric}")
             gain = sign * (new - old)
             rel = gain / abs(old) if old != 0 else (math.inf if gain > 0 else 0.0)
-            ev.update(champion=old, improvement=gain, relative_improvement=None if math.isinf(rel) else rel)
+            ev.update(
+                champion=old,
+                improvement=gain,
+                relative_improvement=None if math.isinf(rel) else rel,
+            )
             if gain < self.min_abs_improvement:
                 reasons.append(
                     f"{self.metric} improves by {gain:.6g} over the champion; needs >= {self.min_abs_improvement}"
@@ -144,7 +151,11 @@ class QualityGate:
 def expected_calibration_error(y_true: Any, y_score: Any, n_bins: int = 10) -> float:
     """ECE over ``n_bins`` equal-width bins (keel.governance's definition, one group)."""
     y = np.asarray(y_true)
-    return group_fairness(y, np.zeros(y.shape[0], dtype=np.int64), y_score=y_score, n_bins=n_bins).groups[0].ece
+    return (
+        group_fairness(y, np.zeros(y.shape[0], dtype=np.int64), y_score=y_score, n_bins=n_bins)
+        .groups[0]
+        .ece
+    )
 
 
 @dataclass(frozen=True)
@@ -163,15 +174,23 @@ class CalibrationGate:
         reasons: list[str] = []
         if ece > self.max_ece:
             reasons.append(f"expected calibration error {ece:.4f} > {self.max_ece}")
-        if champion_ece is not None and self.max_increase is not None:
-            if ece - champion_ece > self.max_increase:
-                reasons.append(
-                    f"ECE rose by {ece - champion_ece:.4f} over the champion's {champion_ece:.4f} (max {self.max_increase})"
-                )
+        if (
+            champion_ece is not None
+            and self.max_increase is not None
+            and ece - champion_ece > self.max_increase
+        ):
+            reasons.append(
+                f"ECE rose by {ece - champion_ece:.4f} over the champion's {champion_ece:.4f} (max {self.max_increase})"
+            )
         return _result(
             self.name,
             reasons,
-            {"ece": ece, "max_ece": self.max_ece, "champion_ece": champion_ece, "n_bins": self.n_bins},
+            {
+                "ece": ece,
+                "max_ece": self.max_ece,
+                "champion_ece": champion_ece,
+                "n_bins": self.n_bins,
+            },
         )
 
 
@@ -190,7 +209,11 @@ class FairnessPolicy:
         return _result(
             self.name,
             verdict.reasons,
-            {"verdict": verdict.to_dict(), "thresholds": self.gate.to_dict(), "report": report.to_dict()},
+            {
+                "verdict": verdict.to_dict(),
+                "thresholds": self.gate.to_dict(),
+                "report": report.to_dict(),
+            },
         )
 
 
@@ -211,8 +234,12 @@ class CompatibilityGate:
             {
                 "artifact_inputs": {f.name: f.dtype for f in manifest.input_schema},
                 "artifact_feature_views": {f.name: f.version for f in manifest.feature_views},
-                "serving_inputs": dict(serving.input_columns) if serving.input_columns is not None else None,
-                "serving_feature_views": dict(serving.feature_views) if serving.feature_views is not None else None,
+                "serving_inputs": dict(serving.input_columns)
+                if serving.input_columns is not None
+                else None,
+                "serving_feature_views": dict(serving.feature_views)
+                if serving.feature_views is not None
+                else None,
             },
         )
 

@@ -74,7 +74,15 @@ class ProvenanceReport:
         return not self.problems
 
 
-def append(conn: sqlite3.Connection, *, run_id: str, model: str, kind: str, at: str, record: Mapping[str, Any]) -> ProvenanceEntry:
+def append(
+    conn: sqlite3.Connection,
+    *,
+    run_id: str,
+    model: str,
+    kind: str,
+    at: str,
+    record: Mapping[str, Any],
+) -> ProvenanceEntry:
     """Append one entry; call inside the caller's write transaction."""
     row = conn.execute("SELECT seq, hash FROM provenance ORDER BY seq DESC LIMIT 1").fetchone()
     seq, prev = (1, GENESIS) if row is None else (row[0] + 1, row[1])
@@ -89,7 +97,10 @@ def append(conn: sqlite3.Connection, *, run_id: str, model: str, kind: str, at: 
 
 def read(conn: sqlite3.Connection, run_id: str | None = None) -> list[ProvenanceEntry]:
     q = "SELECT seq, prev, run_id, model, kind, at, record, hash FROM provenance"
-    rows = conn.execute(q + (" WHERE run_id = ? ORDER BY seq" if run_id else " ORDER BY rowid"), (run_id,) if run_id else ()).fetchall()
+    rows = conn.execute(
+        q + (" WHERE run_id = ? ORDER BY seq" if run_id else " ORDER BY rowid"),
+        (run_id,) if run_id else (),
+    ).fetchall()
     out = []
     for seq, prev, rid, model, kind, at, record, h in rows:
         try:
@@ -100,14 +111,18 @@ def read(conn: sqlite3.Connection, run_id: str | None = None) -> list[Provenance
     return out
 
 
-def verify(conn: sqlite3.Connection, expected_head: tuple[int, str] | None = None) -> ProvenanceReport:
+def verify(
+    conn: sqlite3.Connection, expected_head: tuple[int, str] | None = None
+) -> ProvenanceReport:
     """Every broken link, in storage order (rowid order, so a reorder of seq shows)."""
     entries = read(conn)
     problems: list[str] = []
     prev = GENESIS
     for i, e in enumerate(entries, start=1):
         if e.seq != i:
-            problems.append(f"entry #{i}: expected seq {i}, found {e.seq} (an entry was deleted or reordered)")
+            problems.append(
+                f"entry #{i}: expected seq {i}, found {e.seq} (an entry was deleted or reordered)"
+            )
         if e.prev != prev:
             problems.append(f"seq {e.seq}: prev does not link to the previous entry")
         if sha256_hex(e.body()) != e.hash:
@@ -121,10 +136,13 @@ def verify(conn: sqlite3.Connection, expected_head: tuple[int, str] | None = Non
     return ProvenanceReport(len(entries), head, tuple(problems))
 
 
-def require_intact(conn: sqlite3.Connection, expected_head: tuple[int, str] | None = None) -> ProvenanceReport:
+def require_intact(
+    conn: sqlite3.Connection, expected_head: tuple[int, str] | None = None
+) -> ProvenanceReport:
     report = verify(conn, expected_head)
     if not report.ok:
         raise ProvenanceTamperedError(
-            f"provenance chain is broken ({len(report.problems)} problem(s)): {report.problems[0]}", report.problems
+            f"provenance chain is broken ({len(report.problems)} problem(s)): {report.problems[0]}",
+            report.problems,
         )
     return report

@@ -100,7 +100,9 @@ class Trigger:
         )
 
     @classmethod
-    def manual(cls, model: str, request_id: str, *, at: datetime, who: str, why: str = "") -> Trigger:
+    def manual(
+        cls, model: str, request_id: str, *, at: datetime, who: str, why: str = ""
+    ) -> Trigger:
         if not who.strip():
             raise InvalidInputError("a manual retrain needs who asked for it")
         return cls(TriggerKind.MANUAL, model, f"manual:{request_id}", at, {"who": who, "why": why})
@@ -126,7 +128,9 @@ class SchedulePolicy:
         slot = self.anchor + k * self.every
         if last_slot is not None and slot <= last_slot:
             return None
-        return Trigger(TriggerKind.SCHEDULE, model, f"schedule:{iso(slot)}", now, {"slot": iso(slot)})
+        return Trigger(
+            TriggerKind.SCHEDULE, model, f"schedule:{iso(slot)}", now, {"slot": iso(slot)}
+        )
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,9 @@ class TriggerPolicy:
         if self.cooldown < timedelta(0):
             raise InvalidInputError(f"cooldown must be >= 0; got {self.cooldown}")
         if self.max_concurrent_runs < 1:
-            raise InvalidInputError(f"max_concurrent_runs must be >= 1; got {self.max_concurrent_runs}")
+            raise InvalidInputError(
+                f"max_concurrent_runs must be >= 1; got {self.max_concurrent_runs}"
+            )
 
     def decide(self, state: TriggerState, trigger: Trigger, now: datetime) -> TriggerDecision:
         iso(now)
