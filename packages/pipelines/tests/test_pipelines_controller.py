@@ -3,6 +3,7 @@ cache, gate failure and approval waits, canary rollback, coalescing, provenance 
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -22,7 +23,9 @@ from keel.pipelines import (
     CanaryPolicy,
     Controller,
     GateResult,
+    InvalidInputError,
     NotFoundError,
+    ProvenanceTamperedError,
     RunStatus,
     StepContext,
     StepFailedError,
@@ -330,3 +333,35 @@ def test_provenance_detects_deleted_and_reordered_rows(tmp_path: Path, data: Pat
     assert ctl3.verify_provenance().ok
     assert not ctl3.verify_provenance(head3).ok
     assert head is not None
+
+
+def test_lineage_walks_from_champion_back_to_drift_evidence(tmp_path: Path, data: Path) -> None:
+    ctl, _ = make(tmp_path)
+    run = ctl.submit(Trigger.from_drift(_drift(T0), at=T0), {"data_path": str(data)}).run_id
+    assert run and ctl.advance(run).status is RunStatus.PROMOTED
+    lin = ctl.lineage("credit")
+    assert lin.run_id == run and lin.code_version == "c1" and lin.lock_hash == "l1"
+    assert lin.trigger["evidence"]["drift_detected"]["drifted"] == ["a"]
+    raw = data.read_bytes()
+    assert lin.sources == {"transactions": hashlib.sha256(raw).hexdigest()}  # the exact data
+    assert lin.alias_moves[-1]["alias"] == "champion"
+    assert ctl.lineage("credit", lin.artifact_digest).run_id == run
+    with pytest.raises(NotFoundError):
+        ctl.lineage("credit", "sha256:" + "0" * 64)
+    c = sqlite3.connect(tmp_path / "pipelines.db")
+    with c:
+        c.execute(
+            "UPDATE provenance SET record = replace(record, '\"a\"', '\"z\"') WHERE kind = 'trigger'"
+        )
+    with pytest.raises(ProvenanceTamperedError, match="edited"):
+        ctl.lineage("credit")
+
+
+def test_read_only_controller_submits_but_does_not_run(tmp_path: Path, data: Path) -> None:
+    ro = Controller(None, clock=StepClock(T0), db_path=tmp_path / "pipelines.db")
+    d = ro.submit(manual("r1"), {"data_path": str(data)})
+    assert d.action is Action.START and d.run_id
+    with pytest.raises(InvalidInputError, match="without executors"):
+        ro.advance(d.run_id)
+    ctl, _ = make(tmp_path)
+    assert ctl.resume()[0].status is RunStatus.PROMOTED

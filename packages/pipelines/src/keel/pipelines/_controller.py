@@ -189,9 +189,48 @@ def _noop_hook(point: str) -> None:
     return None
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """A promoted (or any) artifact traced back through the provenance chain: the run
+    that produced it, its trigger and drift evidence, the training-set fingerprint, the
+    code/lock hash, trainer run, gate results and alias moves — every entry verified."""
+
+    run_id: str
+    model: str
+    artifact_digest: str
+    trigger: Mapping[str, Any]
+    training_set_fingerprint: str
+    sources: Mapping[str, str]
+    code_version: str
+    lock_hash: str
+    trainer_run: str
+    gates: Mapping[str, Any]
+    alias_moves: tuple[Mapping[str, Any], ...]
+    entries: tuple[prov.ProvenanceEntry, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "model": self.model,
+            "artifact_digest": self.artifact_digest,
+            "trigger": dict(self.trigger),
+            "training_set_fingerprint": self.training_set_fingerprint,
+            "sources": dict(self.sources),
+            "code_version": self.code_version,
+            "lock_hash": self.lock_hash,
+            "trainer_run": self.trainer_run,
+            "gates": dict(self.gates),
+            "alias_moves": [dict(m) for m in self.alias_moves],
+            "entries": [e.seq for e in self.entries],
+        }
+
+
 @dataclass
 class Controller:
-    executors: Executors
+    """``executors`` may be None for a controller that only submits triggers and reads
+    history (the CLI); `advance`/`resume` then refuse."""
+
+    executors: Executors | None
     clock: Clock
     db_path: Path = field(default_factory=default_db_path)
     trigger_policy: TriggerPolicy = field(default_factory=TriggerPolicy)
@@ -210,6 +249,14 @@ class Controller:
             self._conn.executescript(_SCHEMA + prov.SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the pipelines database {self.db_path}: {exc}") from None
+
+    @property
+    def _ex(self) -> Executors:
+        if self.executors is None:
+            raise InvalidInputError(
+                "this controller was opened without executors: it can submit and read only"
+            )
+        return self.executors
 
     def close(self) -> None:
         self._conn.close()
@@ -346,9 +393,67 @@ class Controller:
         ]
         return [self.advance(i) for i in ids]
 
+    def lineage(self, model: str, artifact_digest: str | None = None) -> Lineage:
+        """Trace ``artifact_digest`` (default: the newest promoted run's) back to its
+        trigger. Verifies the whole chain first: ProvenanceTamperedError on any broken
+        link, NotFoundError when no run produced the digest, or a link is missing."""
+        prov.require_intact(self._conn)
+        runs = [
+            r
+            for r in self.runs(model)
+            if artifact_digest is not None or r.status is RunStatus.PROMOTED
+        ]
+        for info in reversed(runs):
+            entries = tuple(self.provenance(info.run_id))
+            by_kind = {e.kind: e.record for e in entries}
+            pkg = by_kind.get("step:package_sign")
+            if pkg is None or (
+                artifact_digest is not None
+                and pkg["output"].get("artifact_digest") != artifact_digest
+            ):
+                continue
+            missing = [
+                k
+                for k in ("trigger", "step:build_training_set", "step:train", "step:gates")
+                if k not in by_kind
+            ]
+            if missing:
+                raise NotFoundError(
+                    f"run {info.run_id}: provenance lacks {missing}; the chain to the trigger is broken"
+                )
+            trig = by_kind["trigger"]
+            bts = by_kind["step:build_training_set"]["output"]
+            moves = tuple(
+                by_kind[f"step:{s}"]["output"]
+                for s in ("shadow", "canary", "promote_or_rollback")
+                if f"step:{s}" in by_kind
+            )
+            return Lineage(
+                info.run_id,
+                info.model,
+                str(pkg["output"]["artifact_digest"]),
+                trig["trigger"],
+                str(bts["fingerprint"]),
+                dict(bts.get("sources", {})),
+                str(trig["code_version"]),
+                str(trig["lock_hash"]),
+                str(by_kind["step:train"]["output"].get("trainer_run", "")),
+                by_kind["step:gates"]["output"],
+                moves,
+                entries,
+            )
+        what = artifact_digest or "a promoted artifact"
+        raise NotFoundError(
+            f"no run of {model!r} produced {what}; `keel retrain history` lists runs"
+        )
+
     def advance(self, run_id: str) -> RunInfo:
         """Run steps until the run waits or ends. Raises StepFailedError when an executor
         raises (the run is marked failed at that step; `advance` again retries it)."""
+        if self.executors is None:
+            raise InvalidInputError(
+                "this controller was opened without executors: it can submit and read only"
+            )
         info = self.run(run_id)
         if info.status in TERMINAL:
             return info
@@ -465,9 +570,7 @@ class Controller:
             ctx = self._ctx(info, step)
             sources = None
             if step == "build_training_set":
-                sources = dict(
-                    self._call(info, step, lambda: self.executors.source_fingerprints(ctx))
-                )
+                sources = dict(self._call(info, step, lambda: self._ex.source_fingerprints(ctx)))
             key = self._cache_key(ctx, sources)
             if step == "gates":
                 self._gates(info, ctx, key)
@@ -478,7 +581,7 @@ class Controller:
                 if row is not None:
                     self._complete(info, step, loads(row[0]), key, True)
                 else:
-                    fn = getattr(self.executors, step)
+                    fn = getattr(self._ex, step)
                     out = self._call(info, step, lambda: dict(fn(ctx)))
                     if sources is not None:
                         out.setdefault("sources", sources)
@@ -495,7 +598,7 @@ class Controller:
         self.hook(f"after:{step}")
 
     def _gates(self, info: RunInfo, ctx: StepContext, key: str) -> None:
-        results = self._call(info, "gates", lambda: list(self.executors.gates(ctx)))
+        results = self._call(info, "gates", lambda: list(self._ex.gates(ctx)))
         verdict = combine(results)
         if verdict.status is GateStatus.WAITING:
             self._set_status(
@@ -548,15 +651,13 @@ class Controller:
             self._canary(info, ctx, ekey, row, version)
             return
         if step == "register_challenger":
-            out = self._call(info, step, lambda: dict(self.executors.register_challenger(ctx)))
+            out = self._call(info, step, lambda: dict(self._ex.register_challenger(ctx)))
             _require(out, "version", step)
         elif step == "shadow":
             out = {
                 "alias": "shadow",
                 "version": version,
-                **self._call(
-                    info, step, lambda: dict(self.executors.move_alias(ctx, "shadow", version))
-                ),
+                **self._call(info, step, lambda: dict(self._ex.move_alias(ctx, "shadow", version))),
             }
         else:  # promote_or_rollback
             decision = ctx.inputs["canary"]["decision"]
@@ -568,14 +669,14 @@ class Controller:
                     **self._call(
                         info,
                         step,
-                        lambda: dict(self.executors.move_alias(ctx, "champion", version)),
+                        lambda: dict(self._ex.move_alias(ctx, "champion", version)),
                     ),
                 }
             else:
                 out = {
                     "action": "rollback",
                     "version": version,
-                    **self._call(info, step, lambda: dict(self.executors.rollback(ctx, version))),
+                    **self._call(info, step, lambda: dict(self._ex.rollback(ctx, version))),
                 }
         self.hook(f"mid:{step}")
         status = None
@@ -589,7 +690,7 @@ class Controller:
         # phase 1: start the canary once (the effect); phase 2: watch until the policy decides
         if row[0] != "started":
             moved = self._call(
-                info, "canary", lambda: dict(self.executors.move_alias(ctx, "canary", version))
+                info, "canary", lambda: dict(self._ex.move_alias(ctx, "canary", version))
             )
             self.hook("mid:canary")
             with self._tx() as c:
@@ -602,7 +703,7 @@ class Controller:
             ).fetchone()
         started = loads(row[1])
         signals, requests = self._call(
-            info, "canary", lambda: self.executors.canary_signals(ctx, version)
+            info, "canary", lambda: self._ex.canary_signals(ctx, version)
         )
         decision = self.canary_policy.decide(
             version=version,
