@@ -116,7 +116,7 @@ def history(
     """Runs, newest last: status, current step, and each completed step (cache hit or not)."""
     ctl = _open(db, must_exist=True)
     try:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "run_id": r.run_id,
                 "model": r.model,
