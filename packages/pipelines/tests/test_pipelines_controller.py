@@ -365,3 +365,36 @@ def test_read_only_controller_submits_but_does_not_run(tmp_path: Path, data: Pat
         ro.advance(d.run_id)
     ctl, _ = make(tmp_path)
     assert ctl.resume()[0].status is RunStatus.PROMOTED
+
+
+class NoFingerprint(LocalExecutors):
+    def build_training_set(self, ctx: StepContext) -> dict[str, object]:
+        return {"rows": 3}
+
+
+def test_executor_breaking_its_contract_fails_the_run_by_name(tmp_path: Path, data: Path) -> None:
+    ctl, _ = make(tmp_path, NoFingerprint(tmp_path / "effects.db", tmp_path / "work"))
+    run = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert run
+    with pytest.raises(StepFailedError, match="must return 'fingerprint'"):
+        ctl.advance(run)
+    assert ctl.run(run).status is RunStatus.FAILED
+
+
+def test_failed_run_holds_the_model_until_abandoned(tmp_path: Path, data: Path) -> None:
+    ex = Flaky(tmp_path / "effects.db", tmp_path / "work")
+    ctl, _ = make(tmp_path, ex)
+    run = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert run
+    with pytest.raises(StepFailedError):
+        ctl.advance(run)
+    d = ctl.submit(manual("r2"), {"data_path": str(data)})
+    assert (d.action, d.run_id) == (Action.COALESCE, run)
+    with pytest.raises(InvalidInputError, match="who and why"):
+        ctl.abandon(run, "", "")
+    assert ctl.abandon(run, "ana", "data source retired").status is RunStatus.ABANDONED
+    assert ctl.resume() == []
+    assert ctl.submit(manual("r3"), {"data_path": str(data)}).action is Action.START
+    assert ctl.provenance(run)[-1].kind == "abandoned" and ctl.verify_provenance().ok
+    with pytest.raises(InvalidInputError, match="already ended"):
+        ctl.abandon(run, "ana", "again")

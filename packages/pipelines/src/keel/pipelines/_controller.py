@@ -80,10 +80,13 @@ class RunStatus(StrEnum):
     ROLLED_BACK = "rolled_back"
     GATE_FAILED = "gate_failed"
     FAILED = "failed"  # an executor raised; `resume` retries the step
+    ABANDONED = "abandoned"  # given up by a person (`abandon`): frees the model for new runs
 
 
-ACTIVE = (RunStatus.RUNNING, RunStatus.WAITING)
-TERMINAL = (RunStatus.PROMOTED, RunStatus.ROLLED_BACK, RunStatus.GATE_FAILED)
+# A failed run still holds its model (new triggers coalesce into it, `resume` retries it)
+# until it succeeds or someone abandons it: two live runs of one model would race.
+ACTIVE = (RunStatus.RUNNING, RunStatus.WAITING, RunStatus.FAILED)
+TERMINAL = (RunStatus.PROMOTED, RunStatus.ROLLED_BACK, RunStatus.GATE_FAILED, RunStatus.ABANDONED)
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,7 @@ class Controller:
             active = tuple(
                 ActiveRun(r[0], r[1], parse_iso(r[2]))
                 for r in c.execute(
-                    "SELECT run_id, model, created_at FROM runs WHERE status IN (?, ?) ORDER BY created_at",
+                    "SELECT run_id, model, created_at FROM runs WHERE status IN (?, ?, ?) ORDER BY created_at",
                     tuple(s.value for s in ACTIVE),
                 )
             )
@@ -392,6 +395,35 @@ class Controller:
             )
         ]
         return [self.advance(i) for i in ids]
+
+    def abandon(self, run_id: str, who: str, why: str) -> RunInfo:
+        """Give up a run that is not finished (e.g. failed for good): it ends ``abandoned``,
+        recorded in provenance, and the model takes new triggers again."""
+        if not who.strip() or not why.strip():
+            raise InvalidInputError("abandoning a run needs who and why")
+        info = self.run(run_id)
+        if info.status in TERMINAL:
+            raise InvalidInputError(f"run {run_id} already ended ({info.status.value})")
+        at = iso(self.clock())
+        with self._tx() as c:
+            c.execute(
+                "UPDATE runs SET status = ?, detail = ?, updated_at = ? WHERE run_id = ?",
+                (RunStatus.ABANDONED.value, f"abandoned by {who}: {why}", at, run_id),
+            )
+            prov.append(
+                c,
+                run_id=run_id,
+                model=info.model,
+                kind="abandoned",
+                at=at,
+                record={
+                    "who": who,
+                    "why": why,
+                    "step": info.step,
+                    "previous_status": info.status.value,
+                },
+            )
+        return self.run(run_id)
 
     def lineage(self, model: str, artifact_digest: str | None = None) -> Lineage:
         """Trace ``artifact_digest`` (default: the newest promoted run's) back to its
@@ -582,24 +614,18 @@ class Controller:
                     self._complete(info, step, loads(row[0]), key, True)
                 else:
                     fn = getattr(self._ex, step)
-                    out = self._call(info, step, lambda: dict(fn(ctx)))
+                    need = {"build_training_set": "fingerprint", "package_sign": "artifact_digest"}
+                    out = self._call(
+                        info, step, lambda: _require(dict(fn(ctx)), need.get(step), step)
+                    )
                     if sources is not None:
                         out.setdefault("sources", sources)
-                    _require(
-                        out,
-                        {
-                            "build_training_set": "fingerprint",
-                            "package_sign": "artifact_digest",
-                        }.get(step),
-                        step,
-                    )
                     self.hook(f"mid:{step}")
                     self._complete(info, step, out, key, False)
         self.hook(f"after:{step}")
 
     def _gates(self, info: RunInfo, ctx: StepContext, key: str) -> None:
-        results = self._call(info, "gates", lambda: list(self._ex.gates(ctx)))
-        verdict = combine(results)
+        verdict = self._call(info, "gates", lambda: combine(list(self._ex.gates(ctx))))
         if verdict.status is GateStatus.WAITING:
             self._set_status(
                 info.run_id,
@@ -651,8 +677,11 @@ class Controller:
             self._canary(info, ctx, ekey, row, version)
             return
         if step == "register_challenger":
-            out = self._call(info, step, lambda: dict(self._ex.register_challenger(ctx)))
-            _require(out, "version", step)
+            out = self._call(
+                info,
+                step,
+                lambda: _require(dict(self._ex.register_challenger(ctx)), "version", step),
+            )
         elif step == "shadow":
             out = {
                 "alias": "shadow",
@@ -731,8 +760,9 @@ class Controller:
         )
 
 
-def _require(out: Mapping[str, Any], key: str | None, step: str) -> None:
+def _require(out: dict[str, Any], key: str | None, step: str) -> dict[str, Any]:
     if key is not None and not out.get(key):
         raise InvalidInputError(
             f"the {step} executor must return {key!r} in its output; got keys {sorted(out)}"
         )
+    return out
