@@ -21,6 +21,7 @@ from keel.pipelines import (
     Action,
     ApprovalGate,
     CanaryPolicy,
+    ConflictError,
     Controller,
     GateResult,
     InvalidInputError,
@@ -398,3 +399,16 @@ def test_failed_run_holds_the_model_until_abandoned(tmp_path: Path, data: Path) 
     assert ctl.provenance(run)[-1].kind == "abandoned" and ctl.verify_provenance().ok
     with pytest.raises(InvalidInputError, match="already ended"):
         ctl.abandon(run, "ana", "again")
+
+
+def test_only_one_controller_advances_runs_per_database(tmp_path: Path, data: Path) -> None:
+    a, _ = make(tmp_path)
+    b, _ = make(tmp_path)
+    r1 = a.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert r1 and a.advance(r1).status is RunStatus.PROMOTED
+    r2 = b.submit(manual("r2"), {"data_path": str(data)}).run_id  # submitting is fine
+    assert r2
+    with pytest.raises(ConflictError, match="another controller"):
+        b.advance(r2)
+    a.close()
+    assert b.advance(r2).status is RunStatus.PROMOTED

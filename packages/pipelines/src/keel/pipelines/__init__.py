@@ -37,6 +37,7 @@ from keel.pipelines._controller import (
     default_db_path,
 )
 from keel.pipelines._errors import (
+    ConflictError,
     InvalidInputError,
     NotFoundError,
     PipelinesError,
@@ -87,6 +88,7 @@ __all__ = [
     "CanaryPolicy",
     "CanarySignal",
     "CompatibilityGate",
+    "ConflictError",
     "Controller",
     "CountPolicy",
     "Executors",

@@ -31,6 +31,7 @@ Run one controller process per database at a time (triggers may be submitted fro
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,7 +45,13 @@ from typing import Any, Protocol
 from keel.pipelines import _provenance as prov
 from keel.pipelines._canary import CanaryAction, CanaryPolicy, CanarySignal
 from keel.pipelines._canonical import canonical, iso, loads, parse_iso, sha256_hex
-from keel.pipelines._errors import InvalidInputError, NotFoundError, StepFailedError, StoreError
+from keel.pipelines._errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    StepFailedError,
+    StoreError,
+)
 from keel.pipelines._gates import GateResult, GateStatus, combine
 from keel.pipelines._triggers import (
     Action,
@@ -244,6 +251,7 @@ class Controller:
 
     def __post_init__(self) -> None:
         self.db_path = Path(self.db_path)
+        self._lock: int | None = None
         try:
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
@@ -263,6 +271,24 @@ class Controller:
 
     def close(self) -> None:
         self._conn.close()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the runner lock
+            self._lock = None
+
+    def _hold_runner_lock(self) -> None:
+        """One process advances runs per database: an exclusive ``flock`` on
+        ``<db>.runner.lock``, held until `close` (the kernel drops it if we are killed)."""
+        if self._lock is not None:
+            return
+        fd = os.open(f"{self.db_path}.runner.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConflictError(
+                f"another controller is advancing runs in {self.db_path}; run one per database"
+            ) from None
+        self._lock = fd
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -486,6 +512,7 @@ class Controller:
             raise InvalidInputError(
                 "this controller was opened without executors: it can submit and read only"
             )
+        self._hold_runner_lock()
         info = self.run(run_id)
         if info.status in TERMINAL:
             return info

@@ -15,6 +15,10 @@ class NotFoundError(PipelinesError, LookupError):
     """The run, step or record named does not exist: check the id."""
 
 
+class ConflictError(PipelinesError):
+    """Another controller process is already advancing runs in this database: run one."""
+
+
 class StepFailedError(PipelinesError):
     """A step executor raised; the run is marked failed at that step (rerun resumes there)."""
 
