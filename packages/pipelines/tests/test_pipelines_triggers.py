@@ -46,7 +46,7 @@ def test_drift_trigger_is_keyed_by_episode_with_keel_drift_id() -> None:
 
 
 def test_malformed_drift_payload_names_the_field() -> None:
-    with pytest.raises(Exception, match="window_start"):
+    with pytest.raises(InvalidInputError, match="window_start"):
         Trigger.from_drift({"model": "credit"}, at=T0)
 
 

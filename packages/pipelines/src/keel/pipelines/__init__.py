@@ -45,6 +45,12 @@ from keel.pipelines._errors import (
     StepFailedError,
     StoreError,
 )
+from keel.pipelines._events import (
+    DRIFT_DETECTED,
+    SLO_READING,
+    signal_from_event,
+    trigger_from_event,
+)
 from keel.pipelines._gates import (
     ApprovalGate,
     CalibrationGate,
@@ -75,9 +81,11 @@ from keel.pipelines._triggers import (
 __all__ = [
     "CACHED",
     "CANARY_FAILED",
+    "DRIFT_DETECTED",
     "GENESIS",
     "SIDE_EFFECTS",
     "SLO",
+    "SLO_READING",
     "STEPS",
     "Action",
     "ActiveRun",
@@ -123,4 +131,6 @@ __all__ = [
     "default_db_path",
     "expected_calibration_error",
     "sha256_hex",
+    "signal_from_event",
+    "trigger_from_event",
 ]

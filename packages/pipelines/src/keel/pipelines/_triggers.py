@@ -88,9 +88,16 @@ class Trigger:
     def from_drift(cls, event: DriftDetected | Mapping[str, Any], *, at: datetime) -> Trigger:
         """From a ``drift.detected`` payload (or keel.drift's `DriftDetected`): keyed by
         the episode, so every redelivery and every later window of it is a duplicate."""
-        from keel.drift import DriftDetected, episode_event_id  # lazy: keel.drift loads polars
+        from keel.drift import (  # lazy: keel.drift loads polars
+            DriftDetected,
+            DriftError,
+            episode_event_id,
+        )
 
-        d = event if isinstance(event, DriftDetected) else DriftDetected.from_payload(event)
+        try:
+            d = event if isinstance(event, DriftDetected) else DriftDetected.from_payload(event)
+        except DriftError as exc:  # translated at the boundary: callers catch ours
+            raise InvalidInputError(str(exc)) from None
         return cls(
             TriggerKind.DRIFT,
             d.model,
