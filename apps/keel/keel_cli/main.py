@@ -22,6 +22,7 @@ from keel_cli import (
     cmd_events,
     cmd_features,
     cmd_governance,
+    cmd_pipelines,
     cmd_registry,
     serve_cmd,
 )
@@ -46,6 +47,8 @@ app.add_typer(cmd_governance.app, name="governance")
 app.add_typer(cmd_artifact.app, name="artifact")
 app.add_typer(cmd_registry.app, name="registry")
 app.add_typer(serve_cmd.app, name="serve")
+app.add_typer(cmd_pipelines.retrain_app, name="retrain")
+app.add_typer(cmd_pipelines.provenance_app, name="provenance")
 
 console = Console()
 err_console = Console(stderr=True)

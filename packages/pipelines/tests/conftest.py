@@ -1,0 +1,3 @@
+from testutil.profiles import register_profiles
+
+register_profiles()
