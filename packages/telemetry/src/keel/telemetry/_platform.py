@@ -156,7 +156,7 @@ PLANNED_SLOS: tuple[SLOSpec, ...] = (
         group_by=("model",),
         diagnose=(
             "Compare p99 by version: `histogram_quantile(0.99, sum by (le, model, version) (rate(keel_serving_request_latency_seconds_bucket[5m])))`.",
-            "Check micro-batch sizes (`keel_serving_batch_size_rows`) and online-store lookup latency (`keel_features_online_lookup_latency_seconds`).",
+            "Check micro-batch sizes (`keel_serving_batch_size_rows`) and the serve app's online-feature fetch time (`keel_serving_feature_fetch_seconds`).",
             "Check CPU saturation and replica count of the serve app.",
         ),
         mitigate=(
