@@ -1,0 +1,49 @@
+"""Fault injection for chaos tests: a real SIGKILL of a real training worker.
+
+A ``FaultPlan`` travels to the workers with the job; a planned fault fires at most once per
+run (an ``O_EXCL`` sentinel file in ``once_dir`` records it), so the restarted worker group
+goes on past the same point. Never set in production code paths; ``None`` means no faults.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """``kill_at_step``: SIGKILL worker ``rank`` right after this global step.
+    ``kill_in_checkpoint_step``: SIGKILL rank 0 while writing this step's checkpoint (after
+    the state files, before the commit marker)."""
+
+    once_dir: Path
+    kill_at_step: int | None = None
+    kill_in_checkpoint_step: int | None = None
+    rank: int = 0
+
+    def _fire(self, kind: str) -> None:
+        self.once_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(self.once_dir / f"fired-{kind}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.write(fd, str(os.getpid()).encode())
+        os.fsync(fd)
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def after_step(self, step: int, rank: int) -> None:
+        if self.kill_at_step == step and rank == self.rank:
+            self._fire("step")
+
+    def in_checkpoint(self, step: int, rank: int) -> None:
+        if self.kill_in_checkpoint_step == step and rank == 0:
+            self._fire("checkpoint")
+
+    def fired(self) -> list[str]:
+        if not self.once_dir.is_dir():
+            return []
+        return sorted(p.name.removeprefix("fired-") for p in self.once_dir.glob("fired-*"))
