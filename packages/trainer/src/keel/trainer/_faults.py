@@ -17,27 +17,37 @@ from pathlib import Path
 class FaultPlan:
     """``kill_at_step``: SIGKILL worker ``rank`` right after this global step.
     ``kill_in_checkpoint_step``: SIGKILL rank 0 while writing this step's checkpoint (after
-    the state files, before the commit marker)."""
+    the state files, before the commit marker). ``pause_at_step``: rank ``rank`` sleeps
+    there (so a test can kill the driver at a known point)."""
 
     once_dir: Path
     kill_at_step: int | None = None
     kill_in_checkpoint_step: int | None = None
+    pause_at_step: int | None = None
     rank: int = 0
 
-    def _fire(self, kind: str) -> None:
+    def _once(self, kind: str) -> bool:
         self.once_dir.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(self.once_dir / f"fired-{kind}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            return
+            return False
         os.write(fd, str(os.getpid()).encode())
         os.fsync(fd)
         os.close(fd)
-        os.kill(os.getpid(), signal.SIGKILL)
+        return True
+
+    def _fire(self, kind: str) -> None:
+        if self._once(kind):
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def after_step(self, step: int, rank: int) -> None:
         if self.kill_at_step == step and rank == self.rank:
             self._fire("step")
+        if self.pause_at_step == step and rank == self.rank and self._once("pause"):
+            import time
+
+            time.sleep(3600)
 
     def in_checkpoint(self, step: int, rank: int) -> None:
         if self.kill_in_checkpoint_step == step and rank == 0:
