@@ -23,6 +23,7 @@ from keel_cli import (
     cmd_features,
     cmd_governance,
     cmd_registry,
+    cmd_train,
 )
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
@@ -32,7 +33,7 @@ app = typer.Typer(
     help=(
         "Keel: event bus, features (batch + streaming), drift monitoring, signed model"
         " artifacts, the model registry and model governance, on embedded defaults or real"
-        " services. Planned, not built yet: training, serving, retraining."
+        " services, and training on Ray. Planned, not built yet: serving, retraining."
     ),
     no_args_is_help=True,
     add_completion=True,
@@ -44,6 +45,7 @@ app.add_typer(cmd_drift.app, name="drift")
 app.add_typer(cmd_governance.app, name="governance")
 app.add_typer(cmd_artifact.app, name="artifact")
 app.add_typer(cmd_registry.app, name="registry")
+app.command(name="train")(cmd_train.train)
 
 console = Console()
 err_console = Console(stderr=True)

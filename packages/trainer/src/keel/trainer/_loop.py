@@ -50,7 +50,7 @@ class _Events:
 
     def put(self, kind: str, **data: Any) -> None:
         if self.sink is not None:
-            self.sink.put.remote({"type": kind, **data})
+            self.sink.put.remote({"type": kind, "t": time.time(), **data})
 
     def stop_requested(self) -> bool:
         if self.sink is None:
