@@ -37,14 +37,20 @@ class ProgressLine:
         left = max(0, self.total - e["step"])
         eta = left / steps_per_s if steps_per_s > 0 else float("inf")
         eta_s = "?" if eta == float("inf") else f"{int(eta // 60)}m{int(eta % 60):02d}s"
-        return (f"epoch {e['epoch'] + 1} step {e['step']}/{self.total} loss {e['loss']:.4g} "
-                f"{e['samples_per_s']:,.0f} samples/s ETA {eta_s}")
+        return (
+            f"epoch {e['epoch'] + 1} step {e['step']}/{self.total} loss {e['loss']:.4g} "
+            f"{e['samples_per_s']:,.0f} samples/s ETA {eta_s}"
+        )
 
     def __call__(self, e: dict[str, Any]) -> None:
         kind = e["type"]
         if kind == "start":
             self.total = int(e["total_steps"])
-            where = f"resuming from step {e['resumed_from']}" if e.get("resumed_from") else "from scratch"
+            where = (
+                f"resuming from step {e['resumed_from']}"
+                if e.get("resumed_from")
+                else "from scratch"
+            )
             self._emit(f"training on {e['world_size']} worker(s), {where}", final=True)
         elif kind == "progress":
             now = time.monotonic()
@@ -52,7 +58,9 @@ class ProgressLine:
                 self.last_print = now
                 self._emit(self.line(e), final=not self.tty)
         elif kind == "epoch":
-            shown = " ".join(f"{k} {v:.4g}" for k, v in sorted(e["metrics"].items()) if k != "epoch")
+            shown = " ".join(
+                f"{k} {v:.4g}" for k, v in sorted(e["metrics"].items()) if k != "epoch"
+            )
             self._emit(f"epoch {e['epoch'] + 1} done: {shown}", final=True)
 
     def _emit(self, text: str, final: bool) -> None:
@@ -65,18 +73,23 @@ class ProgressLine:
 
 def train(
     job_file: Annotated[Path, typer.Argument(help="the job TOML (see `keel.trainer` README)")],
-    home: Annotated[Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="discard this job name's checkpoints")] = False,
+    home: Annotated[
+        Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="discard this job name's checkpoints")
+    ] = False,
     signing_key: Annotated[
         Path | None, typer.Option(help="PEM private key to sign the artifact (or KEEL_SIGNING_KEY)")
     ] = None,
     no_export: Annotated[bool, typer.Option("--no-export", help="train only, no artifact")] = False,
-    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster")
+    ] = None,
 ) -> None:
     """Train a model on Ray (PyTorch DDP), resume from committed checkpoints, export a signed
     artifact and track the run in MLflow."""
     from keel.trainer import TrainingStoppedError, load_job, run_job
-
     from keel_cli.config import load_config
 
     job = load_job(job_file)
@@ -99,15 +112,23 @@ def train(
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        result = run_job(job, home=root, fresh=fresh, stop=stop, signing_key=key,
-                         export=not no_export, ray_address=ray_address,
-                         on_event=ProgressLine(batch_size=job.train.batch_size))
+        result = run_job(
+            job,
+            home=root,
+            fresh=fresh,
+            stop=stop,
+            signing_key=key,
+            export=not no_export,
+            ray_address=ray_address,
+            on_event=ProgressLine(batch_size=job.train.batch_size),
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     if result.status == "stopped":
         raise TrainingStoppedError(
             f"stopped at step {result.step} after a committed checkpoint: run `keel train "
-            f"{job_file}` again to resume", result.step,
+            f"{job_file}` again to resume",
+            result.step,
         )
     typer.echo(
         f"trained {job.name}: {result.status} at step {result.step}; artifact "

@@ -10,9 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
 from keel_cli.main import app
+from typer.testing import CliRunner
 
 JOB = """
 name = "cli-mlp"
@@ -38,8 +37,18 @@ signing_key = "{key}"
 def _data(path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1000, 4))
-    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "d": x[:, 3],
-                             "y": x @ np.array([1.0, -2.0, 0.5, 0.0])}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "a": x[:, 0],
+                "b": x[:, 1],
+                "c": x[:, 2],
+                "d": x[:, 3],
+                "y": x @ np.array([1.0, -2.0, 0.5, 0.0]),
+            }
+        ),
+        path,
+    )
 
 
 def test_bad_job_is_one_line(tmp_path: Path) -> None:
@@ -64,7 +73,10 @@ def test_keel_train_end_to_end(tmp_path: Path) -> None:
     assert "training on 1 worker(s), from scratch" in result.output
     assert re.search(r"epoch 2 done: .*val_loss", result.output)
     last = result.output.strip().splitlines()[-1]
-    m = re.match(r"trained cli-mlp: completed at step (\d+); artifact (sha256:[0-9a-f]{64}) \((.+)\); mlflow run ([0-9a-f]{32})$", last)
+    m = re.match(
+        r"trained cli-mlp: completed at step (\d+); artifact (sha256:[0-9a-f]{64}) \((.+)\); mlflow run ([0-9a-f]{32})$",
+        last,
+    )
     assert m, last
     verified = verify_artifact(m.group(3), TrustPolicy((pub,)))
     assert verified.digest == m.group(2)

@@ -34,8 +34,12 @@ class Settings(BaseModel):
     fresh: bool = Field(default=False, description="discard the job name's checkpoints first")
     export: bool = Field(default=True, description="export a signed artifact at the end")
     signing_key: Path | None = Field(default=None, description="PEM private key (or the job's)")
-    ray_address: str | None = Field(default=None, description="Ray cluster; default $RAY_ADDRESS, else local")
-    ray_num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local Ray (default: all)")
+    ray_address: str | None = Field(
+        default=None, description="Ray cluster; default $RAY_ADDRESS, else local"
+    )
+    ray_num_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs of the local Ray (default: all)"
+    )
     metrics_host: str = Field(default="127.0.0.1", description="/metrics address")
     metrics_port: int = Field(default=9110, ge=0, le=65535, description="/metrics port (0: any)")
     progress_every_s: float = Field(default=10.0, gt=0, description="progress log line interval")
@@ -67,7 +71,9 @@ def run(settings: Settings, ctx: AppContext) -> None:
 
         key = SigningKey.from_pem(settings.signing_key.read_bytes())
     metrics = TrainerMetrics()
-    server = start_metrics_server(metrics.registry, host=settings.metrics_host, port=settings.metrics_port)
+    server = start_metrics_server(
+        metrics.registry, host=settings.metrics_host, port=settings.metrics_port
+    )
     last = [0.0]
 
     def on_event(e: dict[str, Any]) -> None:
@@ -79,11 +85,25 @@ def run(settings: Settings, ctx: AppContext) -> None:
 
     try:
         ctx.ready(job=job.name, metrics_port=server.port)
-        result = run_job(job, home=settings.home, fresh=settings.fresh, stop=ctx.stop,
-                         signing_key=key, export=settings.export, ray_address=settings.ray_address,
-                         ray_num_cpus=settings.ray_num_cpus, metrics=metrics, on_event=on_event)
-        ctx.report(status=result.status, step=result.step, restarts=result.restarts,
-                   artifact_digest=result.artifact_digest, mlflow_run_id=result.mlflow_run_id)
+        result = run_job(
+            job,
+            home=settings.home,
+            fresh=settings.fresh,
+            stop=ctx.stop,
+            signing_key=key,
+            export=settings.export,
+            ray_address=settings.ray_address,
+            ray_num_cpus=settings.ray_num_cpus,
+            metrics=metrics,
+            on_event=on_event,
+        )
+        ctx.report(
+            status=result.status,
+            step=result.step,
+            restarts=result.restarts,
+            artifact_digest=result.artifact_digest,
+            mlflow_run_id=result.mlflow_run_id,
+        )
     finally:
         server.stop()
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from testutil.profiles import register_profiles
 
 register_profiles()

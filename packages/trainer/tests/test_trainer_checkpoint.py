@@ -47,7 +47,9 @@ def test_a_final_name_without_marker_is_never_restored(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "marker"])
-def test_damaged_committed_checkpoint_falls_back_to_the_previous(tmp_path: Path, damage: str) -> None:
+def test_damaged_committed_checkpoint_falls_back_to_the_previous(
+    tmp_path: Path, damage: str
+) -> None:
     store = CheckpointStore(tmp_path)
     _write(store, 10, 1.0)
     final = _write(store, 20, 2.0)
@@ -97,8 +99,14 @@ def test_optimizer_and_scheduler_state_round_trip_bitwise() -> None:
         opt.step()
         sched.step()
     tensors: dict[str, torch.Tensor] = {}
-    structure = json.loads(json.dumps({"o": ck.flatten(opt.state_dict(), "o", tensors),
-                                       "s": ck.flatten(sched.state_dict(), "s", tensors)}))
+    structure = json.loads(
+        json.dumps(
+            {
+                "o": ck.flatten(opt.state_dict(), "o", tensors),
+                "s": ck.flatten(sched.state_dict(), "s", tensors),
+            }
+        )
+    )
     loaded = ck.tensors_from_bytes(ck.tensors_to_bytes(tensors))
     model2 = torch.nn.Linear(4, 2)
     model2.load_state_dict(model.state_dict())

@@ -39,8 +39,16 @@ def test_shards_partition_the_rows_exactly(tmp_path: Path, world: int) -> None:
     mask = validation_mask(5, 0, 1001, 0.25)
     xs_train, xs_val = [], []
     for r in range(world):
-        s = read_shard(p, FEATURES, "y", rank=r, world=world, seed=5, validation_fraction=0.25,
-                       classification=False)
+        s = read_shard(
+            p,
+            FEATURES,
+            "y",
+            rank=r,
+            world=world,
+            seed=5,
+            validation_fraction=0.25,
+            classification=False,
+        )
         lo, hi = shard_bounds(1001, r, world)
         # oracle: the naive slice of the whole table, split by the same pure mask
         np.testing.assert_array_equal(s.x_train, x_all[lo:hi][~mask[lo:hi]])
@@ -86,8 +94,12 @@ def test_bad_data_gets_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="numeric"):
         inspect(p, ["s"], "y")
     with pytest.raises(DataError, match="null values"):
-        read_shard(p, ["a"], "y", rank=0, world=1, seed=0, validation_fraction=0.0, classification=False)
+        read_shard(
+            p, ["a"], "y", rank=0, world=1, seed=0, validation_fraction=0.0, classification=False
+        )
     n = tmp_path / "nan.parquet"
     pq.write_table(pa.table({"a": [1.0, float("nan")], "y": [1.0, 2.0]}), n)
     with pytest.raises(DataError, match="NaN"):
-        read_shard(n, ["a"], "y", rank=0, world=1, seed=0, validation_fraction=0.0, classification=False)
+        read_shard(
+            n, ["a"], "y", rank=0, world=1, seed=0, validation_fraction=0.0, classification=False
+        )

@@ -63,14 +63,19 @@ def test_toml_loads_and_resolves_paths_against_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
-        (lambda t: t.replace('seed = 7', 'seed = 7\ncolour = "red"'), "colour: unknown key"),
-        (lambda t: t.replace("checkpoint_every_steps", "checkpoint_interval"),
-         "replaced by train.checkpoint_every_steps"),
+        (lambda t: t.replace("seed = 7", 'seed = 7\ncolour = "red"'), "colour: unknown key"),
+        (
+            lambda t: t.replace("checkpoint_every_steps", "checkpoint_interval"),
+            "replaced by train.checkpoint_every_steps",
+        ),
         (lambda t: t.replace("batch_size = 32", "batch_size = 33"), "divide evenly"),
         (lambda t: t.replace('name = "fraud-mlp"', 'name = "../etc"'), "name"),
-        (lambda t: t.replace('features = ["a", "b", "c"]', 'features = ["a", "y"]'), "also a feature"),
-        (lambda t: t.replace('lr = 0.01', 'lr = -1'), "train.optimizer.lr"),
-        (lambda t: t.replace('num_workers = 2', 'num_workers = "many"'), "scaling.num_workers"),
+        (
+            lambda t: t.replace('features = ["a", "b", "c"]', 'features = ["a", "y"]'),
+            "also a feature",
+        ),
+        (lambda t: t.replace("lr = 0.01", "lr = -1"), "train.optimizer.lr"),
+        (lambda t: t.replace("num_workers = 2", 'num_workers = "many"'), "scaling.num_workers"),
         (lambda t: t + "\n[model.bad\n", "not valid TOML"),
     ],
 )
@@ -93,8 +98,12 @@ def test_digest_covers_training_inputs_only(tmp_path: Path) -> None:
     assert a.digest() != job("a", tmp_path / "d.parquet", seed=12).digest()
     assert a.digest() != job("a", tmp_path / "d.parquet", train={"epochs": 4}).digest()
     # failure policy, tracking, export and scaling may change between a run and its resume
-    assert a.digest() == job("a", tmp_path / "d.parquet", failure={"max_failures": 5},
-                             tracking={"enabled": True}).digest()
+    assert (
+        a.digest()
+        == job(
+            "a", tmp_path / "d.parquet", failure={"max_failures": 5}, tracking={"enabled": True}
+        ).digest()
+    )
 
 
 def test_registry_refuses_duplicates_and_unknown_builders() -> None:
@@ -133,9 +142,19 @@ def test_schedules_are_pure_functions_of_the_step() -> None:
 
 
 def test_parse_job_values_without_file() -> None:
-    j = parse_job({"name": "x", "model": {"builder": "mlp"},
-                   "data": {"path": "d.parquet", "features": ["a"], "target": "y"}})
+    j = parse_job(
+        {
+            "name": "x",
+            "model": {"builder": "mlp"},
+            "data": {"path": "d.parquet", "features": ["a"], "target": "y"},
+        }
+    )
     assert j.train.epochs == 1 and j.scaling.num_workers == 1
     with pytest.raises(InvalidJobError, match="data.features"):
-        parse_job({"name": "x", "model": {"builder": "mlp"},
-                   "data": {"path": "d.parquet", "features": [], "target": "y"}})
+        parse_job(
+            {
+                "name": "x",
+                "model": {"builder": "mlp"},
+                "data": {"path": "d.parquet", "features": [], "target": "y"},
+            }
+        )

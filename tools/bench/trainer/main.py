@@ -52,13 +52,20 @@ def plain_loop(path: Path, epochs: int, threads: int = 1) -> dict[str, float]:
 
     torch.set_num_threads(threads)
     t = pq.read_table(path)
-    x = torch.from_numpy(np.stack([t.column(f"f{i}").to_numpy() for i in range(N_FEATURES)], axis=1))
+    x = torch.from_numpy(
+        np.stack([t.column(f"f{i}").to_numpy() for i in range(N_FEATURES)], axis=1)
+    )
     y = torch.from_numpy(t.column("y").to_numpy()).reshape(-1, 1)
     n = int(len(x) * 0.9)
     x, y = x[:n], y[:n]
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(N_FEATURES, 256), torch.nn.ReLU(),
-                                torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(N_FEATURES, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 1),
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=LR)
     steps = 0
     t0 = time.perf_counter()
@@ -73,22 +80,42 @@ def plain_loop(path: Path, epochs: int, threads: int = 1) -> dict[str, float]:
             opt.step()
             steps += 1
     dt = time.perf_counter() - t0
-    return {"seconds": dt, "steps": steps, "samples_per_s": n * epochs / dt, "final_loss": float(loss)}
+    return {
+        "seconds": dt,
+        "steps": steps,
+        "samples_per_s": n * epochs / dt,
+        "final_loss": float(loss),
+    }
 
 
 def keel_run(path: Path, home: Path, epochs: int, workers: int, name: str) -> dict[str, float]:
     from keel.trainer import parse_job, run_job
 
-    job = parse_job({
-        "name": name, "seed": 0,
-        "model": {"builder": "mlp", "args": {"n_in": N_FEATURES, "hidden": [256, 256], "n_out": 1}},
-        "data": {"path": str(path), "features": [f"f{i}" for i in range(N_FEATURES)], "target": "y",
-                 "validation_fraction": 0.1},
-        "train": {"loss": "mse", "epochs": epochs, "batch_size": BATCH, "checkpoint_every_steps": 500,
-                  "optimizer": {"name": "adamw", "lr": LR}},
-        "scaling": {"num_workers": workers, "cpus_per_worker": 1},
-        "tracking": {"enabled": False},
-    })
+    job = parse_job(
+        {
+            "name": name,
+            "seed": 0,
+            "model": {
+                "builder": "mlp",
+                "args": {"n_in": N_FEATURES, "hidden": [256, 256], "n_out": 1},
+            },
+            "data": {
+                "path": str(path),
+                "features": [f"f{i}" for i in range(N_FEATURES)],
+                "target": "y",
+                "validation_fraction": 0.1,
+            },
+            "train": {
+                "loss": "mse",
+                "epochs": epochs,
+                "batch_size": BATCH,
+                "checkpoint_every_steps": 500,
+                "optimizer": {"name": "adamw", "lr": LR},
+            },
+            "scaling": {"num_workers": workers, "cpus_per_worker": 1},
+            "tracking": {"enabled": False},
+        }
+    )
     t0 = time.perf_counter()
     r = run_job(job, home=home, fresh=True, export=False)
     wall = time.perf_counter() - t0
@@ -97,11 +124,18 @@ def keel_run(path: Path, home: Path, epochs: int, workers: int, name: str) -> di
     loop = done["t"] - start["t"]
     from keel.trainer._loop import plan
 
-    common, _, steps = plan(job.with_workers(workers), pq.ParquetFile(path).metadata.num_rows, workers)
+    common, _, steps = plan(
+        job.with_workers(workers), pq.ParquetFile(path).metadata.num_rows, workers
+    )
     samples = common * workers * epochs
-    return {"loop_seconds": loop, "wall_seconds": wall, "worker_group_start_seconds": wall - loop,
-            "steps": r.step, "samples_per_s": samples / loop,
-            "final_val_loss": r.history[-1]["val_loss"] if r.history else float("nan")}
+    return {
+        "loop_seconds": loop,
+        "wall_seconds": wall,
+        "worker_group_start_seconds": wall - loop,
+        "steps": r.step,
+        "samples_per_s": samples / loop,
+        "final_val_loss": r.history[-1]["val_loss"] if r.history else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,28 +151,46 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         data = root / "train.parquet"
         make_data(data, rows)
-        print(f"data: {rows:,} rows x {N_FEATURES} features, {data.stat().st_size / 1e6:.0f} MB", flush=True)
+        print(
+            f"data: {rows:,} rows x {N_FEATURES} features, {data.stat().st_size / 1e6:.0f} MB",
+            flush=True,
+        )
         from keel.trainer import ensure_ray
 
         t0 = time.perf_counter()
-        ensure_ray(num_cpus=os.cpu_count() or 2, object_store_bytes=128 << 20, tmp_dir=f"/tmp/kb-{os.getpid()}")
+        ensure_ray(
+            num_cpus=os.cpu_count() or 2,
+            object_store_bytes=128 << 20,
+            tmp_dir=f"/tmp/kb-{os.getpid()}",
+        )
         ray_start = time.perf_counter() - t0
         print(f"ray.init: {ray_start:.1f} s", flush=True)
         plain = plain_loop(data, epochs)
-        print(f"plain torch loop: {plain['seconds']:.2f} s, {plain['samples_per_s']:,.0f} samples/s", flush=True)
+        print(
+            f"plain torch loop: {plain['seconds']:.2f} s, {plain['samples_per_s']:,.0f} samples/s",
+            flush=True,
+        )
         k1 = keel_run(data, root / "home", epochs, 1, "bench-1")
-        print(f"keel 1 worker: loop {k1['loop_seconds']:.2f} s ({k1['samples_per_s']:,.0f} samples/s), "
-              f"worker group start {k1['worker_group_start_seconds']:.1f} s", flush=True)
+        print(
+            f"keel 1 worker: loop {k1['loop_seconds']:.2f} s ({k1['samples_per_s']:,.0f} samples/s), "
+            f"worker group start {k1['worker_group_start_seconds']:.1f} s",
+            flush=True,
+        )
         plain2 = plain_loop(data, epochs)  # again, after keel: load drift on a shared machine
         plain_s = min(plain["seconds"], plain2["seconds"])
         print(f"plain torch loop (again): {plain2['seconds']:.2f} s", flush=True)
         k2 = None
         if not args.no_scaling:
             k2 = keel_run(data, root / "home", epochs, 2, "bench-2")
-            print(f"keel 2 workers: loop {k2['loop_seconds']:.2f} s ({k2['samples_per_s']:,.0f} samples/s)", flush=True)
+            print(
+                f"keel 2 workers: loop {k2['loop_seconds']:.2f} s ({k2['samples_per_s']:,.0f} samples/s)",
+                flush=True,
+            )
     overhead = k1["loop_seconds"] / plain_s
     figures: dict[str, Any] = {
-        "rows": rows, "epochs": epochs, "batch_size": BATCH,
+        "rows": rows,
+        "epochs": epochs,
+        "batch_size": BATCH,
         "ray_init_seconds": round(ray_start, 2),
         "plain_seconds": round(plain_s, 3),
         "plain_samples_per_s": round(plain["samples_per_s"]),
@@ -152,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         figures["keel2_samples_per_s"] = round(k2["samples_per_s"])
         figures["keel2_loop_seconds"] = round(k2["loop_seconds"], 3)
         ratios["keel2_vs_keel1_throughput"] = round(k2["samples_per_s"] / k1["samples_per_s"], 3)
-    goals = {"keel1_overhead_le_1_10": overhead <= 1.10} if not args.quick else {"keel1_overhead_le_1_10": None}
-    print(json.dumps({"bench": "trainer", "figures": figures, "ratios": ratios, "goals_met": goals}))
+    goals = (
+        {"keel1_overhead_le_1_10": overhead <= 1.10}
+        if not args.quick
+        else {"keel1_overhead_le_1_10": None}
+    )
+    print(
+        json.dumps({"bench": "trainer", "figures": figures, "ratios": ratios, "goals_met": goals})
+    )
     return 0
 
 

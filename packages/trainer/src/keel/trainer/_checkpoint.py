@@ -79,7 +79,9 @@ def flatten(obj: Any, prefix: str, tensors: dict[str, Any]) -> Any:
         if all(isinstance(k, str) for k in obj):
             return {k: flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
         if all(isinstance(k, int) and not isinstance(k, bool) for k in obj):
-            return {"$intkeys": {str(k): flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}}
+            return {
+                "$intkeys": {str(k): flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+            }
         raise CheckpointError(f"cannot checkpoint a dict with keys {list(obj)[:5]} at {prefix}")
     if isinstance(obj, tuple):
         return {"$tuple": [flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]}
@@ -96,7 +98,9 @@ def unflatten(obj: Any, tensors: dict[str, Any]) -> Any:
             try:
                 return tensors[obj["$t"]]
             except KeyError:
-                raise CheckpointError(f"checkpoint names tensor {obj['$t']!r} it does not hold") from None
+                raise CheckpointError(
+                    f"checkpoint names tensor {obj['$t']!r} it does not hold"
+                ) from None
         if set(obj) == {"$tuple"}:
             return tuple(unflatten(v, tensors) for v in obj["$tuple"])
         if set(obj) == {"$intkeys"}:
@@ -203,8 +207,14 @@ class CheckpointStore:
         except (OSError, ValueError) as e:
             log.warning("checkpoint %s: unreadable COMMIT (%s): ignored", path, e)
             return None
-        if not isinstance(commit, dict) or commit.get("format") != FORMAT or commit.get("step") != step:
-            log.warning("checkpoint %s: COMMIT is not a %s record for step %d: ignored", path, FORMAT, step)
+        if (
+            not isinstance(commit, dict)
+            or commit.get("format") != FORMAT
+            or commit.get("step") != step
+        ):
+            log.warning(
+                "checkpoint %s: COMMIT is not a %s record for step %d: ignored", path, FORMAT, step
+            )
             return None
         files = commit.get("files")
         if not isinstance(files, dict) or STATE_TENSORS not in files or STATE_JSON not in files:
@@ -216,7 +226,9 @@ class CheckpointStore:
             except OSError:
                 actual = None
             if actual != digest:
-                log.warning("checkpoint %s: %s does not match its committed hash: ignored", path, name)
+                log.warning(
+                    "checkpoint %s: %s does not match its committed hash: ignored", path, name
+                )
                 return None
         return Committed(step=step, path=path, commit=commit)
 

@@ -10,6 +10,7 @@ sees, since checkpoints are written there.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +47,7 @@ def ensure_ray(
     if not ray.is_initialized():
         try:
             if addr:
-                ray.init(address=addr, log_to_driver=log_to_driver, logging_level="WARNING")
+                ray.init(address=addr, log_to_driver=log_to_driver, logging_level=logging.WARNING)
             else:
                 tmp = tmp_dir or os.environ.get("RAY_TMPDIR") or f"/tmp/keel-ray-{os.getuid()}"
                 ray.init(
@@ -55,7 +56,7 @@ def ensure_ray(
                     include_dashboard=False,
                     _temp_dir=tmp,
                     log_to_driver=log_to_driver,
-                    logging_level="WARNING",
+                    logging_level=logging.WARNING,
                 )
                 started = True
         except (ConnectionError, RuntimeError, ValueError, OSError) as e:
@@ -65,15 +66,20 @@ def ensure_ray(
     return ClusterInfo(started, addr, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
 
 
-def resolve_workers(num_workers: int | str, use_gpu: bool, cpus_per_worker: int, gpus_per_worker: float,
-                    info: ClusterInfo) -> int:
+def resolve_workers(
+    num_workers: int | str,
+    use_gpu: bool,
+    cpus_per_worker: int,
+    gpus_per_worker: float,
+    info: ClusterInfo,
+) -> int:
     """``"auto"``: as many workers as the cluster's GPUs (use_gpu) or CPUs allow."""
     if isinstance(num_workers, int):
         need_cpu = num_workers * cpus_per_worker
         if need_cpu > info.cpus:
             raise ClusterUnavailableError(
                 f"scaling asks for {num_workers} workers x {cpus_per_worker} CPU = {need_cpu} CPUs; "
-                f"the cluster has {info.cpus:g}. Lower num_workers/cpus_per_worker or use \"auto\""
+                f'the cluster has {info.cpus:g}. Lower num_workers/cpus_per_worker or use "auto"'
             )
         if use_gpu and num_workers * (gpus_per_worker or 1) > info.gpus:
             raise ClusterUnavailableError(
@@ -84,11 +90,15 @@ def resolve_workers(num_workers: int | str, use_gpu: bool, cpus_per_worker: int,
     if use_gpu:
         n = int(info.gpus // (gpus_per_worker or 1))
         if n < 1:
-            raise ClusterUnavailableError("scaling.num_workers = \"auto\" with use_gpu: the cluster has no GPU")
+            raise ClusterUnavailableError(
+                'scaling.num_workers = "auto" with use_gpu: the cluster has no GPU'
+            )
         return n
     n = int(info.cpus // cpus_per_worker)
     if n < 1:
-        raise InvalidJobError(f"cpus_per_worker {cpus_per_worker} exceeds the cluster's {info.cpus:g} CPUs")
+        raise InvalidJobError(
+            f"cpus_per_worker {cpus_per_worker} exceeds the cluster's {info.cpus:g} CPUs"
+        )
     return n
 
 

@@ -23,8 +23,20 @@ if TYPE_CHECKING:
     import numpy as np
 
 _CHUNK = 4 << 20
-_NUMERIC = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-            "float", "double", "halffloat", "bool")
+_NUMERIC = (
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float",
+    "double",
+    "halffloat",
+    "bool",
+)
 
 
 def fingerprint(path: str | Path) -> str:
@@ -66,9 +78,7 @@ def inspect(path: str | Path, features: list[str], target: str) -> DatasetInfo:
     dtypes = {c: str(schema.field(c).type) for c in [*features, target]}
     bad = {c: t for c, t in dtypes.items() if t not in _NUMERIC}
     if bad:
-        raise DataError(
-            f"columns must be numeric or bool (encode categories upstream); got {bad}"
-        )
+        raise DataError(f"columns must be numeric or bool (encode categories upstream); got {bad}")
     md = pf.metadata
     groups = tuple(md.row_group(i).num_rows for i in range(md.num_row_groups))
     return DatasetInfo(num_rows=md.num_rows, row_group_rows=groups, dtypes=dtypes)
@@ -85,7 +95,9 @@ def validation_mask(seed: int, lo: int, hi: int, fraction: float) -> np.ndarray:
     if fraction <= 0.0:
         return np.zeros(hi - lo, dtype=bool)
     with np.errstate(over="ignore"):
-        z = np.arange(lo, hi, dtype=np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) & (2**64 - 1))
+        z = np.arange(lo, hi, dtype=np.uint64) + np.uint64(
+            (seed * 0x9E3779B97F4A7C15) & (2**64 - 1)
+        )
         z = z + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
@@ -152,8 +164,12 @@ def read_shard(
         raise DataError(f"{path}: expected {hi - lo} rows in shard {rank}, read {table.num_rows}")
     for c in cols:
         if table.column(c).null_count:
-            raise DataError(f"column {c!r} of {path} has null values in rows {lo}..{hi}; fill or drop them upstream")
-    x = np.stack([table.column(c).to_numpy().astype(np.float32, copy=False) for c in features], axis=1)
+            raise DataError(
+                f"column {c!r} of {path} has null values in rows {lo}..{hi}; fill or drop them upstream"
+            )
+    x = np.stack(
+        [table.column(c).to_numpy().astype(np.float32, copy=False) for c in features], axis=1
+    )
     if classification:
         y = table.column(target).to_numpy().astype(np.int64)
         if y.size and y.min() < 0:
@@ -164,8 +180,10 @@ def read_shard(
         raise DataError(f"{path} rows {lo}..{hi} hold NaN or infinite values; clean them upstream")
     val = validation_mask(seed, lo, hi, validation_fraction)
     return Shard(
-        np.ascontiguousarray(x[~val]), np.ascontiguousarray(y[~val]),
-        np.ascontiguousarray(x[val]), np.ascontiguousarray(y[val]),
+        np.ascontiguousarray(x[~val]),
+        np.ascontiguousarray(y[~val]),
+        np.ascontiguousarray(x[val]),
+        np.ascontiguousarray(y[val]),
     )
 
 

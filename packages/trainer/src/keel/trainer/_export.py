@@ -9,6 +9,7 @@ checkpoint twice gives the same bytes, so a re-run re-uses an existing export.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,18 @@ from keel.trainer._errors import ExportError
 from keel.trainer._spec import TrainJob
 
 _DTYPES = {
-    "double": "float64", "float": "float32", "halffloat": "float32", "bool": "bool",
-    "int8": "int32", "int16": "int32", "int32": "int32", "uint8": "int32", "uint16": "int32",
-    "int64": "int64", "uint32": "int64", "uint64": "int64",
+    "double": "float64",
+    "float": "float32",
+    "halffloat": "float32",
+    "bool": "bool",
+    "int8": "int32",
+    "int16": "int32",
+    "int32": "int32",
+    "uint8": "int32",
+    "uint16": "int32",
+    "int64": "int64",
+    "uint32": "int64",
+    "uint64": "int64",
 }
 
 
@@ -29,7 +39,9 @@ def _signing_key(job: TrainJob, given: Any) -> Any:
 
     if given is not None:
         return given
-    path = job.export.signing_key or (Path(os.environ["KEEL_SIGNING_KEY"]) if os.environ.get("KEEL_SIGNING_KEY") else None)
+    path = job.export.signing_key or (
+        Path(os.environ["KEEL_SIGNING_KEY"]) if os.environ.get("KEEL_SIGNING_KEY") else None
+    )
     if path is None:
         raise ExportError(
             "no signing key: set export.signing_key in the job, KEEL_SIGNING_KEY, or pass "
@@ -78,12 +90,15 @@ def export_artifact(
     spec = ArtifactSpec(
         name=job.export.name or job.name,
         architecture=Architecture(builder=job.model.builder, args=dict(job.model.args)),
-        input_schema=[FieldSpec(name=f, dtype=_DTYPES.get(info.dtypes[f], "float64")) for f in job.data.features],  # type: ignore[arg-type]
+        input_schema=[
+            FieldSpec(name=f, dtype=_DTYPES.get(info.dtypes[f], "float64"))  # type: ignore[arg-type]
+            for f in job.data.features
+        ],
         output_schema=outputs,
         training_data_fingerprint=fingerprint,
         code=CodeVersion(commit=commit, dirty=dirty),
         dependency_lock_hash=lock_hash,
-        metrics={k: float(v) for k, v in metrics.items() if v == v},
+        metrics={k: float(v) for k, v in metrics.items() if math.isfinite(v)},
     )
     out_root = job.export.out_dir or (home / "artifacts")
     stem = f"{job.name}-{job.digest().removeprefix('sha256:')[:12]}-step{step}"
@@ -103,4 +118,6 @@ def export_artifact(
     except ArtifactError as e:
         raise ExportError(f"exporting {job.name!r} as an artifact failed: {e}") from None
     except OSError as e:
-        raise ExportError(f"exporting {job.name!r}: cannot write {out_root}: {e.strerror or e}") from None
+        raise ExportError(
+            f"exporting {job.name!r}: cannot write {out_root}: {e.strerror or e}"
+        ) from None

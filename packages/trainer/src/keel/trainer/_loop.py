@@ -75,7 +75,6 @@ def plan(job: TrainJob, num_rows: int, world: int) -> tuple[int, int, int]:
 
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """The Ray Train worker function (``TorchTrainer(train_loop_per_worker=...)``)."""
-    import numpy as np
     import ray.train
     import torch
     import torch.distributed as dist
@@ -98,8 +97,13 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
         device = torch.device("cpu")
     classification = _objectives.classification(job.train.loss)
     shard = _data.read_shard(
-        job.data.path, job.data.features, job.data.target, rank=rank, world=world,
-        seed=job.seed, validation_fraction=job.data.validation_fraction,
+        job.data.path,
+        job.data.features,
+        job.data.target,
+        rank=rank,
+        world=world,
+        seed=job.seed,
+        validation_fraction=job.data.validation_fraction,
         classification=classification,
     )
     common, local_batch, steps_per_epoch = plan(job, config["num_rows"], world)
@@ -131,8 +135,13 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     x_tr = torch.from_numpy(shard.x_train).to(device)
     y_tr = torch.from_numpy(shard.y_train).to(device)
     events.put(
-        "start", resumed_from=resumed_from, world_size=world, total_steps=total_steps,
-        steps_per_epoch=steps_per_epoch, pid=os.getpid(), epoch=state.epoch,
+        "start",
+        resumed_from=resumed_from,
+        world_size=world,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        pid=os.getpid(),
+        epoch=state.epoch,
     )
     amp = job.train.amp_bf16 and device.type == "cuda"
 
@@ -153,7 +162,11 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     last_report = time.perf_counter()
     window_steps, window_t0 = 0, time.perf_counter()
     status = "completed"
-    while state.epoch < job.train.epochs and state.global_step < total_steps and not state.stopped_early:
+    while (
+        state.epoch < job.train.epochs
+        and state.global_step < total_steps
+        and not state.stopped_early
+    ):
         order = torch.from_numpy(
             _data.epoch_order(job.seed, state.epoch, rank, len(shard.x_train), common)
         ).to(device)
@@ -173,7 +186,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             scheduler.step()
             state.global_step += 1
             state.step_in_epoch += 1
-            state.last_loss = float(loss)
+            state.last_loss = loss.item()
             window_steps += 1
             if faults is not None:
                 faults.after_step(state.global_step, rank)
@@ -181,9 +194,13 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             if rank == 0 and now - last_report >= PROGRESS_EVERY_S:
                 dt = now - window_t0
                 events.put(
-                    "progress", epoch=state.epoch, step=state.global_step, loss=state.last_loss,
+                    "progress",
+                    epoch=state.epoch,
+                    step=state.global_step,
+                    loss=state.last_loss,
                     samples_per_s=window_steps * local_batch * world / dt if dt > 0 else 0.0,
-                    step_s=now - t_step, total_steps=total_steps,
+                    step_s=now - t_step,
+                    total_steps=total_steps,
                 )
                 last_report, window_steps, window_t0 = now, 0, now
             if state.global_step % job.train.checkpoint_every_steps == 0:
@@ -231,7 +248,9 @@ def _early_stopping(job: TrainJob, state: LoopState, metrics: dict[str, float]) 
             state.stopped_early = True
 
 
-def _validate(job: TrainJob, shard: Any, model: Any, device: Any, distributed: bool, classification: bool) -> dict[str, float]:
+def _validate(
+    job: TrainJob, shard: Any, model: Any, device: Any, distributed: bool, classification: bool
+) -> dict[str, float]:
     """Validation metrics over every worker's validation rows (sums all-reduced)."""
     import torch
     import torch.distributed as dist
@@ -244,7 +263,9 @@ def _validate(job: TrainJob, shard: Any, model: Any, device: Any, distributed: b
         y = torch.from_numpy(shard.y_val).to(device)
         for i in range(0, len(x), 8192):
             out = model(x[i : i + 8192]).float()
-            for k, v in _objectives.metric_sums(job.train.loss, job.train.metrics, out, y[i : i + 8192]).items():
+            for k, v in _objectives.metric_sums(
+                job.train.loss, job.train.metrics, out, y[i : i + 8192]
+            ).items():
                 totals[k] += v
     model.train()
     vec = torch.tensor([totals[k] for k in keys], dtype=torch.float64)
@@ -256,8 +277,18 @@ def _validate(job: TrainJob, shard: Any, model: Any, device: Any, distributed: b
     return _objectives.finish_metrics(job.train.loss, job.train.metrics, totals)
 
 
-def _save(store: ck.CheckpointStore, job: TrainJob, world: int, rank: int, model: Any, optimizer: Any,
-          scheduler: Any, state: LoopState, faults: FaultPlan | None, distributed: bool) -> None:
+def _save(
+    store: ck.CheckpointStore,
+    job: TrainJob,
+    world: int,
+    rank: int,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: LoopState,
+    faults: FaultPlan | None,
+    distributed: bool,
+) -> None:
     import torch
     import torch.distributed as dist
 
@@ -282,7 +313,9 @@ def _save(store: ck.CheckpointStore, job: TrainJob, world: int, rank: int, model
             "loop": asdict(state),
         }
         ck.write_file(partial / ck.STATE_TENSORS, ck.tensors_to_bytes(tensors))
-        ck.write_file(partial / ck.STATE_JSON, json.dumps(structure, sort_keys=True, allow_nan=True).encode())
+        ck.write_file(
+            partial / ck.STATE_JSON, json.dumps(structure, sort_keys=True, allow_nan=True).encode()
+        )
         if faults is not None:
             faults.in_checkpoint(step, rank)
         store.commit(partial, step, {"job_digest": job.digest(), "world_size": world})
@@ -291,8 +324,17 @@ def _save(store: ck.CheckpointStore, job: TrainJob, world: int, rank: int, model
         dist.barrier()
 
 
-def _restore(c: ck.Committed, job: TrainJob, world: int, rank: int, model: Any, optimizer: Any,
-             scheduler: Any, state: LoopState, device: Any) -> None:
+def _restore(
+    c: ck.Committed,
+    job: TrainJob,
+    world: int,
+    rank: int,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: LoopState,
+    device: Any,
+) -> None:
     import torch
 
     if c.commit.get("job_digest") != job.digest():

@@ -23,13 +23,19 @@ class TrainerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.metrics = m = ComponentMetrics("trainer", registry=registry)
         self.samples_per_second = m.gauge("samples_per_second", "Training throughput, all workers.")
-        self.step_seconds = m.histogram("step_seconds", "One optimiser step (rank 0).", buckets=_STEP_BUCKETS)
+        self.step_seconds = m.histogram(
+            "step_seconds", "One optimiser step (rank 0).", buckets=_STEP_BUCKETS
+        )
         self.checkpoint_seconds = m.histogram(
-            "checkpoint_seconds", "Writing and committing one checkpoint.", buckets=DURATION_BUCKETS_SECONDS
+            "checkpoint_seconds",
+            "Writing and committing one checkpoint.",
+            buckets=DURATION_BUCKETS_SECONDS,
         )
         self.steps = m.counter("steps_total", "Optimiser steps completed.")
         self.restarts = m.counter("restarts_total", "Worker-group restarts after a failure.")
-        self.runs = m.counter("runs_total", "Finished training runs, by status.", labels=("status",))
+        self.runs = m.counter(
+            "runs_total", "Finished training runs, by status.", labels=("status",)
+        )
 
     @property
     def registry(self) -> CollectorRegistry:

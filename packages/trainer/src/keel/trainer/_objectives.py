@@ -99,9 +99,13 @@ def make_optimizer(spec: OptimizerSpec, params: Any) -> torch.optim.Optimizer:
     import torch
 
     if spec.name == "sgd":
-        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        return torch.optim.SGD(
+            params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+        )
     if spec.name == "adam":
-        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+        return torch.optim.Adam(
+            params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay
+        )
     return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
 
 

@@ -15,6 +15,7 @@ function that cloudpickle can ship), take JSON arguments and return a ``torch.nn
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -78,7 +79,7 @@ def mlp(
     dropout: float = 0.0,
 ) -> Any:
     """A plain multi-layer perceptron: Linear -> act (-> Dropout) per hidden layer -> Linear."""
-    import torch  # noqa: I001  (heavy: only when a model is built)
+    import torch  # (heavy: only when a model is built)
 
     acts: dict[str, type[torch.nn.Module]] = {
         "relu": torch.nn.ReLU,
@@ -94,7 +95,7 @@ def mlp(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     layers: list[torch.nn.Module] = []
-    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
+    for a, b in itertools.pairwise(sizes):
         layers += [torch.nn.Linear(a, b), acts[activation]()]
         if dropout:
             layers.append(torch.nn.Dropout(dropout))

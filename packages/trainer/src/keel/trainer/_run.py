@@ -76,11 +76,24 @@ def final_weights(checkpoint: Path) -> dict[str, Any]:
 def code_version(cwd: Path | None = None) -> tuple[str, bool]:
     """(commit, dirty) of the git checkout at ``cwd``; ("unknown", True) outside one."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True, cwd=cwd, timeout=30).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True, check=True, cwd=cwd,
-                                    timeout=30).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=cwd,
+            timeout=30,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=cwd,
+                timeout=30,
+            ).stdout.strip()
+        )
         return commit, dirty
     except (OSError, subprocess.SubprocessError):
         return "unknown", True
@@ -142,8 +155,13 @@ def run_job(
     t0 = time.perf_counter()
     cinfo = _cluster.ensure_ray(address=ray_address, num_cpus=ray_num_cpus)
     ray_start = time.perf_counter() - t0
-    world = _cluster.resolve_workers(job.scaling.num_workers, job.scaling.use_gpu,
-                                     job.scaling.cpus_per_worker, job.scaling.gpus_per_worker, cinfo)
+    world = _cluster.resolve_workers(
+        job.scaling.num_workers,
+        job.scaling.use_gpu,
+        job.scaling.cpus_per_worker,
+        job.scaling.gpus_per_worker,
+        cinfo,
+    )
     if job.train.batch_size % world:
         raise _data.DataError(
             f"train.batch_size {job.train.batch_size} must divide evenly across {world} workers"
@@ -151,7 +169,9 @@ def run_job(
     job = job.with_workers(world)
     common, _, steps_per_epoch = _loop.plan(job, info.num_rows, world)
     if steps_per_epoch == 0:
-        raise _data.DataError(f"no training rows left per worker after the validation split ({common})")
+        raise _data.DataError(
+            f"no training rows left per worker after the validation split ({common})"
+        )
     _check_resumable(store, job, world)
 
     tracker = None
@@ -160,35 +180,58 @@ def run_job(
     if tracking if tracking is not None else job.tracking.enabled:
         from keel.trainer._tracking import Tracker, default_tracking_uri
 
-        tracker = Tracker(job.tracking.tracking_uri or default_tracking_uri(home),
-                          job.tracking.experiment, home, rdir / "mlflow_run_id", clock)
+        tracker = Tracker(
+            job.tracking.tracking_uri or default_tracking_uri(home),
+            job.tracking.experiment,
+            home,
+            rdir / "mlflow_run_id",
+            clock,
+        )
         tracker.params(_flat_params(job))
         import ray
         import torch
 
-        tracker.tags({"keel.job": job.name, "keel.job_digest": job.digest(),
-                      "keel.data_fingerprint": fp, "keel.code_version": commit,
-                      "keel.code_dirty": str(dirty).lower(), "keel.lock_hash": lhash,
-                      "keel.ray_version": ray.__version__, "keel.torch_version": torch.__version__,
-                      "keel.num_workers": str(world)})
+        tracker.tags(
+            {
+                "keel.job": job.name,
+                "keel.job_digest": job.digest(),
+                "keel.data_fingerprint": fp,
+                "keel.code_version": commit,
+                "keel.code_dirty": str(dirty).lower(),
+                "keel.lock_hash": lhash,
+                "keel.ray_version": ray.__version__,
+                "keel.torch_version": torch.__version__,
+                "keel.num_workers": str(world),
+            }
+        )
 
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     sink = _cluster.make_sink()
-    config = {"job": job.model_dump(mode="json"), "registry": registry, "run_dir": str(rdir),
-              "sink": sink, "faults": faults, "num_rows": info.num_rows}
-    resources = {"CPU": job.scaling.cpus_per_worker}
+    config = {
+        "job": job.model_dump(mode="json"),
+        "registry": registry,
+        "run_dir": str(rdir),
+        "sink": sink,
+        "faults": faults,
+        "num_rows": info.num_rows,
+    }
+    resources: dict[str, float] = {"CPU": float(job.scaling.cpus_per_worker)}
     if job.scaling.use_gpu and job.scaling.gpus_per_worker:
         resources["GPU"] = job.scaling.gpus_per_worker
     trainer = TorchTrainer(
-        _loop.train_worker,
+        _loop.train_worker,  # type: ignore[arg-type]  # Ray ignores the return value
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=world, use_gpu=job.scaling.use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=f"{job.name}-{uuid.uuid4().hex[:8]}", storage_path=str(rdir / "ray"),
-                             failure_config=FailureConfig(max_failures=job.failure.max_failures)),
+        scaling_config=ScalingConfig(
+            num_workers=world, use_gpu=job.scaling.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=f"{job.name}-{uuid.uuid4().hex[:8]}",
+            storage_path=str(rdir / "ray"),
+            failure_config=FailureConfig(max_failures=job.failure.max_failures),
+        ),
     )
     outcome: dict[str, Any] = {}
 
@@ -231,15 +274,25 @@ def run_job(
     status, step = done[-1]["status"], int(done[-1]["step"])
     latest = store.latest()
     if latest is None or latest.step != step:
-        raise TrainingFailedError(f"job {job.name!r} ended at step {step} without a committed checkpoint")
+        raise TrainingFailedError(
+            f"job {job.name!r} ended at step {step} without a committed checkpoint"
+        )
     starts = [e for e in events if e["type"] == "start"]
     history = json.loads(latest.read(ck.STATE_JSON))["loop"]["history"]
     result = TrainResult(
-        job_name=job.name, status=status, step=step, epochs_done=int(done[-1]["epoch"]),
-        checkpoint=latest.path, history=history, restarts=max(0, len(starts) - 1),
-        resumed_from=starts[0].get("resumed_from") if starts else None, data_fingerprint=fp,
-        mlflow_run_id=tracker.run_id if tracker else None, ray_start_seconds=ray_start,
-        train_seconds=train_seconds, events=events,
+        job_name=job.name,
+        status=status,
+        step=step,
+        epochs_done=int(done[-1]["epoch"]),
+        checkpoint=latest.path,
+        history=history,
+        restarts=max(0, len(starts) - 1),
+        resumed_from=starts[0].get("resumed_from") if starts else None,
+        data_fingerprint=fp,
+        mlflow_run_id=tracker.run_id if tracker else None,
+        ray_start_seconds=ray_start,
+        train_seconds=train_seconds,
+        events=events,
     )
     if metrics is not None:
         metrics.runs.labels(status=status).inc()
@@ -251,9 +304,18 @@ def run_job(
 
     final = history[-1] if history else {}
     digest, path = export_artifact(
-        job, result.state_dict(), home=home, info=info, n_out=n_out, fingerprint=fp,
-        commit=commit, dirty=dirty, lock_hash=lhash, metrics={k: v for k, v in final.items() if k != "epoch"},
-        step=step, signing_key=signing_key,
+        job,
+        result.state_dict(),
+        home=home,
+        info=info,
+        n_out=n_out,
+        fingerprint=fp,
+        commit=commit,
+        dirty=dirty,
+        lock_hash=lhash,
+        metrics={k: v for k, v in final.items() if k != "epoch"},
+        step=step,
+        signing_key=signing_key,
     )
     if tracker is not None:
         tracker.tags({"keel.artifact_digest": digest, "keel.artifact_path": str(path)})
@@ -264,7 +326,9 @@ def run_job(
 class _Follower:
     """Turns worker events into metrics, tracking and the caller's callback."""
 
-    def __init__(self, tracker: Any, metrics: Any, on_event: Callable[[Event], None] | None) -> None:
+    def __init__(
+        self, tracker: Any, metrics: Any, on_event: Callable[[Event], None] | None
+    ) -> None:
         self.tracker, self.metrics, self.on_event = tracker, metrics, on_event
         self.starts = 0
         self.last_step = 0

@@ -75,7 +75,9 @@ class ModelSpec(_Spec):
         try:
             json.dumps(v, allow_nan=False)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"must be plain JSON values (numbers, strings, lists, tables): {e}") from None
+            raise ValueError(
+                f"must be plain JSON values (numbers, strings, lists, tables): {e}"
+            ) from None
         return v
 
 
@@ -150,7 +152,7 @@ class ScalingSpec(_Spec):
     @classmethod
     def _workers(cls, v: int | str) -> int | str:
         if isinstance(v, int) and not 1 <= v <= 4096:
-            raise ValueError("must be between 1 and 4096, or \"auto\"")
+            raise ValueError('must be between 1 and 4096, or "auto"')
         return v
 
     @model_validator(mode="after")
@@ -169,7 +171,9 @@ class ExportSpec(_Spec):
 
     name: str | None = None
     out_dir: Path | None = None
-    signing_key: Path | None = Field(default=None, description="PEM private key (or KEEL_SIGNING_KEY)")
+    signing_key: Path | None = Field(
+        default=None, description="PEM private key (or KEEL_SIGNING_KEY)"
+    )
 
 
 class TrackingSpec(_Spec):
@@ -204,7 +208,10 @@ class TrainJob(_Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainJob:
-        if isinstance(self.scaling.num_workers, int) and self.train.batch_size % self.scaling.num_workers:
+        if (
+            isinstance(self.scaling.num_workers, int)
+            and self.train.batch_size % self.scaling.num_workers
+        ):
             raise ValueError(
                 f"train.batch_size {self.train.batch_size} is the global batch: it must divide "
                 f"evenly across scaling.num_workers {self.scaling.num_workers}"
@@ -219,7 +226,9 @@ class TrainJob(_Spec):
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
     def with_workers(self, n: int) -> TrainJob:
-        return self.model_copy(update={"scaling": self.scaling.model_copy(update={"num_workers": n})})
+        return self.model_copy(
+            update={"scaling": self.scaling.model_copy(update={"num_workers": n})}
+        )
 
 
 def _format_errors(e: ValidationError, where: str) -> str:
@@ -233,7 +242,9 @@ def _format_errors(e: ValidationError, where: str) -> str:
     return f"invalid training job {where}: " + "; ".join(parts)
 
 
-def parse_job(values: Mapping[str, Any], *, base_dir: Path | None = None, where: str = "") -> TrainJob:
+def parse_job(
+    values: Mapping[str, Any], *, base_dir: Path | None = None, where: str = ""
+) -> TrainJob:
     """Validate a mapping (e.g. parsed TOML) into a ``TrainJob``; a relative ``data.path``
     (and export paths) resolve against ``base_dir``."""
     try:

@@ -82,13 +82,19 @@ class Tracker:
     def tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self._call(self.client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
+        self._call(
+            self.client.log_batch,
+            self.run_id,
+            tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())],
+        )
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         ts = int(self.clock() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in sorted(metrics.items()) if math.isfinite(v)]
+        items = [
+            Metric(k, float(v), ts, step) for k, v in sorted(metrics.items()) if math.isfinite(v)
+        ]
         if items:
             self._call(self.client.log_batch, self.run_id, metrics=items)
 
