@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": BATCH,
         "ray_init_seconds": round(ray_start, 2),
         "plain_seconds": round(plain_s, 3),
-        "plain_samples_per_s": round(plain["samples_per_s"]),
+        "plain_samples_per_s": round(plain["samples_per_s"] * plain["seconds"] / plain_s),
         "keel1_loop_seconds": round(k1["loop_seconds"], 3),
         "keel1_samples_per_s": round(k1["samples_per_s"]),
         "keel1_worker_group_start_seconds": round(k1["worker_group_start_seconds"], 2),
