@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+import polars as pl
 import pytest
 from keel_cli.main import app
 from typer.testing import CliRunner
@@ -37,18 +36,9 @@ signing_key = "{key}"
 def _data(path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1000, 4))
-    pq.write_table(
-        pa.table(
-            {
-                "a": x[:, 0],
-                "b": x[:, 1],
-                "c": x[:, 2],
-                "d": x[:, 3],
-                "y": x @ np.array([1.0, -2.0, 0.5, 0.0]),
-            }
-        ),
-        path,
-    )
+    cols = {"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "d": x[:, 3]}
+    cols["y"] = x @ np.array([1.0, -2.0, 0.5, 0.0])
+    pl.DataFrame(cols).write_parquet(path)
 
 
 def test_bad_job_is_one_line(tmp_path: Path) -> None:
@@ -60,6 +50,7 @@ def test_bad_job_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_keel_train_end_to_end(tmp_path: Path) -> None:
     from keel.artifacts import TrustPolicy, generate_keypair, verify_artifact
 

@@ -32,7 +32,8 @@ from keel.trainer import (
     run_job,
 )
 
-pytestmark = pytest.mark.slow
+# Each run pays Ray's worker-group start-up (30-90 s on a loaded 2-core machine).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 INTERVAL = 10
 
 
