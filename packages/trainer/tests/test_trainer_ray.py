@@ -50,9 +50,23 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("home")
 
 
+CODE = ("0123456789abcdef0123456789abcdef01234567", False)
+
+
+@pytest.fixture(scope="module")
+def lock_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("lock") / "default.lock"
+    p.write_text('{"locked_resolves": []}')
+    return p
+
+
 @pytest.fixture(scope="module")
 def baseline(
-    ray_cluster: Any, home: Path, regression_data: Path, signing_keys: tuple[bytes, bytes]
+    ray_cluster: Any,
+    home: Path,
+    regression_data: Path,
+    signing_keys: tuple[bytes, bytes],
+    lock_file: Path,
 ) -> TrainResult:
     from keel.artifacts import SigningKey
 
@@ -62,6 +76,8 @@ def baseline(
         home=home,
         signing_key=SigningKey.from_pem(signing_keys[0]),
         metrics=metrics,
+        code=CODE,
+        lock_file=lock_file,
     )
     assert r.status == "completed" and r.step == 114 and r.restarts == 0
     assert (
@@ -82,7 +98,7 @@ def test_two_runs_give_bitwise_identical_weights(
 
 
 def test_export_is_a_signed_artifact_that_rebuilds_the_model(
-    baseline: TrainResult, regression_data: Path, signing_keys: tuple[bytes, bytes]
+    baseline: TrainResult, regression_data: Path, signing_keys: tuple[bytes, bytes], lock_file: Path
 ) -> None:
     from keel.artifacts import TrustPolicy, load_artifact
 
@@ -98,13 +114,14 @@ def test_export_is_a_signed_artifact_that_rebuilds_the_model(
     assert [f.name for f in m.input_schema] == [f"f{i}" for i in range(8)]
     assert [f.name for f in m.output_schema] == ["y"]
     assert m.metrics["val_loss"] == baseline.history[-1]["val_loss"]
-    assert m.code.commit and m.dependency_lock_hash.startswith("sha256:")
+    assert (m.code.commit, m.code.dirty) == CODE
+    assert m.dependency_lock_hash == "sha256:" + hashlib.sha256(lock_file.read_bytes()).hexdigest()
     model = loaded.build_model(default_registry())
     assert _equal(dict(model.state_dict()), baseline.state_dict())
 
 
 def test_mlflow_run_holds_params_metrics_and_lineage(
-    baseline: TrainResult, home: Path, regression_data: Path
+    baseline: TrainResult, home: Path, regression_data: Path, lock_file: Path
 ) -> None:
     import mlflow
     import ray
@@ -121,7 +138,8 @@ def test_mlflow_run_holds_params_metrics_and_lineage(
         tags["keel.ray_version"] == ray.__version__
         and tags["keel.torch_version"] == torch.__version__
     )
-    assert tags["keel.lock_hash"].startswith("sha256:") and tags["keel.code_version"]
+    assert tags["keel.lock_hash"] == "sha256:" + hashlib.sha256(lock_file.read_bytes()).hexdigest()
+    assert tags["keel.code_version"] == CODE[0] and tags["keel.code_dirty"] == "false"
     hist = client.get_metric_history(baseline.mlflow_run_id, "val_loss")
     assert [p.step for p in hist] == [0, 1, 2]
     assert [p.value for p in hist] == [h["val_loss"] for h in baseline.history]

@@ -158,3 +158,30 @@ def test_parse_job_values_without_file() -> None:
                 "data": {"path": "d.parquet", "features": [], "target": "y"},
             }
         )
+
+
+def test_code_version_and_lock_hash_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from keel.trainer._run import code_version, lock_hash
+
+    monkeypatch.setenv("KEEL_CODE_VERSION", "abc123+dirty")
+    assert code_version() == ("abc123", True)
+    monkeypatch.setenv("KEEL_CODE_VERSION", "abc123")
+    assert code_version() == ("abc123", False)
+    monkeypatch.delenv("KEEL_CODE_VERSION")
+    assert code_version(tmp_path) == ("unknown", True)  # not a checkout
+    lock = tmp_path / "x.lock"
+    lock.write_text("pins")
+    assert lock_hash(lock_file=lock) == "sha256:" + hashlib.sha256(b"pins").hexdigest()
+    monkeypatch.setenv("KEEL_LOCK_FILE", str(lock))
+    assert lock_hash(tmp_path) == "sha256:" + hashlib.sha256(b"pins").hexdigest()
+    monkeypatch.delenv("KEEL_LOCK_FILE")
+    (tmp_path / "3rdparty" / "python").mkdir(parents=True)
+    (tmp_path / "3rdparty" / "python" / "default.lock").write_text("L")
+    (tmp_path / "sub").mkdir()
+    assert lock_hash(tmp_path / "sub") == "sha256:" + hashlib.sha256(b"L").hexdigest()
+    with pytest.raises(InvalidJobError, match="cannot read lock file"):
+        lock_hash(lock_file=tmp_path / "missing.lock")

@@ -138,12 +138,65 @@ def keel_run(path: Path, home: Path, epochs: int, workers: int, name: str) -> di
     }
 
 
+def kill_cost(
+    path: Path, home: Path, epochs: int, kill_step: int, interval: int
+) -> dict[str, float]:
+    """SIGKILL the (single) worker right after ``kill_step``: steps redone and wall-clock from
+    the kill to the first progress past the restored checkpoint (Ray noticing the death,
+    a fresh worker group, the shard read, the restore)."""
+    from keel.trainer import FaultPlan, parse_job, run_job
+
+    job = parse_job(
+        {
+            "name": "bench-kill",
+            "seed": 0,
+            "model": {
+                "builder": "mlp",
+                "args": {"n_in": N_FEATURES, "hidden": [256, 256], "n_out": 1},
+            },
+            "data": {
+                "path": str(path),
+                "features": [f"f{i}" for i in range(N_FEATURES)],
+                "target": "y",
+                "validation_fraction": 0.1,
+            },
+            "train": {
+                "loss": "mse",
+                "epochs": epochs,
+                "batch_size": BATCH,
+                "checkpoint_every_steps": interval,
+                "optimizer": {"name": "adamw", "lr": LR},
+            },
+            "scaling": {"num_workers": 1, "cpus_per_worker": 1},
+            "failure": {"max_failures": 1},
+            "tracking": {"enabled": False},
+        }
+    )
+    faults = FaultPlan(once_dir=home / "faults", kill_at_step=kill_step)
+    r = run_job(job, home=home, fresh=True, export=False, faults=faults)
+    killed_at = faults.fired_at("step")
+    starts = [e for e in r.events if e["type"] == "start"]
+    resumed = starts[-1]["resumed_from"] or 0
+    after = [
+        e
+        for e in r.events
+        if e["t"] > starts[-1]["t"] and e["type"] in ("progress", "checkpoint", "epoch", "done")
+    ]
+    back = after[0]["t"] if after else float("nan")
+    return {
+        "redone_steps": kill_step - resumed,
+        "kill_to_progress_seconds": back - (killed_at or float("nan")),
+        "restarts": r.restarts,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100k rows, 1 epoch")
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--no-scaling", action="store_true", help="skip the 2-worker run")
+    ap.add_argument("--no-kill", action="store_true", help="skip the worker-kill run")
     args = ap.parse_args(argv)
     rows, epochs = (100_000, 1) if args.quick else (args.rows, args.epochs)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -184,6 +237,15 @@ def main(argv: list[str] | None = None) -> int:
             k2 = keel_run(data, root / "home", epochs, 2, "bench-2")
             print(
                 f"keel 2 workers: loop {k2['loop_seconds']:.2f} s ({k2['samples_per_s']:,.0f} samples/s)",
+                flush=True,
+            )
+        kill = None
+        if not args.no_kill:
+            kill_step, interval = (60, 25) if args.quick else (1300, 500)
+            kill = kill_cost(data, root / "home", epochs, kill_step, interval)
+            print(
+                f"worker SIGKILL at step {kill_step}: {kill['redone_steps']} steps redone, "
+                f"{kill['kill_to_progress_seconds']:.1f} s from kill to progress",
                 flush=True,
             )
     overhead = k1["loop_seconds"] / plain_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class FaultPlan:
             fd = os.open(self.once_dir / f"fired-{kind}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()} {time.time()!r}".encode())
         os.fsync(fd)
         os.close(fd)
         return True
@@ -45,13 +46,18 @@ class FaultPlan:
         if self.kill_at_step == step and rank == self.rank:
             self._fire("step")
         if self.pause_at_step == step and rank == self.rank and self._once("pause"):
-            import time
-
             time.sleep(3600)
 
     def in_checkpoint(self, step: int, rank: int) -> None:
         if self.kill_in_checkpoint_step == step and rank == 0:
             self._fire("checkpoint")
+
+    def fired_at(self, kind: str) -> float | None:
+        """When the fault fired (``time.time()`` in the worker), if it did."""
+        try:
+            return float((self.once_dir / f"fired-{kind}").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return None
 
     def fired(self) -> list[str]:
         if not self.once_dir.is_dir():

@@ -74,7 +74,14 @@ def final_weights(checkpoint: Path) -> dict[str, Any]:
 
 
 def code_version(cwd: Path | None = None) -> tuple[str, bool]:
-    """(commit, dirty) of the git checkout at ``cwd``; ("unknown", True) outside one."""
+    """(commit, dirty): ``$KEEL_CODE_VERSION`` (``<commit>`` or ``<commit>+dirty``, for
+    builds without a checkout), else the git checkout at ``cwd`` (default: the working
+    directory), else ("unknown", True)."""
+    import os
+
+    given = os.environ.get("KEEL_CODE_VERSION", "").strip()
+    if given:
+        return given.removesuffix("+dirty"), given.endswith("+dirty")
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -99,10 +106,21 @@ def code_version(cwd: Path | None = None) -> tuple[str, bool]:
         return "unknown", True
 
 
-def lock_hash(start: Path | None = None) -> str:
-    """``sha256:`` of the first ``3rdparty/python/default.lock`` above ``start`` ("" if none)."""
+def lock_hash(start: Path | None = None, lock_file: Path | None = None) -> str:
+    """``sha256:`` of ``lock_file`` (or ``$KEEL_LOCK_FILE``), else of the first
+    ``3rdparty/python/default.lock`` at or above ``start`` (default: the working directory);
+    "" if there is none."""
     import hashlib
+    import os
 
+    explicit = lock_file or (
+        Path(os.environ["KEEL_LOCK_FILE"]) if os.environ.get("KEEL_LOCK_FILE") else None
+    )
+    if explicit is not None:
+        try:
+            return "sha256:" + hashlib.sha256(Path(explicit).read_bytes()).hexdigest()
+        except OSError as e:
+            raise InvalidJobError(f"cannot read lock file {explicit}: {e.strerror or e}") from None
     here = (start or Path.cwd()).resolve()
     for d in [here, *here.parents]:
         lock = d / "3rdparty" / "python" / "default.lock"
@@ -126,6 +144,8 @@ def run_job(
     signing_key: Any = None,
     tracking: bool | None = None,
     faults: FaultPlan | None = None,
+    code: tuple[str, bool] | None = None,
+    lock_file: Path | None = None,
     clock: Callable[[], float] = time.time,
     poll_seconds: float = 0.2,
 ) -> TrainResult:
@@ -133,7 +153,9 @@ def run_job(
 
     ``registry``: model builders (default: ``default_registry()``). ``metrics``: a
     ``TrainerMetrics`` to update. ``signing_key``: a ``keel.artifacts.SigningKey`` (else the
-    job's ``export.signing_key`` / ``KEEL_SIGNING_KEY`` PEM). ``faults``: chaos tests only.
+    job's ``export.signing_key`` / ``KEEL_SIGNING_KEY`` PEM). ``code``: (commit, dirty), else
+    ``code_version()``; ``lock_file``: the dependency lockfile hashed into the artifact, else
+    ``lock_hash()``'s search. ``faults``: chaos tests only.
     """
     registry = registry if registry is not None else default_registry()
     home = Path(home).expanduser().resolve()
@@ -175,8 +197,8 @@ def run_job(
     _check_resumable(store, job, world)
 
     tracker = None
-    commit, dirty = code_version(job.data.path.parent)
-    lhash = lock_hash()
+    commit, dirty = code if code is not None else code_version()
+    lhash = lock_hash(lock_file=lock_file)
     if tracking if tracking is not None else job.tracking.enabled:
         from keel.trainer._tracking import Tracker, default_tracking_uri
 
