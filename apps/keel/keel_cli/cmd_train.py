@@ -89,7 +89,7 @@ def train(
 ) -> None:
     """Train a model on Ray (PyTorch DDP), resume from committed checkpoints, export a signed
     artifact and track the run in MLflow."""
-    from keel.trainer import TrainingStoppedError, load_job, run_job
+    from keel.trainer import TrainingStoppedError, ensure_ray, load_job, run_job
     from keel_cli.config import load_config
 
     job = load_job(job_file)
@@ -110,7 +110,10 @@ def train(
         else:
             raise KeyboardInterrupt
 
+    # Ray's start-up installs its own signal handlers: start it first, then install ours.
+    ensure_ray(address=ray_address)
     previous = signal.signal(signal.SIGINT, on_sigint)
+    previous_term = signal.signal(signal.SIGTERM, on_sigint)
     try:
         result = run_job(
             job,
@@ -124,6 +127,7 @@ def train(
         )
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)
     if result.status == "stopped":
         raise TrainingStoppedError(
             f"stopped at step {result.step} after a committed checkpoint: run `keel train "

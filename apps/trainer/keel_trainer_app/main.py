@@ -10,7 +10,9 @@ checkpoint and the app exits 0 with ``status: stopped``; starting it again resum
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from keel.telemetry import get_logger, start_metrics_server
 from keel.telemetry.app import App, AppContext
-from keel.trainer import TrainerMetrics, load_job, run_job
+from keel.trainer import TrainerMetrics, ensure_ray, load_job, run_job
 
 log = get_logger("keel.trainer_app")
 
@@ -63,8 +65,18 @@ APP = App(
 )
 
 
+def _stop_on_signals(ctx: AppContext) -> None:
+    """Ray's driver start-up installs its own fatal SIGTERM handler (it would kill the app
+    mid-step): put ours back so SIGTERM/SIGINT mean "stop after the next checkpoint"."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: ctx.stop.set())
+
+
 def run(settings: Settings, ctx: AppContext) -> None:
     job = load_job(settings.job)
+    ensure_ray(address=settings.ray_address, num_cpus=settings.ray_num_cpus)
+    _stop_on_signals(ctx)
     key = None
     if settings.signing_key is not None:
         from keel.artifacts import SigningKey
