@@ -24,6 +24,7 @@ from keel_cli import (
     cmd_governance,
     cmd_pipelines,
     cmd_registry,
+    cmd_train,
     serve_cmd,
 )
 from keel_cli.config import ConfigError, KeelConfig, load_config
@@ -34,7 +35,7 @@ app = typer.Typer(
     help=(
         "Keel: event bus, features (batch + streaming), drift monitoring, signed model"
         " artifacts, the model registry and model governance, on embedded defaults or real"
-        " services. Planned, not built yet: training, serving, retraining."
+        " services, and training on Ray. Planned, not built yet: serving, retraining."
     ),
     no_args_is_help=True,
     add_completion=True,
@@ -49,6 +50,7 @@ app.add_typer(cmd_registry.app, name="registry")
 app.add_typer(serve_cmd.app, name="serve")
 app.add_typer(cmd_pipelines.retrain_app, name="retrain")
 app.add_typer(cmd_pipelines.provenance_app, name="provenance")
+app.command(name="train")(cmd_train.train)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -1,0 +1,91 @@
+"""keel.trainer: PyTorch training jobs on Ray Train with Keel-owned checkpoints.
+
+    from keel.trainer import load_job, run_job, default_registry
+
+    job = load_job("job.toml")                   # validated TrainJob (pydantic, extra="forbid")
+    registry = default_registry()                # "mlp" built in; register your own builders
+    result = run_job(job, home=".keel", registry=registry)
+    result.artifact_digest, result.mlflow_run_id
+
+A run resumes by itself: every worker restores the newest *committed* checkpoint of the job
+name (model, optimiser, scheduler, RNG, data position, early stopping) — after a killed
+worker (Ray restarts the group up to ``failure.max_failures`` times), a Ctrl-C or a killed
+driver. Importing this package loads neither torch, Ray nor MLflow; ``run_job`` does.
+"""
+
+from keel.trainer._checkpoint import CheckpointStore, Committed
+from keel.trainer._cluster import ClusterInfo, ensure_ray
+from keel.trainer._data import fingerprint
+from keel.trainer._errors import (
+    CheckpointError,
+    ClusterUnavailableError,
+    DataError,
+    ExportError,
+    InvalidJobError,
+    ResumeConflictError,
+    TrackingError,
+    TrainerError,
+    TrainingFailedError,
+    TrainingStoppedError,
+    UnknownBuilderError,
+)
+from keel.trainer._faults import FaultPlan
+from keel.trainer._metrics import TrainerMetrics
+from keel.trainer._registry import ModelRegistry, default_registry, mlp
+from keel.trainer._run import TrainResult, final_weights, run_dir, run_job
+from keel.trainer._spec import (
+    DataSpec,
+    EarlyStoppingSpec,
+    ExportSpec,
+    FailureSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ScalingSpec,
+    ScheduleSpec,
+    TrackingSpec,
+    TrainJob,
+    TrainSpec,
+    load_job,
+    parse_job,
+)
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointStore",
+    "ClusterInfo",
+    "ClusterUnavailableError",
+    "Committed",
+    "DataError",
+    "DataSpec",
+    "EarlyStoppingSpec",
+    "ExportError",
+    "ExportSpec",
+    "FailureSpec",
+    "FaultPlan",
+    "InvalidJobError",
+    "ModelRegistry",
+    "ModelSpec",
+    "OptimizerSpec",
+    "ResumeConflictError",
+    "ScalingSpec",
+    "ScheduleSpec",
+    "TrackingError",
+    "TrackingSpec",
+    "TrainJob",
+    "TrainResult",
+    "TrainSpec",
+    "TrainerMetrics",
+    "TrainerError",
+    "TrainingFailedError",
+    "TrainingStoppedError",
+    "UnknownBuilderError",
+    "default_registry",
+    "ensure_ray",
+    "final_weights",
+    "fingerprint",
+    "load_job",
+    "mlp",
+    "parse_job",
+    "run_dir",
+    "run_job",
+]
