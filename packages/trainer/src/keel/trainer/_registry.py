@@ -15,10 +15,10 @@ function that cloudpickle can ship), take JSON arguments and return a ``torch.nn
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from keel.artifacts import BuilderNotFoundError, build_mlp, resolve_builder
 from keel.trainer._errors import InvalidJobError, UnknownBuilderError
 
 Builder = Callable[..., Any]
@@ -52,8 +52,14 @@ class ModelRegistry(Mapping[str, Builder]):
         """Call the builder; a bad argument is the job's fault (``InvalidJobError``)."""
         builder = self._builders.get(name)
         if builder is None:
+            try:  # the process's registered builders (keel.artifacts.register_builder, ...)
+                builder = resolve_builder(name)
+            except BuilderNotFoundError:
+                builder = None
+        if builder is None:
             raise UnknownBuilderError(
-                f"model.builder {name!r} is not registered (have {sorted(self._builders)}); "
+                f"model.builder {name!r} is not registered (have {sorted(self._builders)}, "
+                "nor keel.artifacts.register_builder / KEEL_MODEL_BUILDERS / an entry point); "
                 "register it on the ModelRegistry passed to the trainer"
             )
         try:
@@ -71,38 +77,11 @@ class ModelRegistry(Mapping[str, Builder]):
         return len(self._builders)
 
 
-def mlp(
-    n_in: int,
-    hidden: list[int] | tuple[int, ...] = (64,),
-    n_out: int = 1,
-    activation: str = "relu",
-    dropout: float = 0.0,
-) -> Any:
-    """A plain multi-layer perceptron: Linear -> act (-> Dropout) per hidden layer -> Linear."""
-    import torch  # (heavy: only when a model is built)
-
-    acts: dict[str, type[torch.nn.Module]] = {
-        "relu": torch.nn.ReLU,
-        "gelu": torch.nn.GELU,
-        "tanh": torch.nn.Tanh,
-        "silu": torch.nn.SiLU,
-    }
-    if activation not in acts:
-        raise ValueError(f"activation must be one of {sorted(acts)}, got {activation!r}")
-    sizes = [int(n_in), *[int(h) for h in hidden]]
-    if any(s < 1 for s in [*sizes, int(n_out)]):
-        raise ValueError(f"layer sizes must be >= 1, got n_in={n_in} hidden={hidden} n_out={n_out}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    layers: list[torch.nn.Module] = []
-    for a, b in itertools.pairwise(sizes):
-        layers += [torch.nn.Linear(a, b), acts[activation]()]
-        if dropout:
-            layers.append(torch.nn.Dropout(dropout))
-    layers.append(torch.nn.Linear(sizes[-1], int(n_out)))
-    return torch.nn.Sequential(*layers)
+#: Keel's built-in ``mlp`` builder: keel.artifacts' own, so serving and the MLflow pyfunc
+#: loader rebuild what the trainer trained with the very same function.
+mlp = build_mlp
 
 
 def default_registry() -> ModelRegistry:
     """A fresh registry holding Keel's built-in builders (``mlp``)."""
-    return ModelRegistry({"mlp": mlp})
+    return ModelRegistry({"mlp": build_mlp})
