@@ -462,3 +462,30 @@ def test_the_id_index_forgets_commits_past_the_redelivery_horizon(tmp_path: Path
     assert sum(n.startswith("keel.worker/fw/ids/") for n in names) <= 9
     assert len(w._committed) <= 9 * 2
     bus.close()
+
+
+def test_a_damaged_id_index_is_a_clear_error_not_a_json_traceback(tmp_path: Path) -> None:
+    import pytest
+
+    from keel.features import UnavailableError
+
+    bus = open_bus(f"sqlite:///{tmp_path}/events.db")
+    bus.publish_batch("transactions", [ev(i, "a", i * 0.1, 1.0) for i in range(5)])
+    state = SQLiteStateStore(tmp_path / "state.db", clock=lambda: NOW)
+
+    def worker() -> FeatureWorker:
+        return FeatureWorker(
+            [VIEW],
+            bus.consumer("transactions", durable="fw"),
+            SQLiteOnlineStore(tmp_path / "online.db"),
+            state=state,
+            clock=lambda: NOW,
+            flush_interval_s=0,
+            fetch_timeout_s=0.01,
+        )
+
+    _drain(worker())
+    state.save("keel.worker/fw/ids/000000000000", b"ev-0\nev-1")  # not the index's format
+    with pytest.raises(UnavailableError, match="ids/000000000000.*not a Keel id index"):
+        worker()
+    bus.close()

@@ -207,7 +207,14 @@ class FeatureWorker:
         self._ids_by_flush: dict[int, tuple[list[str], list[str]]] = {}
         for n, t in record.get("id_flushes", []):
             raw_ids = self.state.load(self._ids_key(int(n)))
-            applied, logged_dead = json.loads(raw_ids) if raw_ids else ([], [])
+            try:
+                applied, logged_dead = json.loads(raw_ids) if raw_ids else ([], [])
+            except ValueError:
+                raise UnavailableError(
+                    f"state entry {self._ids_key(int(n))!r} is not a Keel id index (written by "
+                    "another version, or damaged): restore the state store, or delete the "
+                    f"worker's entries ({self._record_key}*) to rebuild from the bus"
+                ) from None
             self._id_flushes[int(n)] = float(t)
             self._ids_by_flush[int(n)] = (applied, logged_dead)
             self._committed.update((i, int(n)) for i in applied)
