@@ -110,7 +110,7 @@ def check_postgres(cfg: KeelConfig) -> Check:
             "postgresql",
             False,
             f"{u.hostname}:{u.port or 5432}: {type(e).__name__}: {str(e).strip()[:120]}",
-            "only the planned registry (MLflow on PostgreSQL) will use it: start it (tools/ci/services.sh) or set KEEL_PG_DSN",
+            "the registry's PostgreSQL-backed MLflow server uses it: start it (tools/ci/services.sh) or set KEEL_PG_DSN",
         )
 
 
@@ -179,13 +179,13 @@ def check_mlflow(cfg: KeelConfig) -> Check:
             "mlflow server",
             False,
             f"{redact_url(cfg.mlflow_url)}: {type(e).__name__}",
-            "only the planned registry will use it: run `mlflow server` and set KEEL_MLFLOW_URL",
+            "the registry uses it when configured: run `mlflow server` and set KEEL_MLFLOW_URL",
         )
 
 
 def check_ray(cfg: KeelConfig) -> Check:
     if not cfg.ray_address or cfg.ray_address == "local":
-        return Check("ray cluster", True, "RAY_ADDRESS unset (the planned trainer will use Ray)")
+        return Check("ray cluster", True, "RAY_ADDRESS unset (the trainer starts a local Ray)")
     addr = cfg.ray_address.removeprefix("ray://")
     host, _, port = addr.rpartition(":")
     try:

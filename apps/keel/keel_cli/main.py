@@ -35,7 +35,9 @@ app = typer.Typer(
     help=(
         "Keel: event bus, features (batch + streaming), drift monitoring, signed model"
         " artifacts, the model registry and model governance, on embedded defaults or real"
-        " services, and training on Ray. Planned, not built yet: serving, retraining."
+        " services, training on Ray, serving (`keel serve batch`; online: the serve app) and"
+        " the retraining controller's core (`keel retrain`, `keel provenance`). Planned, not"
+        " built yet: the closed loop end to end, `keel reproduce`, the evidence pack."
     ),
     no_args_is_help=True,
     add_completion=True,
