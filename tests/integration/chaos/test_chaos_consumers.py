@@ -230,9 +230,20 @@ def backend(
         broker.kill()
 
 
+@pytest.fixture
+def running_apps() -> Iterator[dict[str, App]]:
+    """The test's consumer processes, stopped at teardown even when an assertion failed."""
+    apps: dict[str, App] = {}
+    yield apps
+    for a in apps.values():
+        a.stop()
+
+
 @pytest.mark.slow
 def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
-    tmp_path: Path, backend: tuple[str, PrivateNatsServer | None]
+    tmp_path: Path,
+    backend: tuple[str, PrivateNatsServer | None],
+    running_apps: dict[str, App],
 ) -> None:
     bus_url, broker = backend
     rng = random.Random(int(os.environ.get("KEEL_CHAOS_SEED", "11")))
@@ -253,7 +264,7 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
         "KEEL_BUS_URL": bus_url,  # shared by both apps (docs/apps.md)
         "KEEL_METRICS_PORT": "0",
     }
-    apps: dict[str, App] = {}
+    apps = running_apps
     for run in ("clean", "chaos"):
         home = tmp_path / run
         home.mkdir()
@@ -379,6 +390,10 @@ def test_sigkilled_consumers_end_identical_to_uninterrupted_ones(
             print(f.name, len(lines), odd[:3], lines[-1:] if odd else "")
     diff = {k: (clean[k], chaotic[k]) for k in clean if clean[k] != chaotic[k]}
     if "dead_list" in diff:  # name the dead letters only one side has
-        a, b = set(json.loads(clean["dead_list"])), set(json.loads(chaotic["dead_list"]))
-        diff["dead_list"] = (sorted(a - b)[:10], sorted(b - a)[:10])  # type: ignore[assignment]
+        in_clean = set(json.loads(clean["dead_list"]))
+        in_chaos = set(json.loads(chaotic["dead_list"]))
+        diff["dead_list"] = (  # type: ignore[assignment]
+            sorted(in_clean - in_chaos)[:10],
+            sorted(in_chaos - in_clean)[:10],
+        )
     assert chaotic == clean, diff
