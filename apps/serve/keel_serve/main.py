@@ -81,6 +81,11 @@ class Settings(BaseModel):
     threads: int = Field(default=1, ge=1, le=256, description="torch intra-op threads")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="torch device")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="request body limit")
+    max_in_flight: int = Field(
+        default=128,
+        ge=1,
+        description="inference requests admitted at once; more get 503 + Retry-After at the door",
+    )
 
 
 APP = App(
@@ -259,7 +264,12 @@ def run(settings: Settings, ctx: AppContext) -> None:
             for f in followers:
                 f.start()
 
-        app = create_app(svc, max_body_bytes=settings.max_body_bytes, on_startup=on_startup)
+        app = create_app(
+            svc,
+            max_body_bytes=settings.max_body_bytes,
+            max_in_flight=settings.max_in_flight,
+            on_startup=on_startup,
+        )
         import uvicorn
 
         server = uvicorn.Server(uvicorn_config(app, settings.host, settings.port))

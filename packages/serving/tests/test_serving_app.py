@@ -55,6 +55,7 @@ def world(tmp_path: Path, keys: Keys) -> Iterator[dict[str, Any]]:
 def run(
     world: dict[str, Any],
     body: Callable[[httpx.AsyncClient, ModelService], Awaitable[None]],
+    app_kw: dict[str, Any] | None = None,
     **svc_kw: Any,
 ) -> ModelService:
     async def main() -> ModelService:
@@ -62,7 +63,7 @@ def run(
         log = PredictionLog(world["bus"], telemetry=tel, flush_s=0.01)
         p = load_predictor(world["path"], world["keys"].policy)
         svc = ModelService("credit", p, store=world["store"], log=log, telemetry=tel, **svc_kw)
-        app = create_app(svc)
+        app = create_app(svc, **(app_kw or {}))
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://t"
         ) as c:
@@ -358,3 +359,48 @@ def test_canary_is_sticky_by_entity_and_stopped_on_slo_breach(
     )
     assert [t for t, _ in published] == [CANARY_FAILED]
     assert published[0][1]["version"] == "9" and "error rate" in published[0][1]["reason"]
+
+
+def test_requests_beyond_the_in_flight_limit_are_refused_at_the_door(
+    world: dict[str, Any],
+) -> None:
+    """With 2 inference requests in flight, a third gets 503 + Retry-After at once (its body
+    never read), is counted as shed at the entry, and the two admitted ones still succeed."""
+    body_json = {"instances": [{"entity": "c1", "features": {"channel": "atm"}}]}
+
+    async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
+        release = asyncio.Event()
+        entered = 0
+        real_predict = svc.predict
+
+        async def slow_predict(payload: Any) -> Any:
+            nonlocal entered
+            entered += 1
+            await release.wait()
+            return await real_predict(payload)
+
+        svc.predict = slow_predict  # type: ignore[method-assign,assignment]
+        first = [asyncio.create_task(c.post("/v1/predict", json=body_json)) for _ in range(2)]
+        while entered < 2:
+            await asyncio.sleep(0.001)
+        refused = await c.post("/v1/predict", content=b"{not even json")
+        assert refused.status_code == 503, refused.text
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "in flight" in refused.json()["error"]
+        release.set()
+        for r in await asyncio.gather(*first):
+            assert r.status_code == 200, r.text
+        again = await c.post("/v1/predict", json=body_json)  # the slots are free again
+        assert again.status_code == 200, again.text
+        expo = (await c.get("/metrics")).text
+        assert 'keel_serving_shed_total{model="credit",variant="entry"} 1.0' in expo
+
+    run(world, body, app_kw={"max_in_flight": 2})
+
+
+def test_max_in_flight_must_be_positive(world: dict[str, Any]) -> None:
+    p = load_predictor(world["path"], world["keys"].policy)
+    svc = ModelService("credit", p, store=world["store"])
+    with pytest.raises(ValueError, match="max_in_flight"):
+        create_app(svc, max_in_flight=0)
+    asyncio.run(svc.aclose())

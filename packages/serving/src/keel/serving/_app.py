@@ -35,6 +35,7 @@ from keel.telemetry._server import render_metrics
 
 log = logging.getLogger("keel.serving")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_MAX_IN_FLIGHT = 128  # inference requests admitted at once (see create_app)
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
 JSON = "application/json"
@@ -97,12 +98,21 @@ def create_app(
     *,
     telemetry: ServingTelemetry | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_in_flight: int | None = DEFAULT_MAX_IN_FLIGHT,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     server_version: str = "0",
 ) -> Starlette:
     """The server for ``services`` (one or several models by name; the first is the
-    default of ``/v1/predict``). ``telemetry`` defaults to the first service's."""
+    default of ``/v1/predict``). ``telemetry`` defaults to the first service's.
+
+    ``max_in_flight``: inference requests admitted at once (None: no limit). One more is
+    refused at the door — 503 + Retry-After, counted in ``shed_total{variant="entry"}`` —
+    before its body is read, parsed or validated, so an overload costs little per refused
+    request and the admitted ones keep their latency (the admission queue behind it bounds
+    rows, this bounds the work in front of it)."""
+    if max_in_flight is not None and (isinstance(max_in_flight, bool) or max_in_flight < 1):
+        raise ValueError(f"create_app: max_in_flight must be >= 1 or None, got {max_in_flight}")
     by_name = {services.name: services} if isinstance(services, ModelService) else dict(services)
     if not by_name:
         raise ValueError("create_app: at least one ModelService")
@@ -117,6 +127,26 @@ def create_app(
                 f"unknown model {name[:128]!r}; this server serves {sorted(by_name)}"
             )
         return s
+
+    in_flight = 0
+
+    def admitted(fn: Handler) -> Handler:
+        async def run(request: Request) -> Response:
+            nonlocal in_flight
+            if max_in_flight is not None and in_flight >= max_in_flight:
+                name = request.path_params.get("name") or default.name
+                tel.shed.labels(model=str(name)[:128], variant="entry").inc()
+                raise OverloadedError(
+                    f"server busy: {in_flight} inference requests in flight (limit "
+                    f"{max_in_flight}); retry shortly"
+                )
+            in_flight += 1
+            try:
+                return await fn(request)
+            finally:
+                in_flight -= 1
+
+        return run
 
     def guarded(fn: Handler) -> Handler:
         async def run(request: Request) -> Response:
@@ -207,9 +237,9 @@ def create_app(
         Route("/v2", g(server_meta), methods=["GET"]),
         Route("/v2/models/{name}", g(model_meta), methods=["GET"]),
         Route("/v2/models/{name}/ready", g(model_ready), methods=["GET"]),
-        Route("/v2/models/{name}/infer", g(infer), methods=["POST"]),
-        Route("/v1/predict", g(predict), methods=["POST"]),
-        Route("/v1/models/{name}/predict", g(predict_named), methods=["POST"]),
+        Route("/v2/models/{name}/infer", g(admitted(infer)), methods=["POST"]),
+        Route("/v1/predict", g(admitted(predict)), methods=["POST"]),
+        Route("/v1/models/{name}/predict", g(admitted(predict_named)), methods=["POST"]),
         Route("/healthz", g(live), methods=["GET"]),
         Route("/readyz", g(ready), methods=["GET"]),
         Route("/metrics", g(metrics), methods=["GET"]),
