@@ -1,87 +1,12 @@
-"""Fixtures for the serve app tests: tiny signed artifacts (apps may not import package tests,
-so this is a copy of packages/serving/tests/serving_testdata.py, exposed as the `td` fixture)."""
+"""Fixtures for the serve app tests: tiny signed artifacts (tests/testutil/serving_artifacts.py,
+shared with keel.serving's tests), exposed as the `td` fixture."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
-import torch
-
-from keel.artifacts import (
-    Architecture,
-    ArtifactSpec,
-    CodeVersion,
-    FeatureViewRef,
-    FieldSpec,
-    SigningKey,
-    TrustPolicy,
-    build_artifact,
-    generate_keypair,
-)
-from keel.serving import build_mlp
-
-
-class Keys:
-    def __init__(self) -> None:
-        self.priv, self.pub = generate_keypair()
-        self.key = SigningKey.from_pem(self.priv)
-        self.policy = TrustPolicy((self.pub,))
-
-
-def credit_spec(
-    name: str = "credit", *, n_features: int = 4, views: bool = True, hidden: int = 8
-) -> ArtifactSpec:
-    """n numeric features f0..f{n-2} from the feature view `card_stats`, plus a request-time
-    category `channel`, one probability output."""
-    fields = [
-        FieldSpec(name=f"f{i}", dtype="float64", min=-1e6, max=1e6) for i in range(n_features - 1)
-    ]
-    fields.append(FieldSpec(name="channel", dtype="category", categories=["web", "pos", "atm"]))
-    return ArtifactSpec(
-        name=name,
-        architecture=Architecture(
-            builder="mlp",
-            args={"n_in": n_features, "hidden": [hidden], "n_out": 1, "out_activation": "sigmoid"},
-        ),
-        input_schema=fields,
-        output_schema=[FieldSpec(name="p_default", dtype="float64", min=0.0, max=1.0)],
-        feature_views=[FeatureViewRef(name="card_stats", version="v1")] if views else [],
-        training_data_fingerprint="sha256:" + "ab" * 32,
-        code=CodeVersion(commit="0123456789abcdef0123456789abcdef01234567", dirty=False),
-        dependency_lock_hash="sha256:" + "cd" * 32,
-    )
-
-
-def make_artifact(
-    tmp: Path,
-    keys: Keys | None,
-    *,
-    seed: int = 0,
-    dirname: str | None = None,
-    **spec_kw: Any,
-) -> tuple[Path, torch.nn.Module]:
-    """Build (and sign, with ``keys``) an artifact archive; returns it and the reference model."""
-    spec = credit_spec(**spec_kw)
-    torch.manual_seed(seed)
-    model = build_mlp(**spec.architecture.args)
-    out = tmp / (dirname or f"{spec.name}-{seed}")
-    build_artifact(
-        out,
-        spec,
-        {k: v.detach().clone() for k, v in model.state_dict().items()},
-        signing_key=keys.key if keys is not None else None,
-        archive=out.with_suffix(".tar"),
-    )
-    model.eval()
-    return out.with_suffix(".tar"), model
-
-
-def reference(model: torch.nn.Module, rows: list[list[float]]) -> list[float]:
-    with torch.no_grad():
-        return model(torch.tensor(rows, dtype=torch.float32))[:, 0].double().tolist()
+from testutil.serving_artifacts import Keys, make_artifact, reference
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serving_testdata import Keys, make_artifact, reference
+from testutil.serving_artifacts import Keys, make_artifact, reference
 
 from keel.events import open_bus
 from keel.features import SQLiteOnlineStore

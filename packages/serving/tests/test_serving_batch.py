@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from serving_testdata import Keys, make_artifact, reference
+from testutil.serving_artifacts import Keys, make_artifact, reference
 
 from keel.serving import InvalidInputError, load_predictor, score_parquet
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from serving_testdata import Keys, make_artifact
+from testutil.serving_artifacts import Keys, make_artifact
 
 from keel.registry_client import Decision, open_registry
 from keel.serving import AliasFollower, ModelRef, NotFoundError, Predictor, load_from_registry

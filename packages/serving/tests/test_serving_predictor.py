@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving_testdata import Keys, credit_spec, make_artifact, reference
+from testutil.serving_artifacts import Keys, credit_spec, make_artifact, reference
 
 from keel.artifacts import TrustPolicy, build_artifact
 from keel.serving import (

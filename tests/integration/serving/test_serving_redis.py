@@ -11,8 +11,8 @@ import httpx
 import polars as pl
 import pytest
 import redis
-from serving_testdata import Keys, make_artifact, reference
 from testutil.isolation import redis_url, unique_name
+from testutil.serving_artifacts import Keys, make_artifact, reference
 from typer.testing import CliRunner
 
 from keel.features import RedisOnlineStore

@@ -1,4 +1,5 @@
-"""Tiny signed artifacts for keel.serving tests (built with keel.artifacts, like a trainer)."""
+"""Tiny signed artifacts for keel.serving and serve-app tests (built with keel.artifacts, like a
+trainer)."""
 
 from __future__ import annotations
 
