@@ -41,6 +41,8 @@ def predictions(
                     key=f"card-{i}",
                     event_time=t,
                     payload={"features": feats, "score": float(rng.beta(2, 5))},
+                    # stable ids: the monitor samples rows by a hash of the id
+                    id=f"pred-{h}-{i}",
                 )
             )
     return out

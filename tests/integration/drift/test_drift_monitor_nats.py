@@ -43,6 +43,8 @@ def test_drift_monitor_over_nats(tmp_path: Path) -> None:
                         key=f"c{i}",
                         event_time=t,
                         payload={"features": feats, "score": float(rng.beta(2, 5))},
+                        # stable ids: the monitor samples rows by a hash of the id
+                        id=f"pred-{h}-{i}",
                     )
                 )
         bus.publish_batch(stream, events)
