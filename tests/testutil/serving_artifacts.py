@@ -3,6 +3,7 @@ trainer)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,20 @@ class Keys:
 
 
 def credit_spec(
-    name: str = "credit", *, n_features: int = 4, views: bool = True, hidden: int = 8
+    name: str = "credit",
+    *,
+    n_features: int = 4,
+    views: bool = True,
+    hidden: int = 8,
+    features: Sequence[str] | None = None,
+    view_version: str = "v1",
 ) -> ArtifactSpec:
-    """n numeric features f0..f{n-2} from the feature view `card_stats`, plus a request-time
-    category `channel`, one probability output."""
-    fields = [
-        FieldSpec(name=f"f{i}", dtype="float64", min=-1e6, max=1e6) for i in range(n_features - 1)
-    ]
+    """n numeric features f0..f{n-2} (or the named ``features``) from the feature view
+    `card_stats` (version ``view_version``), plus a request-time category `channel`, one
+    probability output."""
+    names = list(features) if features is not None else [f"f{i}" for i in range(n_features - 1)]
+    n_features = len(names) + 1
+    fields = [FieldSpec(name=n, dtype="float64", min=-1e6, max=1e6) for n in names]
     fields.append(FieldSpec(name="channel", dtype="category", categories=["web", "pos", "atm"]))
     return ArtifactSpec(
         name=name,
@@ -46,7 +54,7 @@ def credit_spec(
         ),
         input_schema=fields,
         output_schema=[FieldSpec(name="p_default", dtype="float64", min=0.0, max=1.0)],
-        feature_views=[FeatureViewRef(name="card_stats", version="v1")] if views else [],
+        feature_views=[FeatureViewRef(name="card_stats", version=view_version)] if views else [],
         training_data_fingerprint="sha256:" + "ab" * 32,
         code=CodeVersion(commit="0123456789abcdef0123456789abcdef01234567", dirty=False),
         dependency_lock_hash="sha256:" + "cd" * 32,
