@@ -8,7 +8,7 @@
     srv = start_metrics_server(m.registry, host="127.0.0.1", port=0)   # srv.port, srv.stop()
 
 SLI vocabulary: ServingMetrics, FeatureMetrics, DriftMetrics,
-ModelQualityMetrics. SLOs as code: AvailabilitySLO, LatencySLO, FreshnessSLO,
+ModelQualityMetrics, PipelinesMetrics. SLOs as code: AvailabilitySLO, LatencySLO, FreshnessSLO,
 DriftSLO -> render_rules / render_dashboard / render_runbooks; Keel's own
 SLOs are PLATFORM_SLOS, rendered into ops/ by `python -m keel.telemetry.generate ops/`
 (PLANNED_SLOS: the serving app's, not rendered until it exists).
@@ -71,6 +71,7 @@ from keel.telemetry._vocabulary import (
     DriftMetrics,
     FeatureMetrics,
     ModelQualityMetrics,
+    PipelinesMetrics,
     ServingMetrics,
     metric_name,
 )
@@ -102,6 +103,7 @@ __all__ = [
     "LatencySLO",
     "MetricsServer",
     "ModelQualityMetrics",
+    "PipelinesMetrics",
     "SLOSpec",
     "ServingMetrics",
     "TelemetryError",

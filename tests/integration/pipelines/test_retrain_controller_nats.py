@@ -1,0 +1,114 @@
+"""retrain-controller over a real NATS JetStream: one drift episode (published twice) is one
+run, promoted once; a canary.failed for the next run's canary rolls it back; a malformed
+event is dead-lettered with its reason. Streams are unique to the test."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import retrain_fakes
+from testutil.isolation import nats_url, unique_name
+
+from keel.drift import DriftDetected
+from keel.events import Event, EventsError, open_bus
+from keel.pipelines import CanaryPolicy, RunStatus
+from keel_retrain_controller.main import RetrainLoop, Settings, build_executors
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return (self.now - T0).total_seconds()
+
+
+def drift(model: str, hour: int, id: str | None = None) -> Event:
+    d = DriftDetected(
+        model=model,
+        window_start=T0 - timedelta(hours=hour),
+        window_end=T0 - timedelta(hours=hour - 1),
+        rows=300,
+        drifted=("amount",),
+        drift_share=0.5,
+        scores={"amount": 0.3},
+        reason="psi",
+    )
+    return Event.create(
+        type=d.TYPE, key=model, event_time=d.window_end, payload=d.to_payload(), id=id or d.event_id
+    )
+
+
+@pytest.mark.integration
+def test_retrain_controller_over_nats(tmp_path: Path) -> None:
+    drift_stream, signals_stream = unique_name("drift"), unique_name("models")
+    bus = open_bus(nats_url())
+    clock = Clock()
+    try:
+        bad = Event.create(type="drift.detected", key="m", event_time=T0, payload=[1, 2])
+        bus.publish_batch(drift_stream, [drift("credit", 3), drift("credit", 3, "again"), bad])
+        settings = Settings(
+            home=tmp_path / "home",
+            executors="retrain_fakes:build_executors",
+            drift_stream=drift_stream,
+            signals_stream=signals_stream,
+            durable=unique_name("ctl"),
+            poll_timeout_s=0.5,
+            canary_window_s=0,
+            cooldown_s=0,
+        )
+        loop = RetrainLoop(settings, bus, build_executors(settings, bus), clock=clock, monotonic=clock.monotonic)
+        try:
+            loop.start()
+            for _ in range(3):
+                loop.tick()
+            runs = loop.controller.runs()
+            assert [r.status for r in runs] == [RunStatus.PROMOTED]
+            assert loop.submitted == {"start": 1, "duplicate": 1}
+            (dead,) = bus.dead_letters(drift_stream)
+            assert dead.event_id == bad.id and "must be a JSON object" in dead.reason
+
+            # a second episode: its canary fails on serving's side
+            loop.controller.canary_policy = CanaryPolicy(window=timedelta(hours=1))
+            bus.publish(drift_stream, drift("credit", 1))
+            loop.tick()
+            second = loop.controller.runs()[-1]
+            assert (second.status, second.step) == (RunStatus.WAITING, "canary")
+            version = loop.controller.steps(second.run_id)[-1].output["version"]
+            bus.publish(
+                signals_stream,
+                Event.create(
+                    type="canary.failed",
+                    key="credit",
+                    event_time=T0,
+                    payload={"model": "credit", "version": version, "reason": "p99"},
+                ),
+            )
+            for _ in range(3):
+                clock.now += timedelta(seconds=20)
+                loop.tick()
+            assert loop.controller.run(second.run_id).status is RunStatus.ROLLED_BACK
+            home = tmp_path / "home"
+            assert retrain_fakes.effects(home, "SELECT version FROM rollbacks") == [(version,)]
+            assert retrain_fakes.effects(
+                home, "SELECT COUNT(*) FROM moves WHERE alias = 'champion'"
+            ) == [(1,)]
+            registry = loop.metrics.metrics.registry
+            assert registry.get_sample_value(
+                "keel_pipelines_canary_rollbacks_total", {"model": "credit"}
+            ) == 1
+        finally:
+            loop.close()
+    finally:
+        for s in (drift_stream, signals_stream):
+            with contextlib.suppress(EventsError):
+                bus.delete_stream(s)
+        bus.close()
