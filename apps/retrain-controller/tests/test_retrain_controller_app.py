@@ -1,5 +1,5 @@
 """retrain-controller wiring on the embedded (SQLite) bus with the fake executors of
-retrain_fakes.py: drift → one run → promotion; canary.failed → rollback; gate failures,
+tests/testutil/retrain_fakes.py: drift → one run → promotion; canary.failed → rollback; gate failures,
 step failures, schedule and manual triggers; dead letters; metrics; configuration errors;
 the runner lock; a real process stopped by SIGTERM and restarted."""
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-import retrain_fakes
 from prometheus_client.parser import text_string_to_metric_families
+from testutil import retrain_fakes
 from testutil.isolation import port_base
 
 from keel.drift import DriftDetected
@@ -29,7 +29,7 @@ from keel.pipelines import ConflictError, Controller, RunStatus, Trigger
 from keel_retrain_controller.main import APP, RetrainLoop, Settings, build_executors, main
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
-FAKES = "retrain_fakes:build_executors"
+FAKES = "testutil.retrain_fakes:build_executors"
 
 
 class Clock:
@@ -376,9 +376,9 @@ def test_one_controller_per_database(tmp_path: Path, bus: Bus) -> None:
     ("spec", "message"),
     [
         ("no_such_module_xyz:build", "module 'no_such_module_xyz' not found"),
-        ("retrain_fakes:nothing", "has no callable 'nothing'"),
-        ("retrain_fakes:not_a_factory", "has no callable 'not_a_factory'"),
-        ("retrain_fakes", "is not module:factory"),
+        ("testutil.retrain_fakes:nothing", "has no callable 'nothing'"),
+        ("testutil.retrain_fakes:not_a_factory", "has no callable 'not_a_factory'"),
+        ("testutil.retrain_fakes", "is not module:factory"),
     ],
 )
 def test_executors_setting_errors_are_configuration_errors(
@@ -409,7 +409,7 @@ def test_default_executors_and_bad_options(tmp_path: Path, capsys: pytest.Captur
     # TOML: executor_options is a table
     cfg = tmp_path / "keel.toml"
     cfg.write_text(
-        '[retrain-controller]\nexecutors = "retrain_fakes:build_executors"\n'
+        '[retrain-controller]\nexecutors = "testutil.retrain_fakes:build_executors"\n'
         '[retrain-controller.executor_options]\ngate = "fail"\nrequests = 5\n'
     )
     loaded = APP.load({}, cfg)
@@ -421,8 +421,7 @@ def test_default_executors_and_bad_options(tmp_path: Path, capsys: pytest.Captur
 
 def _env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    paths = [str(Path(retrain_fakes.__file__).parent), *(p for p in sys.path if p)]
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     settings = {
         "home": str(tmp_path / "home"),
         "bus_url": f"sqlite:///{tmp_path}/events.db",

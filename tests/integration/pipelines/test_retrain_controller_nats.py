@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import retrain_fakes
+from testutil import retrain_fakes
 from testutil.isolation import nats_url, unique_name
 
 from keel.drift import DriftDetected
@@ -57,7 +57,7 @@ def test_retrain_controller_over_nats(tmp_path: Path) -> None:
         bus.publish_batch(drift_stream, [drift("credit", 3), drift("credit", 3, "again"), bad])
         settings = Settings(
             home=tmp_path / "home",
-            executors="retrain_fakes:build_executors",
+            executors="testutil.retrain_fakes:build_executors",
             drift_stream=drift_stream,
             signals_stream=signals_stream,
             durable=unique_name("ctl"),
@@ -78,6 +78,7 @@ def test_retrain_controller_over_nats(tmp_path: Path) -> None:
 
             # a second episode: its canary fails on serving's side
             loop.controller.canary_policy = CanaryPolicy(window=timedelta(hours=1))
+            clock.now += timedelta(seconds=5)
             bus.publish(drift_stream, drift("credit", 1))
             loop.tick()
             second = loop.controller.runs()[-1]
@@ -88,7 +89,7 @@ def test_retrain_controller_over_nats(tmp_path: Path) -> None:
                 Event.create(
                     type="canary.failed",
                     key="credit",
-                    event_time=T0,
+                    event_time=clock.now,  # signals from before the canary started are ignored
                     payload={"model": "credit", "version": version, "reason": "p99"},
                 ),
             )

@@ -1,5 +1,5 @@
 """Fake executors for the retrain-controller tests: plain objects, named by the app's
-``executors`` setting as ``retrain_fakes:build_executors``.
+``executors`` setting as ``testutil.retrain_fakes:build_executors``.
 
 Every step returns deterministic plain data. Side effects (registrations, alias moves,
 rollbacks) and every executor call are written to ``<home>/fake_effects.db``, so a test
