@@ -364,7 +364,9 @@ class RetrainLoop:
 
     # -- one tick --------------------------------------------------------------------------
     def tick(self) -> None:
-        """Consume what arrived, submit triggers, advance runs, update metrics."""
+        """Consume what arrived, submit triggers (acking each delivery once its decision is
+        committed), then advance runs, then update metrics. Runs advance only after every
+        fetched delivery is settled, so a long step never holds a delivery past its ack wait."""
         self._consume_signals()
         self._consume_drift()
         self._scheduled()
@@ -486,7 +488,8 @@ class RetrainLoop:
                 self._slots[model] = datetime.fromisoformat(str(trigger.evidence["slot"]))
 
     def _submit(self, trigger: Trigger) -> bool:
-        """Submit; False when deferred (the trigger must be offered again)."""
+        """Submit (a started run is advanced later in the tick); False when deferred (the
+        trigger must be offered again)."""
         decision = self.controller.submit(trigger, self.settings.params)
         self.metrics.record_trigger(trigger.model, trigger.kind.value, decision.action.value)
         self.submitted[decision.action.value] = self.submitted.get(decision.action.value, 0) + 1
@@ -494,9 +497,6 @@ class RetrainLoop:
             "retrain trigger",
             extra={"trigger": trigger.key, "model": trigger.model, **decision.to_dict()},
         )
-        if decision.action is Action.START and decision.run_id:
-            self._observe_runs()
-            self._advance(decision.run_id)
         return decision.action is not Action.DEFER
 
     def _dead_letter(self, d: Delivery, reason: str) -> None:
