@@ -89,7 +89,9 @@ class FakeExecutors:
         self._call("register_challenger", ctx.idempotency_key)
         digest = ctx.inputs["package_sign"]["artifact_digest"]
         with self._conn() as c:
-            row = c.execute("SELECT version FROM registrations WHERE digest = ?", (digest,)).fetchone()
+            row = c.execute(
+                "SELECT version FROM registrations WHERE digest = ?", (digest,)
+            ).fetchone()
             if row is None:
                 n = c.execute("SELECT COUNT(*) FROM registrations").fetchone()[0] + 1
                 c.execute("INSERT INTO registrations(digest, version) VALUES (?, ?)", (digest, n))

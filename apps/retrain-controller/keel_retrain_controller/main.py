@@ -83,7 +83,9 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    home: Path = Field(default=Path(".keel"), description="pipelines database, signals, embedded bus")
+    home: Path = Field(
+        default=Path(".keel"), description="pipelines database, signals, embedded bus"
+    )
     db: Path | None = Field(
         default=None, description="pipelines database; default home/pipelines/pipelines.db"
     )
@@ -101,7 +103,8 @@ class Settings(BaseModel):
         description="module:factory building keel.pipelines.Executors(home=, bus=, options=)",
     )
     executor_options: dict[str, Any] = Field(
-        default_factory=dict, description="options passed to the executors factory (JSON/TOML table)"
+        default_factory=dict,
+        description="options passed to the executors factory (JSON/TOML table)",
     )
     params: dict[str, Any] = Field(
         default_factory=dict, description="run parameters of every triggered run (JSON/TOML table)"
@@ -114,8 +117,12 @@ class Settings(BaseModel):
     )
     cooldown_s: float = Field(default=6 * 3600.0, ge=0, description="trigger policy: cooldown")
     max_concurrent_runs: int = Field(default=1, ge=1, description="trigger policy: concurrency")
-    canary_window_s: float = Field(default=1800.0, ge=0, description="canary watch before promotion")
-    canary_min_requests: int = Field(default=0, ge=0, description="canary requests before promotion")
+    canary_window_s: float = Field(
+        default=1800.0, ge=0, description="canary watch before promotion"
+    )
+    canary_min_requests: int = Field(
+        default=0, ge=0, description="canary requests before promotion"
+    )
     wait_poll_s: float = Field(default=10.0, gt=0, description="re-check waiting runs this often")
     retry_failed_s: float = Field(default=300.0, gt=0, description="retry failed runs this often")
     verify_every_s: float = Field(default=300.0, gt=0, description="verify provenance this often")

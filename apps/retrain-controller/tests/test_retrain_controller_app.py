@@ -119,9 +119,7 @@ def test_one_drift_episode_is_one_run_promoted_once(tmp_path: Path, bus: Bus) ->
     # event, and an event of another type: one run; one dead letter; one ignored
     bad = Event.create(type="drift.detected", key="credit", event_time=T0, payload={"model": 1})
     other = Event.create(type="drift.window", key="credit", event_time=T0, payload={})
-    bus.publish_batch(
-        "drift", [drift_event(), drift_event(id="republished-1"), bad, other]
-    )
+    bus.publish_batch("drift", [drift_event(), drift_event(id="republished-1"), bad, other])
     loop = make_loop(tmp_path, bus, clock)
     try:
         loop.start()
@@ -146,7 +144,9 @@ def test_one_drift_episode_is_one_run_promoted_once(tmp_path: Path, bus: Bus) ->
         assert value(loop, m + "runs_started_total", model="credit", trigger="drift") == 1
         assert value(loop, m + "runs_finished_total", model="credit", status="promoted") == 1
         assert value(loop, m + "runs_finished_total", model="credit", status="rolled_back") == 0
-        assert value(loop, m + "triggers_total", model="credit", trigger="drift", action="start") == 1
+        assert (
+            value(loop, m + "triggers_total", model="credit", trigger="drift", action="start") == 1
+        )
         assert (
             value(loop, m + "triggers_total", model="credit", trigger="drift", action="duplicate")
             == 1
@@ -166,7 +166,9 @@ def test_one_drift_episode_is_one_run_promoted_once(tmp_path: Path, bus: Bus) ->
         again.tick()
         assert len(again.controller.runs()) == 1
         assert again.submitted == {"duplicate": 1}
-        assert value(again, "keel_pipelines_runs_started_total", model="credit", trigger="drift") == 0
+        assert (
+            value(again, "keel_pipelines_runs_started_total", model="credit", trigger="drift") == 0
+        )
     finally:
         again.close()
 
@@ -242,7 +244,9 @@ def test_gate_failure_leaves_champion_and_counts_the_gate(tmp_path: Path, bus: B
         assert retrain_fakes.effects(tmp_path / "home", "SELECT COUNT(*) FROM registrations") == [
             (0,)
         ]
-        assert value(loop, "keel_pipelines_gate_failures_total", model="credit", gate="quality") == 1
+        assert (
+            value(loop, "keel_pipelines_gate_failures_total", model="credit", gate="quality") == 1
+        )
         assert (
             value(loop, "keel_pipelines_runs_finished_total", model="credit", status="gate_failed")
             == 1
@@ -280,9 +284,7 @@ def test_schedule_fires_once_per_slot_and_manual_runs_are_picked_up(
     tmp_path: Path, bus: Bus
 ) -> None:
     clock = Clock()
-    loop = make_loop(
-        tmp_path, bus, clock, models=["credit"], schedule_every_s=3600, cooldown_s=0
-    )
+    loop = make_loop(tmp_path, bus, clock, models=["credit"], schedule_every_s=3600, cooldown_s=0)
     try:
         loop.start()
         loop.tick()
@@ -300,7 +302,9 @@ def test_schedule_fires_once_per_slot_and_manual_runs_are_picked_up(
         assert d.run_id is not None
         loop.tick()
         assert loop.controller.run(d.run_id).status is RunStatus.PROMOTED
-        assert value(loop, "keel_pipelines_runs_started_total", model="fraud", trigger="manual") == 1
+        assert (
+            value(loop, "keel_pipelines_runs_started_total", model="fraud", trigger="manual") == 1
+        )
         clock.advance(3600)  # the next slot
         loop.tick()
         assert [r.trigger_key.split(":")[0] for r in loop.controller.runs()] == [
@@ -395,7 +399,9 @@ def test_executors_setting_errors_are_configuration_errors(
     assert not (tmp_path / "home").exists()  # nothing was opened
 
 
-def test_default_executors_and_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_default_executors_and_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     settings = APP.load({})
     assert settings.executors == "keel.pipelines.local:build_executors"
     env = {
@@ -479,7 +485,9 @@ def test_binary_runs_stops_on_sigterm_and_resumes(tmp_path: Path) -> None:
     # first run: the gate waits for approvals, so the run is unfinished at SIGTERM
     env = _env(tmp_path, port, executor_options='{"gate": "wait"}', wait_poll_s="0.2")
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    _wait_for(proc, port, ("keel_pipelines_runs_started_total", {"model": "credit", "trigger": "drift"}))
+    _wait_for(
+        proc, port, ("keel_pipelines_runs_started_total", {"model": "credit", "trigger": "drift"})
+    )
     code, lines = _stop(proc)
     assert code == 0, lines
     msgs = [rec["msg"] for rec in lines]

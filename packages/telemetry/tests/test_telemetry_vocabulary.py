@@ -220,20 +220,42 @@ def test_pipelines_metrics_start_and_record() -> None:
     p = PipelinesMetrics(m, clock=lambda: t[0])
     p.start("credit")
     v = values(m)
-    key = ("keel_pipelines_runs_finished_total", frozenset({("model", "credit"), ("status", "gate_failed")}))
+    key = (
+        "keel_pipelines_runs_finished_total",
+        frozenset({("model", "credit"), ("status", "gate_failed")}),
+    )
     assert v[key] == 0  # series exist before anything happened
-    assert v[("keel_pipelines_step_failures_total", frozenset({("model", "credit"), ("step", "train")}))] == 0
+    assert (
+        v[
+            (
+                "keel_pipelines_step_failures_total",
+                frozenset({("model", "credit"), ("step", "train")}),
+            )
+        ]
+        == 0
+    )
     assert v[("keel_pipelines_active_run_age_seconds", frozenset({("model", "credit")}))] == 0
     assert v[("keel_pipelines_provenance_intact", frozenset())] == 1
     p.set_active("credit", 400.0)
     t[0] = 1600.0  # age is evaluated at scrape time
-    assert values(m)[("keel_pipelines_active_run_age_seconds", frozenset({("model", "credit")}))] == 1200
+    assert (
+        values(m)[("keel_pipelines_active_run_age_seconds", frozenset({("model", "credit")}))]
+        == 1200
+    )
     p.record_finished("credit", "gate_failed", ["quality", "fairness"])
     p.record_finished("credit", "rolled_back")
     p.record_provenance(False)
     v = values(m)
     assert v[key] == 1
-    assert v[("keel_pipelines_gate_failures_total", frozenset({("model", "credit"), ("gate", "fairness")}))] == 1
+    assert (
+        v[
+            (
+                "keel_pipelines_gate_failures_total",
+                frozenset({("model", "credit"), ("gate", "fairness")}),
+            )
+        ]
+        == 1
+    )
     assert v[("keel_pipelines_canary_rollbacks_total", frozenset({("model", "credit")}))] == 1
     assert v[("keel_pipelines_provenance_intact", frozenset())] == 0
     assert v[("keel_pipelines_provenance_verify_failures_total", frozenset())] == 1

@@ -65,7 +65,9 @@ def test_retrain_controller_over_nats(tmp_path: Path) -> None:
             canary_window_s=0,
             cooldown_s=0,
         )
-        loop = RetrainLoop(settings, bus, build_executors(settings, bus), clock=clock, monotonic=clock.monotonic)
+        loop = RetrainLoop(
+            settings, bus, build_executors(settings, bus), clock=clock, monotonic=clock.monotonic
+        )
         try:
             loop.start()
             for _ in range(3):
@@ -103,9 +105,12 @@ def test_retrain_controller_over_nats(tmp_path: Path) -> None:
                 home, "SELECT COUNT(*) FROM moves WHERE alias = 'champion'"
             ) == [(1,)]
             registry = loop.metrics.metrics.registry
-            assert registry.get_sample_value(
-                "keel_pipelines_canary_rollbacks_total", {"model": "credit"}
-            ) == 1
+            assert (
+                registry.get_sample_value(
+                    "keel_pipelines_canary_rollbacks_total", {"model": "credit"}
+                )
+                == 1
+            )
         finally:
             loop.close()
     finally:

@@ -117,9 +117,7 @@ def _scrape(proc: subprocess.Popen[str], port: int, ready: str, deadline: float)
         time.sleep(0.2)
 
 
-def _serve_scrape(
-    proc: subprocess.Popen[str], port: int, home: Path, deadline: float
-) -> str:
+def _serve_scrape(proc: subprocess.Popen[str], port: int, home: Path, deadline: float) -> str:
     """One good request, then one that fails on the server's side (the online store's table
     is gone: a store failure is the server's fault, outcome="error"), then /metrics."""
     url = f"http://127.0.0.1:{port}"

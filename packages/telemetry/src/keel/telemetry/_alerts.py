@@ -69,9 +69,7 @@ class AlertSpec:
         if not self.summary.strip() or not self.description.strip():
             raise InvalidSLOError(f"alert {self.name}: summary and description are required")
         if not self.diagnose or not self.mitigate:
-            raise InvalidSLOError(
-                f"alert {self.name}: a runbook needs diagnose and mitigate steps"
-            )
+            raise InvalidSLOError(f"alert {self.name}: a runbook needs diagnose and mitigate steps")
 
     @property
     def selector(self) -> str:

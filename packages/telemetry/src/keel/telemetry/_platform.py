@@ -125,7 +125,6 @@ PLATFORM_SLOS: tuple[SLOSpec, ...] = (
             "If the schema changed on purpose, build a new reference profile and restart the monitor.",
         ),
     ),
-
     AvailabilitySLO(
         name="serving-availability",
         objective=0.999,

@@ -157,9 +157,7 @@ def _alert_runbook(alert: AlertSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_runbooks(
-    slos: Sequence[SLOSpec], alerts: Sequence[AlertSpec] = ()
-) -> dict[str, str]:
+def render_runbooks(slos: Sequence[SLOSpec], alerts: Sequence[AlertSpec] = ()) -> dict[str, str]:
     """Runbook file name (`<alert>.md`) -> Markdown, for every alert of `slos` and `alerts`."""
     out = {f"{s.alert_name(a)}.md": _slo_runbook(s, a) for s in slos for a in s.alerts}
     out[f"{LABEL_OVERFLOW_ALERT}.md"] = _overflow_runbook()
