@@ -15,10 +15,12 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from keel.events import Bus
+from keel.drift import DriftDetected
+from keel.events import Bus, Event
 from keel.pipelines import CanarySignal, GateResult, GateStatus, StepContext
 
 _SCHEMA = """
@@ -132,6 +134,28 @@ def effects(home: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return c.execute(sql, args).fetchall()
     finally:
         c.close()
+
+
+def drift_event(model: str, window_start: datetime, *, id: str | None = None) -> Event:
+    """A ``drift.detected`` event as the drift-monitor publishes it (keel.drift's payload,
+    the episode's event id unless ``id`` is given)."""
+    d = DriftDetected(
+        model=model,
+        window_start=window_start,
+        window_end=window_start + timedelta(hours=1),
+        rows=500,
+        drifted=("amount",),
+        drift_share=0.5,
+        scores={"amount": 0.4},
+        reason="psi above the policy's limit",
+    )
+    return Event.create(
+        type=DriftDetected.TYPE,
+        key=model,
+        event_time=d.window_end,
+        payload=d.to_payload(),
+        id=id or d.event_id,
+    )
 
 
 not_a_factory = 42

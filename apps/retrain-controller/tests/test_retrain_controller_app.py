@@ -19,14 +19,13 @@ from typing import Any
 
 import httpx
 import pytest
+from keel_retrain_controller.main import APP, RetrainLoop, Settings, build_executors, main
 from prometheus_client.parser import text_string_to_metric_families
 from testutil import retrain_fakes
 from testutil.isolation import port_base
 
-from keel.drift import DriftDetected
 from keel.events import Bus, Event, open_bus
 from keel.pipelines import ConflictError, Controller, RunStatus, Trigger
-from keel_retrain_controller.main import APP, RetrainLoop, Settings, build_executors, main
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 FAKES = "testutil.retrain_fakes:build_executors"
@@ -48,25 +47,8 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def drift_event(model: str = "credit", *, window: int = 0, id: str | None = None) -> Event:
-    start = T0 - timedelta(hours=2 - window)
-    d = DriftDetected(
-        model=model,
-        window_start=start,
-        window_end=start + timedelta(hours=1),
-        rows=500,
-        drifted=("amount",),
-        drift_share=0.5,
-        scores={"amount": 0.4},
-        reason="psi above limit",
-    )
-    return Event.create(
-        type=DriftDetected.TYPE,
-        key=model,
-        event_time=d.window_end,
-        payload=d.to_payload(),
-        id=id or d.event_id,
-    )
+def drift_event(model: str = "credit", *, id: str | None = None) -> Event:
+    return retrain_fakes.drift_event(model, T0 - timedelta(hours=2), id=id)
 
 
 def signal_event(type_: str, payload: dict[str, Any], id: str) -> Event:

@@ -9,13 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from keel_retrain_controller.main import RetrainLoop, Settings, build_executors
 from testutil import retrain_fakes
 from testutil.isolation import nats_url, unique_name
 
-from keel.drift import DriftDetected
 from keel.events import Event, EventsError, open_bus
 from keel.pipelines import CanaryPolicy, RunStatus
-from keel_retrain_controller.main import RetrainLoop, Settings, build_executors
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -32,19 +31,7 @@ class Clock:
 
 
 def drift(model: str, hour: int, id: str | None = None) -> Event:
-    d = DriftDetected(
-        model=model,
-        window_start=T0 - timedelta(hours=hour),
-        window_end=T0 - timedelta(hours=hour - 1),
-        rows=300,
-        drifted=("amount",),
-        drift_share=0.5,
-        scores={"amount": 0.3},
-        reason="psi",
-    )
-    return Event.create(
-        type=d.TYPE, key=model, event_time=d.window_end, payload=d.to_payload(), id=id or d.event_id
-    )
+    return retrain_fakes.drift_event(model, T0 - timedelta(hours=hour), id=id)
 
 
 @pytest.mark.integration

@@ -45,14 +45,16 @@ import numpy as np
 import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from testutil import retrain_fakes
 from testutil.isolation import port_base
 from testutil.serving_artifacts import Keys, make_artifact
 
-from keel.drift import DriftDetected, build_profile
+from keel.drift import build_profile
 from keel.events import Event, open_bus
 from keel.telemetry import (
     PLATFORM_ALERTS,
     PLATFORM_SLOS,
+    AlertSpec,
     AvailabilitySLO,
     CounterAlert,
     GaugeAlert,
@@ -183,26 +185,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
                 for i in range(1200)  # 2h20m: two hourly windows close
             ],
         )
-        episode = DriftDetected(
-            model="credit",
-            window_start=t0,
-            window_end=t0 + timedelta(hours=1),
-            rows=500,
-            drifted=("amount",),
-            drift_share=0.5,
-            scores={"amount": 0.4},
-            reason="psi",
-        )
-        bus.publish(
-            "drift",
-            Event.create(
-                type=episode.TYPE,
-                key="credit",
-                event_time=episode.window_end,
-                payload=episode.to_payload(),
-                id=episode.event_id,
-            ),
-        )
+        bus.publish("drift", retrain_fakes.drift_event("credit", t0))
     keys = Keys()
     (tmp / "pub.pem").write_bytes(keys.pub)
     artifact, _ = make_artifact(tmp, keys, seed=1)
@@ -492,16 +475,16 @@ def _rule_test(scraped: list[Sample], *, faulty: bool) -> dict[str, Any]:
             else [],
         }
     )
-    for alert in PLATFORM_ALERTS:
-        alert_series, alert_groups = _alert_case(scraped, alert, faulty=faulty)
-        assert alert_series, f"{alert.name}: no scraped series for it"
-        assert alert_groups or not faulty, f"{alert.name}: the fault touches no group"
+    for spec in PLATFORM_ALERTS:
+        alert_series, alert_groups = _alert_case(scraped, spec, faulty=faulty)
+        assert alert_series, f"{spec.name}: no scraped series for it"
+        assert alert_groups or not faulty, f"{spec.name}: the fault touches no group"
         series += [x for x in alert_series if x["series"] not in by_name]
-        rule = alerts[alert.name]
+        rule = alerts[spec.name]
         checks.append(
             {
                 "eval_time": EVAL,
-                "alertname": alert.name,
+                "alertname": spec.name,
                 "exp_alerts": [
                     {"exp_labels": {**rule["labels"], **g}, "exp_annotations": rule["annotations"]}
                     for g in alert_groups
@@ -512,7 +495,7 @@ def _rule_test(scraped: list[Sample], *, faulty: bool) -> dict[str, Any]:
 
 
 def _alert_case(
-    scraped: list[Sample], alert: Any, *, faulty: bool
+    scraped: list[Sample], alert: AlertSpec, *, faulty: bool
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """(input series, expected alert group labels) for one non-SLO alert: its counter
     rising / its gauge past the threshold, on the scraped series it selects."""
