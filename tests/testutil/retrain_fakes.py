@@ -136,6 +136,23 @@ def effects(home: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         c.close()
 
 
+class ManualClock:
+    """A wall clock that moves only when told (``advance``), and a monotonic view of it:
+    the retrain loop's `clock` and `monotonic` seams in tests."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return (self.now - self.start).total_seconds()
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 def drift_event(model: str, window_start: datetime, *, id: str | None = None) -> Event:
     """A ``drift.detected`` event as the drift-monitor publishes it (keel.drift's payload,
     the episode's event id unless ``id`` is given)."""

@@ -31,20 +31,8 @@ T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 FAKES = "testutil.retrain_fakes:build_executors"
 
 
-class Clock:
-    """Deterministic wall clock (moves only when told) and a monotonic view of it."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def monotonic(self) -> float:
-        return (self.now - T0).total_seconds()
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+def new_clock() -> retrain_fakes.ManualClock:
+    return retrain_fakes.ManualClock(T0)
 
 
 def drift_event(model: str = "credit", *, id: str | None = None) -> Event:
@@ -62,7 +50,11 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
 
 
 def make_loop(
-    tmp_path: Path, bus: Bus, clock: Clock, options: dict[str, Any] | None = None, **kw: Any
+    tmp_path: Path,
+    bus: Bus,
+    clock: retrain_fakes.ManualClock,
+    options: dict[str, Any] | None = None,
+    **kw: Any,
 ) -> RetrainLoop:
     settings = Settings(
         home=tmp_path / "home",
@@ -96,7 +88,7 @@ def calls(home: Path, step: str) -> int:
 
 
 def test_one_drift_episode_is_one_run_promoted_once(tmp_path: Path, bus: Bus) -> None:
-    clock = Clock()
+    clock = new_clock()
     # the episode's event, a re-publication of it under another id, a malformed drift
     # event, and an event of another type: one run; one dead letter; one ignored
     bad = Event.create(type="drift.detected", key="credit", event_time=T0, payload={"model": 1})
@@ -156,7 +148,7 @@ def test_one_drift_episode_is_one_run_promoted_once(tmp_path: Path, bus: Bus) ->
 
 
 def test_canary_failed_rolls_back_and_signals_apply_once(tmp_path: Path, bus: Bus) -> None:
-    clock = Clock()
+    clock = new_clock()
     bus.publish("drift", drift_event())
     loop = make_loop(tmp_path, bus, clock, canary_window_s=3600, wait_poll_s=5)
     try:
@@ -215,7 +207,7 @@ def test_canary_failed_rolls_back_and_signals_apply_once(tmp_path: Path, bus: Bu
 
 
 def test_gate_failure_leaves_champion_and_counts_the_gate(tmp_path: Path, bus: Bus) -> None:
-    clock = Clock()
+    clock = new_clock()
     bus.publish("drift", drift_event())
     loop = make_loop(tmp_path, bus, clock, {"gate": "fail"})
     try:
@@ -238,7 +230,7 @@ def test_gate_failure_leaves_champion_and_counts_the_gate(tmp_path: Path, bus: B
 
 
 def test_failed_step_is_counted_held_and_retried(tmp_path: Path, bus: Bus) -> None:
-    clock = Clock()
+    clock = new_clock()
     bus.publish("drift", drift_event())
     loop = make_loop(tmp_path, bus, clock, {"fail_step": "train"}, retry_failed_s=60)
     try:
@@ -265,7 +257,7 @@ def test_failed_step_is_counted_held_and_retried(tmp_path: Path, bus: Bus) -> No
 def test_schedule_fires_once_per_slot_and_manual_runs_are_picked_up(
     tmp_path: Path, bus: Bus
 ) -> None:
-    clock = Clock()
+    clock = new_clock()
     loop = make_loop(tmp_path, bus, clock, models=["credit"], schedule_every_s=3600, cooldown_s=0)
     try:
         loop.start()
@@ -299,7 +291,7 @@ def test_schedule_fires_once_per_slot_and_manual_runs_are_picked_up(
 
 
 def test_deferred_trigger_is_redelivered_not_lost(tmp_path: Path, bus: Bus) -> None:
-    clock = Clock()
+    clock = new_clock()
     bus.publish_batch("drift", [drift_event("credit"), drift_event("fraud")])
     loop = make_loop(tmp_path, bus, clock, {"gate": "wait"}, max_concurrent_runs=1)
     try:
@@ -323,7 +315,7 @@ def test_deferred_trigger_is_redelivered_not_lost(tmp_path: Path, bus: Bus) -> N
 
 
 def test_provenance_tampering_is_reported(tmp_path: Path, bus: Bus) -> None:
-    clock = Clock()
+    clock = new_clock()
     bus.publish("drift", drift_event())
     loop = make_loop(tmp_path, bus, clock, verify_every_s=10)
     try:
@@ -346,7 +338,7 @@ def test_provenance_tampering_is_reported(tmp_path: Path, bus: Bus) -> None:
 
 
 def test_one_controller_per_database(tmp_path: Path, bus: Bus) -> None:
-    clock = Clock()
+    clock = new_clock()
     first = make_loop(tmp_path, bus, clock)
     second = make_loop(tmp_path, bus, clock)
     try:
@@ -492,3 +484,15 @@ def test_binary_runs_stops_on_sigterm_and_resumes(tmp_path: Path) -> None:
     assert retrain_fakes.effects(home, "SELECT COUNT(*) FROM registrations") == [(1,)]
     ready = next(rec for rec in lines if rec["msg"] == "retrain-controller ready")
     assert ready["runs"] == 1
+
+
+def test_metric_vocabulary_matches_the_pipelines_core() -> None:
+    """keel.telemetry cannot import keel.pipelines: its copies of the step names, trigger
+    kinds and final statuses must match the core's."""
+    from keel.pipelines import STEPS, TriggerKind
+    from keel.pipelines._controller import TERMINAL
+    from keel.telemetry import PipelinesMetrics
+
+    assert PipelinesMetrics.STEPS == STEPS
+    assert set(PipelinesMetrics.TRIGGER_KINDS) == {k.value for k in TriggerKind}
+    assert set(PipelinesMetrics.FINISHED) == {s.value for s in TERMINAL}

@@ -19,17 +19,6 @@ from keel.pipelines import CanaryPolicy, RunStatus
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def monotonic(self) -> float:
-        return (self.now - T0).total_seconds()
-
-
 def drift(model: str, hour: int, id: str | None = None) -> Event:
     return retrain_fakes.drift_event(model, T0 - timedelta(hours=hour), id=id)
 
@@ -38,7 +27,7 @@ def drift(model: str, hour: int, id: str | None = None) -> Event:
 def test_retrain_controller_over_nats(tmp_path: Path) -> None:
     drift_stream, signals_stream = unique_name("drift"), unique_name("models")
     bus = open_bus(nats_url())
-    clock = Clock()
+    clock = retrain_fakes.ManualClock(T0)
     try:
         bad = Event.create(type="drift.detected", key="m", event_time=T0, payload=[1, 2])
         bus.publish_batch(drift_stream, [drift("credit", 3), drift("credit", 3, "again"), bad])
