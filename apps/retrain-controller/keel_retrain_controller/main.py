@@ -46,7 +46,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from keel.events import Bus, Consumer, Delivery, Event, IdempotentSink, default_url, open_bus
+from keel.events import (
+    Bus,
+    Consumer,
+    Delivery,
+    Event,
+    IdempotentSink,
+    UnavailableError,
+    default_url,
+    open_bus,
+)
 from keel.pipelines import (
     CANARY_FAILED,
     DRIFT_DETECTED,
@@ -308,6 +317,7 @@ class RetrainLoop:
     metrics: PipelinesMetrics = field(init=False)
     submitted: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
+    bus_errors: int = 0
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -336,6 +346,7 @@ class RetrainLoop:
         self.signals = self.bus.consumer(s.signals_stream, s.durable, instance=s.durable)
         self._seen: dict[str, RunStatus] = {}
         self._last_wait = self._last_retry = self._last_verify = float("-inf")
+        self._bus_retry_at = float("-inf")
         self._slots: dict[str, datetime] = {}
         self._schedule = (
             SchedulePolicy(timedelta(seconds=s.schedule_every_s)) if s.schedule_every_s else None
@@ -374,8 +385,14 @@ class RetrainLoop:
         """Consume what arrived, submit triggers (acking each delivery once its decision is
         committed), then advance runs, then update metrics. Runs advance only after every
         fetched delivery is settled, so a long step never holds a delivery past its ack wait."""
-        self._consume_signals()
-        self._consume_drift()
+        if self.monotonic() >= self._bus_retry_at:
+            try:
+                self._consume_signals()
+                self._consume_drift()
+            except UnavailableError as exc:  # the bus is down: keep advancing runs, retry it
+                self.bus_errors += 1
+                self._bus_retry_at = self.monotonic() + 5 * self.settings.poll_timeout_s
+                log.warning("event bus unavailable; retrying", extra={"error": str(exc)})
         self._scheduled()
         now = self.monotonic()
         poll_waiting = now - self._last_wait >= self.settings.wait_poll_s
@@ -397,6 +414,11 @@ class RetrainLoop:
         if now - self._last_verify >= self.settings.verify_every_s:
             self.verify()
         self._observe_runs()
+
+    @property
+    def bus_down(self) -> bool:
+        """The last fetch failed and the bus is not retried yet (the tick did not wait)."""
+        return self.monotonic() < self._bus_retry_at
 
     def verify(self) -> bool:
         self._last_verify = self.monotonic()
@@ -574,9 +596,15 @@ def run(settings: Settings, ctx: AppContext) -> None:
                 )
                 while not ctx.stop.is_set():
                     loop.tick()
+                    if loop.bus_down:  # no fetch waited this tick
+                        ctx.stop.wait(settings.poll_timeout_s)
             finally:
                 server.stop()
-                ctx.report(dead_letters=loop.dead_letters, triggers=dict(loop.submitted))
+                ctx.report(
+                    dead_letters=loop.dead_letters,
+                    triggers=dict(loop.submitted),
+                    bus_errors=loop.bus_errors,
+                )
         finally:
             loop.close()
     finally:

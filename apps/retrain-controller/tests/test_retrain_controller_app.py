@@ -314,6 +314,34 @@ def test_deferred_trigger_is_redelivered_not_lost(tmp_path: Path, bus: Bus) -> N
         loop.close()
 
 
+def test_a_busy_bus_is_retried_not_fatal(tmp_path: Path) -> None:
+    """The bus refuses (here: another process holds the embedded log's write lock past the
+    busy timeout): the tick logs it, keeps going, and consumes once the bus is back."""
+    clock = new_clock()
+    with open_bus(f"sqlite:///{tmp_path}/events.db", busy_timeout_s=0.05) as bus:
+        loop = make_loop(tmp_path, bus, clock)
+        try:
+            loop.start()
+            bus.publish("drift", drift_event())
+            lock = sqlite3.connect(tmp_path / "events.db", isolation_level=None)
+            try:
+                lock.execute("BEGIN EXCLUSIVE")
+                loop.tick()
+                assert loop.bus_errors == 1 and loop.bus_down
+                assert loop.controller.runs() == []
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            loop.tick()  # still backing off: nothing fetched
+            assert loop.controller.runs() == []
+            clock.advance(1)
+            loop.tick()
+            assert [r.status for r in loop.controller.runs()] == [RunStatus.PROMOTED]
+            assert not loop.bus_down
+        finally:
+            loop.close()
+
+
 def test_provenance_tampering_is_reported(tmp_path: Path, bus: Bus) -> None:
     clock = new_clock()
     bus.publish("drift", drift_event())

@@ -5,6 +5,7 @@ event is dead-lettered with its reason. Streams are unique to the test."""
 from __future__ import annotations
 
 import contextlib
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from keel_retrain_controller.main import RetrainLoop, Settings, build_executors
 from testutil import retrain_fakes
 from testutil.isolation import nats_url, unique_name
+from testutil.nats_server import PrivateNatsServer, os_free_port
 
 from keel.events import Event, EventsError, open_bus
 from keel.pipelines import CanaryPolicy, RunStatus
@@ -94,3 +96,49 @@ def test_retrain_controller_over_nats(tmp_path: Path) -> None:
             with contextlib.suppress(EventsError):
                 bus.delete_stream(s)
         bus.close()
+
+
+@pytest.mark.integration
+def test_controller_rides_out_a_broker_outage(tmp_path: Path) -> None:
+    """A private nats-server is stopped under the loop: ticks keep going (fetches come back
+    empty while the client reconnects), and once it is back the trigger is consumed."""
+    server = PrivateNatsServer(tmp_path / "js", os_free_port())
+    server.start()
+    clock = retrain_fakes.ManualClock(T0)
+    bus = open_bus(server.url)
+    try:
+        settings = Settings(
+            home=tmp_path / "home",
+            executors="testutil.retrain_fakes:build_executors",
+            poll_timeout_s=0.2,
+            canary_window_s=0,
+        )
+        loop = RetrainLoop(
+            settings, bus, build_executors(settings, bus), clock=clock, monotonic=clock.monotonic
+        )
+        try:
+            loop.start()
+            server.stop()
+            for _ in range(3):
+                loop.tick()  # no exception
+                clock.advance(1)
+            server.start()
+            deadline = time.monotonic() + 60
+            while True:  # the client reconnects; publish once it does
+                try:
+                    bus.publish("drift", drift("credit", 2))
+                    break
+                except EventsError:
+                    assert time.monotonic() < deadline, "bus never came back"
+                    time.sleep(0.5)
+            while not loop.controller.runs():
+                assert time.monotonic() < deadline, "the trigger was never consumed"
+                clock.advance(1)
+                loop.tick()
+            loop.tick()
+            assert [r.status for r in loop.controller.runs()] == [RunStatus.PROMOTED]
+        finally:
+            loop.close()
+    finally:
+        bus.close()
+        server.stop()
