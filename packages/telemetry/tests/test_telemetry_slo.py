@@ -8,12 +8,15 @@ import re
 import pytest
 
 from keel.telemetry import (
+    PLATFORM_ALERTS,
     PLATFORM_SLOS,
     AvailabilitySLO,
     BurnRateAlert,
     BurnRateWindow,
+    CounterAlert,
     DriftSLO,
     FreshnessSLO,
+    GaugeAlert,
     InvalidSLOError,
     LatencySLO,
     render_dashboard,
@@ -188,14 +191,97 @@ def test_dashboard_is_deterministic_with_unique_ids_and_no_overlaps() -> None:
 
 
 def test_runbooks_cover_every_alert() -> None:
-    books = render_runbooks(PLATFORM_SLOS)
-    alerts = [
-        r["alert"] for g in rule_groups(PLATFORM_SLOS)["groups"] for r in g["rules"] if "alert" in r
+    books = render_runbooks(PLATFORM_SLOS, PLATFORM_ALERTS)
+    rules = [
+        r
+        for g in rule_groups(PLATFORM_SLOS, alerts=PLATFORM_ALERTS)["groups"]
+        for r in g["rules"]
+        if "alert" in r
     ]
-    assert sorted(books) == sorted(f"{a}.md" for a in alerts)
+    assert sorted(books) == sorted(f"{r['alert']}.md" for r in rules)
+    assert {a.name for a in PLATFORM_ALERTS} <= {r["alert"] for r in rules}
     for name, text in books.items():
         assert text.count("\n## ") == 3, name  # what it means / how to diagnose / what to do
         assert f"# {name.removesuffix('.md')}\n" in text
+    for rule in rules:  # every alert links its own runbook
+        assert rule["annotations"]["runbook_url"] == f"ops/runbooks/{rule['alert']}.md"
+
+
+def test_non_slo_alerts_render_expr_for_and_labels() -> None:
+    counter = CounterAlert(
+        name="KeelThingFailed",
+        summary="a thing failed",
+        description="A thing failed.",
+        metric="keel_pipelines_step_failures_total",
+        matchers='step="train"',
+        window="30m",
+        group_by=("model",),
+        diagnose=("look",),
+        mitigate=("fix",),
+    )
+    gauge = GaugeAlert(
+        name="KeelChainBroken",
+        summary="broken",
+        description="Broken.",
+        metric="keel_pipelines_provenance_intact",
+        op="<",
+        threshold=1,
+        for_="2m",
+        severity="critical",
+        diagnose=("look",),
+        mitigate=("fix",),
+    )
+    group = rule_groups([], alerts=[counter, gauge])["groups"][-1]
+    assert group["name"] == "keel-alerts"
+    c, g = group["rules"]
+    assert c["expr"] == (
+        'sum by (model) (increase(keel_pipelines_step_failures_total{step="train"}[30m])) > 0'
+    )
+    assert "for" not in c and c["labels"] == {"severity": "warning", "team": "ml-platform"}
+    assert g["expr"] == "min (keel_pipelines_provenance_intact) < 1" and g["for"] == "2m"
+    assert g["labels"]["severity"] == "critical"
+    assert g["annotations"]["runbook_url"] == "ops/runbooks/KeelChainBroken.md"
+    book = render_runbooks([], [gauge])["KeelChainBroken.md"]
+    assert "min (keel_pipelines_provenance_intact) < 1" in book and "It pages" in book
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "ThingFailed"}, "starting with 'Keel'"),
+        ({"metric": "pipelines_failures_total"}, "is not keel_"),
+        ({"metric": "keel_pipelines_provenance_intact"}, "is not a counter"),
+        ({"matchers": "step=train"}, "matchers"),
+        ({"window": "1 hour"}, "duration"),
+        ({"group_by": ("Model-Name",)}, "not label names"),
+        ({"diagnose": ()}, "diagnose and mitigate"),
+    ],
+)
+def test_non_slo_alert_specs_are_validated(kwargs: dict[str, object], message: str) -> None:
+    spec: dict[str, object] = {
+        "name": "KeelThingFailed",
+        "summary": "s",
+        "description": "d",
+        "metric": "keel_pipelines_step_failures_total",
+        "diagnose": ("a",),
+        "mitigate": ("b",),
+        **kwargs,
+    }
+    with pytest.raises(InvalidSLOError, match=message):
+        CounterAlert(**spec)  # type: ignore[arg-type]
+
+
+def test_alert_names_must_be_unique_across_slos_and_alerts() -> None:
+    dup = CounterAlert(
+        name="KeelLabelCardinalityOverflow",
+        summary="s",
+        description="d",
+        metric="keel_x_total",
+        diagnose=("a",),
+        mitigate=("b",),
+    )
+    with pytest.raises(InvalidSLOError, match="alert names must be unique"):
+        rule_groups(PLATFORM_SLOS, alerts=[dup])
 
 
 def test_generate_writes_then_checks(tmp_path: object) -> None:

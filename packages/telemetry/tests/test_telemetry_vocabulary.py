@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from keel.telemetry import (
     PLANNED_SLOS,
+    PLATFORM_ALERTS,
     PLATFORM_SLOS,
     AvailabilitySLO,
     ComponentMetrics,
@@ -19,6 +20,7 @@ from keel.telemetry import (
     InvalidMetricError,
     LatencySLO,
     ModelQualityMetrics,
+    PipelinesMetrics,
     ServingMetrics,
 )
 from keel.telemetry._slo import _ThresholdSLO
@@ -186,6 +188,7 @@ def test_platform_slos_refer_to_declared_vocabulary_metrics() -> None:
         ServingMetrics(ComponentMetrics("serving", registry=reg)),
         FeatureMetrics(ComponentMetrics("features", registry=reg)),
         DriftMetrics(ComponentMetrics("drift", registry=reg)),
+        PipelinesMetrics(ComponentMetrics("pipelines", registry=reg)),
     )
     declared: dict[str, set[str]] = {}
     for vocab in sets:
@@ -202,3 +205,60 @@ def test_platform_slos_refer_to_declared_vocabulary_metrics() -> None:
             base = slo.gauge
         assert base in declared, (slo.name, base)
         assert set(slo.group_by) <= declared[base], (slo.name, slo.group_by, declared[base])
+
+    for alert in PLATFORM_ALERTS:  # the non-SLO alerts read vocabulary series too
+        base = alert.metric.removesuffix("_total")
+        assert base in declared, (alert.name, base)
+        labels = {m.split("=")[0].strip() for m in alert.matchers.split(",") if m}
+        assert labels <= declared[base], (alert.name, labels)
+        assert set(alert.group_by) - {"job", "instance"} <= declared[base], alert.name
+
+
+def test_pipelines_metrics_start_and_record() -> None:
+    t = [1000.0]
+    m = ComponentMetrics("pipelines")
+    p = PipelinesMetrics(m, clock=lambda: t[0])
+    p.start("credit")
+    v = values(m)
+    key = (
+        "keel_pipelines_runs_finished_total",
+        frozenset({("model", "credit"), ("status", "gate_failed")}),
+    )
+    assert v[key] == 0  # series exist before anything happened
+    assert (
+        v[
+            (
+                "keel_pipelines_step_failures_total",
+                frozenset({("model", "credit"), ("step", "train")}),
+            )
+        ]
+        == 0
+    )
+    assert v[("keel_pipelines_active_run_age_seconds", frozenset({("model", "credit")}))] == 0
+    assert v[("keel_pipelines_provenance_intact", frozenset())] == 1
+    p.set_active("credit", 400.0)
+    t[0] = 1600.0  # age is evaluated at scrape time
+    assert (
+        values(m)[("keel_pipelines_active_run_age_seconds", frozenset({("model", "credit")}))]
+        == 1200
+    )
+    p.record_finished("credit", "gate_failed", ["quality", "fairness"])
+    p.record_finished("credit", "rolled_back")
+    p.record_provenance(False)
+    v = values(m)
+    assert v[key] == 1
+    assert (
+        v[
+            (
+                "keel_pipelines_gate_failures_total",
+                frozenset({("model", "credit"), ("gate", "fairness")}),
+            )
+        ]
+        == 1
+    )
+    assert v[("keel_pipelines_canary_rollbacks_total", frozenset({("model", "credit")}))] == 1
+    assert v[("keel_pipelines_provenance_intact", frozenset())] == 0
+    assert v[("keel_pipelines_provenance_verify_failures_total", frozenset())] == 1
+    with pytest.raises(InvalidMetricError, match="expected one of"):
+        p.record_finished("credit", "failed")
+    assert p.models == ("credit",)

@@ -1,14 +1,21 @@
 """The generated alerts can fire: every series they read is emitted by a running app, and a
 synthetic fault on exactly those series fires each alert (promtool test rules).
 
-1. Start the feature-worker and the drift-monitor binaries (subprocesses, embedded bus),
-   feed them events, scrape their /metrics and parse the scrape with prometheus_client's
-   text parser (an implementation independent of the one that wrote it).
+1. Start the feature-worker, drift-monitor, serve and retrain-controller binaries
+   (subprocesses, embedded bus and stores), feed them events / requests, scrape their
+   /metrics and parse the scrape with prometheus_client's text parser (an implementation
+   independent of the one that wrote it). The serve app answers one request, then its
+   online store loses its table, so the next request is a server error (outcome="error");
+   the retrain-controller runs one drift-triggered retrain to promotion with the test
+   executors (tests/testutil/retrain_fakes.py). Training series are the controller's
+   (`step="train"`): the trainer app is a batch job whose /metrics exists only while it runs.
 2. Every metric selector in every rule of ops/prometheus/keel-rules.yml must match a
    scraped series (name and label matchers) -- a rule over a series nobody emits fails.
 3. From the scraped label sets, build promtool unit tests: the same series with a fault
-   (errors, stale features, a DRIFT decision, unjudged windows, label overflow) must fire
-   each alert with the scraped group labels; the same series healthy must fire none.
+   (errors, slow requests, stale features, a DRIFT decision, unjudged windows, label
+   overflow, a failed training step, a gate failure, a rollback, a broken provenance chain,
+   a stuck run) must fire each alert with the scraped group labels; the same series healthy
+   must fire none.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -31,15 +39,28 @@ from typing import Any
 import httpx
 import keel_drift_monitor.main as monitor_main
 import keel_feature_worker.main as worker_main
+import keel_retrain_controller.main as controller_main
+import keel_serve.main as serve_main
 import numpy as np
 import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from testutil import retrain_fakes
 from testutil.isolation import port_base
+from testutil.serving_artifacts import Keys, make_artifact
 
 from keel.drift import build_profile
 from keel.events import Event, open_bus
-from keel.telemetry import PLATFORM_SLOS, AvailabilitySLO, rule_groups
+from keel.telemetry import (
+    PLATFORM_ALERTS,
+    PLATFORM_SLOS,
+    AlertSpec,
+    AvailabilitySLO,
+    CounterAlert,
+    GaugeAlert,
+    LatencySLO,
+    rule_groups,
+)
 from keel.telemetry._slo import _ThresholdSLO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # promtool; app subprocesses
@@ -98,6 +119,24 @@ def _scrape(proc: subprocess.Popen[str], port: int, ready: str, deadline: float)
         time.sleep(0.2)
 
 
+def _serve_scrape(proc: subprocess.Popen[str], port: int, home: Path, deadline: float) -> str:
+    """One good request, then one that fails on the server's side (the online store's table
+    is gone: a store failure is the server's fault, outcome="error"), then /metrics."""
+    url = f"http://127.0.0.1:{port}"
+    body = {"instances": [{"entity": "c1", "features": {"channel": "web"}}]}
+    _scrape(proc, port, "keel_serving_", deadline)  # up
+    assert httpx.post(f"{url}/v1/predict", json=body, timeout=10).status_code == 200
+    db = sqlite3.connect(home / "online.db")
+    try:
+        db.execute("DROP TABLE online_features")
+        db.commit()
+    finally:
+        db.close()
+    failed = httpx.post(f"{url}/v1/predict", json=body, timeout=10)
+    assert failed.status_code >= 500, failed.text
+    return _scrape(proc, port, 'outcome="error"', deadline)
+
+
 def _stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -146,7 +185,18 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
                 for i in range(1200)  # 2h20m: two hourly windows close
             ],
         )
-    wport, mport = port_base(71), port_base(72)
+        bus.publish("drift", retrain_fakes.drift_event("credit", t0))
+    keys = Keys()
+    (tmp / "pub.pem").write_bytes(keys.pub)
+    artifact, _ = make_artifact(tmp, keys, seed=1)
+    serve_home = tmp / "serve-home"
+    serve_home.mkdir()
+    from keel.features import open_online_store
+
+    store = open_online_store(None, home=serve_home)
+    store.write("card_stats:v1", [("c1", {"f0": 0.5, "f1": 1.5, "f2": -2.0}, now)])
+    store.close()
+    wport, mport, sport, cport = port_base(71), port_base(72), port_base(73), port_base(74)
     worker_env = _env(
         feature_worker={
             "home": str(home),
@@ -165,14 +215,38 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
             "min_samples": "50",
         }
     )
+    serve_env = _env(
+        serve={
+            "model": str(artifact),
+            "trust_keys": json.dumps([str(tmp / "pub.pem")]),
+            "home": str(serve_home),
+            "port": str(sport),
+        }
+    )
+    controller_env = _env(
+        retrain_controller={
+            "home": str(home),
+            "bus_url": bus_url,
+            "executors": "testutil.retrain_fakes:build_executors",
+            "metrics_port": str(cport),
+            "canary_window_s": "0",
+            "poll_timeout_s": "0.2",
+        }
+    )
+    apps = (
+        (worker_main, worker_env),
+        (monitor_main, monitor_env),
+        (serve_main, serve_env),
+        (controller_main, controller_env),
+    )
     procs = [
         subprocess.Popen(
             [sys.executable, str(main.__file__)], env=env, stderr=subprocess.PIPE, text=True
         )
-        for main, env in ((worker_main, worker_env), (monitor_main, monitor_env))
+        for main, env in apps
     ]
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 120
         texts = {
             "feature-worker": _scrape(
                 procs[0],
@@ -181,6 +255,13 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
                 deadline,
             ),
             "drift-monitor": _scrape(procs[1], mport, "keel_drift_window_rows{", deadline),
+            "serve": _serve_scrape(procs[2], sport, serve_home, deadline),
+            "retrain-controller": _scrape(
+                procs[3],
+                cport,
+                'keel_pipelines_runs_finished_total{model="credit",status="promoted"} 1.0',
+                deadline,
+            ),
         }
     finally:
         for p in procs:
@@ -220,7 +301,7 @@ def referenced_selectors() -> list[tuple[str, str, list[tuple[str, str, str]]]]:
     """(rule, metric name or "", matchers) for every raw keel_* selector in the rules
     (the committed file is exactly this data: test_telemetry_ops_files checks it)."""
     out = []
-    for group in rule_groups(PLATFORM_SLOS)["groups"]:
+    for group in rule_groups(PLATFORM_SLOS, alerts=PLATFORM_ALERTS)["groups"]:
         for rule in group["rules"]:
             name = rule.get("alert") or rule.get("record")
             for m in _SELECTOR.finditer(rule["expr"]):
@@ -277,7 +358,7 @@ def _series(sample: Sample, values: str) -> dict[str, str]:
 def _alerts() -> dict[str, dict[str, Any]]:
     return {
         r["alert"]: r
-        for g in rule_groups(PLATFORM_SLOS)["groups"]
+        for g in rule_groups(PLATFORM_SLOS, alerts=PLATFORM_ALERTS)["groups"]
         for r in g["rules"]
         if "alert" in r
     }
@@ -298,6 +379,16 @@ def _case(
             series.append(_series(s, f"0+{rate}x{STEPS}"))
             if bad and faulty:
                 groups.append({k: s.labels[k] for k in slo.group_by})
+    elif isinstance(slo, LatencySLO):
+        # 100 requests a minute; with the fault only half are within the threshold
+        for s in scraped:
+            if s.name == f"{slo.histogram}_bucket" and s.labels.get("le") == slo.le:
+                series.append(_series(s, f"0+{50 if faulty else 100}x{STEPS}"))
+                if faulty:
+                    group = {k: s.labels[k] for k in slo.group_by}
+                    groups += [group] if group not in groups else []
+            elif s.name in (f"{slo.histogram}_bucket", f"{slo.histogram}_count"):
+                series.append(_series(s, f"0+100x{STEPS}"))
     else:
         assert isinstance(slo, _ThresholdSLO)
         wanted = [(a, c) for a, _, c in _MATCHER.findall(slo.matchers)]
@@ -384,7 +475,49 @@ def _rule_test(scraped: list[Sample], *, faulty: bool) -> dict[str, Any]:
             else [],
         }
     )
+    for spec in PLATFORM_ALERTS:
+        alert_series, alert_groups = _alert_case(scraped, spec, faulty=faulty)
+        assert alert_series, f"{spec.name}: no scraped series for it"
+        assert alert_groups or not faulty, f"{spec.name}: the fault touches no group"
+        series += [x for x in alert_series if x["series"] not in by_name]
+        rule = alerts[spec.name]
+        checks.append(
+            {
+                "eval_time": EVAL,
+                "alertname": spec.name,
+                "exp_alerts": [
+                    {"exp_labels": {**rule["labels"], **g}, "exp_annotations": rule["annotations"]}
+                    for g in alert_groups
+                ],
+            }
+        )
     return {"interval": "1m", "input_series": series, "alert_rule_test": checks}
+
+
+def _alert_case(
+    scraped: list[Sample], alert: AlertSpec, *, faulty: bool
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(input series, expected alert group labels) for one non-SLO alert: its counter
+    rising / its gauge past the threshold, on the scraped series it selects."""
+    wanted = _MATCHER.findall(alert.matchers)
+    series, groups = [], []
+    for s in scraped:
+        if s.name != alert.metric:
+            continue
+        selected = _matches(s.labels, s.name, wanted)
+        if isinstance(alert, CounterAlert):
+            values = f"0+{1 if (selected and faulty) else 0}x{STEPS}"
+        else:
+            assert isinstance(alert, GaugeAlert)
+            bad = alert.threshold + 1 if alert.op == ">" else alert.threshold - 1
+            good = 0.0 if alert.op == ">" else alert.threshold
+            values = f"{bad if (selected and faulty) else good:g}+0x{STEPS}"
+        series.append(_series(s, values))
+        if selected and faulty:
+            labels = {**s.labels, "job": s.job}
+            group = {k: labels[k] for k in alert.group_by if k in labels}
+            groups += [group] if group not in groups else []
+    return series, groups
 
 
 def _promtool_test(tmp_path: Path, tests: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:

@@ -20,14 +20,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from keel.telemetry import (
-    PLANNED_SLOS,
+    PLATFORM_ALERTS,
     PLATFORM_SLOS,
     ComponentMetrics,
     DriftMetrics,
     FeatureMetrics,
     ModelQualityMetrics,
+    PipelinesMetrics,
     ServingMetrics,
-    render_rules,
     rule_groups,
     start_metrics_server,
 )
@@ -78,6 +78,11 @@ def _populated_registry() -> CollectorRegistry:
     q.set_quality("fraud", "3", "auc", 0.93)
     q.labels_joined.labels(model="fraud").inc(40)
     q.label_delay.labels(model="fraud").observe(3600)
+    p = PipelinesMetrics(ComponentMetrics("pipelines", registry=reg), clock=lambda: 5000.0)
+    p.record_started("fraud", "drift")
+    p.observe_step("train", 42.0)
+    p.record_finished("fraud", "gate_failed", ["quality"])
+    p.set_active("fraud", 1000.0)
     return reg
 
 
@@ -101,7 +106,8 @@ def test_promtool_check_metrics_rejects_a_bad_exposition() -> None:
 def test_promtool_check_rules_on_committed_file() -> None:
     proc = run("check", "rules", str(RULES))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    n_rules = sum(len(g["rules"]) for g in rule_groups(PLATFORM_SLOS)["groups"])
+    groups = rule_groups(PLATFORM_SLOS, alerts=PLATFORM_ALERTS)["groups"]
+    n_rules = sum(len(g["rules"]) for g in groups)
     assert f"SUCCESS: {n_rules} rules found" in proc.stdout
 
 
@@ -109,8 +115,7 @@ def test_promtool_check_rules_on_committed_file() -> None:
 
 _ALERTS: dict[str, dict[str, Any]] = {
     r["alert"]: r
-    for slos in (PLATFORM_SLOS, PLANNED_SLOS)
-    for g in rule_groups(slos)["groups"]
+    for g in rule_groups(PLATFORM_SLOS, alerts=PLATFORM_ALERTS)["groups"]
     for r in g["rules"]
     if "alert" in r
 }
@@ -129,8 +134,8 @@ def series(name: str, values: str, **labels: str) -> dict[str, str]:
 REQ = "keel_serving_requests_total"
 LAT = "keel_serving_request_latency_seconds"
 
-# Serving is planned: its SLOs are rendered into a temporary rule file, not ops/.
-PLANNED_RULE_TESTS: list[dict[str, Any]] = [
+# The serving SLOs' burn-rate alerts on synthetic serve-app series.
+SERVING_RULE_TESTS: list[dict[str, Any]] = [
     {
         # fraud: 20 errors per 1000 valid requests (2%) > 14.4 x 0.1% -> fast + slow burn.
         # 500 invalid requests/min would dilute the ratio under 1.44% if they counted.
@@ -279,32 +284,24 @@ def _write_tests(tmp_path: Path, tests: list[dict[str, Any]], rules: Path = RULE
     return path
 
 
-def _planned_rules(tmp_path: Path) -> Path:
-    path = tmp_path / "planned-rules.yml"
-    path.write_text(render_rules(PLANNED_SLOS), encoding="utf-8")
-    return path
-
-
 def test_promtool_test_rules_burn_rate_alerts(tmp_path: Path) -> None:
     proc = run("test", "rules", str(_write_tests(tmp_path, RULE_TESTS)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout
 
 
-def test_promtool_test_rules_planned_serving_slos(tmp_path: Path) -> None:
-    rules = _planned_rules(tmp_path)
-    assert run("check", "rules", str(rules)).returncode == 0
-    proc = run("test", "rules", str(_write_tests(tmp_path, PLANNED_RULE_TESTS, rules)))
+def test_promtool_test_rules_serving_slos(tmp_path: Path) -> None:
+    proc = run("test", "rules", str(_write_tests(tmp_path, SERVING_RULE_TESTS)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_promtool_test_rules_catches_a_wrong_expectation(tmp_path: Path) -> None:
     """The harness has teeth: claiming the slow-burn case pages must fail."""
-    wrong = json.loads(json.dumps(PLANNED_RULE_TESTS[1]))
+    wrong = json.loads(json.dumps(SERVING_RULE_TESTS[1]))
     wrong["alert_rule_test"][0]["exp_alerts"] = [
         expect("KeelServingAvailabilityBudgetBurnFast", model="slowburn")
     ]
-    proc = run("test", "rules", str(_write_tests(tmp_path, [wrong], _planned_rules(tmp_path))))
+    proc = run("test", "rules", str(_write_tests(tmp_path, [wrong])))
     assert proc.returncode != 0
     assert "KeelServingAvailabilityBudgetBurnFast" in proc.stdout + proc.stderr
 

@@ -8,10 +8,10 @@
     srv = start_metrics_server(m.registry, host="127.0.0.1", port=0)   # srv.port, srv.stop()
 
 SLI vocabulary: ServingMetrics, FeatureMetrics, DriftMetrics,
-ModelQualityMetrics. SLOs as code: AvailabilitySLO, LatencySLO, FreshnessSLO,
-DriftSLO -> render_rules / render_dashboard / render_runbooks; Keel's own
-SLOs are PLATFORM_SLOS, rendered into ops/ by `python -m keel.telemetry.generate ops/`
-(PLANNED_SLOS: the serving app's, not rendered until it exists).
+ModelQualityMetrics, PipelinesMetrics. SLOs as code: AvailabilitySLO, LatencySLO, FreshnessSLO,
+DriftSLO, and non-SLO alerts CounterAlert, GaugeAlert -> render_rules / render_dashboard /
+render_runbooks; Keel's own are PLATFORM_SLOS and PLATFORM_ALERTS, rendered into ops/ by
+`python -m keel.telemetry.generate ops/`.
 
 `redact_url(url)` masks passwords and tokens in any URL Keel prints or logs. The one
 convention every app binary follows (config rule, --help, JSON logs, start/stop lines,
@@ -20,6 +20,7 @@ one-line errors) is `keel.telemetry.app.App` (docs/apps.md).
 Never imports torch, ray, mlflow, polars, numpy or pydantic (tested).
 """
 
+from keel.telemetry._alerts import AlertSpec, CounterAlert, GaugeAlert
 from keel.telemetry._dashboard import render_dashboard
 from keel.telemetry._errors import (
     InvalidMetricError,
@@ -46,7 +47,7 @@ from keel.telemetry._metrics import (
     GuardedGauge,
     GuardedHistogram,
 )
-from keel.telemetry._platform import PLANNED_SLOS, PLATFORM_SLOS
+from keel.telemetry._platform import PLANNED_SLOS, PLATFORM_ALERTS, PLATFORM_SLOS
 from keel.telemetry._redact import redact_url
 from keel.telemetry._rules import render_rules, rule_groups
 from keel.telemetry._runbooks import render_runbooks
@@ -71,6 +72,7 @@ from keel.telemetry._vocabulary import (
     DriftMetrics,
     FeatureMetrics,
     ModelQualityMetrics,
+    PipelinesMetrics,
     ServingMetrics,
     metric_name,
 )
@@ -84,15 +86,19 @@ __all__ = [
     "LATENCY_BUCKETS_SECONDS",
     "OTHER_LABEL_VALUE",
     "PLANNED_SLOS",
+    "PLATFORM_ALERTS",
     "PLATFORM_SLOS",
+    "AlertSpec",
     "AvailabilitySLO",
     "BurnRateAlert",
     "BurnRateWindow",
     "ComponentMetrics",
+    "CounterAlert",
     "DriftMetrics",
     "DriftSLO",
     "FeatureMetrics",
     "FreshnessSLO",
+    "GaugeAlert",
     "GuardedCounter",
     "GuardedGauge",
     "GuardedHistogram",
@@ -102,6 +108,7 @@ __all__ = [
     "LatencySLO",
     "MetricsServer",
     "ModelQualityMetrics",
+    "PipelinesMetrics",
     "SLOSpec",
     "ServingMetrics",
     "TelemetryError",

@@ -1,9 +1,9 @@
-"""Keel's own SLOs: the specs `python -m keel.telemetry.generate` renders into ops/.
+"""Keel's own SLOs and alerts: the specs `python -m keel.telemetry.generate` renders into ops/.
 
-PLATFORM_SLOS hold only objectives over series a running Keel app emits today
-(feature-worker, drift-monitor; a test scrapes both and checks every series the
-rules reference). PLANNED_SLOS are specified for the serving app, which does not
-exist yet; they are not rendered into ops/.
+PLATFORM_SLOS and PLATFORM_ALERTS hold only rules over series a running Keel app emits
+today (feature-worker, drift-monitor, serve, retrain-controller; a test scrapes all four
+and checks every series the rules reference). PLANNED_SLOS holds objectives specified for
+an app that does not emit their series yet (none at present); they are not rendered.
 
 The drift SLOs read the drift policy's own verdict (`keel_drift_decision`), not
 a raw statistic against a threshold copied here: the policy in keel.drift is the
@@ -12,15 +12,17 @@ one place its thresholds live, so the alert and `keel drift check` cannot disagr
 
 from __future__ import annotations
 
+from keel.telemetry._alerts import AlertSpec, CounterAlert, GaugeAlert
 from keel.telemetry._slo import AvailabilitySLO, DriftSLO, FreshnessSLO, LatencySLO, SLOSpec
 from keel.telemetry._vocabulary import (
     DriftMetrics,
     FeatureMetrics,
+    PipelinesMetrics,
     ServingMetrics,
     metric_name,
 )
 
-__all__ = ["PLANNED_SLOS", "PLATFORM_SLOS"]
+__all__ = ["PLANNED_SLOS", "PLATFORM_ALERTS", "PLATFORM_SLOS"]
 
 PLATFORM_SLOS: tuple[SLOSpec, ...] = (
     AvailabilitySLO(
@@ -123,10 +125,6 @@ PLATFORM_SLOS: tuple[SLOSpec, ...] = (
             "If the schema changed on purpose, build a new reference profile and restart the monitor.",
         ),
     ),
-)
-
-# The serving app is planned; its SLOs are specified here and rendered once it emits them.
-PLANNED_SLOS: tuple[SLOSpec, ...] = (
     AvailabilitySLO(
         name="serving-availability",
         objective=0.999,
@@ -162,6 +160,166 @@ PLANNED_SLOS: tuple[SLOSpec, ...] = (
         mitigate=(
             "Scale out the serve app, or lower the micro-batch size/wait if batches grew.",
             "If a new model version is slower, roll the `champion` alias back.",
+        ),
+    ),
+)
+
+PLANNED_SLOS: tuple[SLOSpec, ...] = ()
+
+
+def _pipelines(name: str) -> str:
+    return metric_name("pipelines", name)
+
+
+_HISTORY = "`keel retrain history --model <model>` (status, step and detail of each run)"
+
+# The retrain loop's alerts (series of the retrain-controller app, keel.telemetry's
+# PipelinesMetrics). The trainer app's own metrics are not alerted on: it is a batch job
+# whose /metrics disappears when it exits, so a failed run's counter is never scraped; the
+# loop's `train` step (which runs keel.trainer through the executors) is what is watched.
+PLATFORM_ALERTS: tuple[AlertSpec, ...] = (
+    CounterAlert(
+        name="KeelTrainingJobFailing",
+        summary="A retrain run's training job failed",
+        description=(
+            "The `train` step of a retrain run raised (keel.trainer gave up after its"
+            " `max_failures`, the data could not be read, Ray was unreachable...). The run is"
+            " held `failed` at that step and retried every `retry_failed_s`; the champion keeps"
+            " serving, but the model is not being refreshed."
+        ),
+        metric=_pipelines(PipelinesMetrics.STEP_FAILURES),
+        matchers='step="train"',
+        window="1h",
+        group_by=("model",),
+        severity="warning",
+        diagnose=(
+            f"Find the run and its error: {_HISTORY}; the retrain-controller's JSON logs carry"
+            " a `retrain step failed` line with the `cause`.",
+            "Read the trainer's own log lines for the job (`trainer start`, `trainer checkpoint`,"
+            " restarts) and the MLflow run named in them.",
+            "Check the Ray cluster (`ray status` at `RAY_ADDRESS`): a lost node or too few CPUs"
+            " for `num_workers` fails the job.",
+        ),
+        mitigate=(
+            "Fix the cause (data, resources, job spec); the controller retries the step and the"
+            " job resumes from its last committed checkpoint (no work lost).",
+            "If the run cannot succeed, give it up with keel.pipelines' `Controller.abandon(run_id,"
+            " who, why)` (no CLI command for it yet); it is recorded in provenance and the model"
+            " takes new triggers again.",
+        ),
+    ),
+    CounterAlert(
+        name="KeelRetrainGateFailed",
+        summary="A retrained model failed a promotion gate",
+        description=(
+            "A retrain run ended `gate_failed`: the challenger did not pass a gate (quality vs"
+            " the champion, calibration, fairness, compatibility, training-data drift, or an"
+            " approval was rejected). Nothing was registered and the champion is untouched; the"
+            " drift that triggered the retrain is still there."
+        ),
+        metric=_pipelines(PipelinesMetrics.RUNS_FINISHED),
+        matchers='status="gate_failed"',
+        window="1h",
+        group_by=("model",),
+        severity="warning",
+        diagnose=(
+            "Which gate: `sum by (model, gate) (increase(keel_pipelines_gate_failures_total[1h]))`.",
+            f"The evidence: {_HISTORY}; the run's `detail` and its `gates` step output name"
+            " each failed gate with its reasons and numbers.",
+            "A quality gate failing after drift often means the new data is itself broken: check"
+            " the training-data gate's drift decision and the drift report of the triggering episode.",
+        ),
+        mitigate=(
+            "If the data is broken, fix the upstream pipeline; the next drift episode or a"
+            " manual `keel retrain --model <model>` retries.",
+            "If the gate is too strict for a real change in the world, change the gate's"
+            " threshold through review (it is recorded in provenance), then retrain.",
+            "Never move the champion alias by hand to bypass a gate.",
+        ),
+    ),
+    CounterAlert(
+        name="KeelCanaryRolledBack",
+        summary="A challenger's canary was rolled back",
+        description=(
+            "The retrain controller rolled a canary back: serving published `canary.failed`"
+            " (the canary breached its error-rate or latency SLO and serving stopped it) or an"
+            " `slo.reading` for the canary's version was above its objective. The challenger"
+            " was taken off shadow and canary; the champion is untouched."
+        ),
+        metric=_pipelines(PipelinesMetrics.CANARY_ROLLBACKS),
+        window="1h",
+        group_by=("model",),
+        severity="warning",
+        diagnose=(
+            f"The evidence: {_HISTORY}; the `canary` step's decision lists each signal"
+            " (canary.failed reason, SLO name, value and objective).",
+            'Compare the variants: `sum by (variant, outcome) (rate(keel_serving_variant_requests_total{model="<model>"}[15m]))`'
+            " and `keel_serving_variant_latency_seconds` by variant.",
+            "Check whether the challenger's artifact differs in feature views or input schema"
+            " from what the online store serves (`keel artifact inspect`).",
+        ),
+        mitigate=(
+            "Keep the champion (already the case); fix the challenger (a slow architecture, a"
+            " feature-view mismatch, a bad training set) and retrain.",
+            "If the canary's SLO was too tight for a healthy model, change `canary_max_error_rate`"
+            " / `canary_max_p99_s` on the serve app through review.",
+        ),
+    ),
+    GaugeAlert(
+        name="KeelProvenanceChainBroken",
+        summary="The retrain provenance chain does not verify",
+        description=(
+            "The retrain controller's periodic verification of the hash-chained provenance"
+            " record found a broken link: an entry edited, deleted or reordered in the pipelines"
+            " database. Lineage from the serving model back to its data can no longer be trusted."
+        ),
+        metric=_pipelines(PipelinesMetrics.PROVENANCE_INTACT),
+        op="<",
+        threshold=1.0,
+        for_="1m",
+        group_by=("job", "instance"),
+        severity="critical",
+        diagnose=(
+            "Run `keel provenance verify <model>@champion`: it lists every broken link (sequence"
+            " number and what is wrong).",
+            "The retrain-controller's log has a `provenance chain broken` line with the problems.",
+            "Find who or what wrote to `$KEEL_HOME/pipelines/pipelines.db` outside the controller"
+            " (file modification times, host audit logs, a restored backup).",
+        ),
+        mitigate=(
+            "Treat it as a security incident: freeze promotions (stop the retrain-controller) until"
+            " the cause is known.",
+            "Restore the database from the last backup whose chain verifies; compare the chain"
+            " head with the registry's alias audit log (keel.registry_client) to find lost entries.",
+        ),
+    ),
+    GaugeAlert(
+        name="KeelRetrainLoopStuck",
+        summary="A retrain run has been unfinished for over 6 hours",
+        description=(
+            "A model has had an unfinished retrain run (running, waiting or failed) for more"
+            " than 6 hours: a step keeps failing, approvals are not coming, a canary gets no"
+            " traffic, or the retrain-controller is not advancing runs. New triggers for the"
+            " model coalesce into the stuck run, so the model is not refreshed."
+        ),
+        metric=_pipelines(PipelinesMetrics.ACTIVE_RUN_AGE),
+        op=">",
+        threshold=6 * 3600.0,
+        for_="15m",
+        group_by=("model",),
+        severity="warning",
+        diagnose=(
+            f"Which run and where: {_HISTORY}. `failed` names the step and error; `waiting` says"
+            " what it waits for (approvals, the canary window or its minimum requests).",
+            "Is the controller alive and advancing? Its `/healthz`, its logs, and"
+            " `rate(keel_pipelines_step_duration_seconds_count[30m])`.",
+            'A failing step shows in `increase(keel_pipelines_step_failures_total{model="<model>"}[6h])`.',
+        ),
+        mitigate=(
+            "Waiting for approvals: ask the approvers (`keel governance approve`).",
+            "Failing step: fix the cause; the controller retries it every `retry_failed_s`.",
+            "A run that cannot finish: abandon it (`Controller.abandon(run_id, who, why)`, recorded"
+            " in provenance) so new triggers start a fresh run.",
         ),
     ),
 )

@@ -9,7 +9,9 @@ Recorded series (one set per SLO, told apart by the `slo` label):
 
 Alerts: `Keel<SloName>BudgetBurn<Suffix>` per `BurnRateAlert` (see `_slo`),
 labelled `severity`, `slo`, `team`, annotated with `summary`, `description`
-and `runbook_url` (`<runbook_base>/<alert>.md`).
+and `runbook_url` (`<runbook_base>/<alert>.md`); then the non-SLO alerts
+(`_alerts`: a counter rose, a gauge crossed a line) in group `keel-alerts`, labelled
+`severity`, `team`, with the same annotations.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from keel.telemetry._alerts import AlertSpec
 from keel.telemetry._errors import InvalidSLOError
 from keel.telemetry._slo import BurnRateAlert, SLOSpec, parse_duration
 from keel.telemetry._yaml import dump_yaml
@@ -137,27 +140,60 @@ def _telemetry_group(runbook_base: str) -> dict[str, Any]:
     }
 
 
-def _check_unique(slos: Sequence[SLOSpec]) -> None:
+def _alert_rule(alert: AlertSpec, runbook_base: str) -> dict[str, Any]:
+    rule: dict[str, Any] = {"alert": alert.name, "expr": alert.expr()}
+    if alert.for_duration:
+        rule["for"] = alert.for_duration
+    rule["labels"] = {"severity": alert.severity, "team": alert.team}
+    rule["annotations"] = {
+        "summary": alert.summary,
+        "description": f"{alert.description} Fires while {alert.condition_text()}.",
+        "runbook_url": f"{runbook_base}/{alert.name}.md",
+    }
+    return rule
+
+
+def _check_unique(slos: Sequence[SLOSpec], alerts: Sequence[AlertSpec] = ()) -> None:
     names = [s.name for s in slos]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InvalidSLOError(f"SLO names must be unique; duplicated: {dupes}")
+    taken = [s.alert_name(a) for s in slos for a in s.alerts] + [LABEL_OVERFLOW_ALERT]
+    names = taken + [a.name for a in alerts]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InvalidSLOError(f"alert names must be unique; duplicated: {dupes}")
 
 
 def rule_groups(
-    slos: Sequence[SLOSpec], *, runbook_base: str = DEFAULT_RUNBOOK_BASE
+    slos: Sequence[SLOSpec],
+    *,
+    alerts: Sequence[AlertSpec] = (),
+    runbook_base: str = DEFAULT_RUNBOOK_BASE,
 ) -> dict[str, Any]:
-    """The Prometheus rule file for `slos`, as data (`{"groups": [...]}`)."""
-    _check_unique(slos)
+    """The Prometheus rule file for `slos` and `alerts`, as data (`{"groups": [...]}`)."""
+    _check_unique(slos, alerts)
     base = runbook_base.rstrip("/")
-    return {"groups": [*(_slo_group(s, base) for s in slos), _telemetry_group(base)]}
+    groups = [*(_slo_group(s, base) for s in slos), _telemetry_group(base)]
+    if alerts:
+        groups.append({"name": "keel-alerts", "rules": [_alert_rule(a, base) for a in alerts]})
+    return {"groups": groups}
 
 
-def render_rules(slos: Sequence[SLOSpec], *, runbook_base: str = DEFAULT_RUNBOOK_BASE) -> str:
-    """The Prometheus rule file for `slos` as YAML text (deterministic)."""
-    return _HEADER + dump_yaml(rule_groups(slos, runbook_base=runbook_base))
+def render_rules(
+    slos: Sequence[SLOSpec],
+    *,
+    alerts: Sequence[AlertSpec] = (),
+    runbook_base: str = DEFAULT_RUNBOOK_BASE,
+) -> str:
+    """The Prometheus rule file for `slos` and `alerts` as YAML text (deterministic)."""
+    return _HEADER + dump_yaml(rule_groups(slos, alerts=alerts, runbook_base=runbook_base))
 
 
-def alert_names(slos: Sequence[SLOSpec]) -> list[str]:
+def alert_names(slos: Sequence[SLOSpec], alerts: Sequence[AlertSpec] = ()) -> list[str]:
     """Every alert the rule file defines, in order."""
-    return [s.alert_name(a) for s in slos for a in s.alerts] + [LABEL_OVERFLOW_ALERT]
+    return (
+        [s.alert_name(a) for s in slos for a in s.alerts]
+        + [LABEL_OVERFLOW_ALERT]
+        + [a.name for a in alerts]
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from keel.telemetry._alerts import AlertSpec
 from keel.telemetry._rules import LABEL_OVERFLOW_ALERT, _budget_text
 from keel.telemetry._slo import BurnRateAlert, SLOSpec
 
@@ -118,8 +119,47 @@ def _overflow_runbook() -> str:
     )
 
 
-def render_runbooks(slos: Sequence[SLOSpec]) -> dict[str, str]:
-    """Runbook file name (`<alert>.md`) -> Markdown, for every alert of `slos`."""
+_ALERT_SEVERITY_TEXT = {
+    "critical": "It pages: act now.",
+    "warning": "It opens a ticket: act within working hours.",
+}
+
+
+def _alert_runbook(alert: AlertSpec) -> str:
+    groups = ", ".join(alert.group_by) or "none"
+    lines = [
+        _HEADER,
+        f"# {alert.name}",
+        "",
+        f"**severity** {alert.severity} · **team** {alert.team} · **grouped by** `{groups}`",
+        "",
+        "## What it means",
+        "",
+        alert.description,
+        "",
+        f"It fires while {alert.condition_text()}:",
+        "",
+        f"```promql\n{alert.expr()}\n```",
+        "",
+        _ALERT_SEVERITY_TEXT[alert.severity],
+        "",
+        "## How to diagnose",
+        "",
+    ]
+    lines += [f"{i}. {s}" for i, s in enumerate(alert.diagnose, 1)]
+    lines += ["", "## What to do", ""]
+    lines += [f"- {a}" for a in alert.mitigate]
+    if alert.kind == "counter":
+        lines.append(
+            "- The alert resolves by itself once the window passes without a new occurrence; "
+            "a repeat re-fires it."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def render_runbooks(slos: Sequence[SLOSpec], alerts: Sequence[AlertSpec] = ()) -> dict[str, str]:
+    """Runbook file name (`<alert>.md`) -> Markdown, for every alert of `slos` and `alerts`."""
     out = {f"{s.alert_name(a)}.md": _slo_runbook(s, a) for s in slos for a in s.alerts}
     out[f"{LABEL_OVERFLOW_ALERT}.md"] = _overflow_runbook()
+    out.update({f"{a.name}.md": _alert_runbook(a) for a in alerts})
     return out

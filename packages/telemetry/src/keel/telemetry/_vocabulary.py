@@ -11,7 +11,9 @@ base units and labels are the same everywhere and the SLO rules
   `keel_events_consumer_lag_events{stream, consumer}`, ...);
 - `outcome`: one of a small closed set (see each class);
 - `method`: a drift statistic (psi, ks, chi2, js, wasserstein, ...);
-- `metric`: a model-quality metric (auc, log_loss, ...).
+- `metric`: a model-quality metric (auc, log_loss, ...);
+- `step`, `gate`, `trigger`, `status`: a retrain pipeline step, promotion gate, trigger
+  kind and run status (keel.pipelines' closed sets).
 
 Times are seconds, sizes bytes, ratios 0..1; counters end in `_total`.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "DriftMetrics",
     "FeatureMetrics",
     "ModelQualityMetrics",
+    "PipelinesMetrics",
     "ServingMetrics",
     "metric_name",
 ]
@@ -411,3 +414,170 @@ class ModelQualityMetrics:
 
     def set_quality(self, model: str, version: str, metric: str, value: float) -> None:
         self.score.labels(model=model, version=version, metric=metric).set(value)
+
+
+# Pipeline steps take milliseconds (an alias move) to hours (training).
+STEP_BUCKETS_SECONDS: tuple[float, ...] = (0.01, 0.1, *DURATION_BUCKETS_SECONDS)
+
+
+class PipelinesMetrics:
+    """Retrain loop SLIs (component `pipelines` by default), emitted by the
+    retrain-controller app around keel.pipelines' `Controller`. Every series but the
+    provenance ones carries `model`.
+
+    - `runs_started_total{model, trigger}`: runs started, by trigger kind (drift,
+      schedule, data_volume, labels, manual);
+    - `runs_finished_total{model, status}`: runs ended: `promoted`, `rolled_back`,
+      `gate_failed`, `abandoned`;
+    - `step_duration_seconds{step}`: one step's wall time (cache hits included);
+    - `step_failures_total{model, step}`: an executor raised (the run is held `failed`
+      and retried; `step="train"` is a failed training job);
+    - `gate_failures_total{model, gate}`: a promotion gate failed (the champion stays);
+    - `canary_rollbacks_total{model}`: a canary was rolled back (canary.failed or an
+      SLO breach);
+    - `active_run_age_seconds{model}`: how long the model's unfinished run (running,
+      waiting or failed) has existed, 0 when it has none; evaluated at scrape time, so it
+      grows while the loop is stuck;
+    - `triggers_total{model, trigger, action}`: trigger decisions (start, coalesce,
+      duplicate, cooldown, defer);
+    - `provenance_intact`: 1 while the provenance hash chain verifies, 0 once it does not;
+      `provenance_verify_failures_total`: verifications that found a broken link.
+
+    `start(model)` creates the model's series at 0, so the alert rules see it before
+    anything happens.
+    """
+
+    RUNS_STARTED: Final = "runs_started_total"
+    RUNS_FINISHED: Final = "runs_finished_total"
+    STEP_DURATION: Final = "step_duration_seconds"
+    STEP_FAILURES: Final = "step_failures_total"
+    GATE_FAILURES: Final = "gate_failures_total"
+    CANARY_ROLLBACKS: Final = "canary_rollbacks_total"
+    ACTIVE_RUN_AGE: Final = "active_run_age_seconds"
+    TRIGGERS: Final = "triggers_total"
+    PROVENANCE_INTACT: Final = "provenance_intact"
+    PROVENANCE_FAILURES: Final = "provenance_verify_failures_total"
+    FINISHED: Final = ("promoted", "rolled_back", "gate_failed", "abandoned")
+    TRIGGER_KINDS: Final = ("drift", "schedule", "data_volume", "labels", "manual")
+    STEPS: Final = (
+        "build_training_set",
+        "train",
+        "evaluate",
+        "gates",
+        "package_sign",
+        "register_challenger",
+        "shadow",
+        "canary",
+        "promote_or_rollback",
+    )
+
+    def __init__(
+        self, metrics: ComponentMetrics, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        """`clock` (Unix seconds) is what the active-run age is measured against at scrape
+        time; pass the controller's clock in tests."""
+        self.metrics = m = metrics
+        self._clock = clock
+        self._active_since: dict[str, float | None] = {}
+        self.runs_started = m.counter(
+            self.RUNS_STARTED, "Retrain runs started, by trigger kind.", labels=("model", "trigger")
+        )
+        self.runs_finished = m.counter(
+            self.RUNS_FINISHED,
+            "Retrain runs ended, by status (promoted, rolled_back, gate_failed, abandoned).",
+            labels=("model", "status"),
+        )
+        self.step_duration = m.histogram(
+            self.STEP_DURATION,
+            "Wall time of one pipeline step.",
+            labels=("step",),
+            buckets=STEP_BUCKETS_SECONDS,
+        )
+        self.step_failures = m.counter(
+            self.STEP_FAILURES,
+            "Pipeline steps whose executor raised (the run is held failed and retried).",
+            labels=("model", "step"),
+        )
+        self.gate_failures = m.counter(
+            self.GATE_FAILURES, "Promotion gates that failed, by gate.", labels=("model", "gate")
+        )
+        self.canary_rollbacks = m.counter(
+            self.CANARY_ROLLBACKS, "Canaries rolled back.", labels=("model",)
+        )
+        self.active_run_age = m.gauge(
+            self.ACTIVE_RUN_AGE,
+            "Seconds since the model's unfinished retrain run was created (0: none).",
+            labels=("model",),
+        )
+        self.triggers = m.counter(
+            self.TRIGGERS,
+            "Retrain trigger decisions (start, coalesce, duplicate, cooldown, defer).",
+            labels=("model", "trigger", "action"),
+        )
+        self.provenance_intact = m.gauge(
+            self.PROVENANCE_INTACT, "1 while the provenance hash chain verifies, else 0."
+        )
+        self.provenance_failures = m.counter(
+            self.PROVENANCE_FAILURES, "Provenance verifications that found a broken link."
+        )
+        self.provenance_intact.set(1)
+
+    def start(self, model: str) -> None:
+        """Create the model's run, step, rollback and age series at 0 (idempotent)."""
+        if model in self._active_since:
+            return
+        self._active_since[model] = None
+        for status in self.FINISHED:
+            self.runs_finished.labels(model=model, status=status)
+        for kind in self.TRIGGER_KINDS:
+            self.runs_started.labels(model=model, trigger=kind)
+        for step in self.STEPS:
+            self.step_failures.labels(model=model, step=step)
+        self.canary_rollbacks.labels(model=model)
+        since, clock = self._active_since, self._clock
+
+        def age() -> float:
+            t = since.get(model)
+            return 0.0 if t is None else max(0.0, clock() - t)
+
+        self.active_run_age.labels(model=model).set_function(age)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models whose series exist (started), in order of first appearance."""
+        return tuple(self._active_since)
+
+    def set_active(self, model: str, created_at: float | None) -> None:
+        """The model's unfinished run was created at `created_at` (Unix seconds); None: none."""
+        self.start(model)
+        self._active_since[model] = created_at
+
+    def observe_step(self, step: str, seconds: float) -> None:
+        self.step_duration.labels(step=step).observe(max(0.0, seconds))
+
+    def record_trigger(self, model: str, kind: str, action: str) -> None:
+        self.start(model)
+        self.triggers.labels(model=model, trigger=kind, action=action).inc()
+
+    def record_started(self, model: str, kind: str) -> None:
+        self.start(model)
+        self.runs_started.labels(model=model, trigger=kind).inc()
+
+    def record_finished(self, model: str, status: str, failed_gates: Sequence[str] = ()) -> None:
+        """A run ended with `status`; `failed_gates` names the gates that failed it."""
+        _check_outcome(status, self.FINISHED)
+        self.start(model)
+        self.runs_finished.labels(model=model, status=status).inc()
+        for gate in failed_gates:
+            self.gate_failures.labels(model=model, gate=gate).inc()
+        if status == "rolled_back":
+            self.canary_rollbacks.labels(model=model).inc()
+
+    def record_step_failure(self, model: str, step: str) -> None:
+        self.start(model)
+        self.step_failures.labels(model=model, step=step).inc()
+
+    def record_provenance(self, intact: bool) -> None:
+        self.provenance_intact.set(1 if intact else 0)
+        if not intact:
+            self.provenance_failures.inc()

@@ -4,7 +4,7 @@
     python -m keel.telemetry.generate ops/ --check    # exit 1 if any file is stale
 
 Writes, under the given directory:
-  prometheus/keel-rules.yml         recording + burn-rate alert rules
+  prometheus/keel-rules.yml         recording + burn-rate alert rules, the other alerts
   grafana/keel-slo-dashboard.json   the SLO dashboard
   runbooks/<Alert>.md               one runbook per alert
 """
@@ -16,8 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from keel.telemetry._alerts import AlertSpec
 from keel.telemetry._dashboard import render_dashboard
-from keel.telemetry._platform import PLATFORM_SLOS
+from keel.telemetry._platform import PLATFORM_ALERTS, PLATFORM_SLOS
 from keel.telemetry._rules import DEFAULT_RUNBOOK_BASE, render_rules
 from keel.telemetry._runbooks import render_runbooks
 from keel.telemetry._slo import SLOSpec
@@ -37,14 +38,18 @@ DASHBOARD_PATH = "grafana/keel-slo-dashboard.json"
 
 
 def ops_files(
-    slos: Sequence[SLOSpec] = PLATFORM_SLOS, *, runbook_base: str = DEFAULT_RUNBOOK_BASE
+    slos: Sequence[SLOSpec] = PLATFORM_SLOS,
+    *,
+    alerts: Sequence[AlertSpec] = PLATFORM_ALERTS,
+    runbook_base: str = DEFAULT_RUNBOOK_BASE,
 ) -> dict[str, str]:
     """Every generated file: path relative to the ops dir -> content."""
     files = {
-        RULES_PATH: render_rules(slos, runbook_base=runbook_base),
+        RULES_PATH: render_rules(slos, alerts=alerts, runbook_base=runbook_base),
         DASHBOARD_PATH: render_dashboard(slos),
     }
-    files.update({f"runbooks/{name}": text for name, text in render_runbooks(slos).items()})
+    books = render_runbooks(slos, alerts)
+    files.update({f"runbooks/{name}": text for name, text in books.items()})
     return files
 
 
