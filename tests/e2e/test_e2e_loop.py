@@ -129,7 +129,7 @@ def poll(what: str, check: Any, timeout_s: float, procs: list[Proc], every: floa
             p.alive()
         try:
             last = check()
-        except (httpx.HTTPError, OSError) as e:
+        except (httpx.HTTPError, OSError, ValueError, KeyError) as e:  # not up yet: 503 text
             last = e
         if last and not isinstance(last, Exception):
             return last
