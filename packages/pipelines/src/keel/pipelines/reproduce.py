@@ -148,15 +148,12 @@ def resolve_version(registry: Any, model: str, ref: str) -> Any:
 def training_run(client: Any, digest: str) -> Any:
     """The keel.trainer MLflow run that exported ``digest`` (tag ``keel.artifact_digest``),
     or None. Searches every experiment of the tracking store ``client`` points at."""
-    from mlflow.entities import ViewType
-
-    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    exps = [e.experiment_id for e in client.search_experiments()]
     if not exps:
         return None
     runs = client.search_runs(
         exps,
         filter_string=f"tags.`keel.artifact_digest` = '{digest}'",
-        run_view_type=ViewType.ALL,
         max_results=10,
         order_by=["attributes.start_time DESC"],
     )
