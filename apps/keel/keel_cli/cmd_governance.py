@@ -340,7 +340,9 @@ def verify(
 
 @app.command()
 def pack(
-    target: Annotated[str, typer.Argument(help="MODEL@ALIAS (e.g. fraud@champion) or MODEL@VERSION")],
+    target: Annotated[
+        str, typer.Argument(help="MODEL@ALIAS (e.g. fraud@champion) or MODEL@VERSION")
+    ],
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="directory (default: $KEEL_HOME/evidence/MODEL/vN)"),
@@ -353,7 +355,9 @@ def pack(
         Path | None,
         typer.Option(help="pipelines database (default: $KEEL_HOME/pipelines/pipelines.db)"),
     ] = None,
-    home: Annotated[Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")] = None,
+    home: Annotated[
+        Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")
+    ] = None,
     tracking_uri: Annotated[
         str | None,
         typer.Option(envvar="KEEL_REGISTRY_TRACKING_URI", help="an `mlflow server` URL"),
@@ -373,13 +377,14 @@ def pack(
     a registered version, assembled from the registry, the trainer run, the approvals
     ledger, the model card and pipelines provenance. Prints the pack's digest: pass it as
     the evidence digest when promoting (keel registry promote --evidence)."""
+    from keel_cli.config import ConfigError, load_config
+
     from keel.artifacts import ArtifactError, TrustPolicy
     from keel.governance import ApprovalLedger, GovernanceError, load_card, system_clock
     from keel.pipelines import PipelinesError
     from keel.pipelines.evidence import build_pack, record_pack, write_pack
     from keel.pipelines.reproduce import parse_target
     from keel.registry_client import RegistryError, open_registry
-    from keel_cli.config import ConfigError, load_config
 
     try:
         model, ref = parse_target(target)
@@ -417,5 +422,8 @@ def pack(
         raise _fail(str(exc)) from None
     finally:
         reg.close()
-    console.print(f"evidence pack of {model} version {doc['model']['version']}: {json_path}, {html_path}", highlight=False)
+    console.print(
+        f"evidence pack of {model} version {doc['model']['version']}: {json_path}, {html_path}",
+        highlight=False,
+    )
     console.print(f"pack digest: {digest}", highlight=False)

@@ -27,7 +27,9 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
 def _signing_key(path: Path | None) -> Any:
     from keel.artifacts import ArtifactError, SigningKey
 
-    path = path or (Path(os.environ["KEEL_SIGNING_KEY"]) if os.environ.get("KEEL_SIGNING_KEY") else None)
+    path = path or (
+        Path(os.environ["KEEL_SIGNING_KEY"]) if os.environ.get("KEEL_SIGNING_KEY") else None
+    )
     if path is None:
         raise _fail(
             "the rebuilt artifact must be signed: give --signing-key or set KEEL_SIGNING_KEY "
@@ -57,7 +59,9 @@ def _trust(paths: list[Path] | None) -> Any:
 
 
 def reproduce(
-    target: Annotated[str, typer.Argument(help="MODEL@ALIAS (e.g. fraud@champion) or MODEL@VERSION")],
+    target: Annotated[
+        str, typer.Argument(help="MODEL@ALIAS (e.g. fraud@champion) or MODEL@VERSION")
+    ],
     home: Annotated[
         Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")
     ] = None,
@@ -72,7 +76,9 @@ def reproduce(
     trust: Annotated[
         list[Path] | None,
         typer.Option(
-            "--trust", "-t", help="trusted public key of the registered artifact (or KEEL_TRUSTED_KEYS)"
+            "--trust",
+            "-t",
+            help="trusted public key of the registered artifact (or KEEL_TRUSTED_KEYS)",
         ),
     ] = None,
     signing_key: Annotated[
@@ -83,30 +89,35 @@ def reproduce(
         Path, typer.Option(help="the git checkout whose code runs (must be the recorded commit)")
     ] = Path("."),
     data: Annotated[
-        Path | None, typer.Option(help="where the training file is now (default: where it was read)")
+        Path | None,
+        typer.Option(help="where the training file is now (default: where it was read)"),
     ] = None,
     job_file: Annotated[
         Path | None,
         typer.Option("--job", help="run this job file instead of the recorded job spec"),
     ] = None,
     lock_file: Annotated[
-        Path | None, typer.Option(help="dependency lockfile (default: 3rdparty/python/default.lock)")
+        Path | None,
+        typer.Option(help="dependency lockfile (default: 3rdparty/python/default.lock)"),
     ] = None,
     work_dir: Annotated[
         Path | None,
         typer.Option(help="scratch space (default: $KEEL_HOME/reproduce/MODEL/VERSION-or-ALIAS)"),
     ] = None,
-    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
     """Rebuild MODEL@ALIAS from its recorded data, code, lock and parameters on CPU, and
     compare the new artifact's digest with the registered one. Exit 0 only when identical."""
+    from keel_cli.config import ConfigError, load_config
+
     from keel.pipelines import PipelinesError
     from keel.pipelines.reproduce import parse_target
     from keel.pipelines.reproduce import reproduce as run
     from keel.registry_client import RegistryError, open_registry
     from keel.trainer import TrainerError
-    from keel_cli.config import ConfigError, load_config
 
     try:
         model, ref = parse_target(target)

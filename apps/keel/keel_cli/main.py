@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from keel_cli import (
     cmd_artifact,
     cmd_drift,
@@ -30,6 +27,8 @@ from keel_cli import (
 )
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(
     name="keel",

@@ -44,8 +44,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         dependency_lock_hash="sha256:" + "cd" * 32,
     )
     weights = {"w": np.ones((2, 2), np.float32)}
-    build_artifact(home / "a", spec, weights, signing_key=SigningKey.from_pem(priv),
-                   archive=home / "a.tar")
+    build_artifact(
+        home / "a", spec, weights, signing_key=SigningKey.from_pem(priv), archive=home / "a.tar"
+    )
     with open_registry(home) as reg:
         v = reg.register(home / "a.tar", trust=TrustPolicy((pub,)))
         reg.promote("fraud", "champion", v.version, Decision("ana", "first", "sha256:" + "1" * 64))
@@ -65,7 +66,11 @@ def test_reproduce_without_a_training_record_is_refused_in_one_line(home: Path) 
         app, ["reproduce", "fraud@champion", "--home", str(home), "--json", *_keys(home)]
     )
     verdict = json.loads(r.stdout)
-    assert (verdict["status"], verdict["link"], verdict["version"]) == ("refused", "training run", 1)
+    assert (verdict["status"], verdict["link"], verdict["version"]) == (
+        "refused",
+        "training run",
+        1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -87,15 +92,27 @@ def test_governance_pack_writes_json_html_and_tags_the_version(home: Path, tmp_p
 
     r = runner.invoke(
         app,
-        ["governance", "pack", "fraud@champion", "--home", str(home), "--out", str(tmp_path),
-         "--trust", str(home / "k.pub")],
+        [
+            "governance",
+            "pack",
+            "fraud@champion",
+            "--home",
+            str(home),
+            "--out",
+            str(tmp_path),
+            "--trust",
+            str(home / "k.pub"),
+        ],
     )
     assert r.exit_code == 0, r.output
     raw = (tmp_path / "evidence.json").read_bytes()
     pack = json.loads(raw)
-    digest = "sha256:" + hashlib.sha256(
-        json.dumps(pack, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    ).hexdigest()
+    digest = (
+        "sha256:"
+        + hashlib.sha256(
+            json.dumps(pack, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        ).hexdigest()
+    )
     assert f"pack digest: {digest}" in " ".join(r.output.split())
     with open_registry(home) as reg:
         mv = reg.get_by_alias("fraud", "champion")

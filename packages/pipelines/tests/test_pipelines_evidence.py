@@ -140,12 +140,31 @@ def world(tmp_path: Path) -> Iterator[World]:
     run_id = _trainer_run(reg.mlflow_client, v2.digest)
     ticks = iter(AT + timedelta(minutes=i) for i in range(100))
     ledger = ApprovalLedger(tmp_path / "approvals.jsonl", clock=lambda: next(ticks))
-    ledger.record(model=MODEL, artifact_digest=v2.digest, approver="vera", role="validator",
-                  decision="approve", evidence_digest="sha256:" + "4" * 64)
-    ledger.record(model=MODEL, artifact_digest=v1.digest, approver="vera", role="validator",
-                  decision="approve", evidence_digest="sha256:" + "5" * 64)
-    ledger.record(model=MODEL, artifact_digest=v2.digest, approver="rob", role="risk_officer",
-                  decision="approve", evidence_digest="sha256:" + "6" * 64, note="ok")
+    ledger.record(
+        model=MODEL,
+        artifact_digest=v2.digest,
+        approver="vera",
+        role="validator",
+        decision="approve",
+        evidence_digest="sha256:" + "4" * 64,
+    )
+    ledger.record(
+        model=MODEL,
+        artifact_digest=v1.digest,
+        approver="vera",
+        role="validator",
+        decision="approve",
+        evidence_digest="sha256:" + "5" * 64,
+    )
+    ledger.record(
+        model=MODEL,
+        artifact_digest=v2.digest,
+        approver="rob",
+        role="risk_officer",
+        decision="approve",
+        evidence_digest="sha256:" + "6" * 64,
+        note="ok",
+    )
     manifest = json.loads(read_manifest(a2)[0].to_bytes())
     card = _card(manifest, v2.digest, ledger.approvals_for(MODEL, v2.digest))
     yield World(home, reg, trust, v2.digest, v2.version, v1.digest, run_id, ledger, card)
@@ -154,8 +173,16 @@ def world(tmp_path: Path) -> Iterator[World]:
 
 def test_pack_facts_match_their_records(world: World, tmp_path: Path) -> None:
     reg = world.registry
-    pack = build_pack(reg, MODEL, "champion", generated_at=AT, ledger=world.ledger,
-                      card=world.card, trust=world.trust, provenance_db=tmp_path / "none.db")
+    pack = build_pack(
+        reg,
+        MODEL,
+        "champion",
+        generated_at=AT,
+        ledger=world.ledger,
+        card=world.card,
+        trust=world.trust,
+        provenance_db=tmp_path / "none.db",
+    )
     assert pack["schema"] == PACK_SCHEMA and pack["generated_at"] == "2026-04-02T09:30:00Z"
     mv = reg.get_by_alias(MODEL, "champion")
     m = pack["model"]
@@ -165,9 +192,9 @@ def test_pack_facts_match_their_records(world: World, tmp_path: Path) -> None:
     assert m["parent_version"] == mv.tags["keel.parent_version"] == "1"
     # the audit log: exactly the moves that touched this version, with their hashes
     oracle = [e for e in reg.audit(MODEL) if world.version in (e.to_version, e.from_version)]
-    assert [(h["seq"], h["hash"], h["who"], h["evidence_digest"]) for h in pack["alias_history"]] == [
-        (e.seq, e.hash, e.decision.who, e.decision.evidence_digest) for e in oracle
-    ]
+    assert [
+        (h["seq"], h["hash"], h["who"], h["evidence_digest"]) for h in pack["alias_history"]
+    ] == [(e.seq, e.hash, e.decision.who, e.decision.evidence_digest) for e in oracle]
     assert [h["to_version"] for h in pack["alias_history"]] == [2]
     assert pack["registry_audit"]["ok"] and pack["registry_audit"]["entries"] == 3
     # approvals: the ledger file's entries for this digest only, with seq and hash
@@ -203,8 +230,14 @@ def test_pack_facts_match_their_records(world: World, tmp_path: Path) -> None:
 
 
 def test_written_pack_digest_and_html(world: World, tmp_path: Path) -> None:
-    pack = build_pack(world.registry, MODEL, str(world.version), generated_at=AT,
-                      ledger=world.ledger, card=world.card)
+    pack = build_pack(
+        world.registry,
+        MODEL,
+        str(world.version),
+        generated_at=AT,
+        ledger=world.ledger,
+        card=world.card,
+    )
     j, h, digest = write_pack(pack, tmp_path / "out")
     assert json.loads(j.read_text()) == pack and digest == pack_digest(pack)
     page = h.read_text()
@@ -215,8 +248,14 @@ def test_written_pack_digest_and_html(world: World, tmp_path: Path) -> None:
     record_pack(world.registry, MODEL, world.version, digest)
     assert world.registry.get_version(MODEL, world.version).tags[PACK_TAG] == digest
     # the same records give the same pack: the digest is a function of them
-    again = build_pack(world.registry, MODEL, str(world.version), generated_at=AT,
-                       ledger=world.ledger, card=world.card)
+    again = build_pack(
+        world.registry,
+        MODEL,
+        str(world.version),
+        generated_at=AT,
+        ledger=world.ledger,
+        card=world.card,
+    )
     assert pack_digest(again) == digest
 
 
@@ -255,7 +294,9 @@ def test_provenance_from_a_pipelines_run(world: World, tmp_path: Path) -> None:
         code_version="c" * 40,
         lock_hash="sha256:" + "cd" * 32,
     )
-    run_id = ctl.submit(Trigger.manual(MODEL, "r1", at=AT, who="ana"), {"data_path": str(data)}).run_id
+    run_id = ctl.submit(
+        Trigger.manual(MODEL, "r1", at=AT, who="ana"), {"data_path": str(data)}
+    ).run_id
     assert run_id and ctl.advance(run_id).status is RunStatus.PROMOTED
     oracle = ctl.lineage(MODEL, world.digest)
     report = ctl.verify_provenance()
@@ -264,8 +305,12 @@ def test_provenance_from_a_pipelines_run(world: World, tmp_path: Path) -> None:
     prov = pack["provenance"]
     assert prov["present"] and prov["source"]["id"] == run_id
     assert prov["lineage"] == oracle.to_dict()
-    assert prov["verify"] == {"ok": True, "entries": report.entries,
-                              "head": list(report.head or ()), "problems": []}
+    assert prov["verify"] == {
+        "ok": True,
+        "entries": report.entries,
+        "head": list(report.head or ()),
+        "problems": [],
+    }
     assert prov["gates"] == dict(oracle.gates) and prov["trigger"] == dict(oracle.trigger)
     assert "provenance" not in {a["section"] for a in pack["absent"]}
     # the older version was not produced by that run: absent, and said so

@@ -91,7 +91,17 @@ def world(ray_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     registry.promote(MODEL, "champion", v.version, Decision("ana", "first", "sha256:" + "0" * 64))
     assert v.digest == result.artifact_digest and result.mlflow_run_id
     yield World(
-        root, home, repo, commit, lock, data, key, trust, registry, v.version, v.digest,
+        root,
+        home,
+        repo,
+        commit,
+        lock,
+        data,
+        key,
+        trust,
+        registry,
+        v.version,
+        v.digest,
         result.mlflow_run_id,
     )
     registry.close()
@@ -115,7 +125,9 @@ def test_the_registered_model_is_rebuilt_byte_for_byte(world: World) -> None:
     v = _run(world, name="identical")
     assert v.status == "identical", v.message
     assert v.ok and v.link is None and v.retrained
-    assert v.reproduced_digest == world.digest == world.registry.get_by_alias(MODEL, "champion").digest
+    assert (
+        v.reproduced_digest == world.digest == world.registry.get_by_alias(MODEL, "champion").digest
+    )
     assert v.training_run == world.run_id
     assert [c.link for c in v.checks] == list(LINKS) and all(c.same for c in v.checks)
     # recorded where the evidence pack reads it, and beside the work dir
@@ -214,7 +226,10 @@ def test_a_registered_version_with_altered_weights_is_the_weights_link(world: Wo
         metrics=m.metrics,
     )
     built = build_artifact(
-        world.root / "altered", spec, tensors, signing_key=world.key,
+        world.root / "altered",
+        spec,
+        tensors,
+        signing_key=world.key,
         archive=world.root / "altered.tar",
     )
     v2 = reg.register(world.root / "altered.tar", trust=world.trust)

@@ -179,7 +179,9 @@ def build_pack(
             "source": card_src,
         }
         if card_part["fairness"] is None:
-            absent.append({"section": "fairness", "reason": "the model card has no fairness results"})
+            absent.append(
+                {"section": "fairness", "reason": "the model card has no fairness results"}
+            )
     approvals, ledger_check = _approvals(ledger, model, digest, absent)
 
     # -- registry audit ------------------------------------------------------------------------
@@ -214,7 +216,9 @@ def build_pack(
     if reproduce is None:
         absent.append({"section": "reproduce", "reason": "`keel reproduce` has not run on it"})
     else:
-        reproduce["source"] = _src("registry.model_version_tag", f"{model}/{mv.version}#keel.reproduce")
+        reproduce["source"] = _src(
+            "registry.model_version_tag", f"{model}/{mv.version}#keel.reproduce"
+        )
 
     performance = {
         "overall": manifest.get("metrics") or {},
@@ -492,7 +496,9 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
             _source(gov),
         ]
     else:
-        parts.append('<p class="bad">No model card was given: tier, owner and intended use are not established.</p>')
+        parts.append(
+            '<p class="bad">No model card was given: tier, owner and intended use are not established.</p>'
+        )
     d = pack["data"]
     parts += [
         "<h2>Data</h2>",
@@ -549,10 +555,19 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
         for attr in fair.get("attributes", []):
             for g in attr.get("groups", []):
                 rows.append(
-                    [attr.get("attribute"), g.get("group"), g.get("count"), g.get("selection_rate"),
-                     g.get("true_positive_rate"), g.get("false_positive_rate"), g.get("auc")]
+                    [
+                        attr.get("attribute"),
+                        g.get("group"),
+                        g.get("count"),
+                        g.get("selection_rate"),
+                        g.get("true_positive_rate"),
+                        g.get("false_positive_rate"),
+                        g.get("auc"),
+                    ]
                 )
-        parts.append(_table(["attribute", "group", "n", "selection rate", "TPR", "FPR", "AUC"], rows))
+        parts.append(
+            _table(["attribute", "group", "n", "selection rate", "TPR", "FPR", "AUC"], rows)
+        )
         parts += [f"<p>{_e(r)}</p>" for r in verdict.get("reasons", [])]
     else:
         parts.append('<p class="muted">No fairness results recorded.</p>')
@@ -582,8 +597,14 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
         _table(
             ["approver", "role", "decision", "when", "evidence digest", "ledger entry"],
             [
-                [a["approver"], a["role"], a["decision"], a["decided_at"], a["evidence_digest"],
-                 a["source"]["id"]]
+                [
+                    a["approver"],
+                    a["role"],
+                    a["decision"],
+                    a["decided_at"],
+                    a["evidence_digest"],
+                    a["source"]["id"],
+                ]
                 for a in pack["approvals"]
             ],
         ),
@@ -599,8 +620,17 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
         _table(
             ["seq", "when", "action", "alias", "from", "to", "who", "why", "evidence"],
             [
-                [h["seq"], h["at"], h["action"], h["alias"], h["from_version"], h["to_version"],
-                 h["who"], h["why"], h["evidence_digest"]]
+                [
+                    h["seq"],
+                    h["at"],
+                    h["action"],
+                    h["alias"],
+                    h["from_version"],
+                    h["to_version"],
+                    h["who"],
+                    h["why"],
+                    h["evidence_digest"],
+                ]
                 for h in pack["alias_history"]
             ],
         ),

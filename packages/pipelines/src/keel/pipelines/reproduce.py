@@ -32,6 +32,7 @@ directory. Importing this module loads neither torch, Ray nor MLflow; ``reproduc
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import time
@@ -508,14 +509,12 @@ def _check_parameters(
         return
     detail = "; ".join(diffs)
     checks.append(LinkCheck("parameters", False, "the training run's", "the job to run", detail))
-    raise _Stop(
-        "differs", "parameters", f"parameters differ from the training run's: {detail}"
-    )
+    raise _Stop("differs", "parameters", f"parameters differ from the training run's: {detail}")
 
 
 def _record(registry: Any, v: Verdict, work_dir: Path) -> None:
     """The verdict as ``verdict.json`` in the work dir and the version's ``keel.reproduce``
-    tag (the evidence pack reads it); a tag write failure does not change the verdict."""
+    tag (the evidence pack reads it); a failed tag write is logged, the verdict stands."""
     body = v.to_dict()
     (work_dir / "verdict.json").write_text(json.dumps(body, indent=2, sort_keys=True))
     short = {k: body[k] for k in ("status", "link", "reproduced_digest", "at", "training_run")}
@@ -524,8 +523,10 @@ def _record(registry: Any, v: Verdict, work_dir: Path) -> None:
         registry.mlflow_client.set_model_version_tag(
             v.model, str(v.version), VERDICT_TAG, json.dumps(short, sort_keys=True)
         )
-    except Exception:  # noqa: BLE001 - recording is best effort; the verdict stands
-        pass
+    except Exception as e:  # MLflow errors: the verdict stands, the tag is missing; say so
+        logging.getLogger(__name__).warning(
+            "could not tag %s version %s with the reproduce verdict: %s", v.model, v.version, e
+        )
 
 
 def verdict_from_tag(text: str | None) -> dict[str, Any] | None:
