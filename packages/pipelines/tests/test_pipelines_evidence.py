@@ -102,7 +102,7 @@ def _trainer_run(client: Any, digest: str) -> str:
 
 
 def _card(manifest: Mapping[str, Any], digest: str, approvals: Any) -> dict[str, Any]:
-    from keel.governance import RiskFactors, build_card, fairness_report
+    from keel.governance import Level, RiskFactors, Use, build_card, fairness_report
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 300)
@@ -113,7 +113,7 @@ def _card(manifest: Mapping[str, Any], digest: str, approvals: Any) -> dict[str,
         digest=digest,
         owner="credit-risk team",
         intended_use="pre-screening of credit applications",
-        risk=RiskFactors("high", "medium", "decision_support"),
+        risk=RiskFactors(Level.HIGH, Level.MEDIUM, Use.DECISION_SUPPORT),
         generated_at=AT,
         fairness=fairness_report(y, score, {"sex": sex}),
         approvals=approvals,

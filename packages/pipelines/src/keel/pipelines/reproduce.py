@@ -429,7 +429,7 @@ def reproduce(
             raise PipelinesError(f"the re-run of {run_job_spec.name!r} exported no artifact")
         rebuilt = load_artifact(
             result.artifact_path,
-            TrustPolicy((signing_key.public_pem(),)),
+            TrustPolicy((signing_key.public_pem,)),
             framework="numpy",
         )
         if rebuilt.digest == mv.digest:
