@@ -377,18 +377,17 @@ def pack(
     a registered version, assembled from the registry, the trainer run, the approvals
     ledger, the model card and pipelines provenance. Prints the pack's digest: pass it as
     the evidence digest when promoting (keel registry promote --evidence)."""
-    from keel_cli.config import ConfigError, load_config
+    from keel_cli.cmd_reproduce import open_home_registry
 
     from keel.artifacts import ArtifactError, TrustPolicy
     from keel.governance import ApprovalLedger, GovernanceError, load_card, system_clock
     from keel.pipelines import PipelinesError
     from keel.pipelines.evidence import build_pack, record_pack, write_pack
     from keel.pipelines.reproduce import parse_target
-    from keel.registry_client import RegistryError, open_registry
+    from keel.registry_client import RegistryError
 
     try:
         model, ref = parse_target(target)
-        root = (home or load_config().home).expanduser()
         card_doc = None
         if card_path is not None:
             try:
@@ -396,13 +395,9 @@ def pack(
             except OSError as exc:
                 raise _fail(f"cannot read card {card_path}: {exc.strerror or exc}") from None
         policy = TrustPolicy.from_files(trust) if trust else None
-        reg = (
-            open_registry(tracking_uri=tracking_uri, db_url=db_url)
-            if tracking_uri
-            else open_registry(root)
-        )
-    except (ArtifactError, ConfigError, PipelinesError, RegistryError, GovernanceError) as exc:
+    except (ArtifactError, PipelinesError, GovernanceError) as exc:
         raise _fail(str(exc)) from None
+    root, reg = open_home_registry(home, tracking_uri, db_url)
     try:
         doc = build_pack(
             reg,

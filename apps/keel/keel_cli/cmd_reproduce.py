@@ -58,6 +58,27 @@ def _trust(paths: list[Path] | None) -> Any:
         raise _fail(f"{e} (or give --trust)") from None
 
 
+def open_home_registry(
+    home: Path | None, tracking_uri: str | None, db_url: str | None
+) -> tuple[Path, Any]:
+    """KEEL_HOME and the registry: embedded there, or the `mlflow server` at tracking_uri
+    (with its PostgreSQL db_url). A bad configuration is one line and exit 2."""
+    from keel_cli.config import ConfigError, load_config
+
+    from keel.registry_client import RegistryError, open_registry
+
+    try:
+        root = (home or load_config().home).expanduser()
+        reg = (
+            open_registry(tracking_uri=tracking_uri, db_url=db_url)
+            if tracking_uri
+            else open_registry(root)
+        )
+    except (ConfigError, RegistryError) as e:
+        raise _fail(str(e)) from None
+    return root, reg
+
+
 def reproduce(
     target: Annotated[
         str, typer.Argument(help="MODEL@ALIAS (e.g. fraud@champion) or MODEL@VERSION")
@@ -111,12 +132,10 @@ def reproduce(
 ) -> None:
     """Rebuild MODEL@ALIAS from its recorded data, code, lock and parameters on CPU, and
     compare the new artifact's digest with the registered one. Exit 0 only when identical."""
-    from keel_cli.config import ConfigError, load_config
-
     from keel.pipelines import PipelinesError
     from keel.pipelines.reproduce import parse_target
     from keel.pipelines.reproduce import reproduce as run
-    from keel.registry_client import RegistryError, open_registry
+    from keel.registry_client import RegistryError
     from keel.trainer import TrainerError
 
     try:
@@ -132,18 +151,7 @@ def reproduce(
             job = load_job(job_file)
         except TrainerError as e:
             raise _fail(str(e)) from None
-    try:
-        root = (home or load_config().home).expanduser()
-    except ConfigError as e:
-        raise _fail(str(e)) from None
-    try:
-        reg = (
-            open_registry(tracking_uri=tracking_uri, db_url=db_url)
-            if tracking_uri
-            else open_registry(root)
-        )
-    except RegistryError as e:
-        raise _fail(str(e)) from None
+    root, reg = open_home_registry(home, tracking_uri, db_url)
     try:
         verdict = run(
             reg,

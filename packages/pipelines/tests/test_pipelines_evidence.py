@@ -140,31 +140,19 @@ def world(tmp_path: Path) -> Iterator[World]:
     run_id = _trainer_run(reg.mlflow_client, v2.digest)
     ticks = iter(AT + timedelta(minutes=i) for i in range(100))
     ledger = ApprovalLedger(tmp_path / "approvals.jsonl", clock=lambda: next(ticks))
-    ledger.record(
-        model=MODEL,
-        artifact_digest=v2.digest,
-        approver="vera",
-        role="validator",
-        decision="approve",
-        evidence_digest="sha256:" + "4" * 64,
-    )
-    ledger.record(
-        model=MODEL,
-        artifact_digest=v1.digest,
-        approver="vera",
-        role="validator",
-        decision="approve",
-        evidence_digest="sha256:" + "5" * 64,
-    )
-    ledger.record(
-        model=MODEL,
-        artifact_digest=v2.digest,
-        approver="rob",
-        role="risk_officer",
-        decision="approve",
-        evidence_digest="sha256:" + "6" * 64,
-        note="ok",
-    )
+    for digest, approver, role, evidence in (
+        (v2.digest, "vera", "validator", "4"),
+        (v1.digest, "vera", "validator", "5"),
+        (v2.digest, "rob", "risk_officer", "6"),
+    ):
+        ledger.record(
+            model=MODEL,
+            artifact_digest=digest,
+            approver=approver,
+            role=role,
+            decision="approve",
+            evidence_digest="sha256:" + evidence * 64,
+        )
     manifest = json.loads(read_manifest(a2)[0].to_bytes())
     card = _card(manifest, v2.digest, ledger.approvals_for(MODEL, v2.digest))
     yield World(home, reg, trust, v2.digest, v2.version, v1.digest, run_id, ledger, card)

@@ -9,6 +9,7 @@ registered digest, the archive's tensors) and the trainer run's MLflow params.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -254,3 +255,28 @@ def test_weight_diffs_oracle() -> None:
     a = {"w": np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32), "b": np.zeros(2)}
     b = {"w": np.array([[1.0, 2.5], [3.0, 3.0]], dtype=np.float32), "c": np.zeros(1)}
     assert weight_diffs(a, b) == {"b": float("inf"), "c": float("inf"), "w": 1.0}
+
+
+def test_evidence_pack_of_the_trained_model(world: World) -> None:
+    """The pack on a real keel.trainer run: params, metrics and lineage tags as MLflow has
+    them, and the version's last reproduce verdict as its tag says."""
+    from datetime import UTC, datetime
+
+    from keel.pipelines.evidence import build_pack
+
+    reg = world.registry
+    pack = build_pack(reg, MODEL, "champion", generated_at=datetime(2026, 5, 1, tzinfo=UTC))
+    run = reg.mlflow_client.get_run(world.run_id)
+    t = pack["training"]
+    assert t["run_id"] == world.run_id and t["params"] == dict(run.data.params)
+    assert t["final_metrics"] == dict(run.data.metrics)
+    assert (t["num_workers"], t["seed"]) == (2, 5)
+    assert t["code_version"] == world.commit
+    assert pack["data"]["rows"] == 600
+    assert pack["data"]["fingerprint"] == run.data.tags["keel.data_fingerprint"]
+    assert pack["code"]["lock_hash"] == run.data.tags["keel.lock_hash"]
+    tag = reg.get_version(MODEL, world.version).tags.get(VERDICT_TAG)
+    if tag is None:
+        assert pack["reproduce"] is None
+    else:
+        assert {k: v for k, v in pack["reproduce"].items() if k != "source"} == json.loads(tag)
