@@ -312,3 +312,12 @@ def test_unknown_alias_is_not_found(world: World) -> None:
 
     with pytest.raises(NotFoundError, match="nope"):
         build_pack(world.registry, MODEL, "nope", generated_at=AT)
+
+
+@pytest.mark.parametrize("module", ["keel.pipelines.evidence", "keel.pipelines.reproduce"])
+def test_import_stays_light(module: str) -> None:
+    from testutil.imports import loaded_from, modules_loaded_by
+
+    loaded = modules_loaded_by(module)
+    assert module in loaded
+    assert not loaded_from(loaded, ("torch", "ray", "mlflow", "pandas", "polars"))

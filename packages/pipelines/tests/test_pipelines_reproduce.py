@@ -116,7 +116,7 @@ def _run(w: World, ref: str = "champion", name: str = "r", **kw: Any) -> Any:
         work_dir=w.root / "work" / name,
         signing_key=w.key,
         trust=w.trust,
-        repo=w.repo,
+        repo=kw.pop("repo", w.repo),
         ray_num_cpus=2,
         **kw,
     )

@@ -308,20 +308,27 @@ def reproduce(
         state["run_id"] = run.info.run_id
         tags, params = dict(run.data.tags), dict(run.data.params)
         spec_text = tags.get("keel.job_spec")
-        if not spec_text:
+        if not spec_text and job is None:
             raise _Stop(
                 "refused",
                 "job spec",
                 f"training run {run.info.run_id} does not record its job spec (tag "
                 "keel.job_spec; trained by an older keel.trainer): pass the job file with "
-                "--job",
+                "--job (its parameters are still checked against the run's)",
             )
         from keel.trainer import InvalidJobError, TrainJob, parse_job
 
-        try:
-            recorded_job: TrainJob = parse_job(json.loads(spec_text), where="(keel.job_spec)")
-        except (InvalidJobError, ValueError) as e:
-            raise _Stop("refused", "job spec", f"recorded job spec is unreadable: {e}") from None
+        if spec_text:
+            try:
+                recorded_job: TrainJob = parse_job(
+                    json.loads(spec_text), where="(keel.job_spec)"
+                )
+            except (InvalidJobError, ValueError) as e:
+                raise _Stop(
+                    "refused", "job spec", f"recorded job spec is unreadable: {e}"
+                ) from None
+        else:
+            recorded_job = job
         run_job_spec: TrainJob = job if job is not None else recorded_job
 
         # 1. data fingerprint ----------------------------------------------------------------
