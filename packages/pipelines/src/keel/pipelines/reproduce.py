@@ -320,9 +320,7 @@ def reproduce(
 
         if spec_text:
             try:
-                recorded_job: TrainJob = parse_job(
-                    json.loads(spec_text), where="(keel.job_spec)"
-                )
+                recorded_job: TrainJob = parse_job(json.loads(spec_text), where="(keel.job_spec)")
             except (InvalidJobError, ValueError) as e:
                 raise _Stop(
                     "refused", "job spec", f"recorded job spec is unreadable: {e}"
