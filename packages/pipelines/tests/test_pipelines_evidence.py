@@ -43,6 +43,7 @@ class World:
     run_id: str
     ledger: Any
     card: dict[str, Any]
+    key: Any
 
 
 def _artifact(root: Path, key: Any, seed: int) -> Path:
@@ -155,7 +156,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         )
     manifest = json.loads(read_manifest(a2)[0].to_bytes())
     card = _card(manifest, v2.digest, ledger.approvals_for(MODEL, v2.digest))
-    yield World(home, reg, trust, v2.digest, v2.version, v1.digest, run_id, ledger, card)
+    yield World(home, reg, trust, v2.digest, v2.version, v1.digest, run_id, ledger, card, key)
     reg.close()
 
 
@@ -321,3 +322,26 @@ def test_import_stays_light(module: str) -> None:
     loaded = modules_loaded_by(module)
     assert module in loaded
     assert not loaded_from(loaded, ("torch", "ray", "mlflow", "pandas", "polars"))
+
+
+def test_reproduce_without_a_recorded_job_spec(world: World, tmp_path: Path) -> None:
+    """A training run without keel.job_spec (an older trainer) is refused unless a job is
+    given; with one, the walk goes on (here: to the data, which is gone). No Ray needed."""
+    from keel.pipelines.reproduce import reproduce
+    from keel.trainer import parse_job
+
+    kw: dict[str, Any] = {"signing_key": world.key, "trust": world.trust, "repo": tmp_path}
+    v = reproduce(world.registry, MODEL, "champion", work_dir=tmp_path / "w1", **kw)
+    assert (v.status, v.link, v.training_run) == ("refused", "job spec", world.run_id)
+    assert "--job" in v.message and not v.checks
+    job = parse_job(
+        {
+            "name": MODEL,
+            "model": {"builder": "mlp", "args": {"n_in": 3, "hidden": [4], "n_out": 1}},
+            "data": {"path": "/data/train.parquet", "features": ["a", "b", "c"], "target": "y"},
+        }
+    )
+    v = reproduce(world.registry, MODEL, "champion", work_dir=tmp_path / "w2", job=job, **kw)
+    assert (v.status, v.link) == ("refused", "data fingerprint")
+    assert "/data/train.parquet does not exist" in v.message
+    assert (tmp_path / "w2" / "verdict.json").is_file()
