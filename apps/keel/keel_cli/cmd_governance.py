@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+from keel_cli.cmd_reproduce import DbUrlOpt, HomeOpt, TrackingUriOpt
 from rich.console import Console
 
 app = typer.Typer(
@@ -355,16 +356,9 @@ def pack(
         Path | None,
         typer.Option(help="pipelines database (default: $KEEL_HOME/pipelines/pipelines.db)"),
     ] = None,
-    home: Annotated[
-        Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(envvar="KEEL_REGISTRY_TRACKING_URI", help="an `mlflow server` URL"),
-    ] = None,
-    db_url: Annotated[
-        str | None, typer.Option(envvar="KEEL_REGISTRY_DB_URL", help="the server's PostgreSQL URL")
-    ] = None,
+    home: HomeOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    db_url: DbUrlOpt = None,
     trust: Annotated[
         list[Path] | None,
         typer.Option("--trust", "-t", help="verify the registered archive against this public key"),

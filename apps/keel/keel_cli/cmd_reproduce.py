@@ -18,6 +18,15 @@ from rich.console import Console
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
+# Where the registry is (shared with `keel governance pack`).
+HomeOpt = Annotated[Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")]
+TrackingUriOpt = Annotated[
+    str | None, typer.Option(envvar="KEEL_REGISTRY_TRACKING_URI", help="an `mlflow server` URL")
+]
+DbUrlOpt = Annotated[
+    str | None, typer.Option(envvar="KEEL_REGISTRY_DB_URL", help="the server's PostgreSQL URL")
+]
+
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {' '.join(msg.split())}", highlight=False)
@@ -83,17 +92,9 @@ def reproduce(
     target: Annotated[
         str, typer.Argument(help="MODEL@ALIAS (e.g. fraud@champion) or MODEL@VERSION")
     ],
-    home: Annotated[
-        Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")
-    ] = None,
-    tracking_uri: Annotated[
-        str | None,
-        typer.Option(envvar="KEEL_REGISTRY_TRACKING_URI", help="an `mlflow server` URL"),
-    ] = None,
-    db_url: Annotated[
-        str | None,
-        typer.Option(envvar="KEEL_REGISTRY_DB_URL", help="the server's PostgreSQL URL"),
-    ] = None,
+    home: HomeOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    db_url: DbUrlOpt = None,
     trust: Annotated[
         list[Path] | None,
         typer.Option(
