@@ -1,4 +1,5 @@
-"""`keel governance card|approve|check|verify`: model cards, recorded approvals, promotion checks.
+"""`keel governance card|approve|check|verify|pack`: model cards, recorded approvals, promotion
+checks and the evidence pack (assembled by keel.pipelines.evidence).
 
 Wiring only: every decision is keel.governance's. The approvals ledger defaults to
 ``$KEEL_HOME/governance/approvals.jsonl``. Heavy imports (polars, keel.governance) happen
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+from keel_cli.cmd_reproduce import DbUrlOpt, HomeOpt, TrackingUriOpt
 from rich.console import Console
 
 app = typer.Typer(
-    help="Governance: model cards, approvals and the promotion check (model-risk controls)."
+    help="Governance: model cards, approvals, the promotion check and the evidence pack (model-risk controls)."
 )
 console = Console(soft_wrap=True)  # paths, digests and ledger heads stay on one line
 err_console = Console(stderr=True, soft_wrap=True)
@@ -335,3 +337,82 @@ def verify(
     for p in report.problems:
         err_console.print(f"[red]✗[/] {p}", highlight=False)
     raise _fail(f"{path}: {len(report.problems)} problem(s); the ledger was tampered with", 1)
+
+
+@app.command()
+def pack(
+    target: Annotated[
+        str, typer.Argument(help="MODEL@ALIAS (e.g. fraud@champion) or MODEL@VERSION")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="directory (default: $KEEL_HOME/evidence/MODEL/vN)"),
+    ] = None,
+    card_path: Annotated[
+        Path | None, typer.Option("--card", help="the version's card.json (keel governance card)")
+    ] = None,
+    ledger: LedgerOpt = None,
+    pipelines_db: Annotated[
+        Path | None,
+        typer.Option(help="pipelines database (default: $KEEL_HOME/pipelines/pipelines.db)"),
+    ] = None,
+    home: HomeOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    db_url: DbUrlOpt = None,
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option("--trust", "-t", help="verify the registered archive against this public key"),
+    ] = None,
+    record: Annotated[
+        bool, typer.Option(help="tag the version with the pack digest (keel.evidence_pack)")
+    ] = True,
+) -> None:
+    """Write the model-risk evidence pack (evidence.json + self-contained evidence.html) of
+    a registered version, assembled from the registry, the trainer run, the approvals
+    ledger, the model card and pipelines provenance. Prints the pack's digest: pass it as
+    the evidence digest when promoting (keel registry promote --evidence)."""
+    from keel_cli.cmd_reproduce import open_home_registry
+
+    from keel.artifacts import ArtifactError, TrustPolicy
+    from keel.governance import ApprovalLedger, GovernanceError, load_card, system_clock
+    from keel.pipelines import PipelinesError
+    from keel.pipelines.evidence import build_pack, record_pack, write_pack
+    from keel.pipelines.reproduce import parse_target
+    from keel.registry_client import RegistryError
+
+    try:
+        model, ref = parse_target(target)
+        card_doc = None
+        if card_path is not None:
+            try:
+                card_doc = load_card(card_path.read_text())
+            except OSError as exc:
+                raise _fail(f"cannot read card {card_path}: {exc.strerror or exc}") from None
+        policy = TrustPolicy.from_files(trust) if trust else None
+    except (ArtifactError, PipelinesError, GovernanceError) as exc:
+        raise _fail(str(exc)) from None
+    root, reg = open_home_registry(home, tracking_uri, db_url)
+    try:
+        doc = build_pack(
+            reg,
+            model,
+            ref,
+            generated_at=system_clock(),
+            ledger=ApprovalLedger(ledger or root / "governance" / "approvals.jsonl"),
+            card=card_doc,
+            provenance_db=pipelines_db or root / "pipelines" / "pipelines.db",
+            trust=policy,
+        )
+        folder = out or root / "evidence" / model / f"v{doc['model']['version']}"
+        json_path, html_path, digest = write_pack(doc, folder)
+        if record:
+            record_pack(reg, model, doc["model"]["version"], digest)
+    except (PipelinesError, RegistryError, GovernanceError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        reg.close()
+    console.print(
+        f"evidence pack of {model} version {doc['model']['version']}: {json_path}, {html_path}",
+        highlight=False,
+    )
+    console.print(f"pack digest: {digest}", highlight=False)

@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from keel_cli import (
     cmd_artifact,
     cmd_drift,
@@ -24,11 +21,14 @@ from keel_cli import (
     cmd_governance,
     cmd_pipelines,
     cmd_registry,
+    cmd_reproduce,
     cmd_train,
     serve_cmd,
 )
 from keel_cli.config import ConfigError, KeelConfig, load_config
 from keel_cli.version import keel_version
+from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(
     name="keel",
@@ -36,8 +36,9 @@ app = typer.Typer(
         "Keel: event bus, features (batch + streaming), drift monitoring, signed model"
         " artifacts, the model registry and model governance, on embedded defaults or real"
         " services, training on Ray, serving (`keel serve batch`; online: the serve app) and"
-        " the retraining controller's core (`keel retrain`, `keel provenance`). Planned, not"
-        " built yet: the closed loop end to end, `keel reproduce`, the evidence pack."
+        " the retraining controller's core (`keel retrain`, `keel provenance`), `keel reproduce`"
+        " and the evidence pack (`keel governance pack`). Planned, not built yet: the closed"
+        " loop end to end."
     ),
     no_args_is_help=True,
     add_completion=True,
@@ -53,6 +54,7 @@ app.add_typer(serve_cmd.app, name="serve")
 app.add_typer(cmd_pipelines.retrain_app, name="retrain")
 app.add_typer(cmd_pipelines.provenance_app, name="provenance")
 app.command(name="train")(cmd_train.train)
+app.command(name="reproduce")(cmd_reproduce.reproduce)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -32,7 +32,16 @@ from keel.trainer._errors import (
 from keel.trainer._faults import FaultPlan
 from keel.trainer._metrics import TrainerMetrics
 from keel.trainer._registry import ModelRegistry, default_registry, mlp
-from keel.trainer._run import TrainResult, final_weights, run_dir, run_job
+from keel.trainer._run import (
+    TrainResult,
+    code_version,
+    final_weights,
+    job_params,
+    job_spec_json,
+    lock_hash,
+    run_dir,
+    run_job,
+)
 from keel.trainer._spec import (
     DataSpec,
     EarlyStoppingSpec,
@@ -79,11 +88,15 @@ __all__ = [
     "TrainingFailedError",
     "TrainingStoppedError",
     "UnknownBuilderError",
+    "code_version",
     "default_registry",
     "ensure_ray",
     "final_weights",
     "fingerprint",
+    "job_params",
+    "job_spec_json",
     "load_job",
+    "lock_hash",
     "mlp",
     "parse_job",
     "run_dir",

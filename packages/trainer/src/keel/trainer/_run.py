@@ -224,6 +224,11 @@ def run_job(
                 "keel.ray_version": ray.__version__,
                 "keel.torch_version": torch.__version__,
                 "keel.num_workers": str(world),
+                # what `keel reproduce` re-runs: the whole job as run (workers resolved),
+                # where its data was read from and how many rows it had
+                "keel.job_spec": job_spec_json(job),
+                "keel.data_path": str(Path(job.data.path).resolve()),
+                "keel.data_rows": str(info.num_rows),
             }
         )
 
@@ -434,6 +439,17 @@ def _probe_outputs(model: Any, n_in: int) -> int:
             f"(data.features): {e}"
         ) from None
     return int(out.shape[-1]) if out.dim() > 1 else 1
+
+
+def job_spec_json(job: TrainJob) -> str:
+    """The job as canonical JSON (sorted keys): the ``keel.job_spec`` tag of its MLflow run,
+    which ``parse_job(json.loads(...))`` turns back into the same job."""
+    return json.dumps(job.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def job_params(job: TrainJob) -> dict[str, str]:
+    """The MLflow params a run of ``job`` logs, as the strings MLflow stores."""
+    return {k: str(v)[:6000] for k, v in _flat_params(job).items()}
 
 
 def _flat_params(job: TrainJob) -> dict[str, Any]:

@@ -1,0 +1,190 @@
+"""`keel reproduce MODEL@ALIAS|MODEL@VERSION`: rebuild a registered model and compare digests.
+
+Wiring only: the walk is keel.pipelines.reproduce's. Exit 0 when the rebuilt artifact is
+identical, 1 when a link differs (data fingerprint, code version, lock hash, parameters,
+weights), 2 when an input is gone or the command is misused. Heavy imports happen inside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+# Where the registry is (shared with `keel governance pack`).
+HomeOpt = Annotated[Path | None, typer.Option(help="KEEL_HOME (default: $KEEL_HOME or ./.keel)")]
+TrackingUriOpt = Annotated[
+    str | None, typer.Option(envvar="KEEL_REGISTRY_TRACKING_URI", help="an `mlflow server` URL")
+]
+DbUrlOpt = Annotated[
+    str | None, typer.Option(envvar="KEEL_REGISTRY_DB_URL", help="the server's PostgreSQL URL")
+]
+
+
+def _fail(msg: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {' '.join(msg.split())}", highlight=False)
+    return typer.Exit(code)
+
+
+def _signing_key(path: Path | None) -> Any:
+    from keel.artifacts import ArtifactError, SigningKey
+
+    path = path or (
+        Path(os.environ["KEEL_SIGNING_KEY"]) if os.environ.get("KEEL_SIGNING_KEY") else None
+    )
+    if path is None:
+        raise _fail(
+            "the rebuilt artifact must be signed: give --signing-key or set KEEL_SIGNING_KEY "
+            "(any key: the signature is not part of the digest)"
+        )
+    try:
+        return SigningKey.from_pem(path.read_bytes())
+    except OSError as e:
+        raise _fail(f"cannot read signing key {path}: {e.strerror or e}") from None
+    except ArtifactError as e:
+        raise _fail(f"signing key {path}: {e}") from None
+
+
+def _trust(paths: list[Path] | None) -> Any:
+    from keel.artifacts import ArtifactError, TrustPolicy
+
+    try:
+        if paths:
+            return TrustPolicy.from_files(paths)
+        from keel.registry_client.pyfunc import trust_policy_from_env
+
+        return trust_policy_from_env()
+    except ArtifactError as e:
+        raise _fail(f"trust: {e}") from None
+    except Exception as e:  # the registry's UntrustedLoadError: no keys configured
+        raise _fail(f"{e} (or give --trust)") from None
+
+
+def open_home_registry(
+    home: Path | None, tracking_uri: str | None, db_url: str | None
+) -> tuple[Path, Any]:
+    """KEEL_HOME and the registry: embedded there, or the `mlflow server` at tracking_uri
+    (with its PostgreSQL db_url). A bad configuration is one line and exit 2."""
+    from keel_cli.config import ConfigError, load_config
+
+    from keel.registry_client import RegistryError, open_registry
+
+    try:
+        root = (home or load_config().home).expanduser()
+        reg = (
+            open_registry(tracking_uri=tracking_uri, db_url=db_url)
+            if tracking_uri
+            else open_registry(root)
+        )
+    except (ConfigError, RegistryError) as e:
+        raise _fail(str(e)) from None
+    return root, reg
+
+
+def reproduce(
+    target: Annotated[
+        str, typer.Argument(help="MODEL@ALIAS (e.g. fraud@champion) or MODEL@VERSION")
+    ],
+    home: HomeOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    db_url: DbUrlOpt = None,
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trust",
+            "-t",
+            help="trusted public key of the registered artifact (or KEEL_TRUSTED_KEYS)",
+        ),
+    ] = None,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(help="PEM private key to sign the rebuilt artifact (or KEEL_SIGNING_KEY)"),
+    ] = None,
+    repo: Annotated[
+        Path, typer.Option(help="the git checkout whose code runs (must be the recorded commit)")
+    ] = Path("."),
+    data: Annotated[
+        Path | None,
+        typer.Option(help="where the training file is now (default: where it was read)"),
+    ] = None,
+    job_file: Annotated[
+        Path | None,
+        typer.Option("--job", help="run this job file instead of the recorded job spec"),
+    ] = None,
+    lock_file: Annotated[
+        Path | None,
+        typer.Option(help="dependency lockfile (default: 3rdparty/python/default.lock)"),
+    ] = None,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(help="scratch space (default: $KEEL_HOME/reproduce/MODEL/VERSION-or-ALIAS)"),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """Rebuild MODEL@ALIAS from its recorded data, code, lock and parameters on CPU, and
+    compare the new artifact's digest with the registered one. Exit 0 only when identical."""
+    from keel.pipelines import PipelinesError
+    from keel.pipelines.reproduce import parse_target
+    from keel.pipelines.reproduce import reproduce as run
+    from keel.registry_client import RegistryError
+    from keel.trainer import TrainerError
+
+    try:
+        model, ref = parse_target(target)
+    except PipelinesError as e:
+        raise _fail(str(e)) from None
+    key, policy = _signing_key(signing_key), _trust(trust)
+    job = None
+    if job_file is not None:
+        from keel.trainer import load_job
+
+        try:
+            job = load_job(job_file)
+        except TrainerError as e:
+            raise _fail(str(e)) from None
+    root, reg = open_home_registry(home, tracking_uri, db_url)
+    try:
+        verdict = run(
+            reg,
+            model,
+            ref,
+            work_dir=work_dir or root / "reproduce" / model / ref,
+            signing_key=key,
+            trust=policy,
+            repo=repo,
+            data=data,
+            job=job,
+            lock_file=lock_file,
+            ray_address=ray_address,
+        )
+    except (PipelinesError, TrainerError, RegistryError) as e:
+        raise _fail(str(e)) from None
+    finally:
+        reg.close()
+    if as_json:
+        typer.echo(json.dumps(verdict.to_dict(), sort_keys=True))
+    else:
+        for c in verdict.checks:
+            mark = "[green]=[/]" if c.same else "[red]≠[/]"
+            console.print(f"  {mark} {c.link}: {c.found}", highlight=False)
+        head = {
+            "identical": "[bold green]identical[/]",
+            "differs": f"[bold red]differs[/] at {verdict.link}",
+            "refused": f"[bold red]refused[/]: {verdict.link} unavailable",
+        }[verdict.status]
+        console.print(f"{model}@{ref} (version {verdict.version}): {head}", highlight=False)
+        console.print(verdict.message, highlight=False)
+    if verdict.status == "differs":
+        raise typer.Exit(1)
+    if verdict.status == "refused":
+        raise typer.Exit(2)

@@ -1,0 +1,561 @@
+"""`keel reproduce`: rebuild a registered model from its records and prove it equal.
+
+    from keel.pipelines.reproduce import reproduce
+
+    verdict = reproduce(registry, "fraud", "champion", work_dir=home / "reproduce",
+                        signing_key=key, trust=trust, repo=Path("."))
+    verdict.status          # "identical" | "differs" | "refused"
+    verdict.link            # the first link that differs, or the input that is gone
+
+What a registered version records (its signed artifact's manifest; the keel.trainer MLflow
+run whose ``keel.artifact_digest`` tag is the version's digest: the job spec, data path,
+params, worker count) is checked link by link, in this order, and the first link that
+differs is the verdict:
+
+1. **data fingerprint** — the training file's SHA-256 now vs the manifest's;
+2. **code version** — the checkout reproduce runs in vs the manifest's commit (which must be
+   in the repository's git history, and must not have been a dirty tree);
+3. **lock hash** — the dependency lockfile now vs the manifest's;
+4. **parameters** — the job that will run (the recorded one, or ``job=``) vs the run's
+   recorded MLflow params, worker count and the manifest's architecture;
+5. **weights** — only when every input matches, the job is re-run on CPU in a scratch home
+   (fresh checkpoints, no tracking), packaged and signed, and the new artifact digest is
+   compared with the registered one; if they differ, the max absolute difference of every
+   tensor is reported.
+
+An input that is gone (the data file, the commit, the lockfile, the job spec record) is a
+``refused`` verdict naming it, not an exception. The verdict is stored as the version's
+``keel.reproduce`` tag (read back by the evidence pack) and as ``verdict.json`` in the work
+directory. Importing this module loads neither torch, Ray nor MLflow; ``reproduce`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from keel.pipelines._errors import InvalidInputError, NotFoundError, PipelinesError
+
+LINKS = ("data fingerprint", "code version", "lock hash", "parameters", "weights")
+Status = Literal["identical", "differs", "refused"]
+VERDICT_TAG = "keel.reproduce"
+# Params that name where the data was read, not what it was: the data fingerprint link
+# covers the content.
+_LOCATION_PARAMS = frozenset({"data.path"})
+
+
+@dataclass(frozen=True)
+class LinkCheck:
+    """One link of the chain: what was recorded, what reproduce found, whether they match."""
+
+    link: str
+    same: bool
+    recorded: str
+    found: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "link": self.link,
+            "same": self.same,
+            "recorded": self.recorded,
+            "found": self.found,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one reproduction. ``link``: the first link that differs, or the
+    input that is missing (``refused``); None when identical."""
+
+    model: str
+    version: int
+    digest: str
+    status: Status
+    link: str | None
+    message: str
+    checks: tuple[LinkCheck, ...] = ()
+    reproduced_digest: str | None = None
+    weight_diffs: Mapping[str, float] = field(default_factory=dict)
+    retrained: bool = False
+    training_run: str | None = None
+    at: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "identical"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "keel.reproduce_verdict",
+            "schema_version": 1,
+            "model": self.model,
+            "version": self.version,
+            "digest": self.digest,
+            "status": self.status,
+            "link": self.link,
+            "message": self.message,
+            "checks": [c.to_dict() for c in self.checks],
+            "reproduced_digest": self.reproduced_digest,
+            "weight_diffs": dict(self.weight_diffs),
+            "retrained": self.retrained,
+            "training_run": self.training_run,
+            "at": self.at,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _Stop(Exception):
+    """Internal: ends the walk with a verdict (refused or differs)."""
+
+    def __init__(self, status: Status, link: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.link, self.message = status, link, message
+
+
+def parse_target(target: str) -> tuple[str, str]:
+    """``MODEL@ALIAS`` or ``MODEL@VERSION`` → (model, ref)."""
+    model, sep, ref = target.partition("@")
+    if not sep or not model or not ref:
+        raise InvalidInputError(f"{target!r}: write MODEL@ALIAS (e.g. fraud@champion) or MODEL@3")
+    return model, ref
+
+
+def resolve_version(registry: Any, model: str, ref: str) -> Any:
+    """The registry's ``ModelVersionInfo`` for an alias or a version number."""
+    from keel.registry_client import NotFoundError as RegistryNotFound
+    from keel.registry_client import RegistryError
+
+    try:
+        if ref.isdigit():
+            return registry.get_version(model, int(ref))
+        return registry.get_by_alias(model, ref)
+    except RegistryNotFound as e:
+        raise NotFoundError(f"{model}@{ref}: {e}") from None
+    except RegistryError as e:
+        raise PipelinesError(f"registry: {e}") from None
+
+
+def training_run(client: Any, digest: str) -> Any:
+    """The keel.trainer MLflow run that exported ``digest`` (tag ``keel.artifact_digest``),
+    or None. Searches every experiment of the tracking store ``client`` points at."""
+    exps = [e.experiment_id for e in client.search_experiments()]
+    if not exps:
+        return None
+    runs = client.search_runs(
+        exps,
+        filter_string=f"tags.`keel.artifact_digest` = '{digest}'",
+        max_results=10,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None
+
+
+def commit_in_history(repo: Path, commit: str) -> bool:
+    """Whether ``commit`` is a commit object of the git repository at ``repo``."""
+    if not commit or not all(c in "0123456789abcdef" for c in commit.lower()):
+        return False
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(repo), "cat-file", "-e", f"{commit}^{{commit}}"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
+
+
+def find_lock(repo: Path, lock_file: Path | None) -> Path | None:
+    """``lock_file``, else the first ``3rdparty/python/default.lock`` at or above ``repo``."""
+    if lock_file is not None:
+        return lock_file
+    here = repo.resolve()
+    for d in [here, *here.parents]:
+        p = d / "3rdparty" / "python" / "default.lock"
+        if p.is_file():
+            return p
+    return None
+
+
+def weight_diffs(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, float]:
+    """Max absolute difference per tensor name (NumPy arrays); a tensor only one side has,
+    or with another shape, is reported as ``inf``."""
+    import numpy as np
+
+    out: dict[str, float] = {}
+    for name in sorted(set(a) | set(b)):
+        if name not in a or name not in b or np.shape(a[name]) != np.shape(b[name]):
+            out[name] = float("inf")
+            continue
+        x = np.asarray(a[name], dtype=np.float64)
+        y = np.asarray(b[name], dtype=np.float64)
+        out[name] = float(np.max(np.abs(x - y))) if x.size else 0.0
+    return out
+
+
+def _utc(clock: Callable[[], datetime]) -> str:
+    return clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reproduce(
+    registry: Any,
+    model: str,
+    ref: str,
+    *,
+    work_dir: Path,
+    signing_key: Any,
+    trust: Any,
+    repo: Path | None = None,
+    data: Path | None = None,
+    job: Any = None,
+    code: tuple[str, bool] | None = None,
+    lock_file: Path | None = None,
+    tracking_client: Any = None,
+    builders: Any = None,
+    ray_address: str | None = None,
+    ray_num_cpus: int | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    record: bool = True,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Verdict:
+    """Reproduce ``model@ref`` (an alias or a version number) and return the verdict.
+
+    ``registry``: an open ``keel.registry_client.Registry``; ``tracking_client``: the
+    ``MlflowClient`` of the tracking store the trainer logged to (default: the registry's).
+    ``signing_key`` signs the rebuilt artifact; ``trust`` (a ``TrustPolicy``) verifies the
+    registered one. ``repo``: the git checkout whose code runs (default: the working
+    directory); ``code``: its (commit, dirty), default read from git there. ``data``: where
+    the training file is now (default: where it was read). ``job``: a ``TrainJob`` to run
+    instead of the recorded one (e.g. the job file as it is now). ``work_dir``: scratch
+    space (emptied first). Raises ``NotFoundError`` for an unknown model/alias/version;
+    everything else that stops a reproduction is a ``refused`` verdict.
+    """
+    from keel.artifacts import ArtifactError, TrustPolicy, load_artifact
+
+    if signing_key is None or not hasattr(signing_key, "public_pem"):
+        raise InvalidInputError(
+            "reproduce needs a signing key (keel.artifacts.SigningKey) for the rebuilt artifact"
+        )
+    t0 = time.perf_counter()
+    repo = (repo or Path.cwd()).resolve()
+    mv = resolve_version(registry, model, ref)
+    work_dir = Path(work_dir)
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    checks: list[LinkCheck] = []
+    state: dict[str, Any] = {"run_id": None}
+
+    def verdict(status: Status, link: str | None, message: str, **kw: Any) -> Verdict:
+        v = Verdict(
+            model=model,
+            version=int(mv.version),
+            digest=mv.digest,
+            status=status,
+            link=link,
+            message=message,
+            checks=tuple(checks),
+            training_run=state["run_id"],
+            at=_utc(clock),
+            seconds=time.perf_counter() - t0,
+            **kw,
+        )
+        if record:
+            _record(registry, v, work_dir)
+        return v
+
+    try:
+        # -- what was registered ------------------------------------------------------------
+        try:
+            archive = registry.download_archive(model, int(mv.version), work_dir / "registered")
+            registered = load_artifact(archive, trust, framework="numpy")
+        except ArtifactError as e:
+            raise _Stop(
+                "refused",
+                "registered artifact",
+                f"the registered archive of {model} version {mv.version} does not verify "
+                f"against the trust policy: {e}",
+            ) from None
+        except Exception as e:  # registry/MLflow download failures
+            raise _Stop(
+                "refused",
+                "registered artifact",
+                f"cannot download {model} version {mv.version}'s archive: {e}",
+            ) from None
+        man = registered.manifest
+        client = tracking_client if tracking_client is not None else registry.mlflow_client
+        run = training_run(client, mv.digest)
+        if run is None:
+            raise _Stop(
+                "refused",
+                "training run",
+                f"no keel.trainer MLflow run records artifact {mv.digest} in this tracking "
+                "store: was it trained by keel.trainer with tracking enabled? (pass the "
+                "trainer's tracking store if it is another one)",
+            )
+        state["run_id"] = run.info.run_id
+        tags, params = dict(run.data.tags), dict(run.data.params)
+        spec_text = tags.get("keel.job_spec")
+        if not spec_text and job is None:
+            raise _Stop(
+                "refused",
+                "job spec",
+                f"training run {run.info.run_id} does not record its job spec (tag "
+                "keel.job_spec; trained by an older keel.trainer): pass the job file with "
+                "--job (its parameters are still checked against the run's)",
+            )
+        from keel.trainer import InvalidJobError, TrainJob, parse_job
+
+        if spec_text:
+            try:
+                recorded_job: TrainJob = parse_job(json.loads(spec_text), where="(keel.job_spec)")
+            except (InvalidJobError, ValueError) as e:
+                raise _Stop(
+                    "refused", "job spec", f"recorded job spec is unreadable: {e}"
+                ) from None
+        else:
+            recorded_job = job
+        run_job_spec: TrainJob = job if job is not None else recorded_job
+
+        # 1. data fingerprint ----------------------------------------------------------------
+        from keel.trainer import fingerprint
+
+        data_path = Path(data or tags.get("keel.data_path") or recorded_job.data.path)
+        if not data_path.is_file():
+            raise _Stop(
+                "refused",
+                "data fingerprint",
+                f"the training data is gone: {data_path} does not exist (recorded "
+                f"fingerprint {man.training_data_fingerprint}); restore it or pass its new "
+                "location (--data)",
+            )
+        fp = fingerprint(data_path)
+        _check(
+            checks,
+            "data fingerprint",
+            man.training_data_fingerprint,
+            fp,
+            f"{data_path} is not the data this model was trained on: its content changed "
+            "since training (a different model would be trained from it)",
+        )
+
+        # 2. code version --------------------------------------------------------------------
+        recorded_code = f"{man.code.commit}{'+dirty' if man.code.dirty else ''}"
+        if man.code.dirty:
+            raise _Stop(
+                "refused",
+                "code version",
+                f"the model was trained from uncommitted changes on top of {man.code.commit}: "
+                "those changes were not recorded, so the code is gone",
+            )
+        if not commit_in_history(repo, man.code.commit):
+            raise _Stop(
+                "refused",
+                "code version",
+                f"code version {man.code.commit} is not in the git history of {repo}: fetch "
+                "it (or run reproduce from a clone that has it)",
+            )
+        from keel.trainer import code_version
+
+        commit, dirty = code if code is not None else code_version(repo)
+        _check(
+            checks,
+            "code version",
+            recorded_code,
+            f"{commit}{'+dirty' if dirty else ''}",
+            f"this checkout is not the recorded code: check out {man.code.commit} "
+            f"(git worktree add ../keel-{man.code.commit[:12]} {man.code.commit}) and run "
+            "reproduce there, with no uncommitted changes",
+        )
+
+        # 3. lock hash -----------------------------------------------------------------------
+        from keel.trainer import lock_hash
+
+        lock = find_lock(repo, lock_file)
+        if man.dependency_lock_hash and (lock is None or not lock.is_file()):
+            raise _Stop(
+                "refused",
+                "lock hash",
+                f"no dependency lockfile found ({lock or f'3rdparty/python/default.lock above {repo}'}"
+                f"); the model was trained with lock {man.dependency_lock_hash}",
+            )
+        now_lock = lock_hash(lock_file=lock) if lock is not None else ""
+        _check(
+            checks,
+            "lock hash",
+            man.dependency_lock_hash,
+            now_lock,
+            f"the dependency lock differs ({lock}): the environment that trained the model "
+            "is gone; install the one locked at the recorded commit",
+        )
+
+        # 4. parameters ----------------------------------------------------------------------
+        _check_parameters(checks, run_job_spec, params, tags, man)
+
+        # 5. weights -------------------------------------------------------------------------
+        from keel.trainer import run_job
+
+        scratch = work_dir / "home"
+        runnable = run_job_spec.model_copy(
+            update={
+                "data": run_job_spec.data.model_copy(update={"path": data_path}),
+                "export": run_job_spec.export.model_copy(
+                    update={"out_dir": work_dir / "artifacts", "signing_key": None}
+                ),
+            }
+        )
+        result = run_job(
+            runnable,
+            home=scratch,
+            registry=builders,
+            fresh=True,
+            on_event=on_event,
+            ray_address=ray_address,
+            ray_num_cpus=ray_num_cpus,
+            export=True,
+            signing_key=signing_key,
+            tracking=False,
+            code=(commit, dirty),
+            lock_file=lock,
+        )
+        if result.artifact_path is None:
+            raise PipelinesError(f"the re-run of {run_job_spec.name!r} exported no artifact")
+        rebuilt = load_artifact(
+            result.artifact_path,
+            TrustPolicy((signing_key.public_pem,)),
+            framework="numpy",
+        )
+        if rebuilt.digest == mv.digest:
+            checks.append(LinkCheck("weights", True, mv.digest, rebuilt.digest))
+            return verdict(
+                "identical",
+                None,
+                f"{model} version {mv.version} rebuilt byte for byte: {rebuilt.digest}",
+                reproduced_digest=rebuilt.digest,
+                retrained=True,
+            )
+        diffs = weight_diffs(registered.tensors, rebuilt.tensors)
+        worst = max(diffs.values(), default=0.0)
+        if worst > 0:
+            detail = ", ".join(f"{k}: {v:.3g}" for k, v in diffs.items() if v > 0)
+            checks.append(
+                LinkCheck("weights", False, mv.digest, rebuilt.digest, f"max |diff| {detail}")
+            )
+            return verdict(
+                "differs",
+                "weights",
+                f"retrained with identical inputs, the weights differ (max |diff| per tensor: "
+                f"{detail})",
+                reproduced_digest=rebuilt.digest,
+                weight_diffs=diffs,
+                retrained=True,
+            )
+        from keel.artifacts import diff_manifests
+
+        changes = "; ".join(str(c) for c in diff_manifests(man, rebuilt.manifest))
+        checks.append(LinkCheck("weights", True, mv.digest, rebuilt.digest, "all tensors equal"))
+        checks.append(LinkCheck("manifest", False, mv.digest, rebuilt.digest, changes))
+        return verdict(
+            "differs",
+            "manifest",
+            f"the weights are equal but the manifests differ: {changes}",
+            reproduced_digest=rebuilt.digest,
+            weight_diffs=diffs,
+            retrained=True,
+        )
+    except _Stop as stop:
+        return verdict(stop.status, stop.link, stop.message)
+
+
+def _check(checks: list[LinkCheck], link: str, recorded: str, found: str, why: str) -> None:
+    same = recorded == found
+    checks.append(LinkCheck(link, same, recorded, found, "" if same else why))
+    if not same:
+        raise _Stop("differs", link, f"{link} differs: recorded {recorded}, found {found}: {why}")
+
+
+def _check_parameters(
+    checks: list[LinkCheck],
+    job: Any,
+    params: Mapping[str, str],
+    tags: Mapping[str, str],
+    manifest: Any,
+) -> None:
+    from keel.trainer import job_params
+
+    now = {k: v for k, v in job_params(job).items() if k not in _LOCATION_PARAMS}
+    rec = {k: v for k, v in params.items() if k not in _LOCATION_PARAMS}
+    diffs = [
+        f"{k}: recorded {rec.get(k, '(absent)')}, now {now.get(k, '(absent)')}"
+        for k in sorted(set(now) | set(rec))
+        if now.get(k) != rec.get(k)
+    ]
+    workers = tags.get("keel.num_workers")
+    if workers is not None and str(job.scaling.num_workers) != workers:
+        diffs.append(f"num_workers: recorded {workers}, now {job.scaling.num_workers}")
+    arch = {"builder": manifest.architecture.builder, "args": dict(manifest.architecture.args)}
+    if arch != {"builder": job.model.builder, "args": dict(job.model.args)}:
+        diffs.append(f"architecture: the artifact has {arch}, the job builds {job.model}")
+    summary = f"seed {job.seed}, {job.scaling.num_workers} worker(s), {len(now)} params"
+    if not diffs:
+        checks.append(LinkCheck("parameters", True, summary, summary))
+        return
+    detail = "; ".join(diffs)
+    checks.append(LinkCheck("parameters", False, "the training run's", "the job to run", detail))
+    raise _Stop("differs", "parameters", f"parameters differ from the training run's: {detail}")
+
+
+def _record(registry: Any, v: Verdict, work_dir: Path) -> None:
+    """The verdict as ``verdict.json`` in the work dir and the version's ``keel.reproduce``
+    tag (the evidence pack reads it); a failed tag write is logged, the verdict stands."""
+    body = v.to_dict()
+    (work_dir / "verdict.json").write_text(json.dumps(body, indent=2, sort_keys=True))
+    short = {k: body[k] for k in ("status", "link", "reproduced_digest", "at", "training_run")}
+    short["message"] = v.message[:2000]
+    try:
+        registry.mlflow_client.set_model_version_tag(
+            v.model, str(v.version), VERDICT_TAG, json.dumps(short, sort_keys=True)
+        )
+    except Exception as e:  # MLflow errors: the verdict stands, the tag is missing; say so
+        logging.getLogger(__name__).warning(
+            "could not tag %s version %s with the reproduce verdict: %s", v.model, v.version, e
+        )
+
+
+def verdict_from_tag(text: str | None) -> dict[str, Any] | None:
+    """The ``keel.reproduce`` tag as a mapping (None when absent or unreadable)."""
+    if not text:
+        return None
+    try:
+        out = json.loads(text)
+    except ValueError:
+        return None
+    return out if isinstance(out, dict) else None
+
+
+__all__ = [
+    "LINKS",
+    "VERDICT_TAG",
+    "LinkCheck",
+    "Verdict",
+    "commit_in_history",
+    "find_lock",
+    "parse_target",
+    "reproduce",
+    "resolve_version",
+    "training_run",
+    "verdict_from_tag",
+    "weight_diffs",
+]
