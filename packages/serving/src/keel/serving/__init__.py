@@ -9,13 +9,15 @@
 
 Routes: Open Inference Protocol v2 REST (``/v2/health/*``, ``/v2/models/{name}[/ready|/infer]``),
 ``/v1/predict`` (entity-keyed; online features fetched by the server), ``/healthz``,
-``/readyz``, ``/metrics``, ``/openapi.json``. Batch: ``score_parquet``. Registry aliases:
+``/readyz``, ``/metrics``, ``/openapi.json``. Batch: ``score_parquet`` (Polars, streaming) and
+``score_parquet_ray`` (Ray Data partitions, same predictor code, same output). Registry aliases:
 ``AliasFollower`` (hot swap). Model builders: ``resolve_builders`` (the one lookup).
-torch is imported only when a model is loaded or run.
+torch is imported only when a model is loaded or run; ray only by ``score_parquet_ray``.
 """
 
 from keel.serving._app import create_app
 from keel.serving._batch import BatchReport, score_parquet
+from keel.serving._batch_ray import connect_ray, score_parquet_ray
 from keel.serving._batching import BatchingConfig, MicroBatcher
 from keel.serving._builders import ENTRY_POINT_GROUP, build_mlp, resolve_builders
 from keel.serving._canary import CANARY_FAILED, CanaryPolicy, CanaryWindow
@@ -76,6 +78,7 @@ __all__ = [
     "build_mlp",
     "compile_fields",
     "configure_torch_threads",
+    "connect_ray",
     "create_app",
     "entity_bucket",
     "load_from_registry",
@@ -84,5 +87,6 @@ __all__ = [
     "predictor_from_loaded",
     "resolve_builders",
     "score_parquet",
+    "score_parquet_ray",
     "serve",
 ]

@@ -1,0 +1,125 @@
+"""Batch scoring on Ray Data (local Ray, small process-shared cluster): the same predictor
+code as the Polars streaming path, the same output file; bad columns named; untrusted
+artifacts refused before any cluster work."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from testutil.serving_artifacts import Keys, make_artifact, reference
+
+from keel.artifacts import TrustPolicy
+from keel.serving import (
+    InvalidInputError,
+    ModelLoadError,
+    load_predictor,
+    score_parquet,
+    score_parquet_ray,
+)
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    return Keys()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One local Ray instance for the module: 3 logical CPUs (2 scoring actors + reads), an
+    80 MiB object store, a short temp dir (Ray's socket paths must stay under 108 bytes)."""
+    import ray
+
+    from keel.serving import connect_ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    tmp = f"/tmp/ks-ray-{os.getpid()}"
+    connect_ray(num_cpus=3, object_store_bytes=80 << 20, tmp_dir=tmp)
+    yield ray
+    ray.shutdown()
+
+
+def frame(n: int, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "id": np.arange(n),
+            "f0": rng.normal(size=n),
+            "f1": rng.normal(size=n),
+            "f2": rng.integers(-5, 5, size=n),
+            "channel": rng.choice(["web", "pos", "atm"], size=n),
+        }
+    )
+
+
+def test_ray_output_is_the_polars_output(tmp_path: Path, keys: Keys, ray_cluster: Any) -> None:
+    path, model = make_artifact(tmp_path, keys, views=False)
+    df = frame(1000)
+    df.write_parquet(tmp_path / "in.parquet", row_group_size=100)
+    p = load_predictor(path, keys.policy)
+    score_parquet(p, tmp_path / "in.parquet", tmp_path / "polars.parquet", chunk_rows=256)
+    rep = score_parquet_ray(
+        path,
+        keys.policy,
+        tmp_path / "in.parquet",
+        tmp_path / "ray.parquet",
+        workers=2,
+        block_rows=128,
+        batch_rows=50,
+    )
+    assert rep.rows == 1000 and rep.digest == p.digest and rep.model == "credit"
+    assert rep.chunks >= 2  # partitioned: more than one block went through the actors
+    polars_out = pl.read_parquet(tmp_path / "polars.parquet")
+    ray_out = pl.read_parquet(tmp_path / "ray.parquet")
+    assert_frame_equal(ray_out, polars_out)  # same rows, order, columns, dtypes, values
+    cat = {"web": 0.0, "pos": 1.0, "atm": 2.0}
+    x = [[a, b, float(c), cat[d]] for a, b, c, d in df.select("f0", "f1", "f2", "channel").iter_rows()]
+    assert ray_out["p_default"].to_list() == pytest.approx(reference(model, x), abs=1e-6)
+    assert not list(tmp_path.glob(".ray.parquet*"))
+
+
+def test_ray_bad_columns_are_named_and_no_output_is_left(
+    tmp_path: Path, keys: Keys, ray_cluster: Any
+) -> None:
+    path, _ = make_artifact(tmp_path, keys, views=False)
+    df = frame(300).with_columns(
+        pl.when(pl.col("id") >= 200).then(pl.lit("fax")).otherwise(pl.col("channel")).alias("channel")
+    )
+    df.write_parquet(tmp_path / "in.parquet", row_group_size=100)
+    with pytest.raises(InvalidInputError, match="channel") as ei:
+        score_parquet_ray(
+            path, keys.policy, tmp_path / "in.parquet", tmp_path / "out.parquet", workers=1,
+            block_rows=100,
+        )
+    (err,) = ei.value.errors
+    assert err["field"] == "channel" and err["rows"] == 100 and err["first_row_in_block"] == 0
+    assert not (tmp_path / "out.parquet").exists()
+    assert not list(tmp_path.glob(".out.parquet*"))
+
+
+def test_ray_empty_input_gives_an_empty_output_with_the_output_columns(
+    tmp_path: Path, keys: Keys, ray_cluster: Any
+) -> None:
+    path, _ = make_artifact(tmp_path, keys, views=False)
+    frame(0).write_parquet(tmp_path / "in.parquet")
+    rep = score_parquet_ray(path, keys.policy, tmp_path / "in.parquet", tmp_path / "out.parquet")
+    out = pl.read_parquet(tmp_path / "out.parquet")
+    assert rep.rows == 0 and out.height == 0 and out.columns[-1] == "p_default"
+
+
+def test_an_untrusted_artifact_is_refused_before_any_cluster_work(
+    tmp_path: Path, keys: Keys
+) -> None:
+    path, _ = make_artifact(tmp_path, keys, views=False)
+    frame(10).write_parquet(tmp_path / "in.parquet")
+    with pytest.raises(ModelLoadError, match="refused artifact"):
+        score_parquet_ray(
+            path, TrustPolicy((Keys().pub,)), tmp_path / "in.parquet", tmp_path / "out.parquet"
+        )
+    assert not (tmp_path / "out.parquet").exists()
