@@ -33,7 +33,12 @@ from keel.serving._errors import (
     UnknownEntityError,
 )
 from keel.serving._features import FeatureFetcher
-from keel.serving._follow import AliasFollower, ModelRef, load_from_registry
+from keel.serving._follow import (
+    AliasFollower,
+    ModelRef,
+    download_from_registry,
+    load_from_registry,
+)
 from keel.serving._predictor import (
     Predictor,
     configure_torch_threads,
@@ -80,6 +85,7 @@ __all__ = [
     "configure_torch_threads",
     "connect_ray",
     "create_app",
+    "download_from_registry",
     "entity_bucket",
     "load_from_registry",
     "load_predictor",
