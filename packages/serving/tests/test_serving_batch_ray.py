@@ -32,15 +32,14 @@ def keys() -> Keys:
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One local Ray instance for the module: 3 logical CPUs (2 scoring actors + reads), an
-    80 MiB object store, a short temp dir (Ray's socket paths must stay under 108 bytes)."""
+    """One local Ray instance for the module: 2 CPUs (2 scoring actors), an 80 MiB object store, a short temp dir (Ray's socket paths must stay under 108 bytes)."""
     import ray
 
     from keel.serving import connect_ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     tmp = f"/tmp/ks-ray-{os.getpid()}"
-    connect_ray(num_cpus=3, object_store_bytes=80 << 20, tmp_dir=tmp)
+    connect_ray(num_cpus=2, object_store_bytes=80 << 20, tmp_dir=tmp)
     yield ray
     ray.shutdown()
 
@@ -74,7 +73,7 @@ def test_ray_output_is_the_polars_output(tmp_path: Path, keys: Keys, ray_cluster
         batch_rows=50,
     )
     assert rep.rows == 1000 and rep.digest == p.digest and rep.model == "credit"
-    assert rep.chunks >= 2  # partitioned: more than one block went through the actors
+    assert rep.chunks == 8  # partitioned: 1000 rows in blocks of 128 over 2 actors
     polars_out = pl.read_parquet(tmp_path / "polars.parquet")
     ray_out = pl.read_parquet(tmp_path / "ray.parquet")
     assert_frame_equal(ray_out, polars_out)  # same rows, order, columns, dtypes, values
@@ -84,27 +83,41 @@ def test_ray_output_is_the_polars_output(tmp_path: Path, keys: Keys, ray_cluster
     assert not list(tmp_path.glob(".ray.parquet*"))
 
 
-def test_ray_bad_columns_are_named_and_no_output_is_left(
+def test_ray_bad_columns_are_named_like_the_polars_path_and_no_output_is_left(
     tmp_path: Path, keys: Keys, ray_cluster: Any
 ) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
     df = frame(300).with_columns(
-        pl.when(pl.col("id") >= 200).then(pl.lit("fax")).otherwise(pl.col("channel")).alias("channel")
+        pl.when(pl.col("id") == 250).then(float("nan")).otherwise(pl.col("f0")).alias("f0"),
+        pl.when(pl.col("id") >= 200)
+        .then(pl.lit("fax"))
+        .otherwise(pl.col("channel"))
+        .alias("channel"),
     )
     df.write_parquet(tmp_path / "in.parquet", row_group_size=100)
-    with pytest.raises(InvalidInputError, match="channel") as ei:
+    p = load_predictor(path, keys.policy)
+    with pytest.raises(InvalidInputError) as polars_err:
+        score_parquet(p, tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_rows=100)
+    with pytest.raises(InvalidInputError) as ray_err:
         score_parquet_ray(
-            path, keys.policy, tmp_path / "in.parquet", tmp_path / "out.parquet", workers=1,
+            path,
+            keys.policy,
+            tmp_path / "in.parquet",
+            tmp_path / "out.parquet",
+            workers=1,
             block_rows=100,
         )
-    (err,) = ei.value.errors
-    assert err["field"] == "channel" and err["rows"] == 100 and err["first_row_in_block"] == 0
+    errs = {e["field"]: e for e in ray_err.value.errors}
+    assert errs["f0"]["first_row"] == 250 and errs["f0"]["rows"] == 1  # file rows, not block rows
+    assert errs["channel"]["first_row"] == 200 and errs["channel"]["rows"] == 100
+    assert ray_err.value.errors == polars_err.value.errors
+    assert str(ray_err.value) == str(polars_err.value)
     assert not (tmp_path / "out.parquet").exists()
     assert not list(tmp_path.glob(".out.parquet*"))
 
 
 def test_ray_empty_input_gives_an_empty_output_with_the_output_columns(
-    tmp_path: Path, keys: Keys, ray_cluster: Any
+    tmp_path: Path, keys: Keys
 ) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
     frame(0).write_parquet(tmp_path / "in.parquet")

@@ -1,13 +1,15 @@
 """Batch scoring on a Ray cluster: Ray Data partitions the input, the same predictor scores it.
 
-``score_parquet_ray`` reads the Parquet input with Ray Data (``read_parquet``: one read task
-per file fragment), re-blocks it into batches of ``block_rows`` and scores them on a fixed
-pool of ``workers`` actors. Each actor verifies and loads the artifact itself
-(``load_predictor`` with the caller's ``TrustPolicy``: the cluster runs only verified models,
-never a pickled one) and scores with ``score_frame`` — the code the Polars path runs — so
-the output is the same file: input columns + output columns, in input order (Ray Data's
-``preserve_order``), written by the driver to one Parquet file as blocks arrive (bounded
-memory on the driver; no partial file is left on failure).
+``score_parquet_ray`` splits the Parquet input into partitions of ``block_rows`` rows (slices
+of its row groups, from the file's metadata: nothing is read up front), makes them a Ray Dataset
+(one block per partition) and scores the blocks on a fixed pool of ``workers`` actors. Each
+actor verifies and loads the artifact itself (``load_predictor`` with the caller's trust
+keys: the cluster runs only verified models, never a pickled one), reads its partition and
+scores it with ``score_frame`` — the code the Polars path runs, with the partition's row
+offset — so the output is the same file (input columns + output columns, in input order:
+Ray Data's ``preserve_order``) and a bad input fails naming the same columns, counts and
+first bad rows. The driver writes the blocks to one Parquet file as they arrive (bounded
+memory; no partial file is left on failure).
 
 On a multi-node cluster the artifact and the input must be on storage every node reads, and
 the workers need keel installed (or a ``runtime_env``), as for any Ray job.
@@ -15,6 +17,7 @@ the workers need keel installed (or a ``runtime_env``), as for any Ray job.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -29,7 +32,7 @@ DEFAULT_OBJECT_STORE_BYTES = 128 << 20
 
 
 class _Scorer:
-    """One Ray Data actor: verifies and loads the model once, then scores Arrow batches."""
+    """One Ray Data actor: verifies and loads the model once, then scores partitions."""
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class _Scorer:
         public_keys: tuple[bytes, ...],
         allow_unsigned: bool,
         version: str,
+        input_path: str,
         batch_rows: int,
         threads: int,
         device: str,
@@ -44,14 +48,44 @@ class _Scorer:
         # the policy travels as its PEM keys (key objects do not pickle)
         policy = TrustPolicy(public_keys, allow_unsigned=allow_unsigned)
         self.p = load_predictor(artifact, policy, version=version, threads=threads, device=device)
+        self.input_path = input_path
         self.batch_rows = batch_rows
 
-    def __call__(self, table: Any) -> Any:
+    def __call__(self, batch: Any) -> Any:
+        """``batch``: one row, column ``part`` = a partition as JSON (see ``partitions``)."""
         import polars as pl
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        df = pl.from_arrow(table)
+        (part,) = (json.loads(v) for v in batch.column("part").to_pylist())
+        f = pq.ParquetFile(self.input_path)
+        tables = [f.read_row_group(rg).slice(skip, take) for rg, skip, take, _ in part]
+        df = pl.from_arrow(pa.concat_tables(tables))
         assert isinstance(df, pl.DataFrame)
-        return score_frame(self.p, df, batch_rows=self.batch_rows).to_arrow()
+        offset = part[0][3]
+        return score_frame(self.p, df, batch_rows=self.batch_rows, offset=offset).to_arrow()
+
+
+def partitions(row_groups: list[int], block_rows: int) -> list[list[tuple[int, int, int, int]]]:
+    """Partitions of ``block_rows`` rows (the last one fewer) as lists of (row group, skip,
+    take, offset in the file); a row group that straddles two partitions is read by both."""
+    parts: list[list[tuple[int, int, int, int]]] = []
+    cur: list[tuple[int, int, int, int]] = []
+    cur_rows = offset = 0
+    for rg, n in enumerate(row_groups):
+        skip = 0
+        while skip < n:
+            take = min(n - skip, block_rows - cur_rows)
+            cur.append((rg, skip, take, offset))
+            cur_rows += take
+            skip += take
+            offset += take
+            if cur_rows >= block_rows:
+                parts.append(cur)
+                cur, cur_rows = [], 0
+    if cur:
+        parts.append(cur)
+    return parts
 
 
 def connect_ray(
@@ -96,9 +130,11 @@ def _invalid_cause(e: BaseException) -> InvalidInputError | None:
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, InvalidInputError):
+        nxt = getattr(cur, "cause", None)  # RayTaskError: the worker's own exception
+        if isinstance(nxt, InvalidInputError):
+            return nxt
+        if isinstance(cur, InvalidInputError) and type(cur).__module__.startswith("keel."):
             return cur
-        nxt = getattr(cur, "cause", None)
         cur = nxt if isinstance(nxt, BaseException) else (cur.__cause__ or cur.__context__)
     return None
 
@@ -119,14 +155,10 @@ def score_parquet_ray(
 ) -> BatchReport:
     """Score ``input_path`` into ``output_path`` on Ray (see the module docstring).
 
-    ``workers``: scoring actors (1 CPU each); None: the cluster's CPUs minus one for the read
-    tasks (at least 1). ``block_rows``: rows per scored batch (the Polars path's
-    ``chunk_rows``). Connects to Ray first if this process is not connected
-    (``connect_ray(address)``). The report's ``chunks`` counts the blocks scored.
-
-    A block that fails validation stops the run with InvalidInputError naming each bad
-    column and its bad-row count; ``first_row_in_block`` is the row's index within the
-    failing block (Ray Data blocks carry no file offset)."""
+    ``workers``: scoring actors (1 CPU each); None: the cluster's CPUs, at most one per
+    partition. ``block_rows``: rows per partition (the Polars path's ``chunk_rows``).
+    Connects to Ray first if this process is not connected (``connect_ray(address)``). The
+    report's ``chunks`` counts the partitions scored."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -138,77 +170,99 @@ def score_parquet_ray(
     if not src.is_file():
         raise InvalidInputError(f"input {src} does not exist or is not a file")
     try:
-        schema = pq.read_schema(src)
+        meta = pq.ParquetFile(src).metadata
     except (pa.ArrowInvalid, OSError) as e:
         raise InvalidInputError(f"input {src} is not a readable Parquet file: {e}") from None
+    parts = partitions([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], block_rows)
     # Verify and load here first: a refused artifact fails before any cluster work, and the
     # report (and an empty input's output) needs the model's name and digest.
     p = load_predictor(artifact, policy, version=version, threads=threads, device=device)
-    connect_ray(address)
-    import ray  # pants: no-infer-dep
-
-    if workers is None:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = max(1, cpus - 1)
-    ctx = ray.data.DataContext.get_current()
-    keep_order = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # output rows in input order
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.partial")
     writer = None
-    rows = blocks = 0
+    rows = 0
     try:
-        ds = ray.data.read_parquet(str(src.resolve())).map_batches(
-            _Scorer,
-            fn_constructor_kwargs={
-                "artifact": str(Path(artifact).resolve()),
-                "public_keys": policy.public_keys,
-                "allow_unsigned": policy.allow_unsigned,
-                "version": p.version,
-                "batch_rows": batch_rows,
-                "threads": threads,
-                "device": device,
-            },
-            batch_size=block_rows,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=workers),
-            num_cpus=1,
-        )
-        try:
-            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                if table.num_rows == 0:
-                    continue
+        if parts:
+            scored = _score_on_ray(
+                p.version, artifact, policy, src, parts, workers, batch_rows, threads, device,
+                address,
+            )
+            for table in scored:
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)
                 writer.write_table(table)
                 rows += table.num_rows
-                blocks += 1
-        except Exception as e:
-            bad = _invalid_cause(e)
-            if bad is None:
-                raise UnavailableError(
-                    f"Ray Data batch scoring failed: {type(e).__name__}: {str(e)[:500]}"
-                ) from None
-            errors = [
-                {("first_row_in_block" if k == "first_row" else k): v for k, v in err.items()}
-                for err in bad.errors
-            ]
-            raise InvalidInputError(str(bad), errors) from None
-        if writer is None:  # empty input: an empty output with the output columns
-            import polars as pl
-
-            head = pl.from_arrow(schema.empty_table())
-            assert isinstance(head, pl.DataFrame)
-            pq.write_table(score_frame(p, head, batch_rows=batch_rows).to_arrow(), tmp)
-        else:
+            assert writer is not None
             writer.close()
             writer = None
+        else:  # empty input: an empty output with the output columns
+            import polars as pl
+
+            head = pl.from_arrow(meta.schema.to_arrow_schema().empty_table())
+            assert isinstance(head, pl.DataFrame)
+            pq.write_table(score_frame(p, head, batch_rows=batch_rows).to_arrow(), tmp)
         os.replace(tmp, dst)
     except BaseException:
         if writer is not None:
             writer.close()
         tmp.unlink(missing_ok=True)
         raise
+    return BatchReport(rows=rows, chunks=len(parts), output=dst, model=p.name, digest=p.digest)
+
+
+def _score_on_ray(
+    version: str,
+    artifact: str | Path,
+    policy: TrustPolicy,
+    src: Path,
+    parts: list[list[tuple[int, int, int, int]]],
+    workers: int | None,
+    batch_rows: int,
+    threads: int,
+    device: str,
+    address: str | None,
+) -> Any:
+    """The scored partitions as Arrow tables, in input order."""
+    connect_ray(address)
+    import ray  # pants: no-infer-dep
+
+    if workers is None:
+        workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = min(workers, len(parts))
+    ctx = ray.data.DataContext.get_current()
+    keep = ctx.execution_options.preserve_order, ctx.raise_original_map_exception
+    ctx.execution_options.preserve_order = True  # output rows in input order
+    ctx.raise_original_map_exception = True  # a bad input's InvalidInputError, unwrapped
+    items = [{"part": json.dumps(part)} for part in parts]
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _Scorer,
+            fn_constructor_kwargs={
+                "artifact": str(Path(artifact).resolve()),
+                "public_keys": policy.public_keys,
+                "allow_unsigned": policy.allow_unsigned,
+                "version": version,
+                "input_path": str(src.resolve()),
+                "batch_rows": batch_rows,
+                "threads": threads,
+                "device": device,
+            },
+            batch_size=1,  # one partition per call
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=1,
+        )
+        try:
+            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                if table.num_rows:
+                    yield table
+        except Exception as e:
+            bad = _invalid_cause(e)
+            if bad is None:
+                raise UnavailableError(
+                    f"Ray Data batch scoring failed: {type(e).__name__}: {str(e)[:500]}"
+                ) from None
+            # Ray appends retry advice to the message: keep keel's own (first) line
+            raise InvalidInputError(str(bad).split("\n", 1)[0], bad.errors) from None
     finally:
-        ctx.execution_options.preserve_order = keep_order
-    return BatchReport(rows=rows, chunks=blocks, output=dst, model=p.name, digest=p.digest)
+        ctx.execution_options.preserve_order, ctx.raise_original_map_exception = keep
