@@ -374,7 +374,8 @@ def run_wrk(
     )
     before = os.times()
     p = subprocess.run(
-        [wrk, "-t1", f"-c{conns}", f"-d{int(seconds)}s", "-s", str(script), url],
+        # --timeout 30s: wrk leaves timed-out requests out of its latency figures
+        [wrk, "-t1", f"-c{conns}", f"-d{int(seconds)}s", "--timeout", "30s", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -578,6 +579,7 @@ def measure_mlflow(
     res: dict[str, dict[str, Any]] = {}
     ml = mlflow_server(world, tmp)
     try:
+        check_same_answers(world, ml.port)
         mk = {"path": "/invocations", "kind": "mlflow", "server": ml}
         res["mlflow_sat"] = measure(world, tmp, "mlflow models serve, saturation", [], **sat, **mk)
         res["mlflow_paced"] = measure(world, tmp, "mlflow models serve, paced", [], **paced, **mk)
@@ -587,6 +589,31 @@ def measure_mlflow(
     res["keel_v2_sat"] = measure(world, tmp, "keel v2 infer, saturation", keel_args, **sat, **kv)
     res["keel_v2_paced"] = measure(world, tmp, "keel v2 infer, paced", keel_args, **paced, **kv)
     return res
+
+
+def check_same_answers(world: dict[str, Any], mlflow_port: int) -> None:
+    """Both servers serve the same model: MLflow's answer to the bench's first body equals
+    keel's predictor on the same row (else the comparison would be meaningless)."""
+    import urllib.request
+
+    import numpy as np
+
+    from keel.artifacts import TrustPolicy
+    from keel.serving import load_predictor
+
+    body = request_bodies("mlflow")[0]
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{mlflow_port}/invocations",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        got = json.loads(r.read())["predictions"][0]["p"]
+    p = load_predictor(world["artifact"], TrustPolicy.from_files([world["pub"]]), device="cpu")
+    row = np.array([json.loads(body)["dataframe_split"]["data"][0]], dtype=np.float32)
+    want = float(p.predict(row)[0, 0])
+    if abs(got - want) > 1e-5:
+        raise RuntimeError(f"mlflow answers {got}, keel's predictor {want}: not the same model")
 
 
 def summarise(res: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
