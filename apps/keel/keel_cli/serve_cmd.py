@@ -97,8 +97,9 @@ def batch(
         raise _fail(str(e)) from None
     try:
         if "@" in model and not Path(model).exists():
-            from keel.registry_client import RegistryError, open_registry
             from keel_cli.config import load_config
+
+            from keel.registry_client import RegistryError, open_registry
 
             try:
                 reg = (

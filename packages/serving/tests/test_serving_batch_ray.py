@@ -78,7 +78,10 @@ def test_ray_output_is_the_polars_output(tmp_path: Path, keys: Keys, ray_cluster
     ray_out = pl.read_parquet(tmp_path / "ray.parquet")
     assert_frame_equal(ray_out, polars_out)  # same rows, order, columns, dtypes, values
     cat = {"web": 0.0, "pos": 1.0, "atm": 2.0}
-    x = [[a, b, float(c), cat[d]] for a, b, c, d in df.select("f0", "f1", "f2", "channel").iter_rows()]
+    x = [
+        [a, b, float(c), cat[d]]
+        for a, b, c, d in df.select("f0", "f1", "f2", "channel").iter_rows()
+    ]
     assert ray_out["p_default"].to_list() == pytest.approx(reference(model, x), abs=1e-6)
     assert not list(tmp_path.glob(".ray.parquet*"))
 

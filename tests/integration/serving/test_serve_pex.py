@@ -113,17 +113,24 @@ def test_serve_pex_runs_from_a_clean_environment(tmp_path: Path) -> None:
         deadline = time.monotonic() + 600  # first start unpacks the pex (torch) into HOME
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"serve.pex exited {proc.returncode}: {log.read_text()[-3000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
+                raise AssertionError(
+                    f"serve.pex exited {proc.returncode}: {log.read_text()[-3000:]}"
+                )
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(url + "/readyz", timeout=2) as r,
+            ):
+                if r.status == 200:
+                    break
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         rows = [[0.5, -1.25, 3.0, "pos"], [-2.0, 0.75, -4.0, "atm"]]
         body = {
             "instances": [
-                {"entity": f"c{i}", "features": dict(zip(["f0", "f1", "f2", "channel"], r, strict=True))}
+                {
+                    "entity": f"c{i}",
+                    "features": dict(zip(["f0", "f1", "f2", "channel"], r, strict=True)),
+                }
                 for i, r in enumerate(rows)
             ]
         }

@@ -73,6 +73,17 @@ def test_an_unknown_engine_is_refused_naming_the_choices(tmp_path: Path) -> None
 
     res = CliRunner().invoke(
         app,
-        ["serve", "batch", "--model", "m.tar", "--input", "i", "--output", "o", "--engine", "spark"],
+        [
+            "serve",
+            "batch",
+            "--model",
+            "m.tar",
+            "--input",
+            "i",
+            "--output",
+            "o",
+            "--engine",
+            "spark",
+        ],
     )
     assert res.exit_code == 2 and "auto, polars or ray" in res.output

@@ -277,8 +277,13 @@ class ServerProc:
     """A server under test in its own process group (its CPU time is the group's)."""
 
     def __init__(
-        self, args: list[str], *, cmd: list[str] | None = None, env: dict[str, str] | None = None,
-        ready_path: str | None = None, timeout_s: float = 60,
+        self,
+        args: list[str],
+        *,
+        cmd: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        ready_path: str | None = None,
+        timeout_s: float = 60,
     ) -> None:
         self.port = free_port()
         env = dict(env or os.environ)
@@ -375,7 +380,17 @@ def run_wrk(
     before = os.times()
     p = subprocess.run(
         # --timeout 30s: wrk leaves timed-out requests out of its latency figures
-        [wrk, "-t1", f"-c{conns}", f"-d{int(seconds)}s", "--timeout", "30s", "-s", str(script), url],
+        [
+            wrk,
+            "-t1",
+            f"-c{conns}",
+            f"-d{int(seconds)}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,

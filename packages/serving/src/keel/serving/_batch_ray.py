@@ -184,7 +184,15 @@ def score_parquet_ray(
     try:
         if parts:
             scored = _score_on_ray(
-                p.version, artifact, policy, src, parts, workers, batch_rows, threads, device,
+                p.version,
+                artifact,
+                policy,
+                src,
+                parts,
+                workers,
+                batch_rows,
+                threads,
+                device,
                 address,
             )
             for table in scored:

@@ -367,9 +367,7 @@ class ModelService:
             t = self.telemetry
             t.shed.labels(model=self.name, variant=role).inc()
             if variant is not None:
-                t.queue_rows.labels(model=self.name, variant=role).set(
-                    variant.batcher.queued_rows
-                )
+                t.queue_rows.labels(model=self.name, variant=role).set(variant.batcher.queued_rows)
             return
         if exc is None:
             outcome = "ok"
@@ -377,9 +375,7 @@ class ModelService:
             outcome = "invalid"
         else:
             outcome = "error"
-        requests, lat, preds, v_requests, v_lat, queue_rows = self._children(
-            role, version, outcome
-        )
+        requests, lat, preds, v_requests, v_lat, queue_rows = self._children(role, version, outcome)
         requests.inc()
         lat.observe(latency)
         if outcome == "ok" and rows:
