@@ -124,7 +124,7 @@ def test_serve_pex_runs_from_a_clean_environment(tmp_path: Path) -> None:
                     break
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-        rows = [[0.5, -1.25, 3.0, "pos"], [-2.0, 0.75, -4.0, "atm"]]
+        rows: list[tuple[float, float, float, str]] = [(0.5, -1.25, 3.0, "pos"), (-2.0, 0.75, -4.0, "atm")]
         body = {
             "instances": [
                 {
@@ -142,7 +142,7 @@ def test_serve_pex_runs_from_a_clean_environment(tmp_path: Path) -> None:
         with urllib.request.urlopen(req, timeout=30) as r:
             out = json.loads(r.read())
         cat = {"web": 0.0, "pos": 1.0, "atm": 2.0}
-        want = reference(model, [[a, b, c, cat[d]] for a, b, c, d in rows])  # type: ignore[index]
+        want = reference(model, [[a, b, c, cat[d]] for a, b, c, d in rows])
         assert [p["p_default"] for p in out["predictions"]] == pytest.approx(want, abs=1e-6)
         assert out["model"] == "credit" and out["digest"].startswith("sha256:")
         proc.terminate()

@@ -33,7 +33,7 @@ def batch(args: list[str]) -> dict[str, object]:
     from keel_cli.main import app
 
     res = CliRunner().invoke(app, ["serve", "batch", *args])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, (res.output, res.exception)
     out: dict[str, object] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
 

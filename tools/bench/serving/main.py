@@ -595,12 +595,12 @@ def measure_mlflow(
     ml = mlflow_server(world, tmp)
     try:
         check_same_answers(world, ml.port)
-        mk = {"path": "/invocations", "kind": "mlflow", "server": ml}
+        mk: dict[str, Any] = {"path": "/invocations", "kind": "mlflow", "server": ml}
         res["mlflow_sat"] = measure(world, tmp, "mlflow models serve, saturation", [], **sat, **mk)
         res["mlflow_paced"] = measure(world, tmp, "mlflow models serve, paced", [], **paced, **mk)
     finally:
         ml.stop()
-    kv = {"path": "/v2/models/credit/infer", "kind": "v2"}
+    kv: dict[str, Any] = {"path": "/v2/models/credit/infer", "kind": "v2"}
     res["keel_v2_sat"] = measure(world, tmp, "keel v2 infer, saturation", keel_args, **sat, **kv)
     res["keel_v2_paced"] = measure(world, tmp, "keel v2 infer, paced", keel_args, **paced, **kv)
     return res

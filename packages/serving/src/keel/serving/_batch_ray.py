@@ -119,7 +119,7 @@ def connect_ray(
                 logging_level=logging.WARNING,
                 log_to_driver=False,
             )
-    except (ConnectionError, RuntimeError, ValueError, OSError) as e:
+    except Exception as e:  # ray.init raises bare Exception too (e.g. a start-up timeout)
         where = f"the Ray cluster at {addr}" if addr else "a local Ray instance"
         raise UnavailableError(f"cannot start or reach {where}: {e}") from None
 
@@ -231,6 +231,8 @@ def _score_on_ray(
     address: str | None,
 ) -> Any:
     """The scored partitions as Arrow tables, in input order."""
+    import pyarrow as pa
+
     connect_ray(address)
     import ray  # pants: no-infer-dep
 
@@ -262,6 +264,7 @@ def _score_on_ray(
         )
         try:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                assert isinstance(table, pa.Table)
                 if table.num_rows:
                     yield table
         except Exception as e:
