@@ -9,11 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from testutil.serving_artifacts import Keys, make_artifact, reference
+from testutil.serving_artifacts import Keys, batch_frame, make_artifact, reference
 
 from keel.artifacts import TrustPolicy
 from keel.serving import (
@@ -44,22 +43,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ray.shutdown()
 
 
-def frame(n: int, seed: int = 0) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pl.DataFrame(
-        {
-            "id": np.arange(n),
-            "f0": rng.normal(size=n),
-            "f1": rng.normal(size=n),
-            "f2": rng.integers(-5, 5, size=n),
-            "channel": rng.choice(["web", "pos", "atm"], size=n),
-        }
-    )
-
-
 def test_ray_output_is_the_polars_output(tmp_path: Path, keys: Keys, ray_cluster: Any) -> None:
     path, model = make_artifact(tmp_path, keys, views=False)
-    df = frame(1000)
+    df = batch_frame(1000)
     df.write_parquet(tmp_path / "in.parquet", row_group_size=100)
     p = load_predictor(path, keys.policy)
     score_parquet(p, tmp_path / "in.parquet", tmp_path / "polars.parquet", chunk_rows=256)
@@ -90,7 +76,7 @@ def test_ray_bad_columns_are_named_like_the_polars_path_and_no_output_is_left(
     tmp_path: Path, keys: Keys, ray_cluster: Any
 ) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
-    df = frame(300).with_columns(
+    df = batch_frame(300).with_columns(
         pl.when(pl.col("id") == 250).then(float("nan")).otherwise(pl.col("f0")).alias("f0"),
         pl.when(pl.col("id") >= 200)
         .then(pl.lit("fax"))
@@ -123,7 +109,7 @@ def test_ray_empty_input_gives_an_empty_output_with_the_output_columns(
     tmp_path: Path, keys: Keys
 ) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
-    frame(0).write_parquet(tmp_path / "in.parquet")
+    batch_frame(0).write_parquet(tmp_path / "in.parquet")
     rep = score_parquet_ray(path, keys.policy, tmp_path / "in.parquet", tmp_path / "out.parquet")
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert rep.rows == 0 and out.height == 0 and out.columns[-1] == "p_default"
@@ -133,7 +119,7 @@ def test_an_untrusted_artifact_is_refused_before_any_cluster_work(
     tmp_path: Path, keys: Keys
 ) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
-    frame(10).write_parquet(tmp_path / "in.parquet")
+    batch_frame(10).write_parquet(tmp_path / "in.parquet")
     with pytest.raises(ModelLoadError, match="refused artifact"):
         score_parquet_ray(
             path, TrustPolicy((Keys().pub,)), tmp_path / "in.parquet", tmp_path / "out.parquet"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from keel.artifacts import TrustPolicy
-from keel.serving._batch import BatchReport, score_frame
+from keel.serving._batch import BatchReport, score_frame, write_scored
 from keel.serving._errors import ConfigError, InvalidInputError, UnavailableError
 from keel.serving._predictor import load_predictor
 
@@ -177,44 +177,15 @@ def score_parquet_ray(
     # Verify and load here first: a refused artifact fails before any cluster work, and the
     # report (and an empty input's output) needs the model's name and digest.
     p = load_predictor(artifact, policy, version=version, threads=threads, device=device)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    writer = None
-    rows = 0
-    try:
-        if parts:
-            scored = _score_on_ray(
-                p.version,
-                artifact,
-                policy,
-                src,
-                parts,
-                workers,
-                batch_rows,
-                threads,
-                device,
-                address,
-            )
-            for table in scored:
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-                rows += table.num_rows
-            assert writer is not None
-            writer.close()
-            writer = None
-        else:  # empty input: an empty output with the output columns
-            import polars as pl
-
-            head = pl.from_arrow(meta.schema.to_arrow_schema().empty_table())
-            assert isinstance(head, pl.DataFrame)
-            pq.write_table(score_frame(p, head, batch_rows=batch_rows).to_arrow(), tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    scored = (
+        _score_on_ray(
+            p.version, artifact, policy, src, parts, workers, batch_rows, threads, device, address
+        )
+        if parts
+        else iter(())
+    )
+    schema = meta.schema.to_arrow_schema()
+    rows = write_scored(p, scored, schema, dst, batch_rows=batch_rows)
     return BatchReport(rows=rows, chunks=len(parts), output=dst, model=p.name, digest=p.digest)
 
 
