@@ -98,3 +98,17 @@ def batch_frame(n: int, seed: int = 0) -> Any:
             "channel": rng.choice(["web", "pos", "atm"], size=n),
         }
     )
+
+
+def bad_batch_frame() -> Any:
+    """``batch_frame(300)`` with a NaN ``f0`` at row 250 and an unknown ``channel`` ("fax")
+    from row 200 on: two bad columns, both first bad in the third 100-row chunk."""
+    import polars as pl
+
+    return batch_frame(300).with_columns(
+        pl.when(pl.col("id") == 250).then(float("nan")).otherwise(pl.col("f0")).alias("f0"),
+        pl.when(pl.col("id") >= 200)
+        .then(pl.lit("fax"))
+        .otherwise(pl.col("channel"))
+        .alias("channel"),
+    )

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from testutil.serving_artifacts import Keys, batch_frame, make_artifact, reference
+from testutil.serving_artifacts import (
+    Keys,
+    bad_batch_frame,
+    batch_frame,
+    make_artifact,
+    reference,
+)
 
 from keel.serving import InvalidInputError, load_predictor, score_parquet
 
@@ -41,13 +47,7 @@ def test_bad_columns_are_named_with_row_counts_and_no_output_is_left(
 ) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
     p = load_predictor(path, keys.policy)
-    df = batch_frame(300).with_columns(
-        pl.when(pl.col("id") == 250).then(float("nan")).otherwise(pl.col("f0")).alias("f0"),
-        pl.when(pl.col("id") >= 200)
-        .then(pl.lit("fax"))
-        .otherwise(pl.col("channel"))
-        .alias("channel"),
-    )
+    df = bad_batch_frame()
     df.write_parquet(tmp_path / "in.parquet", row_group_size=100)
     with pytest.raises(InvalidInputError) as ei:
         score_parquet(p, tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_rows=100)

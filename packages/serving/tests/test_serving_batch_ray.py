@@ -12,7 +12,13 @@ from typing import Any
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from testutil.serving_artifacts import Keys, batch_frame, make_artifact, reference
+from testutil.serving_artifacts import (
+    Keys,
+    bad_batch_frame,
+    batch_frame,
+    make_artifact,
+    reference,
+)
 
 from keel.artifacts import TrustPolicy
 from keel.serving import (
@@ -76,13 +82,7 @@ def test_ray_bad_columns_are_named_like_the_polars_path_and_no_output_is_left(
     tmp_path: Path, keys: Keys, ray_cluster: Any
 ) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
-    df = batch_frame(300).with_columns(
-        pl.when(pl.col("id") == 250).then(float("nan")).otherwise(pl.col("f0")).alias("f0"),
-        pl.when(pl.col("id") >= 200)
-        .then(pl.lit("fax"))
-        .otherwise(pl.col("channel"))
-        .alias("channel"),
-    )
+    df = bad_batch_frame()
     df.write_parquet(tmp_path / "in.parquet", row_group_size=100)
     p = load_predictor(path, keys.policy)
     with pytest.raises(InvalidInputError) as polars_err:

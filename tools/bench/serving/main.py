@@ -43,16 +43,7 @@ from typing import Any
 N_FEATURES = 20
 N_ENTITIES = 10_000
 
-LUA = r"""
-local n_entities = %(n)d
-local delay_ms = %(delay)d
-local path = "%(path)s"
-math.randomseed(42)
-request = function()
-  local e = math.random(0, n_entities - 1)
-  local body = '{"instances":[{"entity":"e' .. e .. '"}]}'
-  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
-end
+LUA_DONE = r"""
 if delay_ms > 0 then
   delay = function() return delay_ms end
 end
@@ -65,6 +56,20 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(99), latency.max))
 end
 """
+
+LUA = (
+    r"""
+local n_entities = %(n)d
+local delay_ms = %(delay)d
+local path = "%(path)s"
+math.randomseed(42)
+request = function()
+  local e = math.random(0, n_entities - 1)
+  local body = '{"instances":[{"entity":"e' .. e .. '"}]}'
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+end
+"""
+) + LUA_DONE
 
 
 # Per-request latency split by status (wrk's own histogram mixes fast 503s with admitted
@@ -130,7 +135,8 @@ end
 
 # Fixed bodies (features in the request) for servers that fetch nothing: keel's OIP v2
 # infer and MLflow's /invocations; the same values for both.
-LUA_BODIES = r"""
+LUA_BODIES = (
+    r"""
 local bodies = { %(bodies)s }
 local path = "%(path)s"
 local delay_ms = %(delay)d
@@ -139,18 +145,8 @@ request = function()
   i = i %% #bodies + 1
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
 end
-if delay_ms > 0 then
-  delay = function() return delay_ms end
-end
-done = function(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.status + summary.errors.timeout
-  io.write(string.format(
-    'WRKJSON {"requests": %%d, "duration_us": %%d, "errors": %%d, "non2xx": %%d, "p50_us": %%d, "p99_us": %%d, "max_us": %%d}\n',
-    summary.requests, summary.duration, errors, summary.errors.status,
-    latency:percentile(50), latency:percentile(99), latency.max))
-end
 """
+) + LUA_DONE
 
 
 def request_bodies(kind: str, k: int = 64) -> list[str]:
