@@ -124,7 +124,10 @@ def test_serve_pex_runs_from_a_clean_environment(tmp_path: Path) -> None:
                     break
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-        rows: list[tuple[float, float, float, str]] = [(0.5, -1.25, 3.0, "pos"), (-2.0, 0.75, -4.0, "atm")]
+        rows: list[tuple[float, float, float, str]] = [
+            (0.5, -1.25, 3.0, "pos"),
+            (-2.0, 0.75, -4.0, "atm"),
+        ]
         body = {
             "instances": [
                 {
