@@ -88,3 +88,35 @@ def make_artifact(
 def reference(model: torch.nn.Module, rows: list[list[float]]) -> list[float]:
     with torch.no_grad():
         return model(torch.tensor(rows, dtype=torch.float32))[:, 0].double().tolist()
+
+
+def batch_frame(n: int, seed: int = 0) -> Any:
+    """``n`` rows for batch scoring with ``credit_spec(views=False)``: an ``id`` column, the
+    numeric features f0..f2 (f2 integral) and the ``channel`` category (seeded)."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "id": np.arange(n),
+            "f0": rng.normal(size=n),
+            "f1": rng.normal(size=n),
+            "f2": rng.integers(-5, 5, size=n),
+            "channel": rng.choice(["web", "pos", "atm"], size=n),
+        }
+    )
+
+
+def bad_batch_frame() -> Any:
+    """``batch_frame(300)`` with a NaN ``f0`` at row 250 and an unknown ``channel`` ("fax")
+    from row 200 on: two bad columns, both first bad in the third 100-row chunk."""
+    import polars as pl
+
+    return batch_frame(300).with_columns(
+        pl.when(pl.col("id") == 250).then(float("nan")).otherwise(pl.col("f0")).alias("f0"),
+        pl.when(pl.col("id") >= 200)
+        .then(pl.lit("fax"))
+        .otherwise(pl.col("channel"))
+        .alias("channel"),
+    )

@@ -1,13 +1,16 @@
 """`keel serve batch`: score a Parquet file with a verified model, in bounded memory.
 
-Wiring only: keel.serving's ``score_parquet`` does the work with the same predictor the
-online server uses. ``--model`` is an artifact path or ``name@alias`` in the registry
-(embedded in ``--home``, or an MLflow server with ``--tracking-uri`` + ``--db-url``).
+Wiring only: keel.serving's ``score_parquet`` (Polars, streaming) or, on a Ray cluster,
+``score_parquet_ray`` (Ray Data partitions the input) does the work with the same predictor
+code the online server uses; both write the same file. ``--model`` is an artifact path or
+``name@alias`` in the registry (embedded in ``--home``, or an MLflow server with
+``--tracking-uri`` + ``--db-url``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,16 +43,51 @@ def batch(
     home: Annotated[Path | None, typer.Option(help="KEEL_HOME of the embedded registry")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow server URL")] = None,
     db_url: Annotated[str | None, typer.Option(help="the MLflow server's PostgreSQL URL")] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="polars (streaming, this process), ray (Ray Data on --ray-address /"
+            " $RAY_ADDRESS, or a local Ray), auto: ray when a Ray address is given"
+        ),
+    ] = "auto",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS)")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="ray: scoring actors (default: cluster CPUs - 1)")
+    ] = None,
 ) -> None:
     """Score INPUT into OUTPUT: input columns + one column per model output."""
+    if engine not in ("auto", "polars", "ray"):
+        raise _fail(f"--engine must be auto, polars or ray (got {engine!r})")
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    use_ray = engine == "ray" or (engine == "auto" and address is not None)
     from keel.artifacts import ArtifactError, TrustPolicy
     from keel.serving import (
         ModelRef,
         ServingError,
-        load_from_registry,
+        download_from_registry,
         load_predictor,
         score_parquet,
+        score_parquet_ray,
     )
+
+    def run(path: Path, version: str = "") -> Any:
+        if use_ray:
+            return score_parquet_ray(
+                path,
+                policy,
+                input,
+                output,
+                workers=workers,
+                block_rows=chunk_rows,
+                batch_rows=batch_rows,
+                threads=threads,
+                version=version,
+                address=address,
+            )
+        p = load_predictor(path, policy, version=version, threads=threads)
+        return score_parquet(p, input, output, chunk_rows=chunk_rows, batch_rows=batch_rows)
 
     if not trust_key and not allow_unsigned:
         raise _fail("give --trust-key PUB.pem (repeatable) or --allow-unsigned")
@@ -59,8 +97,9 @@ def batch(
         raise _fail(str(e)) from None
     try:
         if "@" in model and not Path(model).exists():
-            from keel.registry_client import RegistryError, open_registry
             from keel_cli.config import load_config
+
+            from keel.registry_client import RegistryError, open_registry
 
             try:
                 reg = (
@@ -71,12 +110,12 @@ def batch(
             except RegistryError as e:
                 raise _fail(f"registry: {e}", 1) from None
             with reg, tempfile.TemporaryDirectory(prefix="keel-batch-") as tmp:
-                _, p = load_from_registry(
-                    reg, ModelRef.parse(model), policy, workdir=Path(tmp), threads=threads
+                version, archive = download_from_registry(
+                    reg, ModelRef.parse(model), workdir=Path(tmp)
                 )
+                report = run(archive, str(version))
         else:
-            p = load_predictor(model, policy, threads=threads)
-        report = score_parquet(p, input, output, chunk_rows=chunk_rows, batch_rows=batch_rows)
+            report = run(Path(model))
     except ServingError as e:
         errors: Any = getattr(e, "errors", None)
         detail = f" {json.dumps(errors[:5])}" if errors else ""
@@ -89,6 +128,7 @@ def batch(
                 "output": str(report.output),
                 "model": report.model,
                 "digest": report.digest,
+                "engine": "ray" if use_ray else "polars",
             }
         )
     )

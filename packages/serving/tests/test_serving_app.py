@@ -394,8 +394,105 @@ def test_requests_beyond_the_in_flight_limit_are_refused_at_the_door(
         assert again.status_code == 200, again.text
         expo = (await c.get("/metrics")).text
         assert 'keel_serving_shed_total{model="credit",variant="entry"} 1.0' in expo
+        # the shed request is in no SLI series: 3 requests, 3 ok, 3 latency samples
+        s = samples(expo)
+        assert s[("keel_serving_requests_total", "ok")] == 3.0
+        assert ("keel_serving_requests_total", "error") not in s
+        assert s[("keel_serving_request_latency_seconds_count", None)] == 3.0
 
     run(world, body, app_kw={"max_in_flight": 2})
+
+
+def samples(exposition: str) -> dict[tuple[str, str | None], float]:
+    """The exposition's samples summed by (sample name, outcome label)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, str | None], float] = {}
+    for fam in text_string_to_metric_families(exposition):
+        for smp in fam.samples:
+            key = (smp.name, smp.labels.get("outcome"))
+            out[key] = out.get(key, 0.0) + smp.value
+    return out
+
+
+def test_queue_sheds_are_not_errors_of_the_availability_sli(world: dict[str, Any]) -> None:
+    """A full admission queue answers 503 `overloaded`; those requests are counted in
+    `shed_total{variant="primary"}` only — not as `requests_total{outcome="error"}` (the
+    availability SLI's bad events), not in the latency histograms (the latency SLI)."""
+    import threading
+
+    ok_body = {"instances": [{"entity": "c1", "features": {"channel": "web"}}]}
+
+    async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
+        p = svc.primary
+        real, started, gate = p.model, threading.Event(), threading.Event()
+
+        def held(x: Any) -> Any:  # the forward pass waits until the test lets it go
+            started.set()
+            gate.wait(10)
+            return real(x)
+
+        p.model = held
+        batcher = svc.variants["primary"].batcher
+        running = asyncio.create_task(c.post("/v1/predict", json=ok_body))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        queued = asyncio.create_task(c.post("/v1/predict", json=ok_body))
+        while batcher.queued_rows < 1:
+            await asyncio.sleep(0.001)
+        shed = [await c.post("/v1/predict", json=ok_body) for _ in range(3)]
+        assert [r.status_code for r in shed] == [503] * 3
+        assert {r.json()["code"] for r in shed} == {"overloaded"}
+        assert all(int(r.headers["retry-after"]) >= 1 for r in shed)
+        gate.set()
+        assert [r.status_code for r in await asyncio.gather(running, queued)] == [200, 200]
+        bad = await c.post("/v1/predict", json={"instances": [{"entity": "c1"}]})
+        assert bad.status_code == 422
+
+        s = samples((await c.get("/metrics")).text)
+        assert s[("keel_serving_shed_total", None)] == 3.0
+        assert s[("keel_serving_requests_total", "ok")] == 2.0
+        assert s[("keel_serving_requests_total", "invalid")] == 1.0
+        assert ("keel_serving_requests_total", "error") not in s
+        assert s[("keel_serving_request_latency_seconds_count", None)] == 3.0  # 2 ok + 1 invalid
+        assert s[("keel_serving_variant_requests_total", "ok")] == 2.0
+        assert ("keel_serving_variant_requests_total", "error") not in s
+        assert s[("keel_serving_variant_latency_seconds_count", None)] == 2.0
+        expo = (await c.get("/metrics")).text
+        assert 'keel_serving_shed_total{model="credit",variant="primary"} 3.0' in expo
+
+    run(world, body, batching=BatchingConfig(max_batch_rows=1, max_queue_rows=1))
+
+
+def test_entry_sheds_are_labelled_with_a_served_model_not_the_path(
+    world: dict[str, Any],
+) -> None:
+    """An entry shed on `/v2/models/<anything>/infer` counts under a served model's name:
+    a caller cannot mint label values (series) by inventing model names."""
+
+    async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
+        release, entered = asyncio.Event(), asyncio.Event()
+        real_predict = svc.predict
+
+        async def slow_predict(payload: Any) -> Any:
+            entered.set()
+            await release.wait()
+            return await real_predict(payload)
+
+        svc.predict = slow_predict  # type: ignore[method-assign,assignment]
+        ok = {"instances": [{"entity": "c1", "features": {"channel": "web"}}]}
+        first = asyncio.create_task(c.post("/v1/predict", json=ok))
+        await entered.wait()
+        for name in ("made-up-1", "made-up-2"):
+            r = await c.post(f"/v2/models/{name}/infer", content=b"{}")
+            assert r.status_code == 503, r.text
+        release.set()
+        assert (await first).status_code == 200
+        expo = (await c.get("/metrics")).text
+        assert 'keel_serving_shed_total{model="credit",variant="entry"} 2.0' in expo
+        assert "made-up" not in expo
+
+    run(world, body, app_kw={"max_in_flight": 1})
 
 
 def test_max_in_flight_must_be_positive(world: dict[str, Any]) -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
-from testutil.serving_artifacts import Keys, make_artifact, reference
+from testutil.serving_artifacts import (
+    Keys,
+    bad_batch_frame,
+    batch_frame,
+    make_artifact,
+    reference,
+)
 
 from keel.serving import InvalidInputError, load_predictor, score_parquet
 
@@ -17,23 +22,10 @@ def keys() -> Keys:
     return Keys()
 
 
-def frame(n: int, seed: int = 0) -> pl.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pl.DataFrame(
-        {
-            "id": np.arange(n),
-            "f0": rng.normal(size=n),
-            "f1": rng.normal(size=n),
-            "f2": rng.integers(-5, 5, size=n),
-            "channel": rng.choice(["web", "pos", "atm"], size=n),
-        }
-    )
-
-
 def test_chunked_scoring_equals_the_reference_model(tmp_path: Path, keys: Keys) -> None:
     path, model = make_artifact(tmp_path, keys, views=False)
     p = load_predictor(path, keys.policy)
-    df = frame(1000)
+    df = batch_frame(1000)
     df.write_parquet(tmp_path / "in.parquet", row_group_size=128)
     rep = score_parquet(
         p, tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_rows=128, batch_rows=50
@@ -55,13 +47,7 @@ def test_bad_columns_are_named_with_row_counts_and_no_output_is_left(
 ) -> None:
     path, _ = make_artifact(tmp_path, keys, views=False)
     p = load_predictor(path, keys.policy)
-    df = frame(300).with_columns(
-        pl.when(pl.col("id") == 250).then(float("nan")).otherwise(pl.col("f0")).alias("f0"),
-        pl.when(pl.col("id") >= 200)
-        .then(pl.lit("fax"))
-        .otherwise(pl.col("channel"))
-        .alias("channel"),
-    )
+    df = bad_batch_frame()
     df.write_parquet(tmp_path / "in.parquet", row_group_size=100)
     with pytest.raises(InvalidInputError) as ei:
         score_parquet(p, tmp_path / "in.parquet", tmp_path / "out.parquet", chunk_rows=100)
@@ -71,7 +57,7 @@ def test_bad_columns_are_named_with_row_counts_and_no_output_is_left(
     assert errs["channel"]["first_row"] == 200 and errs["channel"]["rows"] == 100
     assert not (tmp_path / "out.parquet").exists()
     assert not list(tmp_path.glob(".out.parquet*"))
-    frame(10).drop("f1").write_parquet(tmp_path / "in2.parquet")
+    batch_frame(10).drop("f1").write_parquet(tmp_path / "in2.parquet")
     with pytest.raises(InvalidInputError, match="f1") as ei:
         score_parquet(p, tmp_path / "in2.parquet", tmp_path / "out.parquet")
     assert ei.value.errors == [{"field": "f1", "error": "column is missing"}]

@@ -8,7 +8,19 @@ Figures (same run, same machine, load generator included in the CPU budget):
 * saturation throughput (closed loop, 32 connections) with micro-batching on vs off;
 * the same-run anchor: a bare ASGI app returning a constant answer on the same uvicorn
   stack (the framework floor) — ``keel_vs_bare_asgi_throughput``;
-* the load generator's CPU share (wrk CPU seconds / all CPU seconds spent in the run).
+* the load generator's CPU share (wrk CPU seconds / all CPU seconds spent in the run);
+* overload at ~2x capacity: capacity = the closed-loop saturation rate with ``max_in_flight``
+  32; then paced connections offering ~2x that; the p99 of the *admitted* (200) requests,
+  timed per request by wrk (the request id carries the send time, the answer echoes it), vs
+  the p99 at capacity timed the same way, and the shed (503) share;
+* against ``mlflow models serve`` (MLflow's scoring server, FastAPI + uvicorn, one worker)
+  serving the same signed artifact through keel.registry_client's pyfunc wrapper from the
+  embedded registry: throughput at saturation and p99 at a paced rate, the same wrk, same
+  run (``--no-mlflow`` skips it).
+
+Inside the timer (every scenario): wrk's time from writing a request on a kept-alive
+loopback connection to reading its whole answer — HTTP parsing, JSON decoding, validation,
+(for ``/v1/predict``) the online-feature read, the forward pass, JSON encoding.
 
 Last line: one JSON object {"bench": "serving", "figures", "ratios", "goals_met"}.
 """
@@ -31,16 +43,7 @@ from typing import Any
 N_FEATURES = 20
 N_ENTITIES = 10_000
 
-LUA = r"""
-local n_entities = %(n)d
-local delay_ms = %(delay)d
-local path = "%(path)s"
-math.randomseed(42)
-request = function()
-  local e = math.random(0, n_entities - 1)
-  local body = '{"instances":[{"entity":"e' .. e .. '"}]}'
-  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
-end
+LUA_DONE = r"""
 if delay_ms > 0 then
   delay = function() return delay_ms end
 end
@@ -54,6 +57,130 @@ done = function(summary, latency, requests)
 end
 """
 
+LUA = (
+    r"""
+local n_entities = %(n)d
+local delay_ms = %(delay)d
+local path = "%(path)s"
+math.randomseed(42)
+request = function()
+  local e = math.random(0, n_entities - 1)
+  local body = '{"instances":[{"entity":"e' .. e .. '"}]}'
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
+end
+"""
+) + LUA_DONE
+
+
+# Per-request latency split by status (wrk's own histogram mixes fast 503s with admitted
+# answers): the request id is the send time (CLOCK_MONOTONIC, via LuaJIT's ffi), echoed back
+# in the 200 answer; 503s are counted, not timed.
+LUA_SPLIT = r"""
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } keel_ts;
+           int clock_gettime(int clk, keel_ts *tp); ]]
+local ts = ffi.new("keel_ts")
+local function now_us()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000000 + math.floor(tonumber(ts.tv_nsec) / 1000)
+end
+local n_entities = %(n)d
+local delay_ms = %(delay)d
+math.randomseed(42)
+lat = {}
+counts = {ok = 0, shed = 0, other = 0}
+request = function()
+  local e = math.random(0, n_entities - 1)
+  local body = '{"request_id":"' .. now_us() .. '","instances":[{"entity":"e' .. e .. '"}]}'
+  return wrk.format("POST", "/v1/predict", {["Content-Type"] = "application/json"}, body)
+end
+response = function(status, headers, body)
+  if status == 200 then
+    local sent = tonumber(string.match(body, '"request_id":"(%%d+)"'))
+    lat[#lat + 1] = now_us() - sent
+    counts.ok = counts.ok + 1
+  elseif status == 503 then
+    counts.shed = counts.shed + 1
+  else
+    counts.other = counts.other + 1
+  end
+end
+if delay_ms > 0 then
+  delay = function() return delay_ms end
+end
+threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function(summary, latency, requests)
+  local all, ok, shed, other = {}, 0, 0, 0
+  for _, t in ipairs(threads) do
+    local l = t:get("lat")
+    for i = 1, #l do all[#all + 1] = l[i] end
+    local c = t:get("counts")
+    ok, shed, other = ok + c.ok, shed + c.shed, other + c.other
+  end
+  table.sort(all)
+  local function pct(p)
+    if #all == 0 then return 0 end
+    return all[math.max(1, math.ceil(#all * p / 100))]
+  end
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_us": %%d, "errors": %%d, "non2xx": %%d, "p50_us": %%d, "p99_us": %%d, "max_us": %%d, "ok": %%d, "shed": %%d, "other": %%d, "admitted_p50_us": %%d, "admitted_p99_us": %%d}\n',
+    summary.requests, summary.duration, errors + other, summary.errors.status,
+    latency:percentile(50), latency:percentile(99), latency.max, ok, shed, other,
+    pct(50), pct(99)))
+end
+"""
+
+# Fixed bodies (features in the request) for servers that fetch nothing: keel's OIP v2
+# infer and MLflow's /invocations; the same values for both.
+LUA_BODIES = (
+    r"""
+local bodies = { %(bodies)s }
+local path = "%(path)s"
+local delay_ms = %(delay)d
+local i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
+end
+"""
+) + LUA_DONE
+
+
+def request_bodies(kind: str, k: int = 64) -> list[str]:
+    """``k`` request bodies of one row of ``N_FEATURES`` values (seeded), as keel's OIP v2
+    ``infer`` (kind ``v2``) or MLflow's ``dataframe_split`` (kind ``mlflow``)."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    out = []
+    for _ in range(k):
+        row = [round(float(v), 6) for v in rng.normal(size=N_FEATURES)]
+        if kind == "v2":
+            body: dict[str, Any] = {
+                "inputs": [
+                    {"name": f"x{j}", "shape": [1], "datatype": "FP32", "data": [v]}
+                    for j, v in enumerate(row)
+                ]
+            }
+        else:
+            body = {
+                "dataframe_split": {"columns": [f"x{j}" for j in range(N_FEATURES)], "data": [row]}
+            }
+        out.append(json.dumps(body, separators=(",", ":")))
+    return out
+
+
+def lua_script(kind: str, *, delay_ms: int, path: str) -> str:
+    if kind == "split":
+        return LUA_SPLIT % {"n": N_ENTITIES, "delay": delay_ms}
+    if kind in ("v2", "mlflow"):
+        bodies = ", ".join(f"[=[{b}]=]" for b in request_bodies(kind))
+        return LUA_BODIES % {"bodies": bodies, "path": path, "delay": delay_ms}
+    return LUA % {"n": N_ENTITIES, "delay": delay_ms, "path": path}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -61,10 +188,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pgid: int) -> float:
+    """CPU seconds of every live process in process group ``pgid`` (a server and the
+    processes it started, e.g. ``mlflow models serve`` -> uvicorn)."""
+    total = 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            parts = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(parts[2]) == pgid:
+            total += int(parts[11]) + int(parts[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def build_world(tmp: Path, redis_url: str | None) -> dict[str, Any]:
@@ -133,59 +270,122 @@ def build_world(tmp: Path, redis_url: str | None) -> dict[str, Any]:
 
 
 class ServerProc:
-    def __init__(self, args: list[str]) -> None:
+    """A server under test in its own process group (its CPU time is the group's)."""
+
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        cmd: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        ready_path: str | None = None,
+        timeout_s: float = 60,
+    ) -> None:
         self.port = free_port()
-        env = dict(os.environ)
+        env = dict(env or os.environ)
         env.setdefault("OMP_NUM_THREADS", "1")
+        argv = cmd or [sys.executable, "-m", "bench.serving.server", "--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.serving.server", "--port", str(self.port), *args],
+            [*argv, *args] if cmd is None else [*argv, "--port", str(self.port), *args],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.1)
+            if self._up(ready_path):
+                break
+            time.sleep(0.1)
         else:
+            self.stop()
             raise RuntimeError("server did not start")
 
-    def stop(self) -> None:
-        self.proc.terminate()
+    def _up(self, ready_path: str | None) -> bool:
+        if ready_path is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+        import urllib.request
+
         try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{ready_path}", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
             self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def mlflow_server(world: dict[str, Any], tmp: Path) -> ServerProc:
+    """``mlflow models serve`` (one uvicorn worker) on the registry's ``credit@champion``,
+    loaded through keel.registry_client's pyfunc wrapper (verified with the bench's key)."""
+    bin_dir = tmp / "bin"  # `mlflow models serve` execs `uvicorn` from PATH: this interpreter's
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "uvicorn"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m uvicorn "$@"\n')
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEL_TRUSTED", "KEEL_ALLOW"))}
+    env.update(
+        MLFLOW_TRACKING_URI=world["tracking_uri"],
+        MLFLOW_REGISTRY_URI=world["tracking_uri"],
+        KEEL_TRUSTED_KEYS=str(world["pub"]),
+        KEEL_MODEL_BUILDERS="mlp=keel.serving:build_mlp",
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+        PATH=os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env["PATH"]]),
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/credit@champion"]
+    cmd += ["--env-manager", "local", "--host", "127.0.0.1", "--workers", "1"]
+    return ServerProc([], cmd=cmd, env=env, ready_path="/ping", timeout_s=300)
 
 
 def run_wrk(
-    port: int, tmp: Path, *, seconds: float, conns: int, delay_ms: int, path: str = "/v1/predict"
+    port: int,
+    tmp: Path,
+    *,
+    seconds: float,
+    conns: int,
+    delay_ms: int,
+    path: str = "/v1/predict",
+    kind: str = "entity",
 ) -> dict[str, Any]:
-    script = tmp / f"wrk-{conns}-{delay_ms}.lua"
-    script.write_text(LUA % {"n": N_ENTITIES, "delay": delay_ms, "path": path})
+    script = tmp / f"wrk-{kind}-{conns}-{delay_ms}.lua"
+    script.write_text(lua_script(kind, delay_ms=delay_ms, path=path))
     wrk = shutil.which("wrk")
     assert wrk
+    url = f"http://127.0.0.1:{port}{path}"
     # warm-up (not measured)
     subprocess.run(
-        [wrk, "-t1", f"-c{conns}", "-d1s", "-s", str(script), f"http://127.0.0.1:{port}{path}"],
-        capture_output=True,
-        check=True,
+        [wrk, "-t1", f"-c{conns}", "-d1s", "-s", str(script), url], capture_output=True, check=True
     )
     before = os.times()
     p = subprocess.run(
+        # --timeout 30s: wrk leaves timed-out requests out of its latency figures
         [
             wrk,
             "-t1",
             f"-c{conns}",
             f"-d{int(seconds)}s",
+            "--timeout",
+            "30s",
             "-s",
             str(script),
-            f"http://127.0.0.1:{port}{path}",
+            url,
         ],
         capture_output=True,
         text=True,
@@ -193,7 +393,7 @@ def run_wrk(
     )
     after = os.times()
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("WRKJSON "))
-    r = json.loads(line[len("WRKJSON ") :])
+    r: dict[str, Any] = json.loads(line[len("WRKJSON ") :])
     r["rate"] = r["requests"] / (r["duration_us"] / 1e6)
     r["wrk_cpu_s"] = (after.children_user - before.children_user) + (
         after.children_system - before.children_system
@@ -210,25 +410,50 @@ def measure(
     seconds: float,
     conns: int,
     delay_ms: int,
+    path: str = "/v1/predict",
+    kind: str = "entity",
+    server: ServerProc | None = None,
 ) -> dict[str, Any]:
-    srv = ServerProc(server_args)
+    """One wrk run against a fresh server (``server_args``) or the running ``server``."""
+    srv = server or ServerProc(server_args)
     try:
         c0 = cpu_seconds(srv.proc.pid)
         t0 = time.monotonic()
-        r = run_wrk(srv.port, tmp, seconds=seconds, conns=conns, delay_ms=delay_ms)
+        r = run_wrk(
+            srv.port, tmp, seconds=seconds, conns=conns, delay_ms=delay_ms, path=path, kind=kind
+        )
         wall = time.monotonic() - t0
         srv_cpu = cpu_seconds(srv.proc.pid) - c0
     finally:
-        srv.stop()
+        if server is None:
+            srv.stop()
     r["server_cpu_s"] = srv_cpu
     r["loadgen_cpu_share"] = r["wrk_cpu_s"] / max(1e-9, r["wrk_cpu_s"] + srv_cpu)
     r["loadgen_cores"] = r["wrk_cpu_s"] / wall
+    extra = ""
+    if "admitted_p99_us" in r:
+        extra = (
+            f"  admitted p99 {r['admitted_p99_us'] / 1e3:6.2f} ms  "
+            f"shed {r['shed'] / max(1, r['requests']):.1%}"
+        )
     print(
         f"{label:34s} rate {r['rate']:8.0f}/s  p50 {r['p50_us'] / 1e3:6.2f} ms  p99 {r['p99_us'] / 1e3:6.2f} ms  "
-        f"errors {r['errors']}  wrk CPU share {r['loadgen_cpu_share']:.2f}",
+        f"errors {r['errors']}  wrk CPU share {r['loadgen_cpu_share']:.2f}{extra}",
         flush=True,
     )
     return r
+
+
+def register_champion(world: dict[str, Any], tmp: Path) -> None:
+    """Register the bench artifact in an embedded registry and make it ``credit@champion``."""
+    from keel.artifacts import TrustPolicy
+    from keel.registry_client import Decision, open_registry
+
+    home = tmp / "registry"
+    with open_registry(home) as reg:
+        reg.register(world["artifact"], trust=TrustPolicy.from_files([world["pub"]]))
+        reg.promote("credit", "champion", 1, Decision("bench", "serve it", "sha256:" + "a" * 64))
+    world["tracking_uri"] = f"sqlite:///{home.resolve()}/mlflow.db"
 
 
 def main() -> None:
@@ -238,6 +463,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="short runs (smoke)")
     ap.add_argument("--seconds", type=float, default=None)
     ap.add_argument("--no-redis", action="store_true")
+    ap.add_argument("--no-mlflow", action="store_true", help="skip `mlflow models serve`")
+    ap.add_argument(
+        "--only",
+        choices=["all", "overload", "mlflow"],
+        default="all",
+        help="run only the overload pair or the MLflow comparison (plus what they need)",
+    )
     ap.add_argument(
         "--redis-url", default=os.environ.get("KEEL_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
@@ -255,38 +487,13 @@ def main() -> None:
         # ~1,000 req/s paced: 10 connections, each waiting 9 ms after its previous answer
         paced: dict[str, Any] = {"conns": 10, "delay_ms": 9, "seconds": seconds}
         res: dict[str, dict[str, Any]] = {}
-        res["paced_batching_on"] = measure(
-            world, tmp, "paced 1k/s, batching on (sqlite)", sqlite + on, **paced
-        )
-        res["paced_batching_off"] = measure(
-            world, tmp, "paced 1k/s, batching off (sqlite)", sqlite + off, **paced
-        )
-        if "redis" in world["online"]:
-            res["paced_redis"] = measure(
-                world,
-                tmp,
-                "paced 1k/s, batching on (redis)",
-                [*base, "--online", world["online"]["redis"], *on],
-                **paced,
-            )
         sat: dict[str, Any] = {"conns": 32, "delay_ms": 0, "seconds": seconds}
-        res["sat_batching_on"] = measure(world, tmp, "saturation, batching on", sqlite + on, **sat)
-        res["sat_batching_off"] = measure(
-            world, tmp, "saturation, batching off", sqlite + off, **sat
-        )
-        # overload: 256 connections against a 64-row admission queue -> 503 + Retry-After
-        res["overload_small_queue"] = measure(
-            world,
-            tmp,
-            "overload, 256 conns, queue 64",
-            [*sqlite, *on, "--max-queue", "64"],
-            conns=256,
-            delay_ms=0,
-            seconds=seconds,
-        )
-        res["sat_bare_asgi"] = measure(
-            world, tmp, "saturation, bare ASGI (anchor)", ["--bare"], **sat
-        )
+        if a.only == "all":
+            res.update(measure_main(world, tmp, sqlite, base, paced, sat, on, off))
+        if a.only in ("all", "overload"):
+            res.update(measure_overload(world, tmp, [*sqlite, *on], seconds))
+        if a.only in ("all", "mlflow") and not a.no_mlflow:
+            res.update(measure_mlflow(world, tmp, [*sqlite, *on], paced, sat))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if "redis" in world.get("online", {}):
@@ -295,48 +502,218 @@ def main() -> None:
             r = redis.Redis.from_url(world["online"]["redis"])
             for k in r.scan_iter(match="keelbench:features:*", count=1000):
                 r.delete(k)
-    p = res["paced_batching_on"]
-    figures: dict[str, Any] = {
-        "paced_rate_rps": round(p["rate"]),
-        "paced_p50_ms": p["p50_us"] / 1e3,
-        "paced_p99_ms": p["p99_us"] / 1e3,
-        "paced_p99_batching_off_ms": res["paced_batching_off"]["p99_us"] / 1e3,
-        "paced_loadgen_cpu_share": round(p["loadgen_cpu_share"], 3),
-        "paced_loadgen_cores": round(p["loadgen_cores"], 3),
-        "paced_errors": p["errors"],
-        "sat_rps_batching_on": round(res["sat_batching_on"]["rate"]),
-        "sat_rps_batching_off": round(res["sat_batching_off"]["rate"]),
-        "sat_p99_ms_batching_on": res["sat_batching_on"]["p99_us"] / 1e3,
-        "sat_p99_ms_batching_off": res["sat_batching_off"]["p99_us"] / 1e3,
-        "sat_rps_bare_asgi": round(res["sat_bare_asgi"]["rate"]),
-        "overload_shed_share": round(
-            res["overload_small_queue"]["non2xx"] / max(1, res["overload_small_queue"]["requests"]),
-            3,
-        ),
-        "overload_p99_ms": res["overload_small_queue"]["p99_us"] / 1e3,
-        "n_features": N_FEATURES,
-        "seconds": seconds,
-    }
-    if "paced_redis" in res:
-        figures["paced_p99_redis_ms"] = res["paced_redis"]["p99_us"] / 1e3
-    ratios = {
-        "batching_on_vs_off_saturation_throughput": round(
-            res["sat_batching_on"]["rate"] / res["sat_batching_off"]["rate"], 3
-        ),
-        "keel_vs_bare_asgi_throughput": round(
-            res["sat_batching_on"]["rate"] / res["sat_bare_asgi"]["rate"], 3
-        ),
-    }
-    if "paced_redis" in res:
-        ratios["redis_vs_sqlite_paced_p99"] = round(res["paced_redis"]["p99_us"] / p["p99_us"], 3)
-    goals = {
-        "p99_le_3ms_at_1k_rps": figures["paced_p99_ms"] <= 3.0 and p["rate"] >= 900,
-        "no_errors": all(r["errors"] == 0 for k, r in res.items() if k != "overload_small_queue"),
-        "batching_gain": ratios["batching_on_vs_off_saturation_throughput"] > 1.0,
-    }
-    print(
-        json.dumps({"bench": "serving", "figures": figures, "ratios": ratios, "goals_met": goals})
+    print(json.dumps({"bench": "serving", **summarise(res, seconds)}))
+
+
+def measure_main(
+    world: dict[str, Any],
+    tmp: Path,
+    sqlite: list[str],
+    base: list[str],
+    paced: dict[str, Any],
+    sat: dict[str, Any],
+    on: list[str],
+    off: list[str],
+) -> dict[str, dict[str, Any]]:
+    res: dict[str, dict[str, Any]] = {}
+    res["paced_batching_on"] = measure(
+        world, tmp, "paced 1k/s, batching on (sqlite)", sqlite + on, **paced
     )
+    res["paced_batching_off"] = measure(
+        world, tmp, "paced 1k/s, batching off (sqlite)", sqlite + off, **paced
+    )
+    if "redis" in world["online"]:
+        res["paced_redis"] = measure(
+            world,
+            tmp,
+            "paced 1k/s, batching on (redis)",
+            [*base, "--online", world["online"]["redis"], *on],
+            **paced,
+        )
+    res["sat_batching_on"] = measure(world, tmp, "saturation, batching on", sqlite + on, **sat)
+    res["sat_batching_off"] = measure(world, tmp, "saturation, batching off", sqlite + off, **sat)
+    res["sat_bare_asgi"] = measure(world, tmp, "saturation, bare ASGI (anchor)", ["--bare"], **sat)
+    return res
+
+
+CAPACITY_CONNS = 32  # closed-loop connections at capacity; also the overload server's max_in_flight
+THINK_MS = 10  # per-connection think time of the overload run
+
+
+def measure_overload(
+    world: dict[str, Any], tmp: Path, args: list[str], seconds: float
+) -> dict[str, dict[str, Any]]:
+    """Capacity, then ~2x capacity offered, on the same server settings (``max_in_flight`` =
+    the capacity run's connections); admitted requests timed one by one by wrk."""
+    import math
+
+    guard = [*args, "--max-in-flight", str(CAPACITY_CONNS)]
+    cap = measure(
+        world,
+        tmp,
+        f"capacity ({CAPACITY_CONNS} conns, closed loop)",
+        guard,
+        conns=CAPACITY_CONNS,
+        delay_ms=0,
+        seconds=seconds,
+        kind="split",
+    )
+    cap_rate = cap["ok"] / (cap["duration_us"] / 1e6)
+    # a connection offers 1 / (think time + answer time) requests per second
+    per_conn = 1000 / (THINK_MS + cap["admitted_p50_us"] / 1e3)
+    conns = max(CAPACITY_CONNS + 1, math.ceil(2 * cap_rate / per_conn))
+    over = measure(
+        world,
+        tmp,
+        f"overload ({conns} conns x {THINK_MS} ms think)",
+        guard,
+        conns=conns,
+        delay_ms=THINK_MS,
+        seconds=seconds,
+        kind="split",
+    )
+    over["conns"] = conns
+    over["offered_vs_capacity"] = (over["requests"] / (over["duration_us"] / 1e6)) / cap_rate
+    return {"capacity": cap, "overload_2x": over}
+
+
+def measure_mlflow(
+    world: dict[str, Any],
+    tmp: Path,
+    keel_args: list[str],
+    paced: dict[str, Any],
+    sat: dict[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """The same artifact behind `mlflow models serve` and behind keel's OIP v2 infer (both
+    given the 20 feature values in the request: no feature fetch on either side)."""
+    register_champion(world, tmp)
+    res: dict[str, dict[str, Any]] = {}
+    ml = mlflow_server(world, tmp)
+    try:
+        check_same_answers(world, ml.port)
+        mk: dict[str, Any] = {"path": "/invocations", "kind": "mlflow", "server": ml}
+        res["mlflow_sat"] = measure(world, tmp, "mlflow models serve, saturation", [], **sat, **mk)
+        res["mlflow_paced"] = measure(world, tmp, "mlflow models serve, paced", [], **paced, **mk)
+    finally:
+        ml.stop()
+    kv: dict[str, Any] = {"path": "/v2/models/credit/infer", "kind": "v2"}
+    res["keel_v2_sat"] = measure(world, tmp, "keel v2 infer, saturation", keel_args, **sat, **kv)
+    res["keel_v2_paced"] = measure(world, tmp, "keel v2 infer, paced", keel_args, **paced, **kv)
+    return res
+
+
+def check_same_answers(world: dict[str, Any], mlflow_port: int) -> None:
+    """Both servers serve the same model: MLflow's answer to the bench's first body equals
+    keel's predictor on the same row (else the comparison would be meaningless)."""
+    import urllib.request
+
+    import numpy as np
+
+    from keel.artifacts import TrustPolicy
+    from keel.serving import load_predictor
+
+    body = request_bodies("mlflow")[0]
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{mlflow_port}/invocations",
+        data=body.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        got = json.loads(r.read())["predictions"][0]["p"]
+    p = load_predictor(world["artifact"], TrustPolicy.from_files([world["pub"]]), device="cpu")
+    row = np.array([json.loads(body)["dataframe_split"]["data"][0]], dtype=np.float32)
+    want = float(p.predict(row)[0, 0])
+    if abs(got - want) > 1e-5:
+        raise RuntimeError(f"mlflow answers {got}, keel's predictor {want}: not the same model")
+
+
+def summarise(res: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The last line's figures, ratios and goals from whichever scenarios ran."""
+    figures: dict[str, Any] = {"n_features": N_FEATURES, "seconds": seconds}
+    ratios: dict[str, Any] = {}
+    goals: dict[str, Any] = {}
+    if "paced_batching_on" in res:
+        p = res["paced_batching_on"]
+        figures.update(
+            {
+                "paced_rate_rps": round(p["rate"]),
+                "paced_p50_ms": p["p50_us"] / 1e3,
+                "paced_p99_ms": p["p99_us"] / 1e3,
+                "paced_p99_batching_off_ms": res["paced_batching_off"]["p99_us"] / 1e3,
+                "paced_loadgen_cpu_share": round(p["loadgen_cpu_share"], 3),
+                "paced_loadgen_cores": round(p["loadgen_cores"], 3),
+                "paced_errors": p["errors"],
+                "sat_rps_batching_on": round(res["sat_batching_on"]["rate"]),
+                "sat_rps_batching_off": round(res["sat_batching_off"]["rate"]),
+                "sat_p99_ms_batching_on": res["sat_batching_on"]["p99_us"] / 1e3,
+                "sat_p99_ms_batching_off": res["sat_batching_off"]["p99_us"] / 1e3,
+                "sat_rps_bare_asgi": round(res["sat_bare_asgi"]["rate"]),
+            }
+        )
+        ratios["batching_on_vs_off_saturation_throughput"] = round(
+            res["sat_batching_on"]["rate"] / res["sat_batching_off"]["rate"], 3
+        )
+        ratios["keel_vs_bare_asgi_throughput"] = round(
+            res["sat_batching_on"]["rate"] / res["sat_bare_asgi"]["rate"], 3
+        )
+        if "paced_redis" in res:
+            figures["paced_p99_redis_ms"] = res["paced_redis"]["p99_us"] / 1e3
+            ratios["redis_vs_sqlite_paced_p99"] = round(
+                res["paced_redis"]["p99_us"] / p["p99_us"], 3
+            )
+        goals["p99_le_3ms_at_1k_rps"] = figures["paced_p99_ms"] <= 3.0 and p["rate"] >= 900
+        goals["batching_gain"] = ratios["batching_on_vs_off_saturation_throughput"] > 1.0
+    if "overload_2x" in res:
+        cap, over = res["capacity"], res["overload_2x"]
+        figures.update(
+            {
+                "capacity_rps": round(cap["ok"] / (cap["duration_us"] / 1e6)),
+                "capacity_p99_ms": cap["admitted_p99_us"] / 1e3,
+                "overload_offered_vs_capacity": round(over["offered_vs_capacity"], 2),
+                "overload_conns": over["conns"],
+                "overload_admitted_rps": round(over["ok"] / (over["duration_us"] / 1e6)),
+                "overload_admitted_p50_ms": over["admitted_p50_us"] / 1e3,
+                "overload_admitted_p99_ms": over["admitted_p99_us"] / 1e3,
+                "overload_shed_share": round(over["shed"] / max(1, over["requests"]), 3),
+                "overload_loadgen_cpu_share": round(over["loadgen_cpu_share"], 3),
+            }
+        )
+        ratios["overload_admitted_p99_vs_capacity_p99"] = round(
+            over["admitted_p99_us"] / max(1, cap["admitted_p99_us"]), 3
+        )
+        # "keep their p99": within 1.5x of the p99 at capacity
+        goals["admitted_p99_kept_under_2x"] = ratios["overload_admitted_p99_vs_capacity_p99"] <= 1.5
+    if "mlflow_sat" in res:
+        ms, mp = res["mlflow_sat"], res["mlflow_paced"]
+        ks, kp = res["keel_v2_sat"], res["keel_v2_paced"]
+        figures.update(
+            {
+                "mlflow_sat_rps": round(ms["rate"]),
+                "mlflow_sat_p99_ms": ms["p99_us"] / 1e3,
+                "mlflow_paced_rps": round(mp["rate"]),
+                "mlflow_paced_p99_ms": mp["p99_us"] / 1e3,
+                "keel_v2_sat_rps": round(ks["rate"]),
+                "keel_v2_sat_p99_ms": ks["p99_us"] / 1e3,
+                "keel_v2_paced_rps": round(kp["rate"]),
+                "keel_v2_paced_p99_ms": kp["p99_us"] / 1e3,
+                "mlflow_non2xx": ms["non2xx"] + mp["non2xx"],
+            }
+        )
+        ratios["keel_v2_vs_mlflow_sat_throughput"] = round(ks["rate"] / ms["rate"], 3)
+        ratios["keel_v2_vs_mlflow_sat_p99"] = round(ks["p99_us"] / max(1, ms["p99_us"]), 3)
+        ratios["keel_v2_vs_mlflow_paced_p99"] = round(kp["p99_us"] / max(1, mp["p99_us"]), 3)
+        if "sat_batching_on" in res:
+            ratios["keel_v1_with_features_vs_mlflow_sat_throughput"] = round(
+                res["sat_batching_on"]["rate"] / ms["rate"], 3
+            )
+        goals["keel_ge_2x_mlflow_throughput_at_le_p99"] = (
+            ratios["keel_v2_vs_mlflow_sat_throughput"] >= 2.0
+            and ratios["keel_v2_vs_mlflow_sat_p99"] <= 1.0
+        )
+    goals["no_errors"] = all(
+        r["errors"] == 0 and (k == "overload_2x" or r["non2xx"] == 0) for k, r in res.items()
+    )
+    return {"figures": figures, "ratios": ratios, "goals_met": goals}
 
 
 if __name__ == "__main__":

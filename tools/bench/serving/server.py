@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--max-queue", type=int, default=1024)
     ap.add_argument("--inline", action="store_true")
     ap.add_argument("--bus", default=None)
+    ap.add_argument("--max-in-flight", type=int, default=128)
     a = ap.parse_args()
     from keel.serving._server import serve
 
@@ -76,7 +77,7 @@ def main() -> None:
             in_thread=not a.inline,
         ),
     )
-    serve(create_app(svc), port=a.port)
+    serve(create_app(svc, max_in_flight=a.max_in_flight), port=a.port)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,15 @@
 
 Routes: Open Inference Protocol v2 REST (``/v2/health/*``, ``/v2/models/{name}[/ready|/infer]``),
 ``/v1/predict`` (entity-keyed; online features fetched by the server), ``/healthz``,
-``/readyz``, ``/metrics``, ``/openapi.json``. Batch: ``score_parquet``. Registry aliases:
+``/readyz``, ``/metrics``, ``/openapi.json``. Batch: ``score_parquet`` (Polars, streaming) and
+``score_parquet_ray`` (Ray Data partitions, same predictor code, same output). Registry aliases:
 ``AliasFollower`` (hot swap). Model builders: ``resolve_builders`` (the one lookup).
-torch is imported only when a model is loaded or run.
+torch is imported only when a model is loaded or run; ray only by ``score_parquet_ray``.
 """
 
 from keel.serving._app import create_app
 from keel.serving._batch import BatchReport, score_parquet
+from keel.serving._batch_ray import connect_ray, score_parquet_ray
 from keel.serving._batching import BatchingConfig, MicroBatcher
 from keel.serving._builders import ENTRY_POINT_GROUP, build_mlp, resolve_builders
 from keel.serving._canary import CANARY_FAILED, CanaryPolicy, CanaryWindow
@@ -31,7 +33,12 @@ from keel.serving._errors import (
     UnknownEntityError,
 )
 from keel.serving._features import FeatureFetcher
-from keel.serving._follow import AliasFollower, ModelRef, load_from_registry
+from keel.serving._follow import (
+    AliasFollower,
+    ModelRef,
+    download_from_registry,
+    load_from_registry,
+)
 from keel.serving._predictor import (
     Predictor,
     configure_torch_threads,
@@ -76,7 +83,9 @@ __all__ = [
     "build_mlp",
     "compile_fields",
     "configure_torch_threads",
+    "connect_ray",
     "create_app",
+    "download_from_registry",
     "entity_bucket",
     "load_from_registry",
     "load_predictor",
@@ -84,5 +93,6 @@ __all__ = [
     "predictor_from_loaded",
     "resolve_builders",
     "score_parquet",
+    "score_parquet_ray",
     "serve",
 ]

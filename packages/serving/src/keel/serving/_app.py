@@ -110,7 +110,9 @@ def create_app(
     refused at the door — 503 + Retry-After, counted in ``shed_total{variant="entry"}`` —
     before its body is read, parsed or validated, so an overload costs little per refused
     request and the admitted ones keep their latency (the admission queue behind it bounds
-    rows, this bounds the work in front of it)."""
+    rows, this bounds the work in front of it). Sheds (here or at the admission queue) are
+    counted only in ``shed_total``: never in ``requests_total`` nor the latency histograms,
+    so an overload burns no availability budget and does not flatter the latency SLI."""
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or max_in_flight < 1):
         raise ValueError(f"create_app: max_in_flight must be >= 1 or None, got {max_in_flight}")
     by_name = {services.name: services} if isinstance(services, ModelService) else dict(services)
@@ -134,8 +136,10 @@ def create_app(
         async def run(request: Request) -> Response:
             nonlocal in_flight
             if max_in_flight is not None and in_flight >= max_in_flight:
-                name = request.path_params.get("name") or default.name
-                tel.shed.labels(model=str(name)[:128], variant="entry").inc()
+                # the label is a served model's name, never the caller's path text
+                name = request.path_params.get("name")
+                served = name if name in by_name else default.name
+                tel.shed.labels(model=served, variant="entry").inc()
                 raise OverloadedError(
                     f"server busy: {in_flight} inference requests in flight (limit "
                     f"{max_in_flight}); retry shortly"

@@ -12,6 +12,7 @@ is removed so a failed run never leaves a plausible-looking file.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,47 @@ def score_frame(
     return df.with_columns([pl.Series(k, v) for k, v in outs.items()])
 
 
+def write_scored(
+    p: Predictor,
+    tables: Iterator[Any],
+    schema: Any,
+    output_path: str | Path,
+    *,
+    batch_rows: int = 4096,
+) -> int:
+    """Write scored Arrow ``tables`` to ``output_path`` as they come (one Parquet file;
+    written as ``.<name>.partial`` and renamed at the end, removed if anything fails). No
+    table at all: an empty file with the columns of ``schema`` (the input's) + the outputs.
+    Returns the rows written."""
+    import pyarrow.parquet as pq
+
+    dst = Path(output_path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.partial")
+    writer = None
+    rows = 0
+    try:
+        for out in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, out.schema)
+            writer.write_table(out)
+            rows += out.num_rows
+        if writer is None:  # empty input: an empty output with the output columns
+            head = pl.from_arrow(schema.empty_table())
+            assert isinstance(head, pl.DataFrame)
+            pq.write_table(score_frame(p, head, batch_rows=batch_rows).to_arrow(), tmp)
+        else:
+            writer.close()
+            writer = None
+        os.replace(tmp, dst)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows
+
+
 def score_parquet(
     p: Predictor,
     input_path: str | Path,
@@ -131,31 +173,17 @@ def score_parquet(
         reader = pq.ParquetFile(src)
     except (pa.ArrowInvalid, OSError) as e:
         raise InvalidInputError(f"input {src} is not a readable Parquet file: {e}") from None
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.partial")
-    writer = None
-    rows = chunks = 0
-    try:
+    chunks = 0
+
+    def scored() -> Iterator[Any]:
+        nonlocal chunks
+        offset = 0
         for rb in reader.iter_batches(batch_size=chunk_rows):
             df = pl.from_arrow(rb)
             assert isinstance(df, pl.DataFrame)
-            out = score_frame(p, df, batch_rows=batch_rows, offset=rows).to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, out.schema)
-            writer.write_table(out)
-            rows += df.height
+            yield score_frame(p, df, batch_rows=batch_rows, offset=offset).to_arrow()
+            offset += df.height
             chunks += 1
-        if writer is None:  # empty input: an empty output with the output columns
-            head = pl.from_arrow(reader.schema_arrow.empty_table())
-            assert isinstance(head, pl.DataFrame)
-            pq.write_table(score_frame(p, head, batch_rows=batch_rows).to_arrow(), tmp)
-        else:
-            writer.close()
-            writer = None
-        os.replace(tmp, dst)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+
+    rows = write_scored(p, scored(), reader.schema_arrow, dst, batch_rows=batch_rows)
     return BatchReport(rows=rows, chunks=chunks, output=dst, model=p.name, digest=p.digest)

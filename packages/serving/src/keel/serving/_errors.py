@@ -27,6 +27,9 @@ class InvalidInputError(ServingError, ValueError):
         super().__init__(message)
         self.errors = list(errors)
 
+    def __reduce__(self) -> tuple[Any, ...]:  # keep `errors` across processes (Ray workers)
+        return (type(self), (str(self), self.errors))
+
     def to_json(self) -> dict[str, Any]:
         return {"error": str(self), "code": self.code, "errors": self.errors}
 

@@ -52,17 +52,12 @@ class ModelRef:
         return f"{self.name}@{self.alias}"
 
 
-def load_from_registry(
-    registry: Any,
-    ref: ModelRef,
-    policy: TrustPolicy,
-    *,
-    workdir: Path,
-    version: int | None = None,
-    **load_kw: Any,
-) -> tuple[int, Predictor]:
-    """Resolve ``ref`` (or take ``version``), download and load it. Registry errors are
-    translated: an unset alias is NotFoundError, an unreachable store UnavailableError."""
+def download_from_registry(
+    registry: Any, ref: ModelRef, *, workdir: Path, version: int | None = None
+) -> tuple[int, Path]:
+    """Resolve ``ref`` (or take ``version``) and download its archive under ``workdir``
+    (not verified yet: ``load_predictor`` does that). Registry errors are translated: an
+    unset alias is NotFoundError, an unreachable store UnavailableError."""
     from keel.registry_client import NotFoundError as RegNotFound
     from keel.registry_client import RegistryError
 
@@ -75,6 +70,20 @@ def load_from_registry(
         raise NotFoundError(f"{ref}: {e}") from None
     except RegistryError as e:
         raise UnavailableError(f"registry: {e}") from None
+    return version, Path(archive)
+
+
+def load_from_registry(
+    registry: Any,
+    ref: ModelRef,
+    policy: TrustPolicy,
+    *,
+    workdir: Path,
+    version: int | None = None,
+    **load_kw: Any,
+) -> tuple[int, Predictor]:
+    """Resolve ``ref`` (or take ``version``), download, verify and load it."""
+    version, archive = download_from_registry(registry, ref, workdir=workdir, version=version)
     p = load_predictor(archive, policy, version=str(version), **load_kw)
     return version, p
 

@@ -343,7 +343,6 @@ class ModelService:
                 t.variant_requests.labels(model=m, variant=role, outcome=outcome),
                 t.variant_latency.labels(model=m, variant=role),
                 t.queue_rows.labels(model=m, variant=role),
-                t.shed.labels(model=m, variant=role),
             )
             if len(self._metric_cache) > 1000:
                 self._metric_cache.clear()
@@ -359,19 +358,24 @@ class ModelService:
         rows: int,
     ) -> None:
         latency = self._clock() - t0
+        version = p.version if p is not None else "none"
+        role = variant.role if variant is not None else "primary"
+        if isinstance(exc, OverloadedError):
+            # A shed (admission queue full, model shutting down) is load we chose not to
+            # take: counted in shed_total only — not an error of the availability SLI, not a
+            # latency sample, not a canary failure (an overload must not stop a canary).
+            t = self.telemetry
+            t.shed.labels(model=self.name, variant=role).inc()
+            if variant is not None:
+                t.queue_rows.labels(model=self.name, variant=role).set(variant.batcher.queued_rows)
+            return
         if exc is None:
             outcome = "ok"
         elif isinstance(exc, InvalidInputError | MalformedRequestError):
             outcome = "invalid"
         else:
             outcome = "error"
-        version = p.version if p is not None else "none"
-        role = variant.role if variant is not None else "primary"
-        requests, lat, preds, v_requests, v_lat, queue_rows, shed = self._children(
-            role, version, outcome
-        )
-        if isinstance(exc, OverloadedError):
-            shed.inc()
+        requests, lat, preds, v_requests, v_lat, queue_rows = self._children(role, version, outcome)
         requests.inc()
         lat.observe(latency)
         if outcome == "ok" and rows:
