@@ -10,7 +10,9 @@
 A run resumes by itself: every worker restores the newest *committed* checkpoint of the job
 name (model, optimiser, scheduler, RNG, data position, early stopping) — after a killed
 worker (Ray restarts the group up to ``failure.max_failures`` times), a Ctrl-C or a killed
-driver. Importing this package loads neither torch, Ray nor MLflow; ``run_job`` does.
+driver. A job with a ``[tune]`` section is a search: ``run_search(job, home=...)`` runs its
+trials on Ray Tune with ASHA and exports the best one. Importing this package loads neither
+torch, Ray nor MLflow; ``run_job`` / ``run_search`` do.
 """
 
 from keel.trainer._checkpoint import CheckpointStore, Committed
@@ -34,7 +36,9 @@ from keel.trainer._metrics import TrainerMetrics
 from keel.trainer._registry import ModelRegistry, default_registry, mlp
 from keel.trainer._run import TrainResult, final_weights, run_dir, run_job
 from keel.trainer._spec import (
+    AshaSpec,
     DataSpec,
+    Distribution,
     EarlyStoppingSpec,
     ExportSpec,
     FailureSpec,
@@ -45,11 +49,24 @@ from keel.trainer._spec import (
     TrackingSpec,
     TrainJob,
     TrainSpec,
+    TuneSpec,
     load_job,
     parse_job,
 )
+from keel.trainer._tune import (
+    SearchResult,
+    Trial,
+    TrialOutcome,
+    choose_best,
+    plan_trials,
+    run_search,
+    sample_params,
+    trial_outcome,
+    trial_seed,
+)
 
 __all__ = [
+    "AshaSpec",
     "CheckpointError",
     "CheckpointStore",
     "ClusterInfo",
@@ -57,6 +74,7 @@ __all__ = [
     "Committed",
     "DataError",
     "DataSpec",
+    "Distribution",
     "EarlyStoppingSpec",
     "ExportError",
     "ExportSpec",
@@ -69,16 +87,21 @@ __all__ = [
     "ResumeConflictError",
     "ScalingSpec",
     "ScheduleSpec",
+    "SearchResult",
     "TrackingError",
     "TrackingSpec",
     "TrainJob",
     "TrainResult",
     "TrainSpec",
-    "TrainerMetrics",
     "TrainerError",
+    "TrainerMetrics",
     "TrainingFailedError",
     "TrainingStoppedError",
+    "Trial",
+    "TrialOutcome",
+    "TuneSpec",
     "UnknownBuilderError",
+    "choose_best",
     "default_registry",
     "ensure_ray",
     "final_weights",
@@ -86,6 +109,11 @@ __all__ = [
     "load_job",
     "mlp",
     "parse_job",
+    "plan_trials",
     "run_dir",
     "run_job",
+    "run_search",
+    "sample_params",
+    "trial_outcome",
+    "trial_seed",
 ]
