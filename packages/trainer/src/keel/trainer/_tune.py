@@ -16,7 +16,7 @@ The trials are planned here, before Ray starts, by pure functions of the job:
   the lowest trial id. ASHA-stopped (``pruned``) and failed trials are never chosen: their
   newest committed checkpoint may predate their last reported metric.
 
-``run_search`` runs them as Ray Tune function trials (0 CPUs each: the trial only drives a
+``run_search`` runs them as Ray Tune function trials (0.01 CPU each: the trial only drives a
 ``TorchTrainer`` whose workers hold the CPUs). Each epoch's validation metrics go to ASHA
 while the workers wait at that epoch's committed checkpoint (``run_job(gate_epochs=True)``),
 so a trial ASHA stops ends exactly there, and a trial's outcome is read from its newest
@@ -44,6 +44,9 @@ from keel.trainer._errors import InvalidJobError, TrainingFailedError
 from keel.trainer._spec import Distribution, TrainJob, TuneSpec
 
 FINISHED = ("completed", "early_stopped")
+# A Tune trial only drives its TorchTrainer (whose workers hold the CPUs); Tune refuses a
+# trial with no resources at all, so it asks for a sliver.
+TRIAL_CPUS = 0.01
 
 
 @dataclass(frozen=True)
@@ -369,7 +372,7 @@ def run_search(
         str(lock) if lock else None,
     )
     tuner = tune.Tuner(
-        tune.with_resources(fn, {"CPU": 0}),
+        tune.with_resources(fn, {"CPU": TRIAL_CPUS}),
         param_space={"trial": tune.grid_search([t.trial_id for t in trials])},
         tune_config=tune.TuneConfig(
             scheduler=ASHAScheduler(
