@@ -91,6 +91,13 @@ def test_bad_tune_sections_name_what_to_fix(
         job("search", regression_data, tune=tune)
 
 
+def test_run_job_refuses_a_search_job(regression_data: Path, tmp_path: Path) -> None:
+    from keel.trainer import run_job
+
+    with pytest.raises(InvalidJobError, match=r"has a \[tune\] section: .*run_search"):
+        run_job(_tuned(regression_data), home=tmp_path)
+
+
 # --- the plan: pure, reproducible -------------------------------------------------------
 
 

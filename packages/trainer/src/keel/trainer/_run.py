@@ -168,6 +168,11 @@ def run_job(
     lets ASHA stop it at an epoch boundary); weights are unchanged by it. ``faults``: chaos
     tests only.
     """
+    if job.tune is not None:
+        raise InvalidJobError(
+            f"job {job.name!r} has a [tune] section: it is a search, run it with "
+            "run_search(job, ...) or `keel train`; remove the section to train it once"
+        )
     registry = registry if registry is not None else default_registry()
     home = Path(home).expanduser().resolve()
     _objectives.check_names(job.train.loss, job.train.metrics)
