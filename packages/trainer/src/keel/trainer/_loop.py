@@ -247,6 +247,14 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             events.put("epoch", epoch=done_epoch, step=state.global_step, metrics=metrics)
             if gated:
                 wait_for_driver(done_epoch)
+                more = (
+                    state.epoch < job.train.epochs
+                    and state.global_step < total_steps
+                    and not state.stopped_early
+                )
+                if more and stop_now():  # stopped at the gate: right at this checkpoint
+                    status = "stopped"
+                    break
     if status != "stopped":
         if state.stopped_early:
             status = "early_stopped"

@@ -292,8 +292,8 @@ def run_job(
         if stop is not None and stop.is_set() and not stop_sent:
             sink.request_stop.remote()
             stop_sent = True
-        events += _fed(follower, sink, gate_epochs)
-    events += _fed(follower, sink, gate_epochs)
+        events += _fed(follower, sink, gate_epochs, stop)
+    events += _fed(follower, sink, gate_epochs, stop)
     train_seconds = time.perf_counter() - t1
     error = outcome.get("error") or getattr(outcome.get("result"), "error", None)
     done = [e for e in events if e["type"] == "done"]
@@ -433,13 +433,18 @@ class _Follower:
         return events
 
 
-def _fed(follower: _Follower, sink: Any, gate_epochs: bool) -> list[Event]:
+def _fed(
+    follower: _Follower, sink: Any, gate_epochs: bool, stop: threading.Event | None
+) -> list[Event]:
     """Drain the sink into the follower; with the epoch gate, open it for each epoch whose
-    event the follower (and the caller's ``on_event``) has handled."""
+    event the follower (and the caller's ``on_event``) has handled — after a stop request
+    if one came meanwhile (actor calls run in order), so the workers stop at the gate."""
     new = follower.feed(_drain(sink))
     if gate_epochs:
         for e in new:
             if e["type"] == "epoch":
+                if stop is not None and stop.is_set():
+                    sink.request_stop.remote()
                 sink.allow.remote(int(e["epoch"]))
     return new
 

@@ -16,11 +16,13 @@ The trials are planned here, before Ray starts, by pure functions of the job:
   the lowest trial id. ASHA-stopped (``pruned``) and failed trials are never chosen: their
   newest committed checkpoint may predate their last reported metric.
 
-``run_search`` runs them as Ray Tune function trials (0.01 CPU each: the trial only drives a
-``TorchTrainer`` whose workers hold the CPUs). Each epoch's validation metrics go to ASHA
-while the workers wait at that epoch's committed checkpoint (``run_job(gate_epochs=True)``),
-so a trial ASHA stops ends exactly there, and a trial's outcome is read from its newest
-committed checkpoint (``trial_outcome``), never from a race with Tune. It tracks them as nested MLflow runs under one parent run, and exports the best trial's
+``run_search`` runs them as Ray Tune class trials (0.01 CPU each: the trial only drives a
+``TorchTrainer`` whose workers hold the CPUs; one Tune iteration per epoch). Each epoch's
+validation metrics go to ASHA while the workers wait at that epoch's committed checkpoint
+(``run_job(gate_epochs=True)``); when ASHA stops a trial, its ``cleanup`` stops the workers
+right there and waits for the run to end (no worker group or placement group is left
+holding CPUs for the next trial), and a trial's outcome is read from its newest committed
+checkpoint (``trial_outcome``), never from a race with Tune. It tracks them as nested MLflow runs under one parent run, and exports the best trial's
 final committed checkpoint as the signed artifact. Each trial is an ordinary job named
 ``<job>.trial-NNN``: its checkpoints, resume and MLflow run work as for any job, so
 re-running the search resumes unfinished trials from their committed checkpoints.
@@ -206,7 +208,7 @@ class SearchResult:
     artifact_path: Path | None = None
 
 
-def _trial_fn(
+def _trial_class(
     trials: dict[str, Trial],
     home: str,
     registry: Any,
@@ -214,37 +216,75 @@ def _trial_fn(
     parent_run_id: str | None,
     code: tuple[str, bool],
     lock_file: str | None,
-) -> Callable[[dict[str, Any]], None]:
-    """The Tune function trial: one ``run_job`` with the epoch gate. Each epoch's metrics go
-    to ``tune.report``, which (function trials report synchronously) returns only when Tune
-    lets the trial go on; the workers wait at the epoch's committed checkpoint meanwhile, so
-    a trial ASHA stops ends exactly at that checkpoint."""
+) -> type:
+    """The Tune trial class: one ``run_job`` with the epoch gate, in a thread.
 
-    def run(config: dict[str, Any]) -> None:
-        from ray import tune
+    ``step()`` returns the next epoch's metrics (one Tune iteration per epoch). Meanwhile the
+    workers wait at that epoch's committed checkpoint: the gate opens only when Tune calls
+    ``step()`` again (go on) or ``cleanup()`` (ASHA stopped the trial, or it is over), which
+    asks the workers to stop right there and waits for ``run_job`` to return — so a stopped
+    trial ends exactly at a committed epoch boundary and leaves no worker group behind."""
+    import queue
+    import threading
 
-        from keel.trainer._run import run_job
+    from ray import tune
 
-        trial = trials[config["trial"]]
+    class KeelTrial(tune.Trainable):  # type: ignore[misc]  # Ray ships no type stubs
+        def setup(self, config: dict[str, Any]) -> None:
+            from keel.trainer._run import run_job
 
-        def on_event(e: dict[str, Any]) -> None:
-            if e["type"] == "epoch":
-                tune.report({**e["metrics"], "epoch": int(e["epoch"]) + 1})
+            self.trial = trials[config["trial"]]
+            self.inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
+            self.ack = threading.Event()
+            self.stop_flag = threading.Event()
+            self.waiting = False
 
-        run_job(
-            trial.job,
-            home=home,
-            registry=registry,
-            export=False,
-            tracking=tracking,
-            parent_run_id=parent_run_id,
-            on_event=on_event,
-            gate_epochs=True,
-            code=code,
-            lock_file=Path(lock_file) if lock_file else None,
-        )
+            def on_event(e: dict[str, Any]) -> None:
+                if e["type"] != "epoch" or self.stop_flag.is_set():
+                    return
+                self.ack.clear()
+                if self.stop_flag.is_set():  # cleanup() ran between the check and clear()
+                    return
+                self.inbox.put(("epoch", {**e["metrics"], "epoch": int(e["epoch"]) + 1}))
+                self.ack.wait()  # until Tune's next step() (go on) or cleanup() (stop)
 
-    return run
+            def run() -> None:
+                try:
+                    r = run_job(
+                        self.trial.job,
+                        home=home,
+                        registry=registry,
+                        export=False,
+                        tracking=tracking,
+                        parent_run_id=parent_run_id,
+                        on_event=on_event,
+                        stop=self.stop_flag,
+                        gate_epochs=True,
+                        code=code,
+                        lock_file=Path(lock_file) if lock_file else None,
+                    )
+                    self.inbox.put(("done", r.status))
+                except BaseException as e:  # re-raised by step() on Tune's thread
+                    self.inbox.put(("error", e))
+
+            self.thread = threading.Thread(target=run, name=f"keel-{self.trial.trial_id}", daemon=True)
+            self.thread.start()
+
+        def step(self) -> dict[str, Any]:
+            self.ack.set()  # the previous epoch may go on
+            kind, value = self.inbox.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                return {"done": True}
+            return dict(value)
+
+        def cleanup(self) -> None:
+            self.stop_flag.set()
+            self.ack.set()
+            self.thread.join(timeout=600)
+
+    return KeelTrial
 
 
 def trial_outcome(
@@ -362,7 +402,7 @@ def run_search(
     from ray.tune.schedulers import ASHAScheduler
 
     by_id = {t.trial_id: t for t in trials}
-    fn = _trial_fn(
+    trainable = _trial_class(
         by_id,
         str(home),
         registry,
@@ -372,7 +412,7 @@ def run_search(
         str(lock) if lock else None,
     )
     tuner = tune.Tuner(
-        tune.with_resources(fn, {"CPU": TRIAL_CPUS}),
+        tune.with_resources(trainable, {"CPU": TRIAL_CPUS}),
         param_space={"trial": tune.grid_search([t.trial_id for t in trials])},
         tune_config=tune.TuneConfig(
             scheduler=ASHAScheduler(
