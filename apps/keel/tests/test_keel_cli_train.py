@@ -108,7 +108,7 @@ def test_keel_train_with_tune_section_runs_the_search_and_exports_the_best(tmp_p
     trials = [ln for ln in lines if ln.startswith("trial-")]
     assert [t.split()[0] for t in trials] == ["trial-000", "trial-001"], result.output
     assert all(" completed after 1 epoch(s): val_loss " in t for t in trials), trials
-    values = {t.split()[0]: float(t.split()[5]) for t in trials}
+    values = {t.split()[0]: float(t.split()[6]) for t in trials}
     m = re.match(
         r"tuned cli-mlp: best (trial-00[01]) \(val_loss ([0-9.e+-]+)\) of 2 trial\(s\); "
         r"artifact (sha256:[0-9a-f]{64}) \((.+)\); mlflow run ([0-9a-f]{32})$",

@@ -279,6 +279,14 @@ def _trial_class(
                 return {"done": True}
             return dict(value)
 
+        def save_checkpoint(self, checkpoint_dir: str) -> None:
+            """Nothing for Tune to keep: the trial's state is its Keel checkpoints (a re-run of
+            the search resumes each unfinished trial from them)."""
+            return None
+
+        def load_checkpoint(self, checkpoint: Any) -> None:
+            return None
+
         def cleanup(self) -> None:
             self.stop_flag.set()
             self.ack.set()
@@ -431,6 +439,7 @@ def run_search(
             name=f"{job.name}-{uuid.uuid4().hex[:8]}",
             storage_path=str(rdir / "tune"),
             verbose=0,
+            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False),
         ),
     )
     grid = tuner.fit()
