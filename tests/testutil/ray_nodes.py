@@ -6,7 +6,8 @@ process with its own resources (1 CPU, a small object store), under one short te
 to the head. ``kill_raylet`` SIGKILLs a node's raylet — what a machine loss looks like to
 the cluster — and ``add_node`` brings a replacement, as an autoscaler or an operator would.
 
-Use it from a conftest: ``from testutil.ray_nodes import two_node_ray  # noqa: F401``.
+Use it from a conftest (``from testutil.ray_nodes import two_node_ray  # noqa: F401``) or
+wrap ``two_node_session()`` in a fixture of your own.
 """
 
 from __future__ import annotations
@@ -104,9 +105,8 @@ def start_two_node_ray() -> TwoNodeRay:
     return two
 
 
-@pytest.fixture(scope="session")
-def two_node_ray() -> Iterator[TwoNodeRay]:
-    """One two-node cluster per test process (2 CPUs in all, one on each node)."""
+def two_node_session() -> Iterator[TwoNodeRay]:
+    """Start the cluster, yield it, shut it down (the body of a fixture)."""
     import ray
 
     two = start_two_node_ray()
@@ -115,3 +115,9 @@ def two_node_ray() -> Iterator[TwoNodeRay]:
     finally:
         ray.shutdown()
         two.cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def two_node_ray() -> Iterator[TwoNodeRay]:
+    """One two-node cluster per test process (2 CPUs in all, one on each node)."""
+    yield from two_node_session()

@@ -94,8 +94,9 @@ def train(
     """Train a model on Ray (PyTorch DDP), resume from committed checkpoints, export a signed
     artifact and track the run in MLflow. With a [tune] section: an ASHA search on Ray Tune
     whose best trial is exported."""
-    from keel.trainer import TrainingStoppedError, ensure_ray, load_job, run_job
     from keel_cli.config import load_config
+
+    from keel.trainer import TrainingStoppedError, ensure_ray, load_job, run_job
 
     job = load_job(job_file)
     key = None

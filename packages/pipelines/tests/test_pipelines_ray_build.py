@@ -11,19 +11,25 @@ labels per entity, and label times before any event of their entity.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
-from testutil.ray_nodes import two_node_ray  # noqa: F401  (the shared two-node cluster)
+from testutil.ray_nodes import TwoNodeRay, two_node_session
 
 from keel.features import Aggregation, Entity, EventSource, FeatureView, training_set
 from keel.pipelines.ray_build import RayBuildError, build_training_set_on_ray, partition_ids
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def two_node_ray() -> Iterator[TwoNodeRay]:
+    """The shared two-node cluster (testutil.ray_nodes), one per test process."""
+    yield from two_node_session()
 
 
 def _views() -> tuple[FeatureView, FeatureView]:
@@ -107,7 +113,9 @@ def test_reserved_column_and_empty_sources_are_refused() -> None:
     labels, events = _data()
     card, _ = _views()
     with pytest.raises(RayBuildError, match="reserved by the Ray build"):
-        build_training_set_on_ray(labels.with_columns(pl.lit(1).alias("__keel_row")), [(card, events)])
+        build_training_set_on_ray(
+            labels.with_columns(pl.lit(1).alias("__keel_row")), [(card, events)]
+        )
     with pytest.raises(RayBuildError, match="sources is empty"):
         build_training_set_on_ray(labels, [])
 
@@ -115,7 +123,7 @@ def test_reserved_column_and_empty_sources_are_refused() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_two_node_ray_build_gives_the_single_process_bytes(
-    two_node_ray: Any, tmp_path: Path
+    two_node_ray: TwoNodeRay, tmp_path: Path
 ) -> None:
     assert len(two_node_ray.alive_nodes()) == 2
     labels, events = _data()

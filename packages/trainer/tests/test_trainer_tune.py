@@ -111,7 +111,10 @@ def test_trials_are_samples_times_grid_in_a_fixed_order(regression_data: Path) -
         assert 1e-4 <= lr <= 1e-1
         assert t.params["model.args.hidden"] in ([8], [16, 16])
         # the values are applied to the trial's own validated job, with its derived seed
-        assert t.job.train.optimizer.lr == lr and t.job.train.batch_size == t.params["train.batch_size"]
+        assert (
+            t.job.train.optimizer.lr == lr
+            and t.job.train.batch_size == t.params["train.batch_size"]
+        )
         assert t.job.model.args["hidden"] == t.params["model.args.hidden"]
         assert t.job.seed == t.seed == trial_seed(j.seed, t.params)
         assert t.job.name == f"search.{t.trial_id}" and t.job.tune is None
@@ -120,7 +123,9 @@ def test_trials_are_samples_times_grid_in_a_fixed_order(regression_data: Path) -
         t.params for t in trials
     ]
     other = sample_params(j.tune, j.seed + 1)  # type: ignore[arg-type]
-    assert [p["train.optimizer.lr"] for p in other] != [t.params["train.optimizer.lr"] for t in trials]
+    assert [p["train.optimizer.lr"] for p in other] != [
+        t.params["train.optimizer.lr"] for t in trials
+    ]
 
 
 def test_trial_seed_is_a_pure_function_of_job_seed_and_params() -> None:
@@ -177,7 +182,9 @@ def test_no_finished_trial_is_an_error_naming_each_trial() -> None:
 # --- a trial's outcome, from its committed checkpoint ----------------------------------
 
 
-def _loop(epoch: int, values: list[float], stopped_early: bool = False, step: int = 0) -> dict[str, Any]:
+def _loop(
+    epoch: int, values: list[float], stopped_early: bool = False, step: int = 0
+) -> dict[str, Any]:
     hist = [{"epoch": float(i), "val_loss": v} for i, v in enumerate(values)]
     return {"epoch": epoch, "global_step": step, "stopped_early": stopped_early, "history": hist}
 
@@ -196,8 +203,13 @@ def test_trial_outcome_reads_the_committed_loop_state(regression_data: Path) -> 
     assert (never.status, never.value, never.epochs) == ("pruned", None, 0)
     # a finished trial is finished even if Tune reported an error after its last checkpoint
     assert trial_outcome(t, _loop(3, [0.3] * 3), "val_loss", "E: late", None).status == "completed"
-    capped = plan_trials(job("s", regression_data, train={"max_steps": 50}, tune={"space": SPACE}))[0]
-    assert trial_outcome(capped, _loop(1, [0.7], step=50), "val_loss", None, None).status == "completed"
+    capped = plan_trials(job("s", regression_data, train={"max_steps": 50}, tune={"space": SPACE}))[
+        0
+    ]
+    assert (
+        trial_outcome(capped, _loop(1, [0.7], step=50), "val_loss", None, None).status
+        == "completed"
+    )
 
 
 # --- a real search ------------------------------------------------------------------------

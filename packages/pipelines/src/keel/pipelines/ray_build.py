@@ -33,6 +33,7 @@ from keel.pipelines._errors import InvalidInputError
 
 if TYPE_CHECKING:
     import polars as pl
+
     from keel.features import FeatureView
 
 ROW = "__keel_row"
@@ -97,7 +98,9 @@ def build_training_set_on_ray(
     if not sources:
         raise RayBuildError("sources is empty: give at least one (feature view, events) pair")
     if ROW in labels.columns:
-        raise RayBuildError(f"labels has a column named {ROW!r}, reserved by the Ray build; rename it")
+        raise RayBuildError(
+            f"labels has a column named {ROW!r}, reserved by the Ray build; rename it"
+        )
     keys = list(partition_keys or sources[0][0].join_keys)
     events: list[tuple[Any, pl.DataFrame, bool]] = []
     for view, ev in sources:

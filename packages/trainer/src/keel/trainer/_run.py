@@ -381,7 +381,9 @@ def export_committed(
     from keel.trainer._export import export_artifact
 
     if n_out is None:
-        n_out = _probe_outputs(registry.build(job.model.builder, job.model.args), len(job.data.features))
+        n_out = _probe_outputs(
+            registry.build(job.model.builder, job.model.args), len(job.data.features)
+        )
     final = history[-1] if history else {}
     return export_artifact(
         job,

@@ -195,7 +195,11 @@ class Distribution(_Spec):
 
     @model_validator(mode="after")
     def _one(self) -> Distribution:
-        given = [k for k in ("choice", "grid", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        given = [
+            k
+            for k in ("choice", "grid", "uniform", "loguniform", "randint")
+            if getattr(self, k) is not None
+        ]
         if len(given) != 1:
             raise ValueError(
                 "give exactly one of choice, grid, uniform, loguniform, randint"
@@ -206,7 +210,9 @@ class Distribution(_Spec):
             if lo_hi is not None:
                 lo, hi = lo_hi
                 if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-                    raise ValueError(f"{k} = [low, high] needs finite low < high, got {list(lo_hi)}")
+                    raise ValueError(
+                        f"{k} = [low, high] needs finite low < high, got {list(lo_hi)}"
+                    )
                 if k == "loguniform" and lo <= 0:
                     raise ValueError(f"loguniform needs low > 0, got {lo}")
         for k in ("choice", "grid"):
@@ -239,7 +245,9 @@ class TuneSpec(_Spec):
 
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
-    num_samples: int = Field(default=1, ge=1, le=1000, description="samples (x every grid combination)")
+    num_samples: int = Field(
+        default=1, ge=1, le=1000, description="samples (x every grid combination)"
+    )
     max_concurrent_trials: int = Field(
         default=1, ge=1, description="above 1, which trials ASHA stops may vary run to run"
     )

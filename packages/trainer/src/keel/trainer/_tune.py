@@ -153,7 +153,9 @@ def plan_trials(job: TrainJob) -> list[Trial]:
         values["seed"] = seed
         values["name"] = f"{job.name}.{tid}"
         try:
-            tjob = parse_job(values, where=f"(tune {tid} of {job.name!r}, values {_canonical(params)})")
+            tjob = parse_job(
+                values, where=f"(tune {tid} of {job.name!r}, values {_canonical(params)})"
+            )
         except InvalidJobError as e:
             raise InvalidJobError(f"{e}. Narrow tune.space so every trial is a valid job") from None
         trials.append(Trial(tid, params, seed, tjob))
@@ -267,7 +269,9 @@ def _trial_class(
                 except BaseException as e:  # re-raised by step() on Tune's thread
                     self.inbox.put(("error", e))
 
-            self.thread = threading.Thread(target=run, name=f"keel-{self.trial.trial_id}", daemon=True)
+            self.thread = threading.Thread(
+                target=run, name=f"keel-{self.trial.trial_id}", daemon=True
+            )
             self.thread.start()
 
         def step(self) -> dict[str, Any]:
@@ -296,7 +300,11 @@ def _trial_class(
 
 
 def trial_outcome(
-    trial: Trial, loop: dict[str, Any] | None, metric: str, error: str | None, mlflow_run_id: str | None
+    trial: Trial,
+    loop: dict[str, Any] | None,
+    metric: str,
+    error: str | None,
+    mlflow_run_id: str | None,
 ) -> TrialOutcome:
     """A trial's outcome from its newest committed checkpoint's loop state (``None``: it
     committed none) and Tune's error, if any (pure). Finished = trained to the end of its
@@ -308,7 +316,10 @@ def trial_outcome(
     finished = loop is not None and (
         bool(loop.get("stopped_early"))
         or int(loop.get("epoch", 0)) >= job.train.epochs
-        or (job.train.max_steps is not None and int(loop.get("global_step", 0)) >= job.train.max_steps)
+        or (
+            job.train.max_steps is not None
+            and int(loop.get("global_step", 0)) >= job.train.max_steps
+        )
     )
     if finished:
         status = "early_stopped" if loop and loop.get("stopped_early") else "completed"
@@ -348,8 +359,8 @@ def run_search(
     """
     import shutil
 
-    from keel.trainer import _cluster, _data
     from keel.trainer import _checkpoint as ck
+    from keel.trainer import _cluster, _data
     from keel.trainer._registry import default_registry
     from keel.trainer._run import code_version, export_committed, find_lock_file, run_dir
 
@@ -439,7 +450,9 @@ def run_search(
             name=f"{job.name}-{uuid.uuid4().hex[:8]}",
             storage_path=str(rdir / "tune"),
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=0, checkpoint_at_end=False),
+            checkpoint_config=tune.CheckpointConfig(
+                checkpoint_frequency=0, checkpoint_at_end=False
+            ),
         ),
     )
     grid = tuner.fit()
