@@ -128,7 +128,10 @@ def test_two_node_ray_build_gives_the_single_process_bytes(
     assert len(two_node_ray.alive_nodes()) == 2
     labels, events = _data()
     card, merchant = _views()
-    sources = [(card, events), (merchant, events.lazy())]
+    sources: list[tuple[FeatureView, pl.DataFrame | pl.LazyFrame]] = [
+        (card, events),
+        (merchant, events.lazy()),
+    ]
     single = training_set(labels, sources)
     assert single.height == labels.height and single["card_txn__count_1h"].sum() > 0
 

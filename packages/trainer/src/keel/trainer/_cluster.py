@@ -111,7 +111,7 @@ def make_sink() -> Any:
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
 
-    @ray.remote(num_cpus=0, max_restarts=-1, scheduling_strategy=here)
+    @ray.remote(num_cpus=0, max_restarts=-1, scheduling_strategy=here)  # type: ignore[call-overload]  # Ray's stub omits node affinity
     class ProgressSink:
         def __init__(self) -> None:
             self.events: list[dict[str, Any]] = []
