@@ -89,6 +89,11 @@ def start_two_node_ray() -> TwoNodeRay:
     if ray.is_initialized():
         ray.shutdown()
     tmp = f"/tmp/kr2-{os.getpid()}"
+    # The cluster records its address in $RAY_TMPDIR/ray/ray_current_cluster; this process's
+    # own RAY_TMPDIR (inherited by the nodes and their workers) keeps that file, and every
+    # "which cluster?" lookup by Ray's helper actors, away from other Ray instances here.
+    os.environ["RAY_TMPDIR"] = tmp
+    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
     cluster = Cluster(
         initialize_head=True,
         connect=True,

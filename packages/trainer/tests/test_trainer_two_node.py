@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +50,38 @@ def test_killed_raylet_of_the_second_node_waits_for_a_node_and_resumes_bitwise_e
     seen: dict[str, Any] = {}
 
     def chaos() -> None:
-        deadline = time.monotonic() + 900
-        while not (once / "fired-pause").exists():
-            if time.monotonic() > deadline:
-                seen["error"] = "the job never reached step 35"
-                return
-            time.sleep(0.1)
-        two_node_ray.kill_raylet(node2)
-        seen["alive_after_kill"] = len(two_node_ray.alive_nodes())
-        two_node_ray.add_node()  # the replacement node: the group fits again
+        try:
+            deadline = time.monotonic() + 900
+            while not (once / "fired-pause").exists():
+                if time.monotonic() > deadline:
+                    seen["error"] = "the job never reached step 35"
+                    return
+                time.sleep(0.1)
+            two_node_ray.kill_raylet(node2)
+            seen["alive_after_kill"] = len(two_node_ray.alive_nodes())
+            two_node_ray.add_node()  # the replacement node: the group fits again
+        except BaseException:
+            seen["error"] = traceback.format_exc()
+
+    def train() -> None:
+        try:
+            seen["result"] = run_job(
+                job("two-node-kill", regression_data), home=home, export=False, faults=faults
+            )
+        except BaseException as e:
+            seen["train_error"] = e
 
     th = threading.Thread(target=chaos, daemon=True)
     th.start()
-    r = run_job(job("two-node-kill", regression_data), home=home, export=False, faults=faults)
+    runner = threading.Thread(target=train, daemon=True)
+    runner.start()
+    while runner.is_alive():  # a failed kill/replace must fail the test, not hang it
+        runner.join(1.0)
+        if "error" in seen:
+            pytest.fail(f"node loss/replacement failed: {seen['error']}")
     th.join(timeout=60)
-    assert "error" not in seen, seen
+    assert "error" not in seen and "train_error" not in seen, seen
+    r = seen["result"]
     assert seen["alive_after_kill"] == 1 and len(two_node_ray.alive_nodes()) == 2
     assert faults.fired() == ["pause"]
     starts = [e for e in r.events if e["type"] == "start"]
