@@ -456,7 +456,7 @@ def run_search(
         ),
     )
     grid = tuner.fit()
-    errors = {grid[i].config["trial"]: grid[i].error for i in range(len(grid))}
+    errors = {(grid[i].config or {}).get("trial"): grid[i].error for i in range(len(grid))}
     outcomes = []
     for t in trials:
         tdir = run_dir(home, t.job.name)
