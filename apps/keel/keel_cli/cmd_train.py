@@ -3,12 +3,16 @@
 Local Ray by default (bounded to this machine's CPUs), or the cluster at $RAY_ADDRESS.
 Ctrl-C once: the workers stop right after their next committed checkpoint (re-run the same
 command to resume); twice: abort now (the last committed checkpoint is still there).
-The last line names the artifact digest and the MLflow run. torch, Ray and MLflow are
-imported only when the command runs.
+The last line names the artifact digest and the MLflow run. A job with a ``[tune]`` section
+runs its Ray Tune search instead (ASHA; one line per trial, then the best trial, whose
+artifact is exported; Ctrl-C is Tune's: it stops the search, and re-running resumes each
+unfinished trial from its committed checkpoint). torch, Ray and MLflow are imported only
+when the command runs.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -88,9 +92,11 @@ def train(
     ] = None,
 ) -> None:
     """Train a model on Ray (PyTorch DDP), resume from committed checkpoints, export a signed
-    artifact and track the run in MLflow."""
-    from keel.trainer import TrainingStoppedError, ensure_ray, load_job, run_job
+    artifact and track the run in MLflow. With a [tune] section: an ASHA search on Ray Tune
+    whose best trial is exported."""
     from keel_cli.config import load_config
+
+    from keel.trainer import TrainingStoppedError, ensure_ray, load_job, run_job
 
     job = load_job(job_file)
     key = None
@@ -99,6 +105,9 @@ def train(
 
         key = SigningKey.from_pem(signing_key.read_bytes())
     root = home or load_config().home
+    if job.tune is not None:
+        _search(job, root, fresh=fresh, key=key, export=not no_export, ray_address=ray_address)
+        return
     stop = threading.Event()
     interrupts = [0]
 
@@ -138,4 +147,34 @@ def train(
         f"trained {job.name}: {result.status} at step {result.step}; artifact "
         f"{result.artifact_digest or '-'} ({result.artifact_path or 'not exported'}); "
         f"mlflow run {result.mlflow_run_id or '-'}"
+    )
+
+
+def _search(
+    job: Any, root: Path, *, fresh: bool, key: Any, export: bool, ray_address: str | None
+) -> None:
+    """The job has a [tune] section: run its ASHA search, one line per trial, then the best."""
+    from keel.trainer import plan_trials, run_search
+
+    def on_trial(o: Any) -> None:
+        value = "-" if o.value is None else f"{o.value:.6g}"
+        typer.echo(
+            f"{o.trial_id} {o.status} after {o.epochs} epoch(s): {job.tune.metric} {value} "
+            f"{json.dumps(o.params, sort_keys=True)}"
+        )
+
+    console.print(f"tuning {job.name}: {len(plan_trials(job))} trial(s) with ASHA on Ray Tune")
+    r = run_search(
+        job,
+        home=root,
+        fresh=fresh,
+        signing_key=key,
+        export=export,
+        ray_address=ray_address,
+        on_trial=on_trial,
+    )
+    typer.echo(
+        f"tuned {job.name}: best {r.best.trial_id} ({r.metric} {r.best.value:.6g}) of "
+        f"{len(r.trials)} trial(s); artifact {r.artifact_digest or '-'} "
+        f"({r.artifact_path or 'not exported'}); mlflow run {r.mlflow_run_id or '-'}"
     )

@@ -1,5 +1,5 @@
-"""Trainer test fixtures: one bounded local Ray cluster per test process, and the `gpu`
-marker's skip hook (a test marked `gpu` is skipped where no CUDA device is visible)."""
+"""Trainer test fixtures: one bounded local Ray cluster per test process (or the two-node
+cluster of testutil.ray_nodes, for the node-loss test), and the `gpu` marker's skip hook (a test marked `gpu` is skipped where no CUDA device is visible)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from testutil.profiles import register_profiles
+from testutil.ray_nodes import two_node_ray  # noqa: F401  (the two-node cluster fixture)
 
 register_profiles()
 

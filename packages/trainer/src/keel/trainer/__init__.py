@@ -10,7 +10,9 @@
 A run resumes by itself: every worker restores the newest *committed* checkpoint of the job
 name (model, optimiser, scheduler, RNG, data position, early stopping) — after a killed
 worker (Ray restarts the group up to ``failure.max_failures`` times), a Ctrl-C or a killed
-driver. Importing this package loads neither torch, Ray nor MLflow; ``run_job`` does.
+driver. A job with a ``[tune]`` section is a search: ``run_search(job, home=...)`` runs its
+trials on Ray Tune with ASHA and exports the best one. Importing this package loads neither
+torch, Ray nor MLflow; ``run_job`` / ``run_search`` do.
 """
 
 from keel.trainer._checkpoint import CheckpointStore, Committed
@@ -43,7 +45,9 @@ from keel.trainer._run import (
     run_job,
 )
 from keel.trainer._spec import (
+    AshaSpec,
     DataSpec,
+    Distribution,
     EarlyStoppingSpec,
     ExportSpec,
     FailureSpec,
@@ -54,11 +58,24 @@ from keel.trainer._spec import (
     TrackingSpec,
     TrainJob,
     TrainSpec,
+    TuneSpec,
     load_job,
     parse_job,
 )
+from keel.trainer._tune import (
+    SearchResult,
+    Trial,
+    TrialOutcome,
+    choose_best,
+    plan_trials,
+    run_search,
+    sample_params,
+    trial_outcome,
+    trial_seed,
+)
 
 __all__ = [
+    "AshaSpec",
     "CheckpointError",
     "CheckpointStore",
     "ClusterInfo",
@@ -66,6 +83,7 @@ __all__ = [
     "Committed",
     "DataError",
     "DataSpec",
+    "Distribution",
     "EarlyStoppingSpec",
     "ExportError",
     "ExportSpec",
@@ -78,16 +96,21 @@ __all__ = [
     "ResumeConflictError",
     "ScalingSpec",
     "ScheduleSpec",
+    "SearchResult",
     "TrackingError",
     "TrackingSpec",
     "TrainJob",
     "TrainResult",
     "TrainSpec",
-    "TrainerMetrics",
     "TrainerError",
+    "TrainerMetrics",
     "TrainingFailedError",
     "TrainingStoppedError",
+    "Trial",
+    "TrialOutcome",
+    "TuneSpec",
     "UnknownBuilderError",
+    "choose_best",
     "code_version",
     "default_registry",
     "ensure_ray",
@@ -99,6 +122,11 @@ __all__ = [
     "lock_hash",
     "mlp",
     "parse_job",
+    "plan_trials",
     "run_dir",
     "run_job",
+    "run_search",
+    "sample_params",
+    "trial_outcome",
+    "trial_seed",
 ]

@@ -103,14 +103,20 @@ def resolve_workers(
 
 
 def make_sink() -> Any:
-    """A zero-CPU actor: rank 0 puts events, the driver drains them and can request a stop."""
+    """A zero-CPU actor: rank 0 puts events, the driver drains them, can request a stop and
+    opens the epoch gate. It is pinned (softly) to the driver's node: a worker node that dies
+    does not take the driver's event channel with it."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote(num_cpus=0, max_restarts=-1)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+
+    @ray.remote(num_cpus=0, max_restarts=-1, scheduling_strategy=here)  # type: ignore[call-overload]  # Ray's stub omits node affinity
     class ProgressSink:
         def __init__(self) -> None:
             self.events: list[dict[str, Any]] = []
             self.stop = False
+            self.allowed = -1  # the epoch gate: the newest epoch the driver has handled
 
         def put(self, event: dict[str, Any]) -> None:
             self.events.append(event)
@@ -124,5 +130,11 @@ def make_sink() -> Any:
 
         def should_stop(self) -> bool:
             return self.stop
+
+        def allow(self, epoch: int) -> None:
+            self.allowed = max(self.allowed, epoch)
+
+        def may_continue(self, epoch: int) -> bool:
+            return self.stop or self.allowed >= epoch
 
     return ProgressSink.remote()  # type: ignore[attr-defined]

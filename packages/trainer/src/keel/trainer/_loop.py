@@ -52,6 +52,19 @@ class _Events:
         if self.sink is not None:
             self.sink.put.remote({"type": kind, "t": time.time(), **data})
 
+    def wait_allowed(self, epoch: int, poll_s: float = 0.05) -> None:
+        if self.sink is None:
+            return
+        import ray
+
+        while True:
+            try:
+                if ray.get(self.sink.may_continue.remote(epoch), timeout=10):
+                    return
+            except Exception:  # the sink is restarting: ask again
+                pass
+            time.sleep(poll_s)
+
     def stop_requested(self) -> bool:
         if self.sink is None:
             return False
@@ -159,6 +172,16 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             dist.broadcast(flag, src=0)
         return bool(flag.item())
 
+    gated = bool(config.get("gate_epochs"))
+
+    def wait_for_driver(epoch: int) -> None:
+        """Epoch gate: rank 0 waits until the driver has handled this epoch's event (a Tune
+        trial: until ASHA let it continue); the other ranks wait for rank 0."""
+        if rank == 0:
+            events.wait_allowed(epoch)
+        if distributed:
+            dist.barrier()
+
     last_report = time.perf_counter()
     window_steps, window_t0 = 0, time.perf_counter()
     status = "completed"
@@ -216,9 +239,22 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
             metrics["train_loss"] = state.last_loss
             state.history.append(metrics)
             _early_stopping(job, state, metrics)
-            events.put("epoch", epoch=state.epoch, step=state.global_step, metrics=metrics)
+            done_epoch = state.epoch
             state.epoch += 1
             state.step_in_epoch = 0
+            if gated and last_ckpt[0] != state.global_step:
+                checkpoint()  # what the driver hears about is committed first
+            events.put("epoch", epoch=done_epoch, step=state.global_step, metrics=metrics)
+            if gated:
+                wait_for_driver(done_epoch)
+                more = (
+                    state.epoch < job.train.epochs
+                    and state.global_step < total_steps
+                    and not state.stopped_early
+                )
+                if more and stop_now():  # stopped at the gate: right at this checkpoint
+                    status = "stopped"
+                    break
     if status != "stopped":
         if state.stopped_early:
             status = "early_stopped"

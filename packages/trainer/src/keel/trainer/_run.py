@@ -106,27 +106,32 @@ def code_version(cwd: Path | None = None) -> tuple[str, bool]:
         return "unknown", True
 
 
-def lock_hash(start: Path | None = None, lock_file: Path | None = None) -> str:
-    """``sha256:`` of ``lock_file`` (or ``$KEEL_LOCK_FILE``), else of the first
-    ``3rdparty/python/default.lock`` at or above ``start`` (default: the working directory);
-    "" if there is none."""
-    import hashlib
+def find_lock_file(start: Path | None = None) -> Path | None:
+    """``$KEEL_LOCK_FILE``, else the first ``3rdparty/python/default.lock`` at or above
+    ``start`` (default: the working directory), else None."""
     import os
 
-    explicit = lock_file or (
-        Path(os.environ["KEEL_LOCK_FILE"]) if os.environ.get("KEEL_LOCK_FILE") else None
-    )
-    if explicit is not None:
-        try:
-            return "sha256:" + hashlib.sha256(Path(explicit).read_bytes()).hexdigest()
-        except OSError as e:
-            raise InvalidJobError(f"cannot read lock file {explicit}: {e.strerror or e}") from None
+    if os.environ.get("KEEL_LOCK_FILE"):
+        return Path(os.environ["KEEL_LOCK_FILE"])
     here = (start or Path.cwd()).resolve()
     for d in [here, *here.parents]:
         lock = d / "3rdparty" / "python" / "default.lock"
         if lock.is_file():
-            return "sha256:" + hashlib.sha256(lock.read_bytes()).hexdigest()
-    return ""
+            return lock
+    return None
+
+
+def lock_hash(start: Path | None = None, lock_file: Path | None = None) -> str:
+    """``sha256:`` of ``lock_file``, else of ``find_lock_file(start)``; "" if there is none."""
+    import hashlib
+
+    explicit = lock_file or find_lock_file(start)
+    if explicit is None:
+        return ""
+    try:
+        return "sha256:" + hashlib.sha256(Path(explicit).read_bytes()).hexdigest()
+    except OSError as e:
+        raise InvalidJobError(f"cannot read lock file {explicit}: {e.strerror or e}") from None
 
 
 def run_job(
@@ -146,6 +151,8 @@ def run_job(
     faults: FaultPlan | None = None,
     code: tuple[str, bool] | None = None,
     lock_file: Path | None = None,
+    parent_run_id: str | None = None,
+    gate_epochs: bool = False,
     clock: Callable[[], float] = time.time,
     poll_seconds: float = 0.2,
 ) -> TrainResult:
@@ -155,8 +162,17 @@ def run_job(
     ``TrainerMetrics`` to update. ``signing_key``: a ``keel.artifacts.SigningKey`` (else the
     job's ``export.signing_key`` / ``KEEL_SIGNING_KEY`` PEM). ``code``: (commit, dirty), else
     ``code_version()``; ``lock_file``: the dependency lockfile hashed into the artifact, else
-    ``lock_hash()``'s search. ``faults``: chaos tests only.
+    ``lock_hash()``'s search. ``parent_run_id``: the MLflow run this one nests under (a Tune
+    trial's search run). ``gate_epochs``: the workers commit a checkpoint at each epoch's end
+    and wait there until ``on_event`` has returned for that epoch's event (how a Tune trial
+    lets ASHA stop it at an epoch boundary); weights are unchanged by it. ``faults``: chaos
+    tests only.
     """
+    if job.tune is not None:
+        raise InvalidJobError(
+            f"job {job.name!r} has a [tune] section: it is a search, run it with "
+            "run_search(job, ...) or `keel train`; remove the section to train it once"
+        )
     registry = registry if registry is not None else default_registry()
     home = Path(home).expanduser().resolve()
     _objectives.check_names(job.train.loss, job.train.metrics)
@@ -208,6 +224,7 @@ def run_job(
             home,
             rdir / "mlflow_run_id",
             clock,
+            parent_run_id=parent_run_id,
         )
         tracker.params(_flat_params(job))
         import ray
@@ -244,6 +261,7 @@ def run_job(
         "sink": sink,
         "faults": faults,
         "num_rows": info.num_rows,
+        "gate_epochs": gate_epochs,
     }
     resources: dict[str, float] = {"CPU": float(job.scaling.cpus_per_worker)}
     if job.scaling.use_gpu and job.scaling.gpus_per_worker:
@@ -279,8 +297,8 @@ def run_job(
         if stop is not None and stop.is_set() and not stop_sent:
             sink.request_stop.remote()
             stop_sent = True
-        events += follower.feed(_drain(sink))
-    events += follower.feed(_drain(sink))
+        events += _fed(follower, sink, gate_epochs, stop)
+    events += _fed(follower, sink, gate_epochs, stop)
     train_seconds = time.perf_counter() - t1
     error = outcome.get("error") or getattr(outcome.get("result"), "error", None)
     done = [e for e in events if e["type"] == "done"]
@@ -327,27 +345,65 @@ def run_job(
         if tracker is not None:
             tracker.finish("KILLED" if status == "stopped" else "FINISHED")
         return result
-    from keel.trainer._export import export_artifact
-
-    final = history[-1] if history else {}
-    digest, path = export_artifact(
+    digest, path = export_committed(
         job,
-        result.state_dict(),
+        latest,
+        history,
         home=home,
+        registry=registry,
         info=info,
-        n_out=n_out,
-        fingerprint=fp,
         commit=commit,
         dirty=dirty,
-        lock_hash=lhash,
-        metrics={k: v for k, v in final.items() if k != "epoch"},
-        step=step,
+        lock_hash_=lhash,
         signing_key=signing_key,
+        n_out=n_out,
+        fp=fp,
     )
     if tracker is not None:
         tracker.tags({"keel.artifact_digest": digest, "keel.artifact_path": str(path)})
         tracker.finish("FINISHED")
     return TrainResult(**{**result.__dict__, "artifact_digest": digest, "artifact_path": path})
+
+
+def export_committed(
+    job: TrainJob,
+    checkpoint: ck.Committed,
+    history: list[dict[str, float]],
+    *,
+    home: Path,
+    registry: ModelRegistry,
+    info: Any,
+    commit: str,
+    dirty: bool,
+    lock_file: Path | None = None,
+    lock_hash_: str | None = None,
+    signing_key: Any = None,
+    n_out: int | None = None,
+    fp: str | None = None,
+) -> tuple[str, Path]:
+    """Export a committed checkpoint of ``job`` as the signed artifact (no Ray needed): the
+    end of ``run_job``, and what a search does with its best trial."""
+    from keel.trainer._export import export_artifact
+
+    if n_out is None:
+        n_out = _probe_outputs(
+            registry.build(job.model.builder, job.model.args), len(job.data.features)
+        )
+    final = history[-1] if history else {}
+    return export_artifact(
+        job,
+        final_weights(checkpoint.path),
+        home=home,
+        info=info,
+        n_out=n_out,
+        fingerprint=fp or _data.fingerprint(job.data.path),
+        commit=commit,
+        dirty=dirty,
+        lock_hash=lock_hash_ if lock_hash_ is not None else lock_hash(lock_file=lock_file),
+        metrics={k: v for k, v in final.items() if k != "epoch"},
+        step=checkpoint.step,
+        signing_key=signing_key,
+    )
 
 
 class _Follower:
@@ -382,6 +438,22 @@ class _Follower:
             if self.on_event is not None:
                 self.on_event(e)
         return events
+
+
+def _fed(
+    follower: _Follower, sink: Any, gate_epochs: bool, stop: threading.Event | None
+) -> list[Event]:
+    """Drain the sink into the follower; with the epoch gate, open it for each epoch whose
+    event the follower (and the caller's ``on_event``) has handled — after a stop request
+    if one came meanwhile (actor calls run in order), so the workers stop at the gate."""
+    new = follower.feed(_drain(sink))
+    if gate_epochs:
+        for e in new:
+            if e["type"] == "epoch":
+                if stop is not None and stop.is_set():
+                    sink.request_stop.remote()
+                sink.allow.remote(int(e["epoch"]))
+    return new
 
 
 def _drain(sink: Any) -> list[Event]:
@@ -462,5 +534,5 @@ def _flat_params(job: TrainJob) -> dict[str, Any]:
         else:
             out[prefix] = json.dumps(v) if isinstance(v, list | dict) else v
 
-    walk("", job.model_dump(mode="json", exclude={"export", "tracking"}))
+    walk("", job.model_dump(mode="json", exclude={"export", "tracking", "tune"}))
     return out

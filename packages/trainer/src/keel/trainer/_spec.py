@@ -182,6 +182,92 @@ class TrackingSpec(_Spec):
     enabled: bool = True
 
 
+class Distribution(_Spec):
+    """One search-space entry: exactly one of ``choice``, ``grid`` (every value, crossed with
+    the other grids), ``uniform``, ``loguniform`` (``[low, high]``) or ``randint``
+    (``[low, high)``)."""
+
+    choice: list[Any] | None = Field(default=None, min_length=1)
+    grid: list[Any] | None = Field(default=None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Distribution:
+        given = [
+            k
+            for k in ("choice", "grid", "uniform", "loguniform", "randint")
+            if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of choice, grid, uniform, loguniform, randint"
+                + (f" (got {given})" if given else "")
+            )
+        for k in ("uniform", "loguniform", "randint"):
+            lo_hi = getattr(self, k)
+            if lo_hi is not None:
+                lo, hi = lo_hi
+                if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                    raise ValueError(
+                        f"{k} = [low, high] needs finite low < high, got {list(lo_hi)}"
+                    )
+                if k == "loguniform" and lo <= 0:
+                    raise ValueError(f"loguniform needs low > 0, got {lo}")
+        for k in ("choice", "grid"):
+            values = getattr(self, k)
+            if values is not None:
+                try:
+                    json.dumps(values, allow_nan=False)
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{k} values must be plain JSON values: {e}") from None
+        return self
+
+
+class AshaSpec(_Spec):
+    """ASHA (asynchronous successive halving): a trial is stopped at a rung (grace_period,
+    grace_period * reduction_factor, ... epochs) when its metric is worse than the
+    (1 - 1/reduction_factor) quantile of the trials that reached that rung before it."""
+
+    grace_period: int = Field(default=1, ge=1, description="epochs before a trial can be stopped")
+    reduction_factor: float = Field(default=2.0, gt=1.0)
+
+
+# Search-space paths a trial may change: the model's args and training settings. The seed is
+# derived (not searched) and epochs are ASHA's budget.
+_TUNABLE_PREFIXES = ("model.args.", "train.")
+_UNTUNABLE = {"train.epochs": "it is ASHA's time budget (max_t); set train.epochs"}
+
+
+class TuneSpec(_Spec):
+    """A Ray Tune search over ``space`` with ASHA; see keel.trainer's README ("Tuning")."""
+
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(
+        default=1, ge=1, le=1000, description="samples (x every grid combination)"
+    )
+    max_concurrent_trials: int = Field(
+        default=1, ge=1, description="above 1, which trials ASHA stops may vary run to run"
+    )
+    space: dict[str, Distribution] = Field(min_length=1)
+    asha: AshaSpec = Field(default_factory=AshaSpec)
+
+    @field_validator("space")
+    @classmethod
+    def _paths(cls, v: dict[str, Distribution]) -> dict[str, Distribution]:
+        for path in v:
+            if path in _UNTUNABLE:
+                raise ValueError(f"{path!r} cannot be searched: {_UNTUNABLE[path]}")
+            if not path.startswith(_TUNABLE_PREFIXES) or path.endswith(".") or ".." in path:
+                raise ValueError(
+                    f"{path!r} is not a tunable path: use 'model.args.<name>' or 'train.<key>' "
+                    "(e.g. 'train.optimizer.lr'); the trial seed is derived, not searched"
+                )
+        return v
+
+
 class TrainJob(_Spec):
     """A whole training job. ``digest`` names the training-relevant part: a checkpoint from a
     job with another digest is never resumed."""
@@ -195,6 +281,7 @@ class TrainJob(_Spec):
     failure: FailureSpec = Field(default_factory=FailureSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    tune: TuneSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -255,6 +342,10 @@ def parse_job(
         job = _resolve_paths(job, base_dir)
     if not math.isfinite(job.train.optimizer.lr):
         raise InvalidJobError("train.optimizer.lr must be finite")
+    if job.tune is not None:
+        from keel.trainer._tune import plan_trials
+
+        plan_trials(job)  # every trial must be a valid job: fail now, naming the trial
     return job
 
 

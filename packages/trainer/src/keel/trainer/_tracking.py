@@ -2,7 +2,8 @@
 
 Embedded default: ``sqlite:///$KEEL_HOME/mlflow.db`` with run artifacts under
 ``$KEEL_HOME/mlartifacts`` — the same store keel.registry_client opens, so a trained run and
-its registered versions sit side by side. Any other tracking URI (an ``mlflow server``)
+its registered versions sit side by side. A Tune trial's run is nested under its search's run
+(MLflow's ``mlflow.parentRunId`` tag). Any other tracking URI (an ``mlflow server``)
 works the same. A resumed job continues the MLflow run it started (its id is kept in the
 run directory), so one job is one MLflow run however many drivers it took.
 """
@@ -25,7 +26,13 @@ class Tracker:
     """One MLflow run of a training job; every MLflow failure becomes ``TrackingError``."""
 
     def __init__(
-        self, uri: str, experiment: str, home: Path, run_id_file: Path, clock: Callable[[], float]
+        self,
+        uri: str,
+        experiment: str,
+        home: Path,
+        run_id_file: Path,
+        clock: Callable[[], float],
+        parent_run_id: str | None = None,
     ) -> None:
         self.clock = clock
         try:
@@ -57,7 +64,9 @@ class Tracker:
                     self.run_id = None
             if self.run_id is None:
                 self.resumed = False
-                run = self.client.create_run(exp_id, run_name=run_id_file.parent.name)
+                # MLflow's nesting is the parentRunId tag (what its UI groups trials by)
+                nest = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+                run = self.client.create_run(exp_id, run_name=run_id_file.parent.name, tags=nest)
                 self.run_id = run.info.run_id
                 run_id_file.write_text(self.run_id)
         except self._exc as e:
