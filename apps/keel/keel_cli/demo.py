@@ -131,26 +131,11 @@ def generate_transactions(seed: int, per_day: int = 14_000, cards: int = 3_000) 
 
 
 def feature_view() -> FeatureView:
-    from keel.features import Aggregation, Entity, EventSource, FeatureView
+    """The demo's card-activity view (defined in `keel_cli.demo_features`, where the
+    pipelines' executors load it by module name)."""
+    from keel_cli.demo_features import card_activity
 
-    h, d = timedelta(hours=1), timedelta(days=1)
-    return FeatureView(
-        name="card_activity",
-        source=EventSource("txn.created", stream=STREAM),
-        entities=(Entity("card"),),
-        fields={"amount": "float", "merchant": "str", "country": "str", "channel": "str"},
-        features=(
-            Aggregation("count", None, h),
-            Aggregation("count", None, d),
-            Aggregation("sum", "amount", d),
-            Aggregation("mean", "amount", d),
-            Aggregation("max", "amount", h),
-            Aggregation("distinct_count", "merchant", d),
-            Aggregation("distinct_count", "country", d),
-        ),
-        id_column="event_id",
-        allowed_lateness=timedelta(minutes=10),
-    )
+    return card_activity
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -210,19 +195,24 @@ def _prepare_home(home: Path) -> Path:
     return out
 
 
-def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) -> Path:
-    """Run the demo under ``home`` (KEEL_HOME); returns the HTML report's path.
+def run_demo(
+    home: Path, seed: int, console: Console, *, per_day: int = 14_000, loop: bool = True
+) -> Path:
+    """Run the demo under ``home`` (KEEL_HOME); returns the drift report's path (the loop's
+    page, ``index.html``, is beside it).
 
-    ``per_day``: transactions per simulated day (tests run a smaller stream)."""
+    ``per_day``: transactions per simulated day (tests run a smaller stream). ``loop=False``:
+    only the observe half (stream, features, drift report; the monitored score is then the
+    synthetic model's) — for tests of that half."""
     if not 0 <= seed <= MAX_SEED:
         raise _fail(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     try:
-        return _run(home, seed, console, per_day)
+        return _run(home, seed, console, per_day, loop)
     except OSError as exc:  # e.g. the disk filled up or the home became read-only mid-run
         raise _fail(f"the demo could not write under {home}: {exc}") from None
 
 
-def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
+def _run(home: Path, seed: int, console: Console, per_day: int, full_loop: bool) -> Path:
     import polars as pl
 
     from keel.drift import (
@@ -238,7 +228,12 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     from keel.features import StreamingEngine, backfill, compute_at, events_to_frame
 
     out = _prepare_home(home)
-    console.rule("[bold]Keel demo: card transactions, features, drift")
+    console.rule(
+        "[bold]Keel demo: card transactions, features, a model, drift, retrain, promotion"
+        if full_loop
+        else "[bold]Keel demo: card transactions, features, drift"
+    )
+    loop: Any = None
 
     with _progress(console) as progress:
         # 1. the stream ----------------------------------------------------------------
@@ -281,7 +276,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
             bus.close()
         view = feature_view()
         frame, dead = events_to_frame(view, events)
-        del events, rows
+        del rows
 
         # 3. features with both engines --------------------------------------------------
         t = progress.add_task("features: batch engine (Polars)", total=1)
@@ -338,6 +333,20 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         data = score_and_label(
             data.with_columns(pl.col("event_time").dt.hour().alias("hour")), seed
         )
+        if full_loop:  # train the first model, serve it: its scores are what the monitor sees
+            from keel_cli.demo_loop import Loop, request_features
+
+            data = request_features(data, seed)
+            loop = Loop(
+                home, out, open_bus(f"sqlite://{bus_path}"), view, seed,
+                START + timedelta(days=REFERENCE_DAYS),
+            )
+            loop.bootstrap(
+                progress, events, data, START + timedelta(days=REFERENCE_DAYS), START
+            )
+            t = progress.add_task("serving the champion (prediction log)", total=1)
+            data = loop.serve_champion(data, START + timedelta(days=REFERENCE_DAYS))
+            progress.update(t, completed=1)
         model_cols = ["amount", "merchant", "country", "channel", "hour", *names]
         split = START + timedelta(days=REFERENCE_DAYS)
         # day 1 only warms up the 1-day windows (their values are low while they fill up):
@@ -389,6 +398,17 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
                 "realised_auc": real["realised_auc"],
             }
             final.append(ReportWindow(w.result, w.decision, perf))
+        if loop is not None:
+            loop.retrain(
+                progress,
+                events,
+                data,
+                final,
+                START + timedelta(days=REFERENCE_DAYS),
+                START + timedelta(days=DAYS),
+                START + timedelta(days=DAYS - 2),
+            )
+        del events
 
     # 5. the report -----------------------------------------------------------------------
     drift_windows = [w for w in final if w.decision and w.decision.decision.value == "drift"]
@@ -426,6 +446,16 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         drift_windows[0].result.window_end if drift_windows else None,
     )
     _summary(console, figures, final)
+    if loop is not None:
+        try:
+            loop.finish(home)
+            from keel_cli.demo_loop import write_page
+
+            write_page(out, loop.record, html_path.name, seed)
+            _loop_summary(console, loop.record, out)
+        finally:
+            loop.close()
+            loop.bus.close()
     return html_path
 
 
@@ -479,3 +509,42 @@ def _summary(console: Console, f: DemoFigures, windows: list[Any]) -> None:
         f"{f.drift_windows} of {f.windows} windows in drift"
         + (f", the first ending {f.first_drift_window}" if f.first_drift_window else "")
     )
+
+
+def _loop_summary(console: Console, rec: Any, out: Path) -> None:
+    """Every artifact digest and alias move, the provenance verdict, where the page is."""
+    from rich.table import Table
+
+    runs = Table(title="the loop: pipeline runs")
+    for col in ("run", "status", "version", "artifact digest", "training set", "cached steps"):
+        runs.add_column(col, overflow="fold")
+    for r in rec.runs:
+        cached = [s["step"] for s in r["steps"] if s["cache_hit"]]
+        runs.add_row(
+            r["title"],
+            r["status"],
+            f"v{r['version']}" if r["version"] else "-",
+            r["artifact_digest"] or "-",
+            (r["training_set"] or "-")[:23],
+            ", ".join(cached) or "none",
+        )
+    console.print(runs)
+    moves = Table(title="alias moves (registry audit log; each published as model.alias_moved)")
+    for col in ("#", "alias", "move", "why"):
+        moves.add_column(col, overflow="fold")
+    for m in rec.alias_moves:
+        moves.add_row(
+            str(m["seq"]), m["alias"], f"{m['from_version'] or '-'} -> {m['to_version']}", m["why"][:70]
+        )
+    console.print(moves)
+    p = rec.provenance
+    lin = p.get("lineage", {})
+    console.print(
+        f"provenance: {p.get('count', 0)} hash-chained entries, "
+        + ("[green]verified[/]" if p.get("ok") else "[red]BROKEN[/]")
+        + f"; champion {lin.get('artifact_digest', '-')} <- training set "
+        f"{lin.get('training_set_fingerprint', '-')} <- trigger {(lin.get('trigger') or {}).get('key', '-')}"
+    )
+    if rec.drift_to_promoted_s is not None:
+        console.print(f"drift.detected -> champion moved: {rec.drift_to_promoted_s:.1f} s")
+    console.print(f"[bold]the loop at a glance:[/] {out / 'index.html'}")
