@@ -1,22 +1,32 @@
-"""`keel demo`: the platform's loop on one machine, on embedded defaults (no services).
+"""`keel demo`: the platform's closed loop on one machine, on embedded defaults (no services).
 
 1. Generate a seeded, realistic stream of card transactions (10 days, diurnal traffic,
-   merchant mix, amounts by category, a fraud model's score) with drift injected on
-   day 6: online and a new "crypto" category grow, amounts rise, a new country
-   appears, traffic shifts to the night - and fraud starts to look different.
+   merchant mix, amounts by category, true fraud labels) with drift injected on day 6:
+   online and a new "crypto" category grow, amounts rise, a new country appears, traffic
+   shifts to the night - and fraud starts to look different.
 2. Publish it through keel.events - the embedded log ``KEEL_HOME/events.db``, the one
    ``keel events stats`` reads with the same home, stream ``demo-transactions`` (replaced
    on every run) - and consume it back like the feature worker would.
 3. Compute card features with both engines of keel.features - the batch (Polars)
    engine and the incremental streaming engine - and check they agree.
-4. Build a keel.drift reference profile from the first five days (as at training time),
-   then run the streaming drift monitor over the rest in sliding 1-day windows, with a
-   label-free performance estimate and, once the (late) labels arrive, the realised one.
-5. Write the HTML report (plus JSON and PNGs) under KEEL_HOME/demo and return its path.
+4. The first model (`keel_cli.demo_loop`): the offline event log and labels of days 1-5 →
+   a keel.pipelines run with the real executors (point-in-time training set, keel.trainer
+   on local Ray, gates, an approval, a signed artifact with its drift profile and model card,
+   registry challenger → shadow → canary → champion).
+5. Serve: the champion, loaded from the registry by keel.serving's loader, scores every
+   transaction; days 6-10 are live traffic and go to the prediction log.
+6. Build a keel.drift reference profile from days 2-5, run the streaming drift monitor over
+   the rest in sliding 1-day windows (with a label-free and, once the late labels arrive, a
+   realised performance estimate); write the HTML report (plus JSON and PNGs).
+7. The episode's ``drift.detected`` event triggers the retrain run (labels of the drifted
+   days), which passes its gates against the champion on the same holdout, is approved,
+   canaried on a share of the traffic and promoted. ``KEEL_HOME/demo/index.html`` shows the
+   loop: runs, gate results, artifact digests, alias moves, the verified provenance chain.
 
-Deterministic: the same seed gives the same JSON report in any home (tested). Every
+Deterministic: the same seed gives the same drift JSON report in any home (tested). Every
 random draw comes from a generator seeded from ``seed``; rows are put in a fixed order
-before anything order-sensitive (the monitor's row sample) sees them; no wall clock.
+before anything order-sensitive (the monitor's row sample) sees them; training is seeded
+and bitwise reproducible on CPU; the loop's clock is simulated.
 """
 
 from __future__ import annotations
@@ -195,24 +205,20 @@ def _prepare_home(home: Path) -> Path:
     return out
 
 
-def run_demo(
-    home: Path, seed: int, console: Console, *, per_day: int = 14_000, loop: bool = True
-) -> Path:
+def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) -> Path:
     """Run the demo under ``home`` (KEEL_HOME); returns the drift report's path (the loop's
     page, ``index.html``, is beside it).
 
-    ``per_day``: transactions per simulated day (tests run a smaller stream). ``loop=False``:
-    only the observe half (stream, features, drift report; the monitored score is then the
-    synthetic model's) — for tests of that half."""
+    ``per_day``: transactions per simulated day (tests run a smaller stream)."""
     if not 0 <= seed <= MAX_SEED:
         raise _fail(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     try:
-        return _run(home, seed, console, per_day, loop)
+        return _run(home, seed, console, per_day)
     except OSError as exc:  # e.g. the disk filled up or the home became read-only mid-run
         raise _fail(f"the demo could not write under {home}: {exc}") from None
 
 
-def _run(home: Path, seed: int, console: Console, per_day: int, full_loop: bool) -> Path:
+def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     import polars as pl
 
     from keel.drift import (
@@ -228,12 +234,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int, full_loop: bool)
     from keel.features import StreamingEngine, backfill, compute_at, events_to_frame
 
     out = _prepare_home(home)
-    console.rule(
-        "[bold]Keel demo: card transactions, features, a model, drift, retrain, promotion"
-        if full_loop
-        else "[bold]Keel demo: card transactions, features, drift"
-    )
-    loop: Any = None
+    console.rule("[bold]Keel demo: card transactions, features, a model, drift, retrain, promotion")
 
     with _progress(console) as progress:
         # 1. the stream ----------------------------------------------------------------
@@ -333,20 +334,22 @@ def _run(home: Path, seed: int, console: Console, per_day: int, full_loop: bool)
         data = score_and_label(
             data.with_columns(pl.col("event_time").dt.hour().alias("hour")), seed
         )
-        if full_loop:  # train the first model, serve it: its scores are what the monitor sees
-            from keel_cli.demo_loop import Loop, request_features
+        # the first model: trained, gated, signed, registered, served - its scores are what
+        # the monitor sees from here on
+        from keel_cli.demo_loop import Loop, request_features
 
-            data = request_features(data, seed)
-            loop = Loop(
-                home, out, open_bus(f"sqlite://{bus_path}"), view, seed,
-                START + timedelta(days=REFERENCE_DAYS),
-            )
-            loop.bootstrap(
-                progress, events, data, START + timedelta(days=REFERENCE_DAYS), START
-            )
-            t = progress.add_task("serving the champion (prediction log)", total=1)
-            data = loop.serve_champion(data, START + timedelta(days=REFERENCE_DAYS))
-            progress.update(t, completed=1)
+        data = request_features(data, seed)
+        loop = Loop(
+            out,
+            open_bus(f"sqlite://{bus_path}"),
+            view,
+            seed,
+            START + timedelta(days=REFERENCE_DAYS),
+        )
+        loop.bootstrap(progress, events, data, START + timedelta(days=REFERENCE_DAYS), START)
+        t = progress.add_task("serving the champion (prediction log)", total=1)
+        data = loop.serve_champion(data, START + timedelta(days=REFERENCE_DAYS))
+        progress.update(t, completed=1)
         model_cols = ["amount", "merchant", "country", "channel", "hour", *names]
         split = START + timedelta(days=REFERENCE_DAYS)
         # day 1 only warms up the 1-day windows (their values are low while they fill up):
@@ -398,16 +401,16 @@ def _run(home: Path, seed: int, console: Console, per_day: int, full_loop: bool)
                 "realised_auc": real["realised_auc"],
             }
             final.append(ReportWindow(w.result, w.decision, perf))
-        if loop is not None:
-            loop.retrain(
-                progress,
-                events,
-                data,
-                final,
-                START + timedelta(days=REFERENCE_DAYS),
-                START + timedelta(days=DAYS),
-                START + timedelta(days=DAYS - 2),
-            )
+        # drift.detected -> the retrain run, once the drifted days' labels have arrived
+        loop.retrain(
+            progress,
+            events,
+            data,
+            final,
+            START + timedelta(days=REFERENCE_DAYS),
+            START + timedelta(days=DAYS),
+            START + timedelta(days=DAYS - 2),
+        )
         del events
 
     # 5. the report -----------------------------------------------------------------------
@@ -446,16 +449,14 @@ def _run(home: Path, seed: int, console: Console, per_day: int, full_loop: bool)
         drift_windows[0].result.window_end if drift_windows else None,
     )
     _summary(console, figures, final)
-    if loop is not None:
-        try:
-            loop.finish(home)
-            from keel_cli.demo_loop import write_page
+    try:
+        loop.finish()
+        from keel_cli.demo_loop import write_page
 
-            write_page(out, loop.record, html_path.name, seed)
-            _loop_summary(console, loop.record, out)
-        finally:
-            loop.close()
-            loop.bus.close()
+        write_page(out, loop.record, html_path.name, seed)
+        _loop_summary(console, loop.record, out)
+    finally:
+        loop.close()
     return html_path
 
 
@@ -534,7 +535,10 @@ def _loop_summary(console: Console, rec: Any, out: Path) -> None:
         moves.add_column(col, overflow="fold")
     for m in rec.alias_moves:
         moves.add_row(
-            str(m["seq"]), m["alias"], f"{m['from_version'] or '-'} -> {m['to_version']}", m["why"][:70]
+            str(m["seq"]),
+            m["alias"],
+            f"{m['from_version'] or '-'} -> {m['to_version']}",
+            m["why"][:70],
         )
     console.print(moves)
     p = rec.provenance

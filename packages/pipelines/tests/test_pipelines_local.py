@@ -33,7 +33,7 @@ from keel.pipelines.local import LocalExecutors, LocalOptions, build_executors
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 MODEL = "credit"
-VIEW_DEFS = '''
+VIEW_DEFS = """
 from datetime import timedelta
 from keel.features import Aggregation, Entity, EventSource, FeatureView
 
@@ -48,11 +48,13 @@ card_txn = FeatureView(
     ),
     id_column="event_id",
 )
-'''
+"""
 FEATURES = ["amount_log", "card_txn__count_6h"]
 
 
-def write_world(root: Path, *, days: int = 4, per_day: int = 400, seed: int = 0, start: int = 0) -> None:
+def write_world(
+    root: Path, *, days: int = 4, per_day: int = 400, seed: int = 0, start: int = 0
+) -> None:
     """An event log and labels under ``root/offline`` as the feature worker and the label
     feed write them: label = more likely for large amounts on busy cards."""
     rng = np.random.default_rng(seed)
@@ -81,7 +83,9 @@ def write_world(root: Path, *, days: int = 4, per_day: int = 400, seed: int = 0,
         },
     )
     store = OfflineStore(root / "offline")
-    store.write(event_log_dataset("txn.created"), log, time_column="event_time", name=f"s{seed}-{start}")
+    store.write(
+        event_log_dataset("txn.created"), log, time_column="event_time", name=f"s{seed}-{start}"
+    )
     logit = -3.0 + 0.9 * (np.log1p(amount) - 3.5) * 2
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
     labels = pl.DataFrame(
@@ -106,15 +110,29 @@ def opts(root: Path, **over: Any) -> dict[str, Any]:
         "feature_views": ["card_txn"],
         "features": FEATURES,
         "group_column": "segment",
-        "trainer": {"hidden": [8], "epochs": 6, "batch_size": 64, "lr": 0.02, "ray_num_cpus": 2, "tracking": False},
+        "trainer": {
+            "hidden": [8],
+            "epochs": 6,
+            "batch_size": 64,
+            "lr": 0.02,
+            "ray_num_cpus": 2,
+            "tracking": False,
+        },
         "gates": {"threshold": 0.5, "max_ece": 0.2, "max_drift_share": 1.0},
     }
     base.update(over)
     return base
 
 
-def ctx(step: str, inputs: dict[str, Any] | None = None, params: dict[str, Any] | None = None, key: str = "") -> StepContext:
-    return StepContext("run-1", MODEL, step, params or {}, "c0ffee", "sha256:lock", inputs or {}, T0, key)
+def ctx(
+    step: str,
+    inputs: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    key: str = "",
+) -> StepContext:
+    return StepContext(
+        "run-1", MODEL, step, params or {}, "c0ffee", "sha256:lock", inputs or {}, T0, key
+    )
 
 
 @pytest.fixture
@@ -138,7 +156,9 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
         ({"registry_tracking_uri": "http://x:5000"}, "go together"),
     ],
 )
-def test_bad_options_are_named(tmp_path: Path, bus: Bus, change: dict[str, Any], needle: str) -> None:
+def test_bad_options_are_named(
+    tmp_path: Path, bus: Bus, change: dict[str, Any], needle: str
+) -> None:
     with pytest.raises(InvalidInputError) as e:
         build_executors(home=tmp_path, bus=bus, options=opts(tmp_path, **change))
     assert needle in str(e.value)
@@ -158,7 +178,9 @@ def test_options_round_trip_defaults(tmp_path: Path) -> None:
 
 
 # -- data steps ---------------------------------------------------------------------------------
-def test_training_set_is_point_in_time_and_fingerprinted_by_content(tmp_path: Path, bus: Bus) -> None:
+def test_training_set_is_point_in_time_and_fingerprinted_by_content(
+    tmp_path: Path, bus: Bus
+) -> None:
     write_world(tmp_path)
     ex = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path))
     src = dict(ex.source_fingerprints(ctx("build_training_set")))
@@ -176,7 +198,9 @@ def test_training_set_is_point_in_time_and_fingerprinted_by_content(tmp_path: Pa
     row = hold.row(0, named=True)
     t = row["timestamp"]
     naive = log.filter(
-        (pl.col("key") == row["card"]) & (pl.col("event_time") <= t) & (pl.col("event_time") > t - timedelta(hours=6))
+        (pl.col("key") == row["card"])
+        & (pl.col("event_time") <= t)
+        & (pl.col("event_time") > t - timedelta(hours=6))
     ).height
     assert row["card_txn__count_6h"] == naive
     # the same data gives the same bytes in another build; new data is a new fingerprint
@@ -201,20 +225,35 @@ def test_missing_data_and_bad_columns_are_clear(tmp_path: Path, bus: Bus) -> Non
 def _artifact(ex: LocalExecutors, tmp: Path, seed: int) -> tuple[str, Path]:
     import torch
 
-    from keel.artifacts import Architecture, ArtifactSpec, CodeVersion, FieldSpec, build_artifact, build_mlp
+    from keel.artifacts import (
+        Architecture,
+        ArtifactSpec,
+        CodeVersion,
+        FieldSpec,
+        build_artifact,
+        build_mlp,
+    )
 
     torch.manual_seed(seed)
     model = build_mlp(n_in=2, hidden=[4], n_out=1, out_activation="sigmoid")
     spec = ArtifactSpec(
         name=MODEL,
-        architecture=Architecture(builder="mlp", args={"n_in": 2, "hidden": [4], "n_out": 1, "out_activation": "sigmoid"}),
+        architecture=Architecture(
+            builder="mlp", args={"n_in": 2, "hidden": [4], "n_out": 1, "out_activation": "sigmoid"}
+        ),
         input_schema=[FieldSpec(name=f, dtype="float64") for f in FEATURES],
         output_schema=[FieldSpec(name="score", dtype="float32")],
         training_data_fingerprint="sha256:" + "ab" * 32,
         code=CodeVersion(commit="c0ffee", dirty=False),
         dependency_lock_hash="sha256:" + "cd" * 32,
     )
-    b = build_artifact(tmp / f"a{seed}", spec, model.state_dict(), signing_key=ex.signing()[0], archive=tmp / f"a{seed}.tar")
+    b = build_artifact(
+        tmp / f"a{seed}",
+        spec,
+        model.state_dict(),
+        signing_key=ex.signing()[0],
+        archive=tmp / f"a{seed}.tar",
+    )
     assert b.archive is not None
     return b.digest, b.archive
 
@@ -227,7 +266,11 @@ def test_register_and_alias_moves_are_idempotent_and_published(tmp_path: Path, b
     ex = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path))
     assert isinstance(ex, LocalExecutors)
     d1, a1 = _artifact(ex, tmp_path, 1)
-    c = ctx("register_challenger", {"package_sign": {"artifact_digest": d1, "archive": str(a1)}}, key="k1")
+    c = ctx(
+        "register_challenger",
+        {"package_sign": {"artifact_digest": d1, "archive": str(a1)}},
+        key="k1",
+    )
     first = ex.register_challenger(c)
     assert ex.register_challenger(c) == first  # a repeat after a crash: same version, no new move
     assert first["version"] == "1" and first["artifact_digest"] == d1
@@ -237,11 +280,18 @@ def test_register_and_alias_moves_are_idempotent_and_published(tmp_path: Path, b
     assert ex.registry.aliases(MODEL) == {"challenger": 1, "shadow": 1, "canary": 1, "champion": 1}
     events = _alias_events(bus)
     assert [(e["alias"], e["to_version"]) for e in events] == [
-        ("challenger", 1), ("shadow", 1), ("canary", 1), ("champion", 1)
+        ("challenger", 1),
+        ("shadow", 1),
+        ("canary", 1),
+        ("champion", 1),
     ]
     # a second model version on canary, then a rollback: shadow/canary return to the champion
     d2, a2 = _artifact(ex, tmp_path, 2)
-    c2 = ctx("register_challenger", {"package_sign": {"artifact_digest": d2, "archive": str(a2)}}, key="k2")
+    c2 = ctx(
+        "register_challenger",
+        {"package_sign": {"artifact_digest": d2, "archive": str(a2)}},
+        key="k2",
+    )
     assert ex.register_challenger(c2)["version"] == "2"
     ex.move_alias(ctx("shadow", c2.inputs, key="k2s"), "shadow", "2")
     ex.move_alias(ctx("canary", c2.inputs, key="k2c"), "canary", "2")
@@ -258,14 +308,29 @@ def test_canary_signals_come_from_the_bus(tmp_path: Path, bus: Bus) -> None:
     at = T0 + timedelta(hours=1)
 
     def pub(stream: str, type_: str, payload: dict[str, Any], i: int) -> None:
-        bus.publish(stream, Event.create(type=type_, key=MODEL, event_time=at, payload=payload, id=f"{type_}-{i}"))
+        bus.publish(
+            stream,
+            Event.create(type=type_, key=MODEL, event_time=at, payload=payload, id=f"{type_}-{i}"),
+        )
 
     pub("models", "canary.failed", {"model": MODEL, "version": "3", "reason": "p99"}, 1)
     pub("models", "canary.failed", {"model": "other", "version": "3"}, 2)  # another model's
-    pub("models", "slo.reading", {"model": MODEL, "version": "3", "name": "p99", "value": 0.2, "objective": 0.05}, 3)
+    pub(
+        "models",
+        "slo.reading",
+        {"model": MODEL, "version": "3", "name": "p99", "value": 0.2, "objective": 0.05},
+        3,
+    )
     pub("models", "slo.reading", {"model": MODEL, "version": "3"}, 4)  # malformed: skipped
-    for i, (variant, version) in enumerate([("canary", "3"), ("canary", "3"), ("primary", "3"), ("canary", "2")]):
-        pub("predictions", "prediction.made", {"model": MODEL, "version": version, "variant": variant}, 10 + i)
+    for i, (variant, version) in enumerate(
+        [("canary", "3"), ("canary", "3"), ("primary", "3"), ("canary", "2")]
+    ):
+        pub(
+            "predictions",
+            "prediction.made",
+            {"model": MODEL, "version": version, "variant": variant},
+            10 + i,
+        )
     signals, requests = ex.canary_signals(ctx("canary"), "3")
     assert sorted(s.kind for s in signals) == ["canary.failed", "slo"]
     assert requests == 2
@@ -296,7 +361,9 @@ class Clock:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_a_run_trains_gates_signs_registers_canaries_and_promotes(tmp_path: Path, bus: Bus, ray_cluster: Any) -> None:
+def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
+    tmp_path: Path, bus: Bus, ray_cluster: Any
+) -> None:
     from keel.artifacts import load_artifact
     from keel.governance import ApprovalLedger
 
@@ -321,8 +388,12 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(tmp_path: Path
     digest = ex.pending_approvals[d.run_id]
     assert digest in info.detail
     ApprovalLedger(tmp_path / "governance" / "approvals.jsonl", clock=clock).record(
-        model=MODEL, artifact_digest=digest, approver="ana", role="validator",
-        decision="approve", evidence_digest=digest,
+        model=MODEL,
+        artifact_digest=digest,
+        approver="ana",
+        role="validator",
+        decision="approve",
+        evidence_digest=digest,
     )
     info = ctl.advance(d.run_id)
     assert info.status is RunStatus.WAITING and info.step == "canary"  # the window runs
@@ -332,14 +403,28 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(tmp_path: Path
     out = {s.step: s.output for s in ctl.steps(d.run_id)}
     assert out["package_sign"]["artifact_digest"] == digest
     champion = ex.registry.get_by_alias(MODEL, "champion")
-    assert champion.digest == digest and str(champion.version) == out["register_challenger"]["version"]
+    assert (
+        champion.digest == digest and str(champion.version) == out["register_challenger"]["version"]
+    )
     loaded = load_artifact(out["package_sign"]["archive"], ex.signing()[1], framework="torch")
-    assert {"drift_profile.json", "model_card.json", "model_card.html", "evaluation.json"} <= set(loaded.files)
+    assert {"drift_profile.json", "model_card.json", "model_card.html", "evaluation.json"} <= set(
+        loaded.files
+    )
     card = json.loads(loaded.files["model_card.json"])
     assert card["training_data"]["fingerprint"] == out["build_training_set"]["fingerprint"]
     assert loaded.manifest.training_data_fingerprint == out["build_training_set"]["fingerprint"]
     gates = {g["gate"]: g["status"] for g in out["gates"]["results"]}
-    assert gates == {g: "passed" for g in ("quality", "calibration", "fairness", "compatibility", "training_data", "approvals")}
+    assert gates == {
+        g: "passed"
+        for g in (
+            "quality",
+            "calibration",
+            "fairness",
+            "compatibility",
+            "training_data",
+            "approvals",
+        )
+    }
     moves = [(e["alias"], e["to_version"]) for e in _alias_events(bus)]
     assert moves == [("challenger", 1), ("shadow", 1), ("canary", 1), ("champion", 1)]
     lineage = ctl.lineage(MODEL)

@@ -97,7 +97,12 @@ PROFILE_FILE = "drift_profile.json"
 CARD_FILE = "model_card.json"
 CARD_HTML = "model_card.html"
 EVALUATION_FILE = "evaluation.json"
-_PARQUET = {"compression": "zstd", "compression_level": 3, "statistics": True, "row_group_size": 65_536}
+_PARQUET = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "statistics": True,
+    "row_group_size": 65_536,
+}
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -173,7 +178,9 @@ class LocalOptions:
             canonical(dict(options))
         except (TypeError, ValueError) as e:
             raise InvalidInputError(f"options must be plain JSON values: {e}") from None
-        top = _build(cls, options, "options", nested={"trainer": TrainerOptions, "gates": GateOptions})
+        top = _build(
+            cls, options, "options", nested={"trainer": TrainerOptions, "gates": GateOptions}
+        )
         for key in ("model", "feature_definitions", "trainer_identity", "owner", "intended_use"):
             if not str(getattr(top, key)).strip():
                 raise InvalidInputError(f"options.{key} must be a non-empty string")
@@ -194,7 +201,9 @@ class LocalOptions:
                 "options.trainer: epochs, batch_size and num_workers must be >= 1 and hidden non-empty"
             )
         if top.gates.risk_tier not in (1, 2, 3):
-            raise InvalidInputError(f"options.gates.risk_tier must be 1, 2 or 3, got {top.gates.risk_tier}")
+            raise InvalidInputError(
+                f"options.gates.risk_tier must be 1, 2 or 3, got {top.gates.risk_tier}"
+            )
         if (top.registry_tracking_uri is None) != (top.registry_db_url is None):
             raise InvalidInputError(
                 "options.registry_tracking_uri and options.registry_db_url go together "
@@ -203,7 +212,9 @@ class LocalOptions:
         return top
 
 
-def _build(cls: Any, values: Mapping[str, Any], where: str, nested: Mapping[str, Any] | None = None) -> Any:
+def _build(
+    cls: Any, values: Mapping[str, Any], where: str, nested: Mapping[str, Any] | None = None
+) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -233,7 +244,9 @@ def _coerce(v: Any, typ: str, where: str) -> Any:
             return None
         raise InvalidInputError(f"{where} must not be null")
     if typ.startswith("tuple[int"):
-        if not isinstance(v, list | tuple) or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
+        if not isinstance(v, list | tuple) or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v
+        ):
             raise InvalidInputError(f"{where} must be a list of positive integers, got {v!r}")
         return tuple(v)
     if typ.startswith("tuple[str"):
@@ -475,7 +488,9 @@ class LocalExecutors:
             try:
                 t = datetime.fromisoformat(str(v).replace("Z", "+00:00"))
             except ValueError:
-                raise InvalidInputError(f"run parameter {key}={v!r} is not an ISO-8601 time") from None
+                raise InvalidInputError(
+                    f"run parameter {key}={v!r} is not an ISO-8601 time"
+                ) from None
             if t.tzinfo is None:
                 raise InvalidInputError(f"run parameter {key}={v!r} needs a time zone")
             return t.astimezone(UTC)
@@ -517,7 +532,17 @@ class LocalExecutors:
             raise InvalidInputError(
                 f"options.features {missing} are not columns of the training set; it has {ts.columns}"
             )
-        cols = list(dict.fromkeys([o.time_column, *entity_cols, *o.features, o.label_column, *(c for c in [o.group_column] if c)]))
+        cols = list(
+            dict.fromkeys(
+                [
+                    o.time_column,
+                    *entity_cols,
+                    *o.features,
+                    o.label_column,
+                    *(c for c in [o.group_column] if c),
+                ]
+            )
+        )
         ts = ts.select(cols).with_columns(
             [pl.col(c).cast(pl.Float64).fill_null(0.0).fill_nan(0.0) for c in o.features]
             + [pl.col(o.label_column).cast(pl.Int8)]
@@ -649,7 +674,9 @@ class LocalExecutors:
             info = self.registry.get_by_alias(self.o.model, "champion")
         except NotFoundError:
             return None
-        dst = self.work / "champions" / f"v{info.version}-{info.digest.removeprefix('sha256:')[:16]}"
+        dst = (
+            self.work / "champions" / f"v{info.version}-{info.digest.removeprefix('sha256:')[:16]}"
+        )
         archive = next(iter(sorted(dst.glob("*.tar"))), None) if dst.is_dir() else None
         if archive is None:
             tmp = dst.with_name(dst.name + f".tmp-{uuid.uuid4().hex}")
@@ -741,7 +768,9 @@ class LocalExecutors:
         out["metrics"] = _metrics(y, cs)
         if o.group_column:
             groups = hold[o.group_column].cast(pl.String).fill_null("(null)").to_numpy()
-            out["by_group"] = {g: _metrics(y[groups == g], cs[groups == g]) for g in sorted(set(groups.tolist()))}
+            out["by_group"] = {
+                g: _metrics(y[groups == g], cs[groups == g]) for g in sorted(set(groups.tolist()))
+            }
         return _round(out)  # type: ignore[no-any-return]
 
     # -- the artifact (built before the gates judge its digest; deterministic) -----------------
@@ -762,12 +791,20 @@ class LocalExecutors:
             read_manifest,
         )
         from keel.drift import ProfileOptions, build_profile
-        from keel.governance import FairnessGate, RiskFactors, build_card, fairness_report, render_card_html
+        from keel.governance import (
+            FairnessGate,
+            RiskFactors,
+            build_card,
+            fairness_report,
+            render_card_html,
+        )
         from keel.trainer import final_weights
 
         o = self.o
         bts, tr, ev = ctx.inputs["build_training_set"], ctx.inputs["train"], ctx.inputs["evaluate"]
-        key = sha256_hex({"set": bts["fingerprint"], "train": tr, "eval": ev["metrics"], "model": o.model})[:20]
+        key = sha256_hex(
+            {"set": bts["fingerprint"], "train": tr, "eval": ev["metrics"], "model": o.model}
+        )[:20]
         out = self.work / "artifacts"
         archive = out / f"{o.model}-{key}.tar"
         if archive.exists():
@@ -782,7 +819,11 @@ class LocalExecutors:
             created_at=bts["time_range"][1],
         )
         weights = final_weights(Path(tr["checkpoint"]))
-        metrics = {k: float(v) for k, v in ev["metrics"].items() if isinstance(v, int | float) and math.isfinite(v)}
+        metrics = {
+            k: float(v)
+            for k, v in ev["metrics"].items()
+            if isinstance(v, int | float) and math.isfinite(v)
+        }
         spec = ArtifactSpec(
             name=o.model,
             architecture=Architecture(
@@ -790,7 +831,9 @@ class LocalExecutors:
             ),
             input_schema=[FieldSpec(name=f, dtype="float64") for f in o.features],
             output_schema=[FieldSpec(name="score", dtype="float32", min=0.0, max=1.0)],
-            feature_views=[FeatureViewRef(name=n, version=v) for n, v in sorted(bts["feature_views"].items())],
+            feature_views=[
+                FeatureViewRef(name=n, version=v) for n, v in sorted(bts["feature_views"].items())
+            ],
             training_data_fingerprint=bts["fingerprint"],
             code=CodeVersion(commit=ctx.code_version or "unknown", dirty=False),
             dependency_lock_hash=ctx.lock_hash,
@@ -805,7 +848,11 @@ class LocalExecutors:
                 {o.group_column: scores["group"].to_numpy()},
             )
         tier = o.gates.risk_tier
-        risk = {1: ("high", "high", "automated_decision"), 2: ("medium", "medium", "decision_support"), 3: ("low", "low", "decision_support")}[tier]
+        risk = {
+            1: ("high", "high", "automated_decision"),
+            2: ("medium", "medium", "decision_support"),
+            3: ("low", "low", "decision_support"),
+        }[tier]
         card = build_card(
             {
                 "name": o.model,
@@ -837,7 +884,11 @@ class LocalExecutors:
                 "the holdout is the most recent slice of the labelled data",
             ],
         )
-        evaluation = {"holdout": ev["holdout"], "metrics": ev["metrics"], "by_group": ev["by_group"]}
+        evaluation = {
+            "holdout": ev["holdout"],
+            "metrics": ev["metrics"],
+            "by_group": ev["by_group"],
+        }
         files = {
             PROFILE_FILE: profile.to_json(),
             CARD_FILE: canonical(card),
@@ -847,7 +898,12 @@ class LocalExecutors:
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / f".tmp-{uuid.uuid4().hex}"
         built = build_artifact(
-            tmp / "dir", spec, weights, files=files, signing_key=self.signing()[0], archive=tmp / "a.tar"
+            tmp / "dir",
+            spec,
+            weights,
+            files=files,
+            signing_key=self.signing()[0],
+            archive=tmp / "a.tar",
         )
         if not archive.exists():
             os.replace(tmp / "a.tar", archive)
@@ -869,7 +925,9 @@ class LocalExecutors:
         champ_ev = self.champion_on_holdout(ctx)
         champ_metrics = None if champ_ev is None else champ_ev["metrics"]
         results: list[GateResult] = []
-        q = QualityGate(g.metric, g.threshold, g.min_abs_improvement, g.min_rel_improvement).evaluate(
+        q = QualityGate(
+            g.metric, g.threshold, g.min_abs_improvement, g.min_rel_improvement
+        ).evaluate(
             Holdout(ev["holdout"], {k: v for k, v in ev["metrics"].items() if v is not None}),
             None
             if champ_metrics is None
@@ -905,17 +963,26 @@ class LocalExecutors:
         results.append(CompatibilityGate().evaluate(manifest, req))
         if champ is not None and PROFILE_FILE in champ[1].files:
             profile = ReferenceProfile.from_json(champ[1].files[PROFILE_FILE])
-            train = pl.read_parquet(Path(ctx.inputs["build_training_set"]["path"]) / "train.parquet")
+            train = pl.read_parquet(
+                Path(ctx.inputs["build_training_set"]["path"]) / "train.parquet"
+            )
             cols = [c for c in o.features if c in profile.columns]
-            result = check_drift(profile, train.select(cols), rng=np.random.default_rng(o.trainer.seed))
-            results.append(TrainingDataGate(g.max_drift_share).evaluate(DriftPolicy().decide(result, [])))
+            result = check_drift(
+                profile, train.select(cols), rng=np.random.default_rng(o.trainer.seed)
+            )
+            results.append(
+                TrainingDataGate(g.max_drift_share).evaluate(DriftPolicy().decide(result, []))
+            )
         else:
             results.append(
                 GateResult(
                     TrainingDataGate.name,
                     GateStatus.PASSED,
                     (),
-                    {"reference": None, "note": "no champion reference profile to compare with (first model)"},
+                    {
+                        "reference": None,
+                        "note": "no champion reference profile to compare with (first model)",
+                    },
                 )
             )
         ledger = ApprovalLedger(self._ledger_path())
@@ -985,7 +1052,9 @@ class LocalExecutors:
         except NotFoundError:  # the model's first version
             champ = None
         v = self.registry.register(
-            Path(ps["archive"]), trust=self.signing()[1], parent_version=None if champ is None else int(champ)
+            Path(ps["archive"]),
+            trust=self.signing()[1],
+            parent_version=None if champ is None else int(champ),
         )
         if v.digest != ps["artifact_digest"]:
             raise PipelinesError(
@@ -1004,7 +1073,10 @@ class LocalExecutors:
 
     def move_alias(self, ctx: StepContext, alias: str, version: str) -> Mapping[str, Any]:
         e = self.registry.promote(
-            self.o.model, alias, int(version), self._decision(ctx, f"{ctx.step}: {alias} -> v{version}")
+            self.o.model,
+            alias,
+            int(version),
+            self._decision(ctx, f"{ctx.step}: {alias} -> v{version}"),
         )
         return {
             "from_version": None if e.from_version is None else str(e.from_version),
@@ -1021,7 +1093,10 @@ class LocalExecutors:
         for alias in ("canary", "shadow"):
             if aliases.get(alias) == int(version) and champion is not None:
                 e = self.registry.promote(
-                    self.o.model, alias, champion, self._decision(ctx, f"rollback: {alias} back to the champion")
+                    self.o.model,
+                    alias,
+                    champion,
+                    self._decision(ctx, f"rollback: {alias} back to the champion"),
                 )
                 restored[alias] = {"to_version": str(champion), "audit_seq": e.seq}
         return {"removed_from": sorted(restored), "restored": restored, "champion": champion}
@@ -1036,7 +1111,10 @@ class LocalExecutors:
                     continue
                 try:
                     body = ev.json()
-                    if isinstance(body, Mapping) and body.get("model", self.o.model) != self.o.model:
+                    if (
+                        isinstance(body, Mapping)
+                        and body.get("model", self.o.model) != self.o.model
+                    ):
                         continue
                     signals.append(signal_from_event(ev))
                 except PipelinesError:
@@ -1056,8 +1134,12 @@ class LocalExecutors:
 
 
 def start_ray(
-    *, address: str | None = None, num_cpus: int | None = None, object_store_bytes: int | None = None,
-    tmp_dir: str | None = None, attempts: int = 3,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    object_store_bytes: int | None = None,
+    tmp_dir: str | None = None,
+    attempts: int = 3,
 ) -> Any:
     """keel.trainer's `ensure_ray`, retried: on a loaded machine a local Ray's first start can
     miss its own 30-second registration wait (its agents start slowly); a second start then
@@ -1070,13 +1152,18 @@ def start_ray(
     for i in range(attempts):
         try:
             return ensure_ray(
-                address=address, num_cpus=num_cpus, object_store_bytes=object_store_bytes, tmp_dir=tmp_dir
+                address=address,
+                num_cpus=num_cpus,
+                object_store_bytes=object_store_bytes,
+                tmp_dir=tmp_dir,
             )
         except Exception as e:  # Ray raises a bare Exception when its node times out
             if ray.is_initialized():
                 ray.shutdown()
             if i == attempts - 1:
-                raise PipelinesError(f"local Ray did not start after {attempts} attempts: {e}") from None
+                raise PipelinesError(
+                    f"local Ray did not start after {attempts} attempts: {e}"
+                ) from None
     return None
 
 
@@ -1086,4 +1173,3 @@ def build_executors(*, home: Path, bus: Bus, options: Mapping[str, Any]) -> Exec
     unknown key is an `InvalidInputError` naming it). ``bus``: where alias moves are
     published and canary signals / the prediction log are read."""
     return LocalExecutors(home=home, bus=bus, options=LocalOptions.parse(options))
-
