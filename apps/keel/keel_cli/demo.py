@@ -338,7 +338,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         # the monitor sees from here on
         from keel_cli.demo_loop import Loop, request_features
 
-        data = request_features(data, seed)
+        data = request_features(data, seed, view)
         loop = Loop(
             out,
             open_bus(f"sqlite://{bus_path}"),

@@ -24,7 +24,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     import polars as pl
-    from rich.console import Console
 
     from keel.events import Bus
     from keel.features import FeatureView
@@ -74,9 +73,10 @@ def model_features(view: FeatureView) -> list[str]:
     return [*REQUEST_FEATURES, *(f"{view.name}__{n}" for n in counts)]
 
 
-def request_features(df: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """Request-time inputs computed from the transaction itself, plus a synthetic customer
-    age band per card (the demo's protected attribute for the fairness gate)."""
+def request_features(df: pl.DataFrame, seed: int, view: FeatureView) -> pl.DataFrame:
+    """Request-time inputs computed from the transaction itself, the view's features under
+    their training-set names (``<view>__<feature>``), and a synthetic customer age band per
+    card (the demo's protected attribute for the fairness gate)."""
     import polars as pl
 
     cards = df["card"].to_numpy()
@@ -90,6 +90,7 @@ def request_features(df: pl.DataFrame, seed: int) -> pl.DataFrame:
         (hour < 5).cast(pl.Float64).alias("is_night"),
         (pl.col("merchant") == "crypto").cast(pl.Float64).alias("is_crypto"),
         pl.Series("age_band", bands[idx]),
+        *(pl.col(n).cast(pl.Float64).alias(f"{view.name}__{n}") for n in view.feature_names),
     )
 
 
@@ -133,12 +134,11 @@ class Loop:
     """The demo's loop on embedded parts; see the module docstring."""
 
     def __init__(self, out: Path, bus: Bus, view: FeatureView, seed: int, start: datetime) -> None:
+        import logging
+        import os
+
         from keel.pipelines import CanaryPolicy, Controller, TriggerPolicy
         from keel.pipelines.local import build_executors
-
-        import logging
-
-        import os
 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # the live progress is the log
         logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -216,6 +216,7 @@ class Loop:
         verified against the trusted key, built (no HTTP server)."""
         from keel.serving import ModelRef, load_from_registry
 
+        (self.root / "serving").mkdir(parents=True, exist_ok=True)
         version, p = load_from_registry(
             self.ex.registry,
             ModelRef(MODEL, alias),
@@ -382,6 +383,11 @@ class Loop:
         ):
             info = self.drive(d.run_id, on_step=on_step, on_canary=on_canary)
         self._run_record("first model", "bootstrap", info)
+        if info.status.value != "promoted":
+            raise RuntimeError(
+                f"the demo's first model was not promoted ({info.status.value}: {info.detail}); "
+                f"see {self.out / 'gates-bootstrap.json'}"
+            )
 
     def _canary_traffic(self, frame: pl.DataFrame, canary: Any, primary: Any, tag: str) -> None:
         import polars as pl
@@ -414,6 +420,7 @@ class Loop:
         from keel.serving import PredictionLog
 
         p = self.predictor("champion")
+        # ``data`` is in stream (event-time) order, so past rows then live rows is its order
         past = data.filter(pl.col("event_time") < live_from)
         live = data.filter(pl.col("event_time") >= live_from)
         log = PredictionLog(self.bus, stream=PREDICTIONS_STREAM, max_queue=live.height + 10)
@@ -653,7 +660,6 @@ def write_page(out: Path, rec: LoopRecord, drift_html: str, seed: int) -> Path:
     """``out/index.html``: the loop at a glance, linking the drift report, the model cards,
     the gate results and the provenance chain."""
     retrain = rec.runs[-1] if rec.runs else {}
-    first = rec.runs[0] if rec.runs else {}
     parts: list[str] = []
     moved = [m for m in rec.alias_moves if m["alias"] == "champion"]
     head = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,8 +126,8 @@ def opts(root: Path, **over: Any) -> dict[str, Any]:
 
 def ctx(
     step: str,
-    inputs: dict[str, Any] | None = None,
-    params: dict[str, Any] | None = None,
+    inputs: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
     key: str = "",
 ) -> StepContext:
     return StepContext(
@@ -173,7 +173,7 @@ def test_missing_required_option_is_named(tmp_path: Path, bus: Bus) -> None:
 
 def test_options_round_trip_defaults(tmp_path: Path) -> None:
     o = LocalOptions.parse(opts(tmp_path))
-    assert o.trainer.hidden == (8,) and o.trainer.epochs == 1 and o.gates.risk_tier == 3
+    assert o.trainer.hidden == (8,) and o.trainer.epochs == 6 and o.gates.risk_tier == 3
     assert o.features == tuple(FEATURES) and o.events_stream == "models"
 
 
@@ -192,7 +192,9 @@ def test_training_set_is_point_in_time_and_fingerprinted_by_content(
     assert out["train_rows"] + out["holdout_rows"] == out["rows"] == 1600
     train = pl.read_parquet(path / "train.parquet")
     hold = pl.read_parquet(path / "holdout.parquet")
-    assert train["timestamp"].max() < hold["timestamp"].min()  # the holdout is the latest slice
+    latest_train, first_holdout = train["timestamp"].max(), hold["timestamp"].min()
+    assert isinstance(latest_train, datetime) and isinstance(first_holdout, datetime)
+    assert latest_train < first_holdout  # the holdout is the latest slice
     # point in time: a label's 6-hour count covers only events at or before its own time
     log = OfflineStore(tmp_path / "offline").read("events.txn.created").collect()
     row = hold.row(0, named=True)

@@ -17,6 +17,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 runner = CliRunner()
+# the full demo trains two models on local Ray: minutes on a loaded 2-core machine
+pytestmark = pytest.mark.timeout(2400)
 
 
 SEED, PER_DAY = 11, 2500
@@ -141,15 +143,17 @@ def test_keel_provenance_verify_walks_the_champion_back_to_the_drift(demo_home: 
 def test_a_rerun_on_unchanged_data_hits_the_cache(demo_home: Path) -> None:
     from datetime import UTC, datetime
 
-    from keel.events import open_bus
-    from keel.pipelines import CACHED, CanaryPolicy, Controller, Trigger
-    from keel.pipelines.local import build_executors
     from keel_cli.demo import feature_view
     from keel_cli.demo_loop import _code_version, _lock_hash, options
+
+    from keel.events import open_bus
+    from keel.pipelines import CACHED, CanaryPolicy, Controller, Trigger
+    from keel.pipelines.local import LocalExecutors, build_executors
 
     root = demo_home / "demo" / "loop"
     bus = open_bus(f"sqlite://{demo_home / 'events.db'}")
     ex = build_executors(home=root, bus=bus, options=options(feature_view(), SEED))
+    assert isinstance(ex, LocalExecutors)
     ctl = Controller(
         ex,
         clock=lambda: datetime(2026, 3, 14, tzinfo=UTC),
@@ -175,7 +179,7 @@ def test_a_rerun_on_unchanged_data_hits_the_cache(demo_home: Path) -> None:
         assert [v.version for v in ex.registry.versions("fraud-demo")] == [1, 2]
     finally:
         ctl.close()
-        ex.close()  # type: ignore[attr-defined]
+        ex.close()
         bus.close()
 
 

@@ -461,7 +461,7 @@ class LocalExecutors:
         names = []
         for v in self.views:
             names.append(event_log_dataset(self._event_type(v)))
-        return sorted(set(names)) + [self.labels_dataset]
+        return [*sorted(set(names)), self.labels_dataset]
 
     # -- pure steps --------------------------------------------------------------------------
     def source_fingerprints(self, ctx: StepContext) -> Mapping[str, str]:
@@ -793,6 +793,8 @@ class LocalExecutors:
         from keel.drift import ProfileOptions, build_profile
         from keel.governance import (
             FairnessGate,
+            Level,
+            Use,
             RiskFactors,
             build_card,
             fairness_report,
@@ -867,7 +869,7 @@ class LocalExecutors:
             },
             owner=o.owner,
             intended_use=o.intended_use,
-            risk=RiskFactors(*risk),
+            risk=RiskFactors(Level(risk[0]), Level(risk[1]), Use(risk[2])),
             generated_at=datetime.fromisoformat(bts["time_range"][1]),
             lineage={
                 "training_set": bts["fingerprint"],
