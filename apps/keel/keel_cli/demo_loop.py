@@ -125,6 +125,10 @@ def options(view: FeatureView, seed: int) -> dict[str, Any]:
             "min_abs_improvement": 0.0,
             "max_ece": 0.05,
             "max_drift_share": 0.9,
+            # the demo's protected attribute is random, and its groups hold a few hundred
+            # holdout rows with a handful of alerts each: the ratio of alert rates moves by
+            # +-0.3 from noise alone, so the demo asks for 0.5 (keel.governance's default: 0.8)
+            "min_disparate_impact_ratio": 0.5,
             "risk_tier": 3,
         },
     }
@@ -141,6 +145,7 @@ class Loop:
         from keel.pipelines.local import build_executors
 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # the live progress is the log
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         self.root = out / "loop"
         self.root.mkdir(parents=True, exist_ok=True)

@@ -136,6 +136,11 @@ class GateOptions:
     max_ece_increase: float | None = None
     max_drift_share: float = 0.5
     risk_tier: int = 3
+    # keel.governance FairnessGate thresholds (its defaults)
+    max_demographic_parity_difference: float = 0.1
+    min_disparate_impact_ratio: float = 0.8
+    max_equal_opportunity_difference: float = 0.1
+    min_group_size: int = 30
 
 
 @dataclass(frozen=True)
@@ -677,7 +682,8 @@ class LocalExecutors:
         dst = (
             self.work / "champions" / f"v{info.version}-{info.digest.removeprefix('sha256:')[:16]}"
         )
-        archive = next(iter(sorted(dst.glob("*.tar"))), None) if dst.is_dir() else None
+        # the registry's download keeps its own layout (keel/<archive>.tar): search below dst
+        archive = next(iter(sorted(dst.rglob("*.tar"))), None) if dst.is_dir() else None
         if archive is None:
             tmp = dst.with_name(dst.name + f".tmp-{uuid.uuid4().hex}")
             tmp.mkdir(parents=True)
@@ -686,7 +692,7 @@ class LocalExecutors:
                 shutil.rmtree(tmp)
             else:
                 os.replace(tmp, dst)
-            archive = next(iter(sorted(dst.glob("*.tar"))))
+            archive = next(iter(sorted(dst.rglob("*.tar"))))
         return info, load_artifact(archive, self.signing()[1], framework="torch")
 
     @staticmethod
@@ -794,8 +800,8 @@ class LocalExecutors:
         from keel.governance import (
             FairnessGate,
             Level,
-            Use,
             RiskFactors,
+            Use,
             build_card,
             fairness_report,
             render_card_html,
@@ -946,7 +952,16 @@ class LocalExecutors:
         )
         fairness_passed: bool | None = None
         if o.group_column:
-            fr = FairnessPolicy().evaluate(y, s, {o.group_column: scores["group"].to_numpy()})
+            from keel.governance import FairnessGate
+
+            fr = FairnessPolicy(
+                FairnessGate(
+                    g.max_demographic_parity_difference,
+                    g.min_disparate_impact_ratio,
+                    g.max_equal_opportunity_difference,
+                    g.min_group_size,
+                )
+            ).evaluate(y, s, {o.group_column: scores["group"].to_numpy()})
             fairness_passed = fr.passed
             results.append(fr)
         digest, _archive, manifest = self._artifact(ctx)
@@ -1141,7 +1156,7 @@ def start_ray(
     num_cpus: int | None = None,
     object_store_bytes: int | None = None,
     tmp_dir: str | None = None,
-    attempts: int = 3,
+    attempts: int = 4,
 ) -> Any:
     """keel.trainer's `ensure_ray`, retried: on a loaded machine a local Ray's first start can
     miss its own 30-second registration wait (its agents start slowly); a second start then
