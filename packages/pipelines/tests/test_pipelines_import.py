@@ -5,7 +5,7 @@ from __future__ import annotations
 from testutil.imports import loaded_from, modules_loaded_by
 
 import keel.pipelines
-import keel.pipelines.local  # noqa: F401  (a dependency for Pants; the check runs in a fresh interpreter)
+import keel.pipelines.local  # a dependency for Pants; the check runs in a fresh interpreter
 
 FORBIDDEN = ("torch", "ray", "mlflow", "pandas", "sklearn", "polars")
 
