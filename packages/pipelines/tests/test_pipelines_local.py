@@ -408,7 +408,10 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     assert (
         champion.digest == digest and str(champion.version) == out["register_challenger"]["version"]
     )
-    loaded = load_artifact(out["package_sign"]["archive"], ex.signing()[1], framework="torch")
+    extra = ["drift_profile.json", "model_card.json", "model_card.html", "evaluation.json"]
+    loaded = load_artifact(
+        out["package_sign"]["archive"], ex.signing()[1], framework="torch", read_files=extra
+    )
     assert {"drift_profile.json", "model_card.json", "model_card.html", "evaluation.json"} <= set(
         loaded.files
     )
@@ -447,5 +450,8 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     # the champion, scored on the same holdout, is the challenger itself: no gain, no loss
     q = next(g for g in ctl.steps(d2.run_id)[3].output["results"] if g["gate"] == "quality")
     assert q["evidence"]["champion"] == q["evidence"]["challenger"]
+    # now there is a champion: the new training data is judged against its drift profile
+    td = next(g for g in ctl.steps(d2.run_id)[3].output["results"] if g["gate"] == "training_data")
+    assert td["evidence"].get("decision") is not None and td["status"] == "passed"
     ctl.close()
     ex.close()

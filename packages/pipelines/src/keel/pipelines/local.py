@@ -672,7 +672,7 @@ class LocalExecutors:
 
     def _champion(self) -> tuple[Any, Any] | None:
         """(ModelVersionInfo, LoadedArtifact) of ``model@champion``, verified; None if unset."""
-        from keel.artifacts import load_artifact
+        from keel.artifacts import load_artifact, read_manifest
         from keel.registry_client import NotFoundError
 
         try:
@@ -693,7 +693,13 @@ class LocalExecutors:
             else:
                 os.replace(tmp, dst)
             archive = next(iter(sorted(dst.rglob("*.tar"))))
-        return info, load_artifact(archive, self.signing()[1], framework="torch")
+        listed = {f.path for f in read_manifest(archive)[0].files}
+        return info, load_artifact(
+            archive,
+            self.signing()[1],
+            framework="torch",
+            read_files=[PROFILE_FILE] if PROFILE_FILE in listed else [],  # verified bytes
+        )
 
     @staticmethod
     def _score(model: Any, x: np.ndarray) -> np.ndarray:
