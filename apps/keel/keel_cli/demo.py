@@ -1,22 +1,32 @@
-"""`keel demo`: the platform's loop on one machine, on embedded defaults (no services).
+"""`keel demo`: the platform's closed loop on one machine, on embedded defaults (no services).
 
 1. Generate a seeded, realistic stream of card transactions (10 days, diurnal traffic,
-   merchant mix, amounts by category, a fraud model's score) with drift injected on
-   day 6: online and a new "crypto" category grow, amounts rise, a new country
-   appears, traffic shifts to the night - and fraud starts to look different.
+   merchant mix, amounts by category, true fraud labels) with drift injected on day 6:
+   online and a new "crypto" category grow, amounts rise, a new country appears, traffic
+   shifts to the night - and fraud starts to look different.
 2. Publish it through keel.events - the embedded log ``KEEL_HOME/events.db``, the one
    ``keel events stats`` reads with the same home, stream ``demo-transactions`` (replaced
    on every run) - and consume it back like the feature worker would.
 3. Compute card features with both engines of keel.features - the batch (Polars)
    engine and the incremental streaming engine - and check they agree.
-4. Build a keel.drift reference profile from the first five days (as at training time),
-   then run the streaming drift monitor over the rest in sliding 1-day windows, with a
-   label-free performance estimate and, once the (late) labels arrive, the realised one.
-5. Write the HTML report (plus JSON and PNGs) under KEEL_HOME/demo and return its path.
+4. The first model (`keel_cli.demo_loop`): the offline event log and labels of days 1-5 →
+   a keel.pipelines run with the real executors (point-in-time training set, keel.trainer
+   on local Ray, gates, an approval, a signed artifact with its drift profile and model card,
+   registry challenger → shadow → canary → champion).
+5. Serve: the champion, loaded from the registry by keel.serving's loader, scores every
+   transaction; days 6-10 are live traffic and go to the prediction log.
+6. Build a keel.drift reference profile from days 2-5, run the streaming drift monitor over
+   the rest in sliding 1-day windows (with a label-free and, once the late labels arrive, a
+   realised performance estimate); write the HTML report (plus JSON and PNGs).
+7. The episode's ``drift.detected`` event triggers the retrain run (labels of the drifted
+   days), which passes its gates against the champion on the same holdout, is approved,
+   canaried on a share of the traffic and promoted. ``KEEL_HOME/demo/index.html`` shows the
+   loop: runs, gate results, artifact digests, alias moves, the verified provenance chain.
 
-Deterministic: the same seed gives the same JSON report in any home (tested). Every
+Deterministic: the same seed gives the same drift JSON report in any home (tested). Every
 random draw comes from a generator seeded from ``seed``; rows are put in a fixed order
-before anything order-sensitive (the monitor's row sample) sees them; no wall clock.
+before anything order-sensitive (the monitor's row sample) sees them; training is seeded
+and bitwise reproducible on CPU; the loop's clock is simulated.
 """
 
 from __future__ import annotations
@@ -131,26 +141,11 @@ def generate_transactions(seed: int, per_day: int = 14_000, cards: int = 3_000) 
 
 
 def feature_view() -> FeatureView:
-    from keel.features import Aggregation, Entity, EventSource, FeatureView
+    """The demo's card-activity view (defined in `keel_cli.demo_features`, where the
+    pipelines' executors load it by module name)."""
+    from keel_cli.demo_features import card_activity
 
-    h, d = timedelta(hours=1), timedelta(days=1)
-    return FeatureView(
-        name="card_activity",
-        source=EventSource("txn.created", stream=STREAM),
-        entities=(Entity("card"),),
-        fields={"amount": "float", "merchant": "str", "country": "str", "channel": "str"},
-        features=(
-            Aggregation("count", None, h),
-            Aggregation("count", None, d),
-            Aggregation("sum", "amount", d),
-            Aggregation("mean", "amount", d),
-            Aggregation("max", "amount", h),
-            Aggregation("distinct_count", "merchant", d),
-            Aggregation("distinct_count", "country", d),
-        ),
-        id_column="event_id",
-        allowed_lateness=timedelta(minutes=10),
-    )
+    return card_activity
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -211,7 +206,8 @@ def _prepare_home(home: Path) -> Path:
 
 
 def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) -> Path:
-    """Run the demo under ``home`` (KEEL_HOME); returns the HTML report's path.
+    """Run the demo under ``home`` (KEEL_HOME); returns the drift report's path (the loop's
+    page, ``index.html``, is beside it).
 
     ``per_day``: transactions per simulated day (tests run a smaller stream)."""
     if not 0 <= seed <= MAX_SEED:
@@ -238,7 +234,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     from keel.features import StreamingEngine, backfill, compute_at, events_to_frame
 
     out = _prepare_home(home)
-    console.rule("[bold]Keel demo: card transactions, features, drift")
+    console.rule("[bold]Keel demo: card transactions, features, a model, drift, retrain, promotion")
 
     with _progress(console) as progress:
         # 1. the stream ----------------------------------------------------------------
@@ -281,7 +277,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
             bus.close()
         view = feature_view()
         frame, dead = events_to_frame(view, events)
-        del events, rows
+        del rows
 
         # 3. features with both engines --------------------------------------------------
         t = progress.add_task("features: batch engine (Polars)", total=1)
@@ -338,6 +334,22 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         data = score_and_label(
             data.with_columns(pl.col("event_time").dt.hour().alias("hour")), seed
         )
+        # the first model: trained, gated, signed, registered, served - its scores are what
+        # the monitor sees from here on
+        from keel_cli.demo_loop import Loop, request_features
+
+        data = request_features(data, seed, view)
+        loop = Loop(
+            out,
+            open_bus(f"sqlite://{bus_path}"),
+            view,
+            seed,
+            START + timedelta(days=REFERENCE_DAYS),
+        )
+        loop.bootstrap(progress, events, data, START + timedelta(days=REFERENCE_DAYS), START)
+        t = progress.add_task("serving the champion (prediction log)", total=1)
+        data = loop.serve_champion(data, START + timedelta(days=REFERENCE_DAYS))
+        progress.update(t, completed=1)
         model_cols = ["amount", "merchant", "country", "channel", "hour", *names]
         split = START + timedelta(days=REFERENCE_DAYS)
         # day 1 only warms up the 1-day windows (their values are low while they fill up):
@@ -389,6 +401,17 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
                 "realised_auc": real["realised_auc"],
             }
             final.append(ReportWindow(w.result, w.decision, perf))
+        # drift.detected -> the retrain run, once the drifted days' labels have arrived
+        loop.retrain(
+            progress,
+            events,
+            data,
+            final,
+            START + timedelta(days=REFERENCE_DAYS),
+            START + timedelta(days=DAYS),
+            START + timedelta(days=DAYS - 2),
+        )
+        del events
 
     # 5. the report -----------------------------------------------------------------------
     drift_windows = [w for w in final if w.decision and w.decision.decision.value == "drift"]
@@ -426,6 +449,14 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         drift_windows[0].result.window_end if drift_windows else None,
     )
     _summary(console, figures, final)
+    try:
+        loop.finish()
+        from keel_cli.demo_loop import write_page
+
+        write_page(out, loop.record, html_path.name, seed)
+        _loop_summary(console, loop.record, out)
+    finally:
+        loop.close()
     return html_path
 
 
@@ -479,3 +510,45 @@ def _summary(console: Console, f: DemoFigures, windows: list[Any]) -> None:
         f"{f.drift_windows} of {f.windows} windows in drift"
         + (f", the first ending {f.first_drift_window}" if f.first_drift_window else "")
     )
+
+
+def _loop_summary(console: Console, rec: Any, out: Path) -> None:
+    """Every artifact digest and alias move, the provenance verdict, where the page is."""
+    from rich.table import Table
+
+    runs = Table(title="the loop: pipeline runs")
+    for col in ("run", "status", "version", "artifact digest", "training set", "cached steps"):
+        runs.add_column(col, overflow="fold")
+    for r in rec.runs:
+        cached = [s["step"] for s in r["steps"] if s["cache_hit"]]
+        runs.add_row(
+            r["title"],
+            r["status"],
+            f"v{r['version']}" if r["version"] else "-",
+            r["artifact_digest"] or "-",
+            (r["training_set"] or "-")[:23],
+            ", ".join(cached) or "none",
+        )
+    console.print(runs)
+    moves = Table(title="alias moves (registry audit log; each published as model.alias_moved)")
+    for col in ("#", "alias", "move", "why"):
+        moves.add_column(col, overflow="fold")
+    for m in rec.alias_moves:
+        moves.add_row(
+            str(m["seq"]),
+            m["alias"],
+            f"{m['from_version'] or '-'} -> {m['to_version']}",
+            m["why"][:70],
+        )
+    console.print(moves)
+    p = rec.provenance
+    lin = p.get("lineage", {})
+    console.print(
+        f"provenance: {p.get('count', 0)} hash-chained entries, "
+        + ("[green]verified[/]" if p.get("ok") else "[red]BROKEN[/]")
+        + f"; champion {lin.get('artifact_digest', '-')} <- training set "
+        f"{lin.get('training_set_fingerprint', '-')} <- trigger {(lin.get('trigger') or {}).get('key', '-')}"
+    )
+    if rec.drift_to_promoted_s is not None:
+        console.print(f"drift.detected -> champion moved: {rec.drift_to_promoted_s:.1f} s")
+    console.print(f"[bold]the loop at a glance:[/] {out / 'index.html'}")

@@ -88,16 +88,20 @@ def demo(
     config: Path | None = ConfigOpt,
     seed: int = typer.Option(7, help="seed for the synthetic transaction stream (0 .. 2**32-1)"),
 ) -> None:
-    """Run the built part of the Keel loop end to end on embedded defaults (no services needed).
+    """Run the whole Keel loop end to end on embedded defaults (no services needed).
 
-    Card transactions with drift injected partway -> event bus -> features (batch and
-    streaming engines, checked equal) -> reference profile -> drift monitor -> HTML report.
+    Card transactions -> event bus -> features (batch and streaming engines, checked equal)
+    -> a model trained on Ray, signed, registered as champion -> served (prediction log) ->
+    injected drift detected -> retrain run: gates, approval, challenger, canary -> promoted.
+    Writes KEEL_HOME/demo/index.html (the loop at a glance) and the drift report beside it.
     """
     from keel_cli.demo import run_demo
 
     cfg = _config(config)
     report = run_demo(cfg.home.expanduser().resolve(), seed, console)
-    console.print(f"\n[bold green]report:[/] {report}")
+    console.print(f"\n[bold green]drift report:[/] {report}")
+    if (report.parent / "index.html").exists():
+        console.print(f"[bold green]the loop:[/] {report.parent / 'index.html'}")
 
 
 @app.command()
