@@ -11,12 +11,12 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
+from keel_drift_monitor.main import APP, DRIFT_TYPE, Settings, build_service, main, run
 
 from keel.drift import build_profile, episode_event_id
 from keel.events import Event, open_bus
 from keel.telemetry import get_logger
 from keel.telemetry.app import AppConfigError, AppContext
-from keel_drift_monitor.main import APP, DRIFT_TYPE, Settings, build_service, main, run
 
 APP_LOG = get_logger("keel.app.drift-monitor")
 

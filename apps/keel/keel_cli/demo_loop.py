@@ -604,7 +604,7 @@ _STEPS = 9
 
 def _code_version() -> str:
     try:
-        from keel.trainer._run import code_version
+        from keel.trainer import code_version
 
         commit, dirty = code_version()
         return commit + ("+dirty" if dirty else "")
@@ -614,7 +614,7 @@ def _code_version() -> str:
 
 def _lock_hash() -> str:
     try:
-        from keel.trainer._run import lock_hash
+        from keel.trainer import lock_hash
 
         return lock_hash()
     except Exception:

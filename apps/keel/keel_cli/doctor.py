@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from keel.telemetry import redact_url
 from keel_cli.config import KeelConfig
+
+from keel.telemetry import redact_url
 
 _URL_RE = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.I)
 

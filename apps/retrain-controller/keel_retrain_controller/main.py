@@ -369,7 +369,7 @@ class RetrainLoop:
         """Take the runner lock, then resume every unfinished run."""
         # keel.pipelines takes the lock lazily on the first advance; the app takes it now so
         # a second controller on the same database is refused at start, not mid-run.
-        self.controller._hold_runner_lock()
+        self.controller.hold_runner_lock()
         for info in self.controller.runs():
             self._seen[info.run_id] = info.status
             self.metrics.start(info.model)

@@ -275,7 +275,7 @@ class Controller:
             os.close(self._lock)  # releases the runner lock
             self._lock = None
 
-    def _hold_runner_lock(self) -> None:
+    def hold_runner_lock(self) -> None:
         """One process advances runs per database: an exclusive ``flock`` on
         ``<db>.runner.lock``, held until `close` (the kernel drops it if we are killed)."""
         if self._lock is not None:
@@ -512,7 +512,7 @@ class Controller:
             raise InvalidInputError(
                 "this controller was opened without executors: it can submit and read only"
             )
-        self._hold_runner_lock()
+        self.hold_runner_lock()
         info = self.run(run_id)
         if info.status in TERMINAL:
             return info
