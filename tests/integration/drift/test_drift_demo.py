@@ -21,7 +21,9 @@ runner = CliRunner()
 pytestmark = pytest.mark.timeout(2400)
 
 
-SEED, PER_DAY = 11, 2500
+# the default seed (`keel demo`) with a smaller stream; seed 11 at 2,500 a day gives a first
+# model below the demo's AUC gate (0.54 < 0.55): the loop then refuses to promote it
+SEED, PER_DAY = 7, 3000
 
 
 @pytest.fixture(scope="module")
