@@ -884,9 +884,11 @@ class LocalExecutors:
             risk=RiskFactors(Level(risk[0]), Level(risk[1]), Use(risk[2])),
             generated_at=datetime.fromisoformat(bts["time_range"][1]),
             lineage={
+                # content only: the artifact must be byte-identical for the same inputs in
+                # any home, so the MLflow run id and the job name (random / path-derived) live
+                # in the provenance record, not here
                 "training_set": bts["fingerprint"],
-                "trainer_run": tr["trainer_run"],
-                "trainer_job": tr["job"],
+                "weights": tr["weights_sha256"],
                 "pipelines_run": "see keel provenance verify",
                 "holdout": ev["holdout"],
             },
