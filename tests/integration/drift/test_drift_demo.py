@@ -75,7 +75,7 @@ def test_same_seed_same_json_in_fresh_homes(demo_home: Path, tmp_path: Path) -> 
         env={"KEEL_HOME": str(demo_home), "KEEL_NATS_URL": ""},
     )
     assert r.exit_code == 0, r.output
-    assert "demo-transactions: events=25000" in r.output
+    assert f"demo-transactions: events={10 * PER_DAY}" in r.output  # 10 days
 
 
 def _loop_db(home: Path) -> Path:
