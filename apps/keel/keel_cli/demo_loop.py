@@ -613,12 +613,24 @@ def _code_version() -> str:
 
 
 def _lock_hash() -> str:
+    """The lockfile's hash in a checkout; outside one (a built pex, a Pants sandbox) the hash
+    of the running environment's installed distributions (sorted ``name==version``), so the
+    artifact still records which dependency set built it (the registry requires one)."""
     try:
         from keel.trainer import lock_hash
 
-        return lock_hash()
+        found = lock_hash()
     except Exception:
-        return ""
+        found = ""
+    if found:
+        return found
+    import hashlib
+    from importlib import metadata
+
+    pins = sorted(
+        {f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()}
+    )
+    return "sha256:" + hashlib.sha256("\n".join(pins).encode()).hexdigest()
 
 
 @contextmanager
