@@ -10,6 +10,7 @@ so the loop's decisions do not depend on the wall clock.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import time
@@ -612,10 +613,12 @@ def _code_version() -> str:
         return "unknown"
 
 
+@functools.cache
 def _lock_hash() -> str:
     """The lockfile's hash in a checkout; outside one (a built pex, a Pants sandbox) the hash
     of the running environment's installed distributions (sorted ``name==version``), so the
-    artifact still records which dependency set built it (the registry requires one)."""
+    artifact still records which dependency set built it (the registry requires one). Taken
+    once per process: later imports (Ray, feature definitions) may add to ``sys.path``."""
     try:
         from keel.trainer import lock_hash
 
