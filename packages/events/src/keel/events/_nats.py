@@ -238,6 +238,7 @@ class NatsBus(Bus):
             check_sync_always(self.options.monitor_url)
         self._loop = _Loop()
         self._last_error: BaseException | None = None
+        self._auth_error: BaseException | None = None
         try:
             self._nc = self._run(self._connect(), "connecting", self.options.connect_timeout_s + 5)
         except BaseException as exc:
@@ -267,6 +268,10 @@ class NatsBus(Bus):
 
     async def _on_error(self, exc: Exception) -> None:
         self._last_error = exc
+        # sticky: the server sends -ERR 'Authorization Violation' and closes; a retry's
+        # "connection reset" must not hide it (CI saw only the reset as the last error)
+        if _is_auth_error(exc):
+            self._auth_error = exc
 
     def _connect_error(self, exc: BaseException) -> BaseException:
         """One clear error for a failed first connection: bad credentials or unreachable
@@ -276,7 +281,7 @@ class NatsBus(Bus):
         where = redact_url(self.url)
         cause = self._last_error or exc.__cause__ or exc
         text = f"{type(cause).__name__}: {cause}".strip(": ")
-        if "authorization" in text.lower() or "authentication" in text.lower():
+        if self._auth_error is not None or _is_auth_error(cause):
             return UnavailableError(
                 f"NATS at {where} refused the credentials (authorization violation): check "
                 "the user and password in the bus URL"
@@ -848,3 +853,8 @@ async def _ignore(*_: Any) -> None:
 
 async def _ignore_error(_: Exception) -> None:
     return None
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return "authorization" in text or "authentication" in text
