@@ -25,8 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -44,6 +42,7 @@ import numpy as np
 import polars as pl
 import pytest
 import redis
+from testutil.apps import Proc, app_env, poll
 from testutil.isolation import nats_url, redis_url, unique_name
 from testutil.mlflow_server import MlflowServer, free_port
 from testutil.serving_artifacts import Keys, make_artifact
@@ -80,62 +79,6 @@ DEFS = textwrap.dedent(
     """
 )
 DECIDED = Decision(who="e2e", why="first champion", evidence_digest="sha256:" + "0" * 64)
-
-
-# -- processes ------------------------------------------------------------------------------
-
-
-class Proc:
-    """One app binary as a subprocess, its output in a log file (read on failure)."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logdir: Path) -> None:
-        self.name = name
-        self.log = logdir / f"{name}.log"
-        self._fh = self.log.open("wb")
-        self.p = subprocess.Popen(argv, env=env, stdout=self._fh, stderr=subprocess.STDOUT)
-
-    def alive(self) -> None:
-        if self.p.poll() is not None:
-            raise AssertionError(f"{self.name} exited {self.p.returncode}:\n{self.tail()}")
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:]
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self._fh.close()
-
-
-def app_env(app: str, **settings: str) -> dict[str, str]:
-    """The process env without other KEEL_<APP>_* settings, plus this app's (docs/apps.md)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    env.update({f"KEEL_{app}_{k}".upper(): v for k, v in settings.items()})
-    return env
-
-
-def poll(what: str, check: Any, timeout_s: float, procs: list[Proc], every: float = 0.5) -> Any:
-    """Call ``check()`` until it returns a truthy value; fail naming ``what`` after the deadline
-    (or as soon as an app died, with its log)."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        for p in procs:
-            p.alive()
-        try:
-            last = check()
-        except (httpx.HTTPError, OSError, ValueError, KeyError) as e:  # not up yet: 503 text
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(every)
-    logs = "\n".join(f"--- {p.name}\n{p.tail(1500)}" for p in procs)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{logs}")
 
 
 # -- fixtures -------------------------------------------------------------------------------
@@ -280,14 +223,17 @@ def test_drift_in_real_traffic_fires_the_alert_in_prometheus(
                 "feature-worker",
                 [sys.executable, worker_main.__file__],
                 app_env(
-                    "feature_worker",
-                    definitions=str(defs),
-                    home=str(tmp_path / "worker"),
-                    bus_url=nats_url(),
-                    online_url=redis_url(),
-                    durable=unique_name("worker"),
-                    metrics_port=str(wport),
-                    flush_interval_s="0.2",
+                    {
+                        "feature_worker": dict(
+                            definitions=str(defs),
+                            home=str(tmp_path / "worker"),
+                            bus_url=nats_url(),
+                            online_url=redis_url(),
+                            durable=unique_name("worker"),
+                            metrics_port=str(wport),
+                            flush_interval_s="0.2",
+                        )
+                    }
                 ),
                 tmp_path,
             )
@@ -304,18 +250,21 @@ def test_drift_in_real_traffic_fires_the_alert_in_prometheus(
                 "serve",
                 [sys.executable, serve_main.__file__],
                 app_env(
-                    "serve",
-                    model=f"{MODEL}@champion",
-                    trust_keys=json.dumps([str(pub)]),
-                    home=str(tmp_path / "serve"),
-                    registry_tracking_uri=mlflow_server.url,
-                    registry_db_url=db_url,
-                    online_url=redis_url(),
-                    bus_url=nats_url(),
-                    predictions_stream=pred_stream,
-                    control_stream=control_stream,
-                    port=str(sport),
-                    poll_s="1",
+                    {
+                        "serve": dict(
+                            model=f"{MODEL}@champion",
+                            trust_keys=json.dumps([str(pub)]),
+                            home=str(tmp_path / "serve"),
+                            registry_tracking_uri=mlflow_server.url,
+                            registry_db_url=db_url,
+                            online_url=redis_url(),
+                            bus_url=nats_url(),
+                            predictions_stream=pred_stream,
+                            control_stream=control_stream,
+                            port=str(sport),
+                            poll_s="1",
+                        )
+                    }
                 ),
                 tmp_path,
             )
@@ -343,19 +292,22 @@ def test_drift_in_real_traffic_fires_the_alert_in_prometheus(
                 "drift-monitor",
                 [sys.executable, monitor_main.__file__],
                 app_env(
-                    "drift_monitor",
-                    profile=str(profile),
-                    home=str(tmp_path / "monitor"),
-                    bus_url=nats_url(),
-                    stream=pred_stream,
-                    output_stream=drift_stream,
-                    durable=unique_name("monitor"),
-                    model=MODEL,
-                    window_s="4",
-                    min_samples="50",
-                    consecutive="2",
-                    metrics_port=str(mport),
-                    poll_timeout_s="0.2",
+                    {
+                        "drift_monitor": dict(
+                            profile=str(profile),
+                            home=str(tmp_path / "monitor"),
+                            bus_url=nats_url(),
+                            stream=pred_stream,
+                            output_stream=drift_stream,
+                            durable=unique_name("monitor"),
+                            model=MODEL,
+                            window_s="4",
+                            min_samples="50",
+                            consecutive="2",
+                            metrics_port=str(mport),
+                            poll_timeout_s="0.2",
+                        )
+                    }
                 ),
                 tmp_path,
             )

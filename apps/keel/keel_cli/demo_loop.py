@@ -10,7 +10,6 @@ so the loop's decisions do not depend on the wall clock.
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import time
@@ -613,27 +612,12 @@ def _code_version() -> str:
         return "unknown"
 
 
-@functools.cache
 def _lock_hash() -> str:
-    """The lockfile's hash in a checkout; outside one (a built pex, a Pants sandbox) the hash
-    of the running environment's installed distributions (sorted ``name==version``), so the
-    artifact still records which dependency set built it (the registry requires one). Taken
-    once per process: later imports (Ray, feature definitions) may add to ``sys.path``."""
-    try:
-        from keel.trainer import lock_hash
+    """The lockfile's hash in a checkout; outside one (a built pex, a Pants sandbox)
+    keel.trainer's hash of the installed distributions (the registry requires one)."""
+    from keel.trainer import lock_hash
 
-        found = lock_hash()
-    except Exception:
-        found = ""
-    if found:
-        return found
-    import hashlib
-    from importlib import metadata
-
-    pins = sorted(
-        {f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()}
-    )
-    return "sha256:" + hashlib.sha256("\n".join(pins).encode()).hexdigest()
+    return lock_hash()
 
 
 @contextmanager

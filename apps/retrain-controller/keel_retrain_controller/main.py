@@ -118,8 +118,16 @@ class Settings(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description="run parameters of every triggered run (JSON/TOML table)"
     )
-    code_version: str = Field(default="", description="code version in every step's cache key")
-    lock_hash: str = Field(default="", description="dependency lock hash in every cache key")
+    code_version: str = Field(
+        default="",
+        description="code version in every step's cache key (empty, with the default "
+        "executors: KEEL_CODE_VERSION or the git checkout)",
+    )
+    lock_hash: str = Field(
+        default="",
+        description="dependency lock hash in every cache key (empty, with the default "
+        "executors: the lockfile's, else the installed distributions')",
+    )
     models: list[str] = Field(default_factory=list, description="models to schedule and report")
     schedule_every_s: float | None = Field(
         default=None, gt=0, description="scheduled retrain interval per model (none: off)"
@@ -327,6 +335,7 @@ class RetrainLoop:
         )
         self.store = SignalStore(s.signals_path, s.durable)
         self._step_t0: dict[str, float] = {}
+        code, lock = _versions(s)
         self.controller = Controller(
             SignalAwareExecutors(self.executors, self.store),
             clock=self.clock,
@@ -338,8 +347,8 @@ class RetrainLoop:
             canary_policy=CanaryPolicy(
                 window=timedelta(seconds=s.canary_window_s), min_requests=s.canary_min_requests
             ),
-            code_version=s.code_version,
-            lock_hash=s.lock_hash,
+            code_version=code,
+            lock_hash=lock,
             hook=self._hook,
         )
         self.drift = self.bus.consumer(s.drift_stream, s.durable, instance=s.durable)
@@ -554,6 +563,18 @@ def _run_fields(info: RunInfo) -> dict[str, Any]:
         "trigger": info.trigger_key,
         "detail": info.detail,
     }
+
+
+def _versions(s: Settings) -> tuple[str, str]:
+    """The run's code version and lock hash: as configured; where left empty and the
+    executors are the default (real) ones, detected as keel.pipelines.local does."""
+    code, lock = s.code_version, s.lock_hash
+    if (not code or not lock) and s.executors == DEFAULT_EXECUTORS:
+        from keel.pipelines.local import detect_versions
+
+        found_code, found_lock = detect_versions()
+        code, lock = code or found_code, lock or found_lock
+    return code, lock
 
 
 def build_executors(settings: Settings, bus: Bus) -> Executors:

@@ -524,3 +524,22 @@ def test_metric_vocabulary_matches_the_pipelines_core() -> None:
     assert PipelinesMetrics.STEPS == STEPS
     assert set(PipelinesMetrics.TRIGGER_KINDS) == {k.value for k in TriggerKind}
     assert set(PipelinesMetrics.FINISHED) == {s.value for s in TERMINAL}
+
+
+def test_empty_versions_are_detected_for_the_default_executors(tmp_path: Path) -> None:
+    """The real executors put the lock hash into the artifact, and the registry refuses one
+    without it: a controller left with empty settings detects both, as keel.trainer does."""
+    from keel_retrain_controller.main import DEFAULT_EXECUTORS, _versions
+
+    from keel.pipelines.local import detect_versions
+
+    s = Settings(home=tmp_path / "home", executors=DEFAULT_EXECUTORS)
+    code, lock = _versions(s)
+    assert (code, lock) == detect_versions()
+    assert code and lock.startswith(("sha256:", "dists-sha256:")) and len(lock) > 64
+    given = Settings(
+        home=tmp_path / "h", executors=DEFAULT_EXECUTORS, code_version="c", lock_hash="l"
+    )
+    assert _versions(given) == ("c", "l")
+    fakes = Settings(home=tmp_path / "f", executors=FAKES)
+    assert _versions(fakes) == ("", "")

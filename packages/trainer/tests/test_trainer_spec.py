@@ -185,3 +185,56 @@ def test_code_version_and_lock_hash_overrides(
     assert lock_hash(tmp_path / "sub") == "sha256:" + hashlib.sha256(b"L").hexdigest()
     with pytest.raises(InvalidJobError, match="cannot read lock file"):
         lock_hash(lock_file=tmp_path / "missing.lock")
+
+
+def test_without_a_lockfile_the_installed_distributions_are_hashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside a checkout (a pex, a wheel install) the artifact still records its dependency
+    set: the hash of the sorted installed ``name==version`` lines, stable within a process."""
+    import hashlib
+    from importlib import metadata
+
+    from keel.trainer._run import environment_hash, lock_hash
+
+    monkeypatch.delenv("KEEL_LOCK_FILE", raising=False)
+    pins = sorted(
+        {f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()}
+    )
+    assert any(p.startswith("torch==") for p in pins)
+    want = "dists-sha256:" + hashlib.sha256("\n".join(pins).encode()).hexdigest()
+    assert lock_hash(tmp_path) == environment_hash() == want
+    assert lock_hash(tmp_path) != lock_hash(lock_file=_write(tmp_path / "l.lock", "\n".join(pins)))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_local_ray_start_is_retried_and_a_remote_one_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A local start that misses Ray's registration wait is tried again (``attempts``); the
+    error names the attempts. ``ray.init`` is replaced so that it fails: no Ray starts here."""
+    import ray
+
+    from keel.trainer import ClusterUnavailableError, ensure_ray
+
+    calls: list[dict[str, object]] = []
+
+    def failing_init(**kw: object) -> None:
+        calls.append(kw)
+        raise Exception("The current node timed out during startup")  # what Ray raises
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", failing_init)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ClusterUnavailableError, match=r"a local Ray instance \(3 attempts\)"):
+        ensure_ray(num_cpus=1, attempts=3)
+    assert len(calls) == 3 and all(c["num_cpus"] == 1 for c in calls)
+    calls.clear()
+    with pytest.raises(ClusterUnavailableError, match="the Ray cluster at ray://h:10001: The"):
+        ensure_ray(address="ray://h:10001", attempts=3)
+    assert [c["address"] for c in calls] == ["ray://h:10001"]

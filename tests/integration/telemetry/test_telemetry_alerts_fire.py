@@ -21,10 +21,8 @@ synthetic fault on exactly those series fires each alert (promtool test rules).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -46,6 +44,7 @@ import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from testutil import retrain_fakes
+from testutil.apps import app_env, stop
 from testutil.isolation import port_base
 from testutil.serving_artifacts import Keys, make_artifact
 
@@ -91,17 +90,6 @@ class Sample:
     labels: dict[str, str]
 
 
-def _env(**app_settings: dict[str, str]) -> dict[str, str]:
-    """The process env, with each app's settings under its app-convention variable
-    (KEEL_<APP>_<KEY>, docs/apps.md)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEL_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    for app, settings in app_settings.items():
-        for key, value in settings.items():
-            env[f"KEEL_{app}_{key}".upper()] = value
-    return env
-
-
 def _scrape(proc: subprocess.Popen[str], port: int, ready: str, deadline: float) -> str:
     """Poll /metrics until `ready` appears in it (or the process dies)."""
     while True:
@@ -135,16 +123,6 @@ def _serve_scrape(proc: subprocess.Popen[str], port: int, home: Path, deadline: 
     failed = httpx.post(f"{url}/v1/predict", json=body, timeout=10)
     assert failed.status_code >= 500, failed.text
     return _scrape(proc, port, 'outcome="error"', deadline)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -197,41 +175,53 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
     store.write("card_stats:v1", [("c1", {"f0": 0.5, "f1": 1.5, "f2": -2.0}, now)])
     store.close()
     wport, mport, sport, cport = port_base(71), port_base(72), port_base(73), port_base(74)
-    worker_env = _env(
-        feature_worker={
-            "home": str(home),
-            "definitions": str(defs),
-            "metrics_port": str(wport),
-            "bus_url": bus_url,
-        }
+    worker_env = app_env(
+        {
+            "feature_worker": {
+                "home": str(home),
+                "definitions": str(defs),
+                "metrics_port": str(wport),
+                "bus_url": bus_url,
+            }
+        },
+        pythonpath=True,
     )
-    monitor_env = _env(
-        drift_monitor={
-            "profile": str(profile),
-            "home": str(home),
-            "bus_url": bus_url,
-            "metrics_port": str(mport),
-            "model": "fraud",
-            "min_samples": "50",
-        }
+    monitor_env = app_env(
+        {
+            "drift_monitor": {
+                "profile": str(profile),
+                "home": str(home),
+                "bus_url": bus_url,
+                "metrics_port": str(mport),
+                "model": "fraud",
+                "min_samples": "50",
+            }
+        },
+        pythonpath=True,
     )
-    serve_env = _env(
-        serve={
-            "model": str(artifact),
-            "trust_keys": json.dumps([str(tmp / "pub.pem")]),
-            "home": str(serve_home),
-            "port": str(sport),
-        }
+    serve_env = app_env(
+        {
+            "serve": {
+                "model": str(artifact),
+                "trust_keys": json.dumps([str(tmp / "pub.pem")]),
+                "home": str(serve_home),
+                "port": str(sport),
+            }
+        },
+        pythonpath=True,
     )
-    controller_env = _env(
-        retrain_controller={
-            "home": str(home),
-            "bus_url": bus_url,
-            "executors": "testutil.retrain_fakes:build_executors",
-            "metrics_port": str(cport),
-            "canary_window_s": "0",
-            "poll_timeout_s": "0.2",
-        }
+    controller_env = app_env(
+        {
+            "retrain_controller": {
+                "home": str(home),
+                "bus_url": bus_url,
+                "executors": "testutil.retrain_fakes:build_executors",
+                "metrics_port": str(cport),
+                "canary_window_s": "0",
+                "poll_timeout_s": "0.2",
+            }
+        },
+        pythonpath=True,
     )
     apps = (
         (worker_main, worker_env),
@@ -265,7 +255,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Sample]]:
         }
     finally:
         for p in procs:
-            _stop(p)
+            stop(p, timeout_s=20)
     samples = []
     for job, text in texts.items():
         for family in text_string_to_metric_families(text):

@@ -61,18 +61,11 @@ from keel.pipelines._triggers import (
     TriggerPolicy,
     TriggerState,
 )
+from keel.telemetry import PipelinesMetrics
 
-STEPS: tuple[str, ...] = (
-    "build_training_set",
-    "train",
-    "evaluate",
-    "gates",
-    "package_sign",
-    "register_challenger",
-    "shadow",
-    "canary",
-    "promote_or_rollback",
-)
+# The loop's steps in order: keel.telemetry's pipelines vocabulary owns the list (its
+# metrics label them), so the two cannot drift apart.
+STEPS: tuple[str, ...] = PipelinesMetrics.STEPS
 CACHED = frozenset({"build_training_set", "train", "evaluate", "package_sign"})
 SIDE_EFFECTS = frozenset({"register_challenger", "shadow", "canary", "promote_or_rollback"})
 

@@ -1166,30 +1166,20 @@ def start_ray(
     tmp_dir: str | None = None,
     attempts: int = 4,
 ) -> Any:
-    """keel.trainer's `ensure_ray`, retried: on a loaded machine a local Ray's first start can
-    miss its own 30-second registration wait (its agents start slowly); a second start then
-    finds warm caches. Also gives Ray's agents more time to register."""
-    import ray
+    """keel.trainer's `ensure_ray` (which retries a local start that misses Ray's own
+    registration wait on a loaded machine), its failure as a `PipelinesError`."""
+    from keel.trainer import ClusterUnavailableError, ensure_ray
 
-    from keel.trainer import ensure_ray
-
-    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
-    for i in range(attempts):
-        try:
-            return ensure_ray(
-                address=address,
-                num_cpus=num_cpus,
-                object_store_bytes=object_store_bytes,
-                tmp_dir=tmp_dir,
-            )
-        except Exception as e:  # Ray raises a bare Exception when its node times out
-            if ray.is_initialized():
-                ray.shutdown()
-            if i == attempts - 1:
-                raise PipelinesError(
-                    f"local Ray did not start after {attempts} attempts: {e}"
-                ) from None
-    return None
+    try:
+        return ensure_ray(
+            address=address,
+            num_cpus=num_cpus,
+            object_store_bytes=object_store_bytes,
+            tmp_dir=tmp_dir,
+            attempts=attempts,
+        )
+    except ClusterUnavailableError as e:
+        raise PipelinesError(str(e)) from None
 
 
 def build_executors(*, home: Path, bus: Bus, options: Mapping[str, Any]) -> Executors:
@@ -1198,3 +1188,15 @@ def build_executors(*, home: Path, bus: Bus, options: Mapping[str, Any]) -> Exec
     unknown key is an `InvalidInputError` naming it). ``bus``: where alias moves are
     published and canary signals / the prediction log are read."""
     return LocalExecutors(home=home, bus=bus, options=LocalOptions.parse(options))
+
+
+def detect_versions() -> tuple[str, str]:
+    """(code version, dependency lock hash) of the running process, for a controller whose
+    settings leave them empty: ``KEEL_CODE_VERSION`` or the git checkout (``+dirty`` when
+    it has uncommitted changes), and the lockfile's hash or, outside a checkout, the installed
+    distributions' (keel.trainer's rules). Both go into every step's cache key and into the
+    artifact, and the registry refuses an artifact without a lock hash."""
+    from keel.trainer import code_version, lock_hash
+
+    commit, dirty = code_version()
+    return commit + ("+dirty" if dirty else ""), lock_hash()

@@ -381,25 +381,39 @@ def reproduce(
         )
 
         # 3. lock hash -----------------------------------------------------------------------
-        from keel.trainer import lock_hash
+        from keel.trainer import environment_hash, lock_hash
 
         lock = find_lock(repo, lock_file)
-        if man.dependency_lock_hash and (lock is None or not lock.is_file()):
-            raise _Stop(
-                "refused",
+        if man.dependency_lock_hash.startswith("dists-sha256:"):
+            # trained outside a checkout: the record is the installed distributions' hash
+            lock = None
+            _check(
+                checks,
                 "lock hash",
-                f"no dependency lockfile found ({lock or f'3rdparty/python/default.lock above {repo}'}"
-                f"); the model was trained with lock {man.dependency_lock_hash}",
+                man.dependency_lock_hash,
+                environment_hash(),
+                "the installed distributions differ from those that trained the model (it "
+                "was trained without a lockfile, from a pex or wheel install): reproduce "
+                "with the same build",
             )
-        now_lock = lock_hash(lock_file=lock) if lock is not None else ""
-        _check(
-            checks,
-            "lock hash",
-            man.dependency_lock_hash,
-            now_lock,
-            f"the dependency lock differs ({lock}): the environment that trained the model "
-            "is gone; install the one locked at the recorded commit",
-        )
+        else:
+            if man.dependency_lock_hash and (lock is None or not lock.is_file()):
+                raise _Stop(
+                    "refused",
+                    "lock hash",
+                    "no dependency lockfile found "
+                    f"({lock or f'3rdparty/python/default.lock above {repo}'}"
+                    f"); the model was trained with lock {man.dependency_lock_hash}",
+                )
+            now_lock = lock_hash(lock_file=lock) if lock is not None else ""
+            _check(
+                checks,
+                "lock hash",
+                man.dependency_lock_hash,
+                now_lock,
+                f"the dependency lock differs ({lock}): the environment that trained the "
+                "model is gone; install the one locked at the recorded commit",
+            )
 
         # 4. parameters ----------------------------------------------------------------------
         _check_parameters(checks, run_job_spec, params, tags, man)
@@ -429,6 +443,7 @@ def reproduce(
             tracking=False,
             code=(commit, dirty),
             lock_file=lock,
+            lock=man.dependency_lock_hash if lock is None else None,
         )
         if result.artifact_path is None:
             raise PipelinesError(f"the re-run of {run_job_spec.name!r} exported no artifact")

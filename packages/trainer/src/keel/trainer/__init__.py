@@ -37,6 +37,7 @@ from keel.trainer._registry import ModelRegistry, default_registry, mlp
 from keel.trainer._run import (
     TrainResult,
     code_version,
+    environment_hash,
     final_weights,
     job_params,
     job_spec_json,
@@ -114,6 +115,7 @@ __all__ = [
     "code_version",
     "default_registry",
     "ensure_ray",
+    "environment_hash",
     "final_weights",
     "fingerprint",
     "job_params",

@@ -35,16 +35,26 @@ def ensure_ray(
     object_store_bytes: int | None = None,
     tmp_dir: str | None = None,
     log_to_driver: bool = False,
+    attempts: int = 3,
 ) -> ClusterInfo:
-    """Connect to Ray if this process is not connected yet (idempotent)."""
+    """Connect to Ray if this process is not connected yet (idempotent).
+
+    A local instance is started up to ``attempts`` times: on a loaded machine its first start
+    can miss Ray's own 30-second node registration wait (its agents start slowly; a second
+    start finds warm caches), and Ray's agents get 180 s to register unless
+    ``RAY_agent_register_timeout_ms`` says otherwise. A remote ``address`` is tried once."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
     try:
         import ray
     except ImportError as e:  # pragma: no cover - a dependency
         raise ClusterUnavailableError(f"ray is not installed: {e}") from None
     started = False
     addr = address or os.environ.get("RAY_ADDRESS") or None
-    if not ray.is_initialized():
+    tries = 1 if addr else max(1, attempts)
+    for attempt in range(1, tries + 1):
+        if ray.is_initialized():
+            break
         try:
             if addr:
                 ray.init(address=addr, log_to_driver=log_to_driver, logging_level=logging.WARNING)
@@ -59,9 +69,14 @@ def ensure_ray(
                     logging_level=logging.WARNING,
                 )
                 started = True
-        except (ConnectionError, RuntimeError, ValueError, OSError) as e:
+        except Exception as e:  # Ray raises a bare Exception when its node times out
+            if ray.is_initialized():
+                ray.shutdown()
+            if attempt < tries:
+                continue
             where = f"the Ray cluster at {addr}" if addr else "a local Ray instance"
-            raise ClusterUnavailableError(f"cannot start or reach {where}: {e}") from None
+            times = f" ({tries} attempts)" if tries > 1 else ""
+            raise ClusterUnavailableError(f"cannot start or reach {where}{times}: {e}") from None
     res = ray.cluster_resources()
     return ClusterInfo(started, addr, float(res.get("CPU", 0)), float(res.get("GPU", 0)))
 

@@ -8,6 +8,7 @@ and a job that already finished resumes at its last step, so it only re-exports.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -121,13 +122,33 @@ def find_lock_file(start: Path | None = None) -> Path | None:
     return None
 
 
+ENV_HASH_PREFIX = "dists-sha256:"
+
+
+@functools.cache
+def environment_hash() -> str:
+    """``dists-sha256:`` of the running environment's installed distributions (sorted, unique
+    ``name==version`` lines): what records the dependency set where there is no lockfile (a
+    built pex, a Pants sandbox, a wheel install). Taken once per process: later imports (Ray,
+    feature definitions) may extend ``sys.path`` and so the set a scan would see."""
+    import hashlib
+    from importlib import metadata
+
+    pins = sorted(
+        {f"{(d.metadata['Name'] or '').lower()}=={d.version}" for d in metadata.distributions()}
+    )
+    return ENV_HASH_PREFIX + hashlib.sha256("\n".join(pins).encode()).hexdigest()
+
+
 def lock_hash(start: Path | None = None, lock_file: Path | None = None) -> str:
-    """``sha256:`` of ``lock_file``, else of ``find_lock_file(start)``; "" if there is none."""
+    """``sha256:`` of ``lock_file``, else of ``find_lock_file(start)``; where there is no
+    lockfile, ``environment_hash()`` (``dists-sha256:`` of the installed distributions), so an
+    artifact always records which dependency set built it."""
     import hashlib
 
     explicit = lock_file or find_lock_file(start)
     if explicit is None:
-        return ""
+        return environment_hash()
     try:
         return "sha256:" + hashlib.sha256(Path(explicit).read_bytes()).hexdigest()
     except OSError as e:
@@ -151,6 +172,7 @@ def run_job(
     faults: FaultPlan | None = None,
     code: tuple[str, bool] | None = None,
     lock_file: Path | None = None,
+    lock: str | None = None,
     parent_run_id: str | None = None,
     gate_epochs: bool = False,
     clock: Callable[[], float] = time.time,
@@ -162,7 +184,7 @@ def run_job(
     ``TrainerMetrics`` to update. ``signing_key``: a ``keel.artifacts.SigningKey`` (else the
     job's ``export.signing_key`` / ``KEEL_SIGNING_KEY`` PEM). ``code``: (commit, dirty), else
     ``code_version()``; ``lock_file``: the dependency lockfile hashed into the artifact, else
-    ``lock_hash()``'s search. ``parent_run_id``: the MLflow run this one nests under (a Tune
+    ``lock_hash()``'s search; ``lock``: the dependency hash itself (wins over ``lock_file``). ``parent_run_id``: the MLflow run this one nests under (a Tune
     trial's search run). ``gate_epochs``: the workers commit a checkpoint at each epoch's end
     and wait there until ``on_event`` has returned for that epoch's event (how a Tune trial
     lets ASHA stop it at an epoch boundary); weights are unchanged by it. ``faults``: chaos
@@ -214,7 +236,7 @@ def run_job(
 
     tracker = None
     commit, dirty = code if code is not None else code_version()
-    lhash = lock_hash(lock_file=lock_file)
+    lhash = lock if lock is not None else lock_hash(lock_file=lock_file)
     if tracking if tracking is not None else job.tracking.enabled:
         from keel.trainer._tracking import Tracker, default_tracking_uri
 
