@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -104,6 +105,24 @@ def test_html_is_self_contained_with_inline_svg(tmp_path: Path) -> None:
     assert "tier 1" in page and "failed" in page and "age_band" in page
     assert "status_of_existing_checking_account" in page
     (tmp_path / "card.html").write_text(page)
+
+
+def test_attribution_labels_that_share_a_prefix_stay_distinct() -> None:
+    """One-hot names share their column's prefix: the visible label keeps the ``=value`` end,
+    and the full name is the tooltip."""
+    from keel.governance._svg import horizontal_bars
+
+    labels = [
+        "status_of_existing_checking_account=... < 0 DM",
+        "status_of_existing_checking_account=no checking account",
+        "status_of_existing_checking_account=0 <= ... < 200 DM (long)",
+    ]
+    svg = horizontal_bars(labels, [0.3, 0.2, 0.1], title="t")
+    shown = [html.unescape(t) for t in re.findall(r"</title>([^<]*)</text>", svg)]
+    assert len(shown) == 3 and len(set(shown)) == 3
+    assert all(len(s) <= 52 for s in shown)
+    for lab in labels:
+        assert f"<title>{html.escape(lab, quote=False)}</title>" in svg
 
 
 def test_html_escapes_everything_it_is_given() -> None:

@@ -228,7 +228,7 @@ def load_card(text: str) -> dict[str, Any]:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:980px;color:#222;padding:0 16px}
-h1{font-size:22px;margin-bottom:4px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+h1{font-size:22px;margin-bottom:4px}h3{font-size:15px;margin:20px 0 6px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
 th{background:#f5f5f5}.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px}.tier{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff}
 .t1{background:#c0392b}.t2{background:#d68910}.t3{background:#2e9e5b}.pass{color:#2e7d32;font-weight:600}.fail{color:#c0392b;font-weight:600}

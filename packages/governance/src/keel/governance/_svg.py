@@ -78,10 +78,12 @@ def grouped_bars(
 
 
 def horizontal_bars(
-    labels: Sequence[str], values: Sequence[float], *, title: str, width: int = 520
+    labels: Sequence[str], values: Sequence[float], *, title: str, width: int = 720
 ) -> str:
-    """Horizontal bars, largest first (the global attribution ranking)."""
-    row, left, top = 18, 210, 24
+    """Horizontal bars, largest first (the global attribution ranking). A long label is cut
+    in the middle, so one-hot names that share a prefix (``column=value``) stay apart; the
+    full label is the tooltip."""
+    row, left, top = 18, 320, 24
     height = top + row * max(1, len(labels)) + 8
     vmax = max([abs(v) for v in values] + [1e-12])
     pw = width - left - 60
@@ -92,9 +94,10 @@ def horizontal_bars(
     for i, (lab, v) in enumerate(zip(labels, values, strict=True)):
         y = top + i * row
         w = pw * abs(v) / vmax
-        short = lab if len(lab) <= 32 else lab[:31] + "…"
+        short = lab if len(lab) <= 52 else lab[:24] + "…" + lab[-27:]
         out.append(
-            f'<text x="{left - 6}" y="{y + 12}" font-size="10" text-anchor="end" fill="#333">{esc(short)}</text>'
+            f'<text x="{left - 6}" y="{y + 12}" font-size="10" text-anchor="end" fill="#333">'
+            f"<title>{esc(lab)}</title>{esc(short)}</text>"
             f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{row - 5}" fill="{PALETTE[0]}">'
             f"<title>{esc(lab)}: {fmt(v)}</title></rect>"
             f'<text x="{left + w + 4:.1f}" y="{y + 12}" font-size="10" fill="#555">{fmt(v)}</text>'
