@@ -237,7 +237,7 @@ def build_pack(
     # -- the last reproduce verdict ------------------------------------------------------------
     reproduce = verdict_from_tag(tags.get("keel.reproduce"))
     if reproduce is None:
-        absent.append({"section": "reproduce", "reason": "`keel reproduce` has not run on it"})
+        absent.append({"section": "reproduce", "reason": "keel reproduce has not run on it"})
     else:
         reproduce["source"] = _src(
             "registry.model_version_tag", f"{model}/{mv.version}#keel.reproduce"
@@ -581,9 +581,10 @@ def write_pack(pack: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path, str]
 # -- HTML --------------------------------------------------------------------------------------
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1040px;color:#222;padding:0 16px;line-height:1.4}
-h1{font-size:23px;margin-bottom:2px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:30px}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1040px;color:#222;padding:0 16px;line-height:1.4;font-size:14px}
+h1{font-size:23px;margin-bottom:2px}h3{font-size:14px;margin:14px 0 4px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:30px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px;max-width:100%}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top;overflow-wrap:break-word}
+table.kv th{width:190px}.nowrap{white-space:nowrap}.k{color:#555}
 th{background:#f5f5f5}.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px;word-break:break-all}
 .ok{color:#2e7d32;font-weight:600}.bad{color:#c0392b;font-weight:600}.muted{color:#666;font-size:12px}
 .badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-size:13px;margin-right:6px}
@@ -595,23 +596,55 @@ th{background:#f5f5f5}.mono{font-family:ui-monospace,Menlo,monospace;font-size:1
 def _e(v: Any) -> str:
     if v is None:
         return '<span class="muted">—</span>'
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return html.escape(f"{v:.6g}")
+    if isinstance(v, dict) and v and all(not isinstance(x, dict | list) for x in v.values()):
+        # a flat record (risk factors, controls, thresholds): one "key: value" per line
+        return "<br>".join(
+            f'<span class="k">{html.escape(str(k).replace("_", " "))}:</span> {_e(x)}'
+            for k, x in sorted(v.items())
+        )
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return html.escape(", ".join(v)) if v else '<span class="muted">—</span>'
     if isinstance(v, dict | list):
         return f'<span class="mono">{html.escape(json.dumps(v, sort_keys=True))}</span>'
-    return html.escape(str(v))
+    text = str(v)
+    if text.startswith("sha256:") or (len(text) == 40 and text.isalnum()):
+        return f'<span class="mono">{html.escape(text)}</span>'
+    return html.escape(text)
+
+
+def _when(v: Any) -> str:
+    """An ISO time, short and on one line: 2026-04-02 09:30:00Z."""
+    if not isinstance(v, str):
+        return _e(v)
+    text = v.replace("T", " ").replace("+00:00", "Z")
+    if "." in text:  # drop sub-seconds
+        head, _, tail = text.partition(".")
+        text = head + ("Z" if tail.endswith("Z") else "")
+    return f'<span class="nowrap">{html.escape(text)}</span>'
+
+
+class _Raw(str):
+    """Already-escaped HTML for a table cell."""
+
+
+def _cell(v: Any) -> str:
+    return str(v) if isinstance(v, _Raw) else _e(v)
 
 
 def _kv(rows: Sequence[tuple[str, Any]]) -> str:
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{_cell(v)}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{body}</table>'
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     if not rows:
         return '<p class="muted">none recorded</p>'
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -624,6 +657,28 @@ def _source(part: Mapping[str, Any] | None) -> str:
 
 def _badge(text: str, kind: str) -> str:
     return f'<span class="badge {kind}">{html.escape(text)}</span>'
+
+
+def _gates_html(gates: Mapping[str, Any]) -> str:
+    """The gate verdict: overall status, then one row per gate (status, reasons, evidence)."""
+    status = str(gates.get("status", "—"))
+    head = (
+        f'<p>overall: <span class="{"ok" if status == "passed" else "bad"}">'
+        f"{html.escape(status)}</span></p>"
+    )
+    rows = [
+        [
+            g.get("gate"),
+            _Raw(
+                f'<span class="{"ok" if g.get("status") == "passed" else "bad"}">'
+                f"{html.escape(str(g.get('status')))}</span>"
+            ),
+            "; ".join(g.get("reasons") or []) or None,
+            g.get("evidence") or None,
+        ]
+        for g in gates.get("results") or []
+    ]
+    return head + _table(["gate", "status", "reasons", "evidence"], rows)
 
 
 def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
@@ -703,7 +758,14 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                 ("training-set fingerprint", d["fingerprint"]),
                 ("rows", d["rows"]),
                 ("read from", d["path"]),
-                ("feature views", d["feature_views"] or None),
+                (
+                    "feature views",
+                    [
+                        f"{v.get('name')} (version {v.get('version')})" if isinstance(v, dict) else str(v)
+                        for v in d["feature_views"]
+                    ]
+                    or None,
+                ),
                 ("input schema", [f.get("name") for f in d["input_schema"]]),
                 ("time range", ((gov.get("training_data") or {}).get("time_range"))),
                 ("data-quality results", None),
@@ -723,7 +785,8 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                     ("code version", t["code_version"]),
                     ("lock hash", t["lock_hash"]),
                     ("job digest", t["job_digest"]),
-                    ("ray / torch", f"{t['ray_version']} / {t['torch_version']}"),
+                    ("ray / torch", f"{t['ray_version']} / {t['torch_version']}"
+                     if t["ray_version"] or t["torch_version"] else None),
                 ]
             ),
             _table(["parameter", "value"], sorted(t["params"].items())),
@@ -744,8 +807,8 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
         verdict = fair.get("verdict") or {}
         parts.append(
             f'<p>gate: <span class="{"ok" if verdict.get("passed") else "bad"}">'
-            f'{"passed" if verdict.get("passed") else "FAILED"}</span> '
-            f"{_e(fair.get('gate'))}</p>"
+            f'{"passed" if verdict.get("passed") else "FAILED"}</span></p>'
+            + _kv([("thresholds", fair.get("gate"))])
         )
         rows = []
         for attr in fair.get("attributes", []):
@@ -779,9 +842,14 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
     if prov and prov.get("present"):
         parts += [
             "<h3>Trigger</h3>",
-            _kv(sorted((prov.get("trigger") or {}).items())),
+            _kv(
+                [
+                    (k, _Raw(_when(x)) if k == "at" else x)
+                    for k, x in sorted((prov.get("trigger") or {}).items())
+                ]
+            ),
             "<h3>Gates against the previous champion</h3>",
-            _kv(sorted((prov.get("gates") or {}).items())),
+            _gates_html(prov.get("gates") or {}),
             _source(prov),
         ]
     else:
@@ -797,9 +865,9 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                     a["approver"],
                     a["role"],
                     a["decision"],
-                    a["decided_at"],
+                    _Raw(_when(a["decided_at"])),
                     a["evidence_digest"],
-                    a["source"]["id"],
+                    "#" + str(a["source"]["id"]).rsplit("#", 1)[-1],
                 ]
                 for a in pack["approvals"]
             ],
@@ -818,7 +886,7 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
             [
                 [
                     h["seq"],
-                    h["at"],
+                    _Raw(_when(h["at"])),
                     h["action"],
                     h["alias"],
                     h["from_version"],
@@ -838,10 +906,30 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
         v = prov["verify"]
         parts.append(
             f'<p><span class="{"ok" if v["ok"] else "bad"}">keel provenance verify: '
-            f'{"ok" if v["ok"] else "FAILED"}</span> ({v["entries"]} entries, head {_e(v["head"])})</p>'
+            f'{"ok" if v["ok"] else "FAILED"}</span> ({v["entries"]} entries, head {_e(" ".join(f"#{x}" if i == 0 else str(x) for i, x in enumerate(v["head"])) or None)})</p>'
         )
         if prov.get("present"):
-            parts.append(_kv(sorted((k, x) for k, x in prov["lineage"].items() if k != "entries")))
+            lin = prov["lineage"]
+            moves = [
+                f"{m.get('alias', '?')} → v{m.get('version', m.get('to_version', '?'))}"
+                for m in lin.get("alias_moves") or []
+                if isinstance(m, dict)
+            ]
+            parts.append(
+                _kv(
+                    [
+                        ("pipelines run", lin.get("run_id")),
+                        ("artifact digest", lin.get("artifact_digest")),
+                        ("training-set fingerprint", lin.get("training_set_fingerprint")),
+                        ("source datasets", lin.get("sources") or None),
+                        ("code version", lin.get("code_version")),
+                        ("lock hash", lin.get("lock_hash")),
+                        ("trainer run", lin.get("trainer_run")),
+                        ("alias moves", moves or None),
+                        ("provenance entries", ", ".join(str(e) for e in lin.get("entries", []))),
+                    ]
+                )
+            )
     else:
         parts.append('<p class="muted">No pipelines provenance for this version.</p>')
     parts.append("<h2>Last <code>keel reproduce</code> verdict</h2>")
@@ -852,7 +940,7 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                     ("status", rep.get("status")),
                     ("first differing link", rep.get("link")),
                     ("rebuilt digest", rep.get("reproduced_digest")),
-                    ("when", rep.get("at")),
+                    ("when", _Raw(_when(rep.get("at")))),
                     ("message", rep.get("message")),
                 ]
             ),
