@@ -153,5 +153,7 @@ def test_governance_pack_verify(home: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, [*args, "--verify", str(out / "evidence.json")])
     assert r.exit_code == 0, r.output
     assert digest in " ".join(r.output.split())
-    r = runner.invoke(app, ["governance", "pack", "other@1", "--home", str(home), "--verify", str(out)])
+    r = runner.invoke(
+        app, ["governance", "pack", "other@1", "--home", str(home), "--verify", str(out)]
+    )
     assert r.exit_code == 1 and "not other@1" in " ".join(r.output.split())

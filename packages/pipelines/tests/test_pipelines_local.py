@@ -284,13 +284,15 @@ def test_register_and_alias_moves_are_idempotent_and_published(tmp_path: Path, b
     # decision for that move and in the version's tag, checked by verify_pack
     from keel.pipelines.evidence import PACK_TAG, pack_digest, verify_pack
 
-    assert "evidence_digest" not in ex.move_alias(ctx("shadow", c.inputs, key="k-shadow"), "shadow", "1")
+    assert "evidence_digest" not in ex.move_alias(
+        ctx("shadow", c.inputs, key="k-shadow"), "shadow", "1"
+    )
     pack_file = Path(m["evidence_pack"])
     assert pack_file.is_file() and Path(m["evidence_html"]).is_file()
     assert pack_file.is_relative_to(tmp_path / "evidence" / MODEL / "v1")
     body = json.loads(pack_file.read_text())
     assert m["evidence_digest"] == pack_digest(body) and body["model"]["digest"] == d1
-    (move,) = [e for e in ex.registry.audit(MODEL) if e.alias == "champion"]
+    (move,) = (e for e in ex.registry.audit(MODEL) if e.alias == "champion")
     assert move.seq == m["audit_seq"] and move.decision.evidence_digest == m["evidence_digest"]
     assert ex.registry.get_version(MODEL, 1).tags[PACK_TAG] == m["evidence_digest"]
     check = verify_pack(ex.registry, pack_file.parent)
@@ -467,7 +469,7 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     promo = out["promote_or_rollback"]
     pack = json.loads(Path(promo["evidence_pack"]).read_text())
     assert promo["evidence_digest"] == pack_digest(pack)
-    (move,) = [e for e in ex.registry.audit(MODEL) if e.alias == "champion"]
+    (move,) = (e for e in ex.registry.audit(MODEL) if e.alias == "champion")
     assert move.decision.evidence_digest == promo["evidence_digest"]
     assert move.seq == promo["audit_seq"]
     assert pack["model"]["digest"] == digest and pack["governance"]["risk"]["tier"] == 3

@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     import keel.trainer
     from keel.artifacts import SigningKey, TrustPolicy, generate_keypair
     from keel.pipelines.evidence import build_pack, write_pack
+    from keel.pipelines.local import start_ray
     from keel.pipelines.reproduce import reproduce
     from keel.registry_client import Decision, open_registry
-    from keel.pipelines.local import start_ray
     from keel.trainer import parse_job
 
     # every run_job (the original's and reproduce's re-run, which imports it when it runs)
@@ -178,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {verdict.link}: {verdict.message}", flush=True)
 
         t0 = time.perf_counter()
-        pack = build_pack(
-            registry, MODEL, "champion", generated_at=datetime.now(UTC), trust=trust
-        )
+        pack = build_pack(registry, MODEL, "champion", generated_at=datetime.now(UTC), trust=trust)
         write_pack(pack, root / "evidence")
         pack_s = time.perf_counter() - t0
         print(f"evidence pack: {pack_s:.2f} s", flush=True)

@@ -309,7 +309,9 @@ def _manifest(
             raise PipelinesError(f"{model} version {version}'s archive: {e}") from None
         except ValueError as e:
             raise PipelinesError(f"{model} version {version}'s {CARD_FILE}: {e}") from None
-    if card is not None and (not isinstance(card, dict) or card.get("model", {}).get("name") != model):
+    if card is not None and (
+        not isinstance(card, dict) or card.get("model", {}).get("name") != model
+    ):
         card = None
     return json.loads(man.to_bytes()), card
 
@@ -461,7 +463,8 @@ def promote_with_pack(
         last is not None
         and last.to_version == int(version)
         and (
-            current == last.to_version or (last.action == "promote" and current == last.from_version)
+            current == last.to_version
+            or (last.action == "promote" and current == last.from_version)
         )
     ):
         entry = registry.promote(model, alias, int(version), last.decision)
@@ -498,7 +501,9 @@ def promote_with_pack(
 def _pack_dir(out_root: Path, model: str, version: int, key: str) -> Path:
     if not key.strip():
         raise InvalidInputError("promote_with_pack needs an idempotency key")
-    return Path(out_root) / model / f"v{int(version)}" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    return (
+        Path(out_root) / model / f"v{int(version)}" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    )
 
 
 @dataclass(frozen=True)
@@ -761,7 +766,9 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                 (
                     "feature views",
                     [
-                        f"{v.get('name')} (version {v.get('version')})" if isinstance(v, dict) else str(v)
+                        f"{v.get('name')} (version {v.get('version')})"
+                        if isinstance(v, dict)
+                        else str(v)
                         for v in d["feature_views"]
                     ]
                     or None,
@@ -785,8 +792,12 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                     ("code version", t["code_version"]),
                     ("lock hash", t["lock_hash"]),
                     ("job digest", t["job_digest"]),
-                    ("ray / torch", f"{t['ray_version']} / {t['torch_version']}"
-                     if t["ray_version"] or t["torch_version"] else None),
+                    (
+                        "ray / torch",
+                        f"{t['ray_version']} / {t['torch_version']}"
+                        if t["ray_version"] or t["torch_version"]
+                        else None,
+                    ),
                 ]
             ),
             _table(["parameter", "value"], sorted(t["params"].items())),

@@ -351,9 +351,7 @@ def reproduce(
         rebuilt_set: SetCheck | None = None
         if pipelines is not None:
             # 0. the training set, re-materialised from the offline event log -----------------
-            rebuilt_set = rematerialise(
-                pipelines, model, mv.digest, work_dir=work_dir, now=clock()
-            )
+            rebuilt_set = rematerialise(pipelines, model, mv.digest, work_dir=work_dir, now=clock())
             _check(
                 checks,
                 "data fingerprint",
@@ -635,7 +633,11 @@ def rematerialise(
         )
     rec_sources = dict(lineage.sources)
     changed = tuple(
-        sorted(k for k in set(rec_sources) | set(sources_now) if rec_sources.get(k) != sources_now.get(k))
+        sorted(
+            k
+            for k in set(rec_sources) | set(sources_now)
+            if rec_sources.get(k) != sources_now.get(k)
+        )
     )
     try:
         built = dict(ex.build_training_set(ctx))
@@ -650,7 +652,9 @@ def rematerialise(
     old_set = Path(str(recorded.get("path", ""))) / "set.parquet"
     if not same and old_set.is_file():
         keys = [opts.time_column, *sorted({k for v in ex.views for k in v.join_keys})]
-        rows = _row_diff(pl.read_parquet(old_set), pl.read_parquet(path / "set.parquet"), keys, max_rows)
+        rows = _row_diff(
+            pl.read_parquet(old_set), pl.read_parquet(path / "set.parquet"), keys, max_rows
+        )
     return SetCheck(
         same,
         str(recorded["fingerprint"]),
