@@ -366,6 +366,14 @@ def pack(
     record: Annotated[
         bool, typer.Option(help="tag the version with the pack digest (keel.evidence_pack)")
     ] = True,
+    verify: Annotated[
+        Path | None,
+        typer.Option(
+            help="check this evidence.json (or its folder) against the registry instead of "
+            "writing a pack: its digest must be the version's keel.evidence_pack tag and an "
+            "audit-log decision's evidence digest; exit 1 when it is not"
+        ),
+    ] = None,
 ) -> None:
     """Write the model-risk evidence pack (evidence.json + self-contained evidence.html) of
     a registered version, assembled from the registry, the trainer run, the approvals
@@ -380,6 +388,9 @@ def pack(
     from keel.pipelines.reproduce import parse_target
     from keel.registry_client import RegistryError
 
+    if verify is not None:
+        _verify_pack(target, verify, home, tracking_uri, db_url)
+        return
     try:
         model, ref = parse_target(target)
         card_doc = None
@@ -416,3 +427,39 @@ def pack(
         highlight=False,
     )
     console.print(f"pack digest: {digest}", highlight=False)
+
+
+def _verify_pack(
+    target: str, path: Path, home: Path | None, tracking_uri: str | None, db_url: str | None
+) -> None:
+    from keel_cli.cmd_reproduce import open_home_registry
+
+    from keel.pipelines import PipelinesError
+    from keel.pipelines.evidence import verify_pack
+    from keel.pipelines.reproduce import parse_target
+    from keel.registry_client import RegistryError
+
+    try:
+        model, ref = parse_target(target)
+    except PipelinesError as exc:
+        raise _fail(str(exc)) from None
+    _root, reg = open_home_registry(home, tracking_uri, db_url)
+    try:
+        check = verify_pack(reg, path)
+    except (PipelinesError, RegistryError) as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        reg.close()
+    if check.model != model or (ref.isdigit() and int(ref) != check.version):
+        raise _fail(f"{path} is the pack of {check.model} version {check.version}, not {target}", 1)
+    if check.ok:
+        console.print(
+            f"{path}: the evidence pack of {check.model} version {check.version}, digest "
+            f"{check.digest}, recorded in the audit log (entries {list(check.audit_entries)}) "
+            "and the version's tag",
+            highlight=False,
+        )
+        return
+    for p in check.problems:
+        err_console.print(f"[red]✗[/] {p}", highlight=False)
+    raise _fail(f"{path}: {len(check.problems)} problem(s); this pack is not the recorded one", 1)

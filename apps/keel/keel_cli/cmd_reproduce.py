@@ -129,6 +129,18 @@ def reproduce(
     ray_address: Annotated[
         str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster")
     ] = None,
+    pipelines_options: Annotated[
+        Path | None,
+        typer.Option(
+            help="the model was trained by the pipelines: their options (JSON, as "
+            "keel.pipelines.local.build_executors takes them); the training set is then "
+            "re-materialised from the offline event log under --home"
+        ),
+    ] = None,
+    pipelines_db: Annotated[
+        Path | None,
+        typer.Option(help="pipelines database (default: $KEEL_HOME/pipelines/pipelines.db)"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
     """Rebuild MODEL@ALIAS from its recorded data, code, lock and parameters on CPU, and
@@ -152,7 +164,20 @@ def reproduce(
             job = load_job(job_file)
         except TrainerError as e:
             raise _fail(str(e)) from None
+    options = None
+    if pipelines_options is not None:
+        try:
+            options = json.loads(pipelines_options.read_text())
+        except OSError as e:
+            raise _fail(f"cannot read {pipelines_options}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise _fail(f"{pipelines_options} is not JSON: {e}") from None
     root, reg = open_home_registry(home, tracking_uri, db_url)
+    source = None
+    if options is not None:
+        from keel.pipelines.reproduce import PipelinesSource
+
+        source = PipelinesSource(root, options, pipelines_db)
     try:
         verdict = run(
             reg,
@@ -166,6 +191,7 @@ def reproduce(
             job=job,
             lock_file=lock_file,
             ray_address=ray_address,
+            pipelines=source,
         )
     except (PipelinesError, TrainerError, RegistryError) as e:
         raise _fail(str(e)) from None

@@ -128,3 +128,32 @@ def test_governance_pack_writes_json_html_and_tags_the_version(home: Path, tmp_p
         assert "reproduce" in absent and pack["reproduce"] is None
     else:
         assert {k: v for k, v in pack["reproduce"].items() if k != "source"} == json.loads(tag)
+
+
+def test_governance_pack_verify(home: Path, tmp_path: Path) -> None:
+    """`--verify`: a pack is the recorded one when its digest is the version's tag and an
+    audit-log decision's evidence; a pack nobody promoted on is exit 1, naming why."""
+    from keel.registry_client import Decision, open_registry
+
+    out = tmp_path / "pack"
+    args = ["governance", "pack", "fraud@1", "--home", str(home)]
+    r = runner.invoke(app, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*args, "--verify", str(out)])
+    assert r.exit_code == 1 and "no audit-log decision" in " ".join(r.output.split())
+    body = json.loads((out / "evidence.json").read_text())
+    digest = (
+        "sha256:"
+        + hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        ).hexdigest()
+    )
+    with open_registry(home) as reg:
+        reg.promote("fraud", "shadow", 1, Decision("ana", "watch it", digest))
+    r = runner.invoke(app, [*args, "--verify", str(out / "evidence.json")])
+    assert r.exit_code == 0, r.output
+    assert digest in " ".join(r.output.split())
+    r = runner.invoke(
+        app, ["governance", "pack", "other@1", "--home", str(home), "--verify", str(out)]
+    )
+    assert r.exit_code == 1 and "not other@1" in " ".join(r.output.split())

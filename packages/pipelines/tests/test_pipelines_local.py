@@ -280,6 +280,32 @@ def test_register_and_alias_moves_are_idempotent_and_published(tmp_path: Path, b
         m = ex.move_alias(ctx(alias, c.inputs, key=f"k-{alias}"), alias, "1")
         assert ex.move_alias(ctx(alias, c.inputs, key=f"k-{alias}"), alias, "1") == m
     assert ex.registry.aliases(MODEL) == {"challenger": 1, "shadow": 1, "canary": 1, "champion": 1}
+    # the move to champion carries its evidence pack: written, its digest in the audit log's
+    # decision for that move and in the version's tag, checked by verify_pack
+    from keel.pipelines.evidence import PACK_TAG, pack_digest, verify_pack
+
+    assert "evidence_digest" not in ex.move_alias(
+        ctx("shadow", c.inputs, key="k-shadow"), "shadow", "1"
+    )
+    pack_file = Path(m["evidence_pack"])
+    assert pack_file.is_file() and Path(m["evidence_html"]).is_file()
+    assert pack_file.is_relative_to(tmp_path / "evidence" / MODEL / "v1")
+    body = json.loads(pack_file.read_text())
+    assert m["evidence_digest"] == pack_digest(body) and body["model"]["digest"] == d1
+    (move,) = (e for e in ex.registry.audit(MODEL) if e.alias == "champion")
+    assert move.seq == m["audit_seq"] and move.decision.evidence_digest == m["evidence_digest"]
+    assert ex.registry.get_version(MODEL, 1).tags[PACK_TAG] == m["evidence_digest"]
+    check = verify_pack(ex.registry, pack_file.parent)
+    assert check.ok and check.audit_entries == (move.seq,), check.problems
+    # another run promoting the same version finds the move logged: no second pack
+    again = ex.move_alias(ctx("champion", c.inputs, key="k-other"), "champion", "1")
+    assert again["evidence_digest"] == m["evidence_digest"] and again["already_champion"]
+    assert again["audit_seq"] == m["audit_seq"] and again["evidence_pack"] is None
+    # an edited pack no longer verifies, and says why
+    pack_file.write_text(pack_file.read_text().replace(d1, "sha256:" + "0" * 64))
+    bad = verify_pack(ex.registry, pack_file)
+    assert not bad.ok and any("tag" in p for p in bad.problems)
+    assert any("no audit-log decision" in p for p in bad.problems)
     events = _alias_events(bus)
     assert [(e["alias"], e["to_version"]) for e in events] == [
         ("challenger", 1),
@@ -376,7 +402,7 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     ctl = Controller(
         ex,
         clock=clock,
-        db_path=tmp_path / "pipelines.db",
+        db_path=tmp_path / "pipelines" / "pipelines.db",  # the default, where packs look
         trigger_policy=TriggerPolicy(cooldown=timedelta(0)),
         canary_policy=CanaryPolicy(window=timedelta(hours=1)),
         code_version="c0ffee",
@@ -435,6 +461,22 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     lineage = ctl.lineage(MODEL)
     assert lineage.artifact_digest == digest and lineage.trigger["key"] == "manual:first"
     assert ctl.verify_provenance().ok
+    # the promotion carried its evidence pack: on disk, its digest in the audit log's
+    # decision for the champion move, built from the artifact's own card and the run's
+    # provenance, and verify_pack agrees
+    from keel.pipelines.evidence import pack_digest, verify_pack
+
+    promo = out["promote_or_rollback"]
+    pack = json.loads(Path(promo["evidence_pack"]).read_text())
+    assert promo["evidence_digest"] == pack_digest(pack)
+    (move,) = (e for e in ex.registry.audit(MODEL) if e.alias == "champion")
+    assert move.decision.evidence_digest == promo["evidence_digest"]
+    assert move.seq == promo["audit_seq"]
+    assert pack["model"]["digest"] == digest and pack["governance"]["risk"]["tier"] == 3
+    assert pack["governance"]["source"]["kind"] == "artifact.model_card"
+    assert pack["provenance"]["present"] and pack["provenance"]["source"]["id"] == d.run_id
+    assert [a["approver"] for a in pack["approvals"]] == ["ana"]
+    assert verify_pack(ex.registry, Path(promo["evidence_pack"])).ok
 
     # the same data again: every cached step is a hit, nothing new is registered or moved
     d2 = ctl.submit(Trigger.manual(MODEL, "again", at=clock(), who="ana"), {})
@@ -451,6 +493,9 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     assert again["package_sign"]["artifact_digest"] == digest
     assert [v.version for v in ex.registry.versions(MODEL)] == [1]
     assert len(_alias_events(bus)) == 4  # every move was already where it points
+    # the move was already logged: no second pack, the first one's digest stands
+    promo2 = again["promote_or_rollback"]
+    assert promo2["evidence_digest"] == promo["evidence_digest"] and promo2["already_champion"]
     # the champion, scored on the same holdout, is the challenger itself: no gain, no loss
     q = next(g for g in ctl.steps(d2.run_id)[3].output["results"] if g["gate"] == "quality")
     assert q["evidence"]["champion"] == q["evidence"]["challenger"]
@@ -458,4 +503,120 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     td = next(g for g in ctl.steps(d2.run_id)[3].output["results"] if g["gate"] == "training_data")
     assert td["evidence"].get("decision") is not None and td["status"] == "passed"
     ctl.close()
+    ex.close()
+
+
+# -- reproduce: the training set re-materialised from the offline event log --------------------
+class _RealSets:
+    """Executors whose training set is the real one (keel.features on the offline log) and
+    whose other steps stand still: the run records the provenance `reproduce` walks back."""
+
+    def __init__(self, real: LocalExecutors, digest: str) -> None:
+        self.real, self.digest = real, digest
+
+    def source_fingerprints(self, ctx: StepContext) -> Mapping[str, str]:
+        return self.real.source_fingerprints(ctx)
+
+    def build_training_set(self, ctx: StepContext) -> Mapping[str, Any]:
+        return self.real.build_training_set(ctx)
+
+    def train(self, ctx: StepContext) -> Mapping[str, Any]:
+        return {"trainer_run": "not-tracked"}
+
+    def evaluate(self, ctx: StepContext) -> Mapping[str, Any]:
+        return {"metrics": {}}
+
+    def gates(self, ctx: StepContext) -> Any:
+        from keel.pipelines import GateResult, GateStatus
+
+        return [GateResult("quality", GateStatus.PASSED)]
+
+    def package_sign(self, ctx: StepContext) -> Mapping[str, Any]:
+        return {"artifact_digest": self.digest}
+
+    def register_challenger(self, ctx: StepContext) -> Mapping[str, Any]:
+        return {"version": "1"}
+
+    def move_alias(self, ctx: StepContext, alias: str, version: str) -> Mapping[str, Any]:
+        return {}
+
+    def canary_signals(self, ctx: StepContext, version: str) -> Any:
+        return [], 0
+
+    def rollback(self, ctx: StepContext, version: str) -> Mapping[str, Any]:
+        return {}
+
+
+def test_reproduce_rematerialises_the_set_from_the_offline_log(tmp_path: Path, bus: Bus) -> None:
+    """The data link of a pipelines-trained model is the training set rebuilt from the
+    offline event log (point in time, the recorded views and run parameters): unchanged log,
+    same fingerprint; one event edited after training, the data link fails and names the
+    dataset and the training row it changed; the log gone, a refusal that says so."""
+    import shutil
+
+    from keel.artifacts import Architecture, ArtifactSpec, CodeVersion, FieldSpec, build_artifact
+    from keel.pipelines.reproduce import PipelinesSource, reproduce
+
+    write_world(tmp_path, days=2, per_day=150)
+    ex = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path))
+    assert isinstance(ex, LocalExecutors)
+    recorded = ex.build_training_set(ctx("build_training_set"))["fingerprint"]
+    spec = ArtifactSpec(
+        name=MODEL,
+        architecture=Architecture(builder="mlp", args={"n_in": 2, "hidden": [2], "n_out": 1}),
+        input_schema=[FieldSpec(name=f, dtype="float64") for f in FEATURES],
+        output_schema=[FieldSpec(name="score", dtype="float32")],
+        training_data_fingerprint=recorded,
+        code=CodeVersion(commit="c0ffee", dirty=False),
+        dependency_lock_hash="sha256:lock",
+    )
+    weights = {"w": np.ones((2, 2), np.float32)}
+    archive = tmp_path / "a.tar"
+    build_artifact(tmp_path / "a", spec, weights, signing_key=ex.signing()[0], archive=archive)
+    v = ex.registry.register(archive, trust=ex.signing()[1])
+    clock = Clock()
+    ctl = Controller(
+        _RealSets(ex, v.digest),
+        clock=clock,
+        db_path=tmp_path / "pipelines" / "pipelines.db",
+        canary_policy=CanaryPolicy(window=timedelta(0)),
+        code_version="c0ffee",
+        lock_hash="sha256:lock",
+    )
+    run = ctl.submit(Trigger.manual(MODEL, "r1", at=clock(), who="ana"), {}).run_id
+    assert run is not None and ctl.advance(run).status is RunStatus.PROMOTED
+    ctl.close()
+    source = PipelinesSource(tmp_path, opts(tmp_path))
+    kw: dict[str, Any] = {"signing_key": ex.signing()[0], "trust": ex.signing()[1]}
+    kw.update(repo=tmp_path, pipelines=source, record=False)
+
+    same = reproduce(ex.registry, MODEL, "1", work_dir=tmp_path / "w-same", **kw)
+    first = same.checks[0]
+    assert (first.link, first.same, first.recorded, first.found) == (
+        "data fingerprint",
+        True,
+        recorded,
+        recorded,
+    )
+    # the walk goes on past the data (here to the training run, which was not tracked)
+    assert same.status == "refused" and same.link == "training run", same.message
+
+    part = sorted((tmp_path / "offline" / "events.txn.created").glob("date=*/*.parquet"))[0]
+    log = pl.read_parquet(part)
+    i = log.height // 2
+    keys = log["key"].to_list()
+    keys[i] = "c999" if keys[i] != "c999" else "c998"  # one event moved to another card
+    log.with_columns(pl.Series("key", keys)).write_parquet(part)
+    edited = reproduce(ex.registry, MODEL, "1", work_dir=tmp_path / "w-edit", **kw)
+    assert edited.status == "differs" and edited.link == "data fingerprint", edited.message
+    assert not edited.retrained and edited.reproduced_digest is None
+    (check,) = edited.checks
+    assert check.recorded == recorded and check.found != recorded
+    assert "events.txn.created" in edited.message and f"labels.{MODEL}" not in edited.message
+    assert "card_txn__count_6h recorded" in edited.message  # the training row it changed
+
+    shutil.rmtree(tmp_path / "offline" / "events.txn.created")
+    gone = reproduce(ex.registry, MODEL, "1", work_dir=tmp_path / "w-gone", **kw)
+    assert gone.status == "refused" and gone.link == "data fingerprint"
+    assert "offline log is gone" in gone.message and "events.txn.created" in gone.message
     ex.close()

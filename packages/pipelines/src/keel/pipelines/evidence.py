@@ -23,7 +23,10 @@ not in a record: the pack is a view, so every number in it can be traced.
 
 The pack's digest (SHA-256 of its canonical JSON) is what a promotion passes as the
 ``Decision.evidence_digest`` — which puts it in the registry's audit log — and ``record_pack``
-also stores it as the version's ``keel.evidence_pack`` tag.
+also stores it as the version's ``keel.evidence_pack`` tag. ``promote_with_pack`` is that
+sequence (build_pack → write_pack → promote → record_pack), idempotent on a key; the
+pipelines' promotion to ``champion`` runs it. ``verify_pack`` checks a pack file against the
+registry's records (``keel governance pack --verify``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
+import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,7 @@ from keel.pipelines._errors import InvalidInputError, NotFoundError, PipelinesEr
 PACK_SCHEMA = "keel.evidence_pack"
 PACK_SCHEMA_VERSION = 1
 PACK_TAG = "keel.evidence_pack"
+CARD_FILE = "model_card.json"  # the card keel.pipelines packages inside its artifacts
 # Said of every pack: what Keel's records do not establish.
 PLATFORM_LIMITATIONS = (
     "Bit-exact reproduction is established for CPU training only; GPU training is not "
@@ -99,7 +106,7 @@ def build_pack(
     absent: list[dict[str, str]] = []
     reg_src = _src("registry.model_version", f"{model}/{mv.version}", digest=digest)
 
-    manifest = _manifest(registry, model, int(mv.version), trust, work_dir)
+    manifest, embedded_card = _manifest(registry, model, int(mv.version), trust, work_dir)
     man_src = _src("artifact.manifest", digest)
     tags = dict(mv.tags)
     identity = {
@@ -117,7 +124,14 @@ def build_pack(
 
     # -- the training run ------------------------------------------------------------------
     client = tracking_client if tracking_client is not None else registry.mlflow_client
+    provenance = _provenance(provenance_db, model, digest, absent, generated_at)
     run = training_run(client, digest)
+    trainer_run = ((provenance or {}).get("lineage") or {}).get("trainer_run")
+    if run is None and trainer_run:  # a pipelines run trains, then packages: its run id
+        try:
+            run = client.get_run(str(trainer_run))
+        except Exception:  # not a run of this tracking store (tracking off): absent
+            run = None
     training: dict[str, Any] | None = None
     if run is None:
         absent.append(
@@ -156,14 +170,24 @@ def build_pack(
 
     # -- governance: card, approvals --------------------------------------------------------
     card_part: dict[str, Any] | None = None
+    card_src: dict[str, Any] | None = None
+    if card is None and embedded_card is not None:
+        # the artifact's own card (keel.pipelines packages one): covered by the artifact's
+        # signature, it names the weights it describes (an artifact cannot name its own digest)
+        card = embedded_card
+        card_src = _src(
+            "artifact.model_card",
+            f"{digest}#{CARD_FILE}",
+            sha256="sha256:" + hashlib.sha256(canonical(card)).hexdigest(),
+        )
     if card is None:
         absent.append({"section": "model card", "reason": "no model card was given"})
     else:
-        if card.get("model", {}).get("digest") != digest:
+        if card_src is None and card.get("model", {}).get("digest") != digest:
             raise InvalidInputError(
                 f"the model card is for {card.get('model', {}).get('digest')}, not {digest}"
             )
-        card_src = _src(
+        card_src = card_src or _src(
             "governance.model_card",
             "sha256:" + hashlib.sha256(canonical(card)).hexdigest(),
         )
@@ -210,11 +234,10 @@ def build_pack(
         "problems": [str(p) for p in report.problems],
     }
 
-    # -- provenance ------------------------------------------------------------------------------
-    provenance = _provenance(provenance_db, model, digest, absent, generated_at)
+    # -- the last reproduce verdict ------------------------------------------------------------
     reproduce = verdict_from_tag(tags.get("keel.reproduce"))
     if reproduce is None:
-        absent.append({"section": "reproduce", "reason": "`keel reproduce` has not run on it"})
+        absent.append({"section": "reproduce", "reason": "keel reproduce has not run on it"})
     else:
         reproduce["source"] = _src(
             "registry.model_version_tag", f"{model}/{mv.version}#keel.reproduce"
@@ -263,21 +286,34 @@ def _int(text: str | None) -> int | None:
 
 def _manifest(
     registry: Any, model: str, version: int, trust: Any, work_dir: Path | None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The registered archive's manifest, and (only when ``trust`` verifies the archive) the
+    model card it carries, if any."""
     import tempfile
 
-    from keel.artifacts import ArtifactError, read_manifest, verify_artifact
+    from keel.artifacts import ArtifactError, load_artifact, read_manifest
 
+    card = None
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         try:
             archive = registry.download_archive(model, version, Path(tmp))
+            man, _ = read_manifest(archive)
             if trust is not None:
-                man = verify_artifact(archive, trust).manifest
-            else:
-                man, _ = read_manifest(archive)
+                listed = {f.path for f in man.files}
+                want = [CARD_FILE] if CARD_FILE in listed else []
+                loaded = load_artifact(archive, trust, framework="numpy", read_files=want)
+                man = loaded.manifest
+                if want:
+                    card = json.loads(loaded.files[CARD_FILE])
         except ArtifactError as e:
             raise PipelinesError(f"{model} version {version}'s archive: {e}") from None
-    return json.loads(man.to_bytes())  # type: ignore[no-any-return]
+        except ValueError as e:
+            raise PipelinesError(f"{model} version {version}'s {CARD_FILE}: {e}") from None
+    if card is not None and (
+        not isinstance(card, dict) or card.get("model", {}).get("name") != model
+    ):
+        card = None
+    return json.loads(man.to_bytes()), card
 
 
 def _approvals(
@@ -371,6 +407,171 @@ def record_pack(registry: Any, model: str, version: int, digest: str) -> None:
         raise PipelinesError(f"cannot tag {model} version {version} with its pack: {e}") from None
 
 
+@dataclass(frozen=True)
+class Promotion:
+    """What `promote_with_pack` did: the audit entry of the alias move, the pack's digest
+    (the entry's ``decision.evidence_digest``) and where the pack is (None when the move was
+    already logged by an earlier promotion: its own pack stands)."""
+
+    entry: Any
+    evidence_digest: str
+    pack_json: Path | None
+    pack_html: Path | None
+    already: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "evidence_digest": self.evidence_digest,
+            "evidence_pack": None if self.pack_json is None else str(self.pack_json),
+            "evidence_html": None if self.pack_html is None else str(self.pack_html),
+            "already_champion": self.already,
+        }
+
+
+def promote_with_pack(
+    registry: Any,
+    model: str,
+    version: int,
+    *,
+    who: str,
+    why: str,
+    out_root: Path,
+    idempotency_key: str,
+    generated_at: datetime,
+    alias: str = "champion",
+    **sources: Any,
+) -> Promotion:
+    """Promote ``model`` version ``version`` to ``alias`` with its evidence pack: build_pack →
+    write_pack → promote with ``Decision(who, why, evidence_digest=<pack digest>)`` →
+    record_pack. ``sources`` go to `build_pack` (ledger, card, provenance_db, trust, ...).
+
+    Idempotent on ``idempotency_key``: the pack lives in
+    ``out_root/<model>/v<version>/<key[:16]>/`` and a retry after a crash reuses it, so the
+    digest in the audit log is the digest of the pack on disk. When the audit log already
+    records this move (a repeat; an earlier run made it), no pack is built: the move is
+    repeated with its logged decision and that decision's evidence digest is returned.
+    """
+    from keel.registry_client import Decision
+    from keel.registry_client import NotFoundError as RegistryNotFound
+
+    last = next((e for e in reversed(registry.audit(model)) if e.alias == alias), None)
+    try:
+        current = registry.aliases(model).get(alias)
+    except RegistryNotFound:
+        current = None
+    if (
+        last is not None
+        and last.to_version == int(version)
+        and (
+            current == last.to_version
+            or (last.action == "promote" and current == last.from_version)
+        )
+    ):
+        entry = registry.promote(model, alias, int(version), last.decision)
+        folder = _pack_dir(out_root, model, version, idempotency_key)
+        j = folder / "evidence.json"
+        digest = entry.decision.evidence_digest
+        mine = j.is_file() and pack_digest(json.loads(j.read_text())) == digest
+        if mine:
+            record_pack(registry, model, int(version), digest)
+        return Promotion(
+            entry,
+            digest,
+            j if mine else None,
+            folder / "evidence.html" if mine else None,
+            already=not mine,
+        )
+    folder = _pack_dir(out_root, model, version, idempotency_key)
+    j, h = folder / "evidence.json", folder / "evidence.html"
+    if j.is_file() and h.is_file():  # a retry: the pack this key already wrote stands
+        digest = pack_digest(json.loads(j.read_text()))
+    else:
+        pack = build_pack(registry, model, str(int(version)), generated_at=generated_at, **sources)
+        tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        _j, _h, digest = write_pack(pack, tmp)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, folder)
+    entry = registry.promote(model, alias, int(version), Decision(who, why, digest))
+    record_pack(registry, model, int(version), digest)
+    return Promotion(entry, digest, j, h, already=False)
+
+
+def _pack_dir(out_root: Path, model: str, version: int, key: str) -> Path:
+    if not key.strip():
+        raise InvalidInputError("promote_with_pack needs an idempotency key")
+    return (
+        Path(out_root) / model / f"v{int(version)}" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    )
+
+
+@dataclass(frozen=True)
+class PackCheck:
+    """`verify_pack`'s result: ``ok`` when the pack file's digest is the one the registry
+    recorded (the version's tag and an audit-log decision moving an alias to it) and the
+    audit chain is intact; ``problems`` says what is not."""
+
+    ok: bool
+    digest: str
+    model: str
+    version: int
+    audit_entries: tuple[int, ...]
+    problems: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "digest": self.digest,
+            "model": self.model,
+            "version": self.version,
+            "audit_entries": list(self.audit_entries),
+            "problems": list(self.problems),
+        }
+
+
+def verify_pack(registry: Any, path: Path) -> PackCheck:
+    """Check an ``evidence.json`` (or the folder holding it) against the registry: its digest
+    (SHA-256 of its canonical JSON) must equal the version's ``keel.evidence_pack`` tag and
+    the evidence digest of an audit-log entry that moved an alias to that version, and the
+    audit chain must verify. Raises `InvalidInputError` for an unreadable file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "evidence.json"
+    try:
+        pack = json.loads(path.read_text())
+        model, version = str(pack["model"]["name"]), int(pack["model"]["version"])
+        if pack.get("schema") != PACK_SCHEMA:
+            raise ValueError(f"schema is {pack.get('schema')!r}, not {PACK_SCHEMA!r}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InvalidInputError(f"{path} is not a readable evidence pack: {e}") from None
+    digest = pack_digest(pack)
+    problems: list[str] = []
+    from keel.pipelines.reproduce import resolve_version
+
+    mv = resolve_version(registry, model, str(version))
+    if mv.digest != pack["model"]["digest"]:
+        problems.append(
+            f"{model} version {version} has digest {mv.digest}; the pack describes {pack['model']['digest']}"
+        )
+    tag = dict(mv.tags).get(PACK_TAG)
+    if tag != digest:
+        problems.append(
+            f"the version's {PACK_TAG} tag is {tag or '(absent)'}, the pack's digest is {digest}"
+        )
+    seqs = tuple(
+        e.seq
+        for e in registry.audit(model)
+        if e.to_version == version and e.decision.evidence_digest == digest
+    )
+    if not seqs:
+        problems.append(f"no audit-log decision moving an alias to v{version} names {digest}")
+    report = registry.verify_audit(model)
+    if not report.ok:
+        problems.extend(f"audit log: {p}" for p in report.problems)
+    return PackCheck(not problems, digest, model, version, seqs, tuple(problems))
+
+
 def write_pack(pack: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path, str]:
     """``evidence.json`` (sorted keys, indented) and ``evidence.html`` in ``out_dir``;
     returns both paths and the pack's digest (of its canonical JSON)."""
@@ -385,9 +586,10 @@ def write_pack(pack: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path, str]
 # -- HTML --------------------------------------------------------------------------------------
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1040px;color:#222;padding:0 16px;line-height:1.4}
-h1{font-size:23px;margin-bottom:2px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:30px}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1040px;color:#222;padding:0 16px;line-height:1.4;font-size:14px}
+h1{font-size:23px;margin-bottom:2px}h3{font-size:14px;margin:14px 0 4px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:30px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px;max-width:100%}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top;overflow-wrap:break-word}
+table.kv th{width:190px}.nowrap{white-space:nowrap}.k{color:#555}
 th{background:#f5f5f5}.mono{font-family:ui-monospace,Menlo,monospace;font-size:12px;word-break:break-all}
 .ok{color:#2e7d32;font-weight:600}.bad{color:#c0392b;font-weight:600}.muted{color:#666;font-size:12px}
 .badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff;font-size:13px;margin-right:6px}
@@ -399,23 +601,55 @@ th{background:#f5f5f5}.mono{font-family:ui-monospace,Menlo,monospace;font-size:1
 def _e(v: Any) -> str:
     if v is None:
         return '<span class="muted">—</span>'
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return html.escape(f"{v:.6g}")
+    if isinstance(v, dict) and v and all(not isinstance(x, dict | list) for x in v.values()):
+        # a flat record (risk factors, controls, thresholds): one "key: value" per line
+        return "<br>".join(
+            f'<span class="k">{html.escape(str(k).replace("_", " "))}:</span> {_e(x)}'
+            for k, x in sorted(v.items())
+        )
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return html.escape(", ".join(v)) if v else '<span class="muted">—</span>'
     if isinstance(v, dict | list):
         return f'<span class="mono">{html.escape(json.dumps(v, sort_keys=True))}</span>'
-    return html.escape(str(v))
+    text = str(v)
+    if text.startswith("sha256:") or (len(text) == 40 and text.isalnum()):
+        return f'<span class="mono">{html.escape(text)}</span>'
+    return html.escape(text)
+
+
+def _when(v: Any) -> str:
+    """An ISO time, short and on one line: 2026-04-02 09:30:00Z."""
+    if not isinstance(v, str):
+        return _e(v)
+    text = v.replace("T", " ").replace("+00:00", "Z")
+    if "." in text:  # drop sub-seconds
+        head, _, tail = text.partition(".")
+        text = head + ("Z" if tail.endswith("Z") else "")
+    return f'<span class="nowrap">{html.escape(text)}</span>'
+
+
+class _Raw(str):
+    """Already-escaped HTML for a table cell."""
+
+
+def _cell(v: Any) -> str:
+    return str(v) if isinstance(v, _Raw) else _e(v)
 
 
 def _kv(rows: Sequence[tuple[str, Any]]) -> str:
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{_cell(v)}</td></tr>" for k, v in rows)
+    return f'<table class="kv">{body}</table>'
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     if not rows:
         return '<p class="muted">none recorded</p>'
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -428,6 +662,28 @@ def _source(part: Mapping[str, Any] | None) -> str:
 
 def _badge(text: str, kind: str) -> str:
     return f'<span class="badge {kind}">{html.escape(text)}</span>'
+
+
+def _gates_html(gates: Mapping[str, Any]) -> str:
+    """The gate verdict: overall status, then one row per gate (status, reasons, evidence)."""
+    status = str(gates.get("status", "—"))
+    head = (
+        f'<p>overall: <span class="{"ok" if status == "passed" else "bad"}">'
+        f"{html.escape(status)}</span></p>"
+    )
+    rows = [
+        [
+            g.get("gate"),
+            _Raw(
+                f'<span class="{"ok" if g.get("status") == "passed" else "bad"}">'
+                f"{html.escape(str(g.get('status')))}</span>"
+            ),
+            "; ".join(g.get("reasons") or []) or None,
+            g.get("evidence") or None,
+        ]
+        for g in gates.get("results") or []
+    ]
+    return head + _table(["gate", "status", "reasons", "evidence"], rows)
 
 
 def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
@@ -507,7 +763,16 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                 ("training-set fingerprint", d["fingerprint"]),
                 ("rows", d["rows"]),
                 ("read from", d["path"]),
-                ("feature views", d["feature_views"] or None),
+                (
+                    "feature views",
+                    [
+                        f"{v.get('name')} (version {v.get('version')})"
+                        if isinstance(v, dict)
+                        else str(v)
+                        for v in d["feature_views"]
+                    ]
+                    or None,
+                ),
                 ("input schema", [f.get("name") for f in d["input_schema"]]),
                 ("time range", ((gov.get("training_data") or {}).get("time_range"))),
                 ("data-quality results", None),
@@ -527,7 +792,12 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                     ("code version", t["code_version"]),
                     ("lock hash", t["lock_hash"]),
                     ("job digest", t["job_digest"]),
-                    ("ray / torch", f"{t['ray_version']} / {t['torch_version']}"),
+                    (
+                        "ray / torch",
+                        f"{t['ray_version']} / {t['torch_version']}"
+                        if t["ray_version"] or t["torch_version"]
+                        else None,
+                    ),
                 ]
             ),
             _table(["parameter", "value"], sorted(t["params"].items())),
@@ -548,8 +818,8 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
         verdict = fair.get("verdict") or {}
         parts.append(
             f'<p>gate: <span class="{"ok" if verdict.get("passed") else "bad"}">'
-            f'{"passed" if verdict.get("passed") else "FAILED"}</span> '
-            f"{_e(fair.get('gate'))}</p>"
+            f'{"passed" if verdict.get("passed") else "FAILED"}</span></p>'
+            + _kv([("thresholds", fair.get("gate"))])
         )
         rows = []
         for attr in fair.get("attributes", []):
@@ -583,9 +853,14 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
     if prov and prov.get("present"):
         parts += [
             "<h3>Trigger</h3>",
-            _kv(sorted((prov.get("trigger") or {}).items())),
+            _kv(
+                [
+                    (k, _Raw(_when(x)) if k == "at" else x)
+                    for k, x in sorted((prov.get("trigger") or {}).items())
+                ]
+            ),
             "<h3>Gates against the previous champion</h3>",
-            _kv(sorted((prov.get("gates") or {}).items())),
+            _gates_html(prov.get("gates") or {}),
             _source(prov),
         ]
     else:
@@ -601,9 +876,9 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                     a["approver"],
                     a["role"],
                     a["decision"],
-                    a["decided_at"],
+                    _Raw(_when(a["decided_at"])),
                     a["evidence_digest"],
-                    a["source"]["id"],
+                    "#" + str(a["source"]["id"]).rsplit("#", 1)[-1],
                 ]
                 for a in pack["approvals"]
             ],
@@ -622,7 +897,7 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
             [
                 [
                     h["seq"],
-                    h["at"],
+                    _Raw(_when(h["at"])),
                     h["action"],
                     h["alias"],
                     h["from_version"],
@@ -642,10 +917,30 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
         v = prov["verify"]
         parts.append(
             f'<p><span class="{"ok" if v["ok"] else "bad"}">keel provenance verify: '
-            f'{"ok" if v["ok"] else "FAILED"}</span> ({v["entries"]} entries, head {_e(v["head"])})</p>'
+            f'{"ok" if v["ok"] else "FAILED"}</span> ({v["entries"]} entries, head {_e(" ".join(f"#{x}" if i == 0 else str(x) for i, x in enumerate(v["head"])) or None)})</p>'
         )
         if prov.get("present"):
-            parts.append(_kv(sorted((k, x) for k, x in prov["lineage"].items() if k != "entries")))
+            lin = prov["lineage"]
+            moves = [
+                f"{m.get('alias', '?')} → v{m.get('version', m.get('to_version', '?'))}"
+                for m in lin.get("alias_moves") or []
+                if isinstance(m, dict)
+            ]
+            parts.append(
+                _kv(
+                    [
+                        ("pipelines run", lin.get("run_id")),
+                        ("artifact digest", lin.get("artifact_digest")),
+                        ("training-set fingerprint", lin.get("training_set_fingerprint")),
+                        ("source datasets", lin.get("sources") or None),
+                        ("code version", lin.get("code_version")),
+                        ("lock hash", lin.get("lock_hash")),
+                        ("trainer run", lin.get("trainer_run")),
+                        ("alias moves", moves or None),
+                        ("provenance entries", ", ".join(str(e) for e in lin.get("entries", []))),
+                    ]
+                )
+            )
     else:
         parts.append('<p class="muted">No pipelines provenance for this version.</p>')
     parts.append("<h2>Last <code>keel reproduce</code> verdict</h2>")
@@ -656,7 +951,7 @@ def render_pack_html(pack: Mapping[str, Any], digest: str | None = None) -> str:
                     ("status", rep.get("status")),
                     ("first differing link", rep.get("link")),
                     ("rebuilt digest", rep.get("reproduced_digest")),
-                    ("when", rep.get("at")),
+                    ("when", _Raw(_when(rep.get("at")))),
                     ("message", rep.get("message")),
                 ]
             ),
@@ -679,9 +974,13 @@ __all__ = [
     "PACK_SCHEMA_VERSION",
     "PACK_TAG",
     "PLATFORM_LIMITATIONS",
+    "PackCheck",
+    "Promotion",
     "build_pack",
     "pack_digest",
+    "promote_with_pack",
     "record_pack",
     "render_pack_html",
+    "verify_pack",
     "write_pack",
 ]

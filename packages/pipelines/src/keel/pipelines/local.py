@@ -1097,18 +1097,36 @@ class LocalExecutors:
         }
 
     def move_alias(self, ctx: StepContext, alias: str, version: str) -> Mapping[str, Any]:
-        e = self.registry.promote(
-            self.o.model,
-            alias,
-            int(version),
-            self._decision(ctx, f"{ctx.step}: {alias} -> v{version}"),
-        )
+        decision = self._decision(ctx, f"{ctx.step}: {alias} -> v{version}")
+        pack: dict[str, Any] = {}
+        if alias == "champion":  # every promotion to champion carries its evidence pack
+            from keel.governance import ApprovalLedger
+            from keel.pipelines.evidence import promote_with_pack
+
+            p = promote_with_pack(
+                self.registry,
+                self.o.model,
+                int(version),
+                who=decision.who,
+                why=f"{decision.why}; artifact {decision.evidence_digest}",
+                out_root=self.home / "evidence",
+                idempotency_key=ctx.idempotency_key or ctx.run_id,
+                generated_at=ctx.now,
+                ledger=ApprovalLedger(self._ledger_path()),
+                provenance_db=self.home / "pipelines" / "pipelines.db",
+                trust=self.signing()[1],
+                work_dir=self.work,
+            )
+            e, pack = p.entry, p.to_dict()
+        else:
+            e = self.registry.promote(self.o.model, alias, int(version), decision)
         return {
             "from_version": None if e.from_version is None else str(e.from_version),
             "to_version": str(e.to_version),
             "audit_seq": e.seq,
             "audit_hash": e.hash,
             "event": f"model.alias_moved:{e.hash}",
+            **pack,
         }
 
     def rollback(self, ctx: StepContext, version: str) -> Mapping[str, Any]:

@@ -23,6 +23,15 @@ differs is the verdict:
    compared with the registered one; if they differ, the max absolute difference of every
    tensor is reported.
 
+A model trained by the pipelines (``pipelines=PipelinesSource(home, options)``) has its
+data link taken from the offline event log first: `rematerialise` walks the pipelines
+provenance back to the run that produced the digest and rebuilds its training set with
+keel.features' point-in-time build (the recorded feature-view versions, the run's recorded
+``start``/``end``/``holdout_from``), then compares that set's fingerprint with the
+manifest's. When they differ, it names the offline datasets whose content changed since the
+run and the first training rows that differ. The trainer's file checked next is that
+re-materialised set's ``train.parquet``.
+
 An input that is gone (the data file, the commit, the lockfile, the job spec record) is a
 ``refused`` verdict naming it, not an exception. The verdict is stored as the version's
 ``keel.reproduce`` tag (read back by the evidence pack) and as ``verdict.json`` in the work
@@ -113,6 +122,45 @@ class Verdict:
             "at": self.at,
             "seconds": round(self.seconds, 3),
         }
+
+
+@dataclass(frozen=True)
+class PipelinesSource:
+    """Where a model trained by the pipelines (keel.pipelines.local) had its training set
+    built: ``home`` (its KEEL_HOME: offline store, work dir), ``options`` (the JSON
+    ``build_executors`` took: feature definitions, views, features, labels dataset...) and
+    the pipelines database holding the run's provenance (default
+    ``home/pipelines/pipelines.db``)."""
+
+    home: Path
+    options: Mapping[str, Any]
+    db_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class SetCheck:
+    """The training set re-materialised from the offline log vs the one the run recorded."""
+
+    same: bool
+    recorded: str
+    found: str
+    run_id: str
+    path: Path  # the re-materialised set's folder (set/train/holdout.parquet)
+    rows: int
+    changed_sources: tuple[str, ...]  # offline datasets whose content changed since the run
+    differing_rows: tuple[str, ...]  # the first rows that differ, described
+    feature_views: Mapping[str, Any]
+    trainer_run: str = ""  # the run's train step's tracking run id
+
+    def describe(self) -> str:
+        parts = []
+        if self.changed_sources:
+            parts.append(
+                "offline dataset(s) changed since the run: " + ", ".join(self.changed_sources)
+            )
+        if self.differing_rows:
+            parts.append("first differing training rows: " + "; ".join(self.differing_rows))
+        return ". ".join(parts)
 
 
 class _Stop(Exception):
@@ -228,6 +276,7 @@ def reproduce(
     ray_num_cpus: int | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     record: bool = True,
+    pipelines: PipelinesSource | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Verdict:
     """Reproduce ``model@ref`` (an alias or a version number) and return the verdict.
@@ -239,7 +288,10 @@ def reproduce(
     directory); ``code``: its (commit, dirty), default read from git there. ``data``: where
     the training file is now (default: where it was read). ``job``: a ``TrainJob`` to run
     instead of the recorded one (e.g. the job file as it is now). ``work_dir``: scratch
-    space (emptied first). Raises ``NotFoundError`` for an unknown model/alias/version;
+    space (emptied first). ``pipelines``: the model was trained by keel.pipelines — its
+    training set is re-materialised from the offline event log (see `rematerialise`) and
+    that set's fingerprint is the data link; the trainer's file is then the re-materialised
+    ``train.parquet``. Raises ``NotFoundError`` for an unknown model/alias/version;
     everything else that stops a reproduction is a ``refused`` verdict.
     """
     from keel.artifacts import ArtifactError, TrustPolicy, load_artifact
@@ -296,7 +348,25 @@ def reproduce(
             ) from None
         man = registered.manifest
         client = tracking_client if tracking_client is not None else registry.mlflow_client
+        rebuilt_set: SetCheck | None = None
+        if pipelines is not None:
+            # 0. the training set, re-materialised from the offline event log -----------------
+            rebuilt_set = rematerialise(pipelines, model, mv.digest, work_dir=work_dir, now=clock())
+            _check(
+                checks,
+                "data fingerprint",
+                man.training_data_fingerprint,
+                rebuilt_set.found,
+                "the training set re-materialised from the offline log is not the one this "
+                f"model was trained on (pipelines run {rebuilt_set.run_id}). "
+                + (rebuilt_set.describe() or "the offline log's content changed since training"),
+            )
         run = training_run(client, mv.digest)
+        if run is None and rebuilt_set is not None and rebuilt_set.trainer_run:
+            try:
+                run = client.get_run(rebuilt_set.trainer_run)
+            except Exception:  # not a run of this tracking store (e.g. tracking was off)
+                run = None
         if run is None:
             raise _Stop(
                 "refused",
@@ -333,6 +403,10 @@ def reproduce(
         from keel.trainer import fingerprint
 
         data_path = Path(data or tags.get("keel.data_path") or recorded_job.data.path)
+        recorded_fp = man.training_data_fingerprint
+        if rebuilt_set is not None:  # the trainer read the set's training split
+            data_path = rebuilt_set.path / "train.parquet"
+            recorded_fp = tags.get("keel.data_fingerprint") or "(not recorded)"
         if not data_path.is_file():
             raise _Stop(
                 "refused",
@@ -345,7 +419,7 @@ def reproduce(
         _check(
             checks,
             "data fingerprint",
-            man.training_data_fingerprint,
+            recorded_fp,
             fp,
             f"{data_path} is not the data this model was trained on: its content changed "
             "since training (a different model would be trained from it)",
@@ -494,6 +568,150 @@ def reproduce(
         return verdict(stop.status, stop.link, stop.message)
 
 
+def rematerialise(
+    source: PipelinesSource,
+    model: str,
+    digest: str,
+    *,
+    work_dir: Path,
+    now: datetime,
+    max_rows: int = 3,
+) -> SetCheck:
+    """Rebuild the training set of the pipelines run that produced ``digest`` from the
+    offline log, with keel.features' point-in-time build (the same code the run's
+    ``build_training_set`` step ran), the recorded feature views and the run's recorded
+    parameters (``start``/``end``/``holdout_from``), in a scratch home under ``work_dir``.
+    Compares its fingerprint with the recorded one; when they differ, names the offline
+    datasets whose content changed (against the run's recorded source fingerprints) and,
+    when the run's own set file is still there, the first rows that differ.
+
+    Raises `_Stop` (refused) when the provenance or the offline log is gone, (differs) when
+    the feature-view definitions changed version."""
+    import polars as pl
+
+    from keel.pipelines import Controller, ProvenanceTamperedError, StepContext
+    from keel.pipelines.local import LocalExecutors, LocalOptions
+
+    home = Path(source.home).expanduser().resolve()
+    db = Path(source.db_path or home / "pipelines" / "pipelines.db")
+    if not db.is_file():
+        raise _Stop(
+            "refused",
+            "data fingerprint",
+            f"no pipelines database at {db}: the run that built {digest}'s training set is "
+            "not on record here (give the database the controller used)",
+        )
+    ctl = Controller(None, clock=lambda: now, db_path=db)
+    try:
+        lineage = ctl.lineage(model, digest)
+    except NotFoundError as e:
+        raise _Stop("refused", "data fingerprint", f"pipelines provenance: {e}") from None
+    except ProvenanceTamperedError as e:
+        raise _Stop(
+            "refused", "data fingerprint", f"the pipelines provenance fails verification: {e}"
+        ) from None
+    finally:
+        ctl.close()
+    by_kind = {e.kind: e.record for e in lineage.entries}
+    params = dict(by_kind["trigger"].get("params") or {})
+    recorded = dict(by_kind["step:build_training_set"]["output"])
+    options = dict(source.options)
+    options.setdefault("offline_root", str(home / "offline"))
+    try:
+        opts = LocalOptions.parse(options)
+    except PipelinesError as e:
+        raise _Stop("refused", "data fingerprint", f"pipelines options: {e}") from None
+    scratch = Path(work_dir) / "pipelines-home"
+    ex = LocalExecutors(home=scratch, bus=None, options=opts)  # type: ignore[arg-type]
+    ctx = StepContext(
+        lineage.run_id,
+        model,
+        "build_training_set",
+        params,
+        lineage.code_version,
+        lineage.lock_hash,
+        {},
+        now,
+    )
+    try:
+        views_now = {v.name: v.version for v in ex.views}
+        sources_now = dict(ex.source_fingerprints(ctx))
+    except PipelinesError as e:
+        raise _Stop("refused", "data fingerprint", f"the offline log is gone: {e}") from None
+    views_rec = dict(recorded.get("feature_views") or {})
+    if views_now != views_rec:
+        raise _Stop(
+            "differs",
+            "data fingerprint",
+            f"the feature-view definitions changed since the run: recorded {views_rec}, now "
+            f"{views_now} ({opts.feature_definitions}); check out the recorded code",
+        )
+    rec_sources = dict(lineage.sources)
+    changed = tuple(
+        sorted(
+            k
+            for k in set(rec_sources) | set(sources_now)
+            if rec_sources.get(k) != sources_now.get(k)
+        )
+    )
+    try:
+        built = dict(ex.build_training_set(ctx))
+    except PipelinesError as e:
+        raise _Stop(
+            "refused", "data fingerprint", f"cannot re-materialise the training set: {e}"
+        ) from None
+    path = Path(built["path"])
+    found = str(built["fingerprint"])
+    same = found == str(recorded["fingerprint"])
+    rows: tuple[str, ...] = ()
+    old_set = Path(str(recorded.get("path", ""))) / "set.parquet"
+    if not same and old_set.is_file():
+        keys = [opts.time_column, *sorted({k for v in ex.views for k in v.join_keys})]
+        rows = _row_diff(
+            pl.read_parquet(old_set), pl.read_parquet(path / "set.parquet"), keys, max_rows
+        )
+    return SetCheck(
+        same,
+        str(recorded["fingerprint"]),
+        found,
+        lineage.run_id,
+        path,
+        int(built["rows"]),
+        changed,
+        rows,
+        views_now,
+        lineage.trainer_run,
+    )
+
+
+def _row_diff(old: Any, new: Any, keys: list[str], limit: int) -> tuple[str, ...]:
+    """The first rows of ``new`` not in ``old`` (all columns compared), each described by
+    its key columns and the columns whose value differs from ``old``'s row with that key."""
+    import polars as pl
+
+    if old.columns != new.columns:
+        return (f"columns differ: recorded {old.columns}, now {new.columns}",)
+    cols = new.columns
+    only_new = new.join(old, on=cols, how="anti", nulls_equal=True).head(limit)
+    only_old = old.join(new, on=cols, how="anti", nulls_equal=True)
+    out = []
+    for row in only_new.iter_rows(named=True):
+        key = ", ".join(f"{k}={row[k]}" for k in keys)
+        match = only_old.filter(pl.all_horizontal([pl.col(k) == row[k] for k in keys])).head(1)
+        if match.height:
+            was = match.row(0, named=True)
+            diff = ", ".join(
+                f"{c} recorded {was[c]!r}, now {row[c]!r}" for c in cols if was[c] != row[c]
+            )
+            out.append(f"[{key}] {diff}")
+        else:
+            out.append(f"[{key}] is new")
+    if not out and only_old.height:
+        r = only_old.row(0, named=True)
+        out.append("[" + ", ".join(f"{k}={r[k]}" for k in keys) + "] is gone")
+    return tuple(out)
+
+
 def _check(checks: list[LinkCheck], link: str, recorded: str, found: str, why: str) -> None:
     same = recorded == found
     checks.append(LinkCheck(link, same, recorded, found, "" if same else why))
@@ -564,10 +782,13 @@ __all__ = [
     "LINKS",
     "VERDICT_TAG",
     "LinkCheck",
+    "PipelinesSource",
+    "SetCheck",
     "Verdict",
     "commit_in_history",
     "find_lock",
     "parse_target",
+    "rematerialise",
     "reproduce",
     "resolve_version",
     "training_run",
