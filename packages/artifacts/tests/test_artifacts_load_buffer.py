@@ -8,7 +8,7 @@ import hashlib
 import mmap
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -171,7 +171,10 @@ def _overwrite_in_place(path: Path) -> None:
 
 @pytest.mark.parametrize("framework", ["torch", "numpy"])
 def test_a_write_after_verification_cannot_reach_the_tensors(
-    tmp_path: Path, small_chunks: int, monkeypatch: pytest.MonkeyPatch, framework: str
+    tmp_path: Path,
+    small_chunks: int,
+    monkeypatch: pytest.MonkeyPatch,
+    framework: Literal["torch", "numpy"],
 ) -> None:
     """The weights are rewritten in place after their hash matched and before tensors are
     built (inside the runtime-config check): the tensors are still exactly the verified
