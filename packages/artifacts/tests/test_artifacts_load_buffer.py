@@ -8,6 +8,7 @@ import hashlib
 import mmap
 import os
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pytest
@@ -158,3 +159,73 @@ def test_big_endian_hosts_get_byte_swapped_copies(
         else:
             swapped = torch.from_numpy(arr.byteswap())
             assert torch.equal(t.view(torch.uint8), swapped.view(torch.uint8)), name
+
+
+def _overwrite_in_place(path: Path) -> None:
+    """Same inode, same size, every byte changed: what a writer holding the file open (or
+    an mmap of it) would see."""
+    data = path.read_bytes()
+    with open(path, "r+b") as f:
+        f.write(bytes(b ^ 0xFF for b in data[:8]) + bytes(len(data) - 8))
+
+
+@pytest.mark.parametrize("framework", ["torch", "numpy"])
+def test_a_write_after_verification_cannot_reach_the_tensors(
+    tmp_path: Path,
+    small_chunks: int,
+    monkeypatch: pytest.MonkeyPatch,
+    framework: Literal["torch", "numpy"],
+) -> None:
+    """The weights are rewritten in place after their hash matched and before tensors are
+    built (inside the runtime-config check): the tensors are still exactly the verified
+    bytes."""
+    keys = Keys()
+    d = build(tmp_path, keys, weights=big_tensors())
+    weights = d / "weights.safetensors"
+    real = verify_mod.validate_runtime_config
+    rewritten: list[bool] = []
+
+    def check_then_rewrite(*a: Any) -> Any:
+        out = real(*a)
+        _overwrite_in_place(weights)
+        rewritten.append(True)
+        return out
+
+    monkeypatch.setattr(verify_mod, "validate_runtime_config", check_then_rewrite)
+    loaded = load_artifact(d, keys.policy, framework=framework, runtime_config=CFG)
+    assert rewritten == [True]
+    assert weights.read_bytes()[8:16] == bytes(8)  # the file really changed
+    for name, arr in big_tensors().items():
+        got = loaded.tensors[name]
+        got = got.numpy() if framework == "torch" else got
+        assert np.array_equal(got, arr), name
+
+
+def test_a_write_during_the_read_is_caught_by_the_hash(
+    tmp_path: Path, small_chunks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that changes chunks not yet read: the bytes read no longer hash to the
+    manifest's digest, so the load is refused before anything is deserialised."""
+    keys = Keys()
+    d = build(tmp_path, keys, weights=big_tensors())
+    weights = d / "weights.safetensors"
+    real = os.preadv
+    done: list[int] = []
+
+    def read_then_write(fd: int, buffers: list[memoryview], offset: int) -> int:
+        n = real(fd, buffers, offset)
+        if offset == 0 and not done:
+            with open(weights, "r+b") as f:  # flip one byte near the end, same inode
+                f.seek(-3, os.SEEK_END)
+                b = f.read(1)
+                f.seek(-3, os.SEEK_END)
+                f.write(bytes([b[0] ^ 1]))
+            done.append(offset)
+        return n
+
+    monkeypatch.setattr(os, "preadv", read_then_write)
+    calls: list[object] = []
+    monkeypatch.setattr(verify_mod, "_deserialise", lambda *a, **k: calls.append(a))
+    with pytest.raises(IntegrityError, match="weights.safetensors: SHA-256 does not match"):
+        load_artifact(d, keys.policy, runtime_config=CFG)
+    assert done == [0] and calls == []
