@@ -3,16 +3,19 @@
     ./pants run tools/bench:serving -- [--quick] [--seconds S] [--no-redis]
 
 Figures (same run, same machine, load generator included in the CPU budget):
-* p99 / achieved rate at a paced ~1,000 req/s on ``/v1/predict`` (20 features read from the
-  embedded SQLite online store; and from Redis unless --no-redis), micro-batching on and off;
+* p99 / achieved rate at a fixed 1,000 req/s (wrk2-like pacing in the wrk script: the k-th
+  request is due at t0 + k/rate on whichever of 16 connections is free) on ``/v1/predict``
+  (20 features read from the embedded SQLite online store; and from Redis unless
+  --no-redis), micro-batching on and off (``--only paced``: just these two);
 * saturation throughput (closed loop, 32 connections) with micro-batching on vs off;
 * the same-run anchor: a bare ASGI app returning a constant answer on the same uvicorn
   stack (the framework floor) — ``keel_vs_bare_asgi_throughput``;
 * the load generator's CPU share (wrk CPU seconds / all CPU seconds spent in the run);
-* overload at ~2x capacity: capacity = the closed-loop saturation rate with ``max_in_flight``
-  32; then paced connections offering ~2x that; the p99 of the *admitted* (200) requests,
-  timed per request by wrk (the request id carries the send time, the answer echoes it), vs
-  the p99 at capacity timed the same way, and the shed (503) share;
+* overload at 2x capacity, on one server process (the door capped at 32 in flight, its limit
+  adaptive unless --fixed-limit): capacity = the rate of 200s with 32 connections in a
+  closed loop; then 2x that rate offered at a fixed pace over 256 connections; the p99 of the
+  *admitted* (200) requests, timed per request by wrk (the request id carries the send time,
+  the answer echoes it), vs the p99 at capacity timed the same way, and the shed (503) share;
 * against ``mlflow models serve`` (MLflow's scoring server, FastAPI + uvicorn, one worker)
   serving the same signed artifact through keel.registry_client's pyfunc wrapper from the
   embedded registry: throughput at saturation and p99 at a paced rate, the same wrk, same
@@ -542,8 +545,12 @@ def main() -> None:
         if a.only == "all":
             res.update(measure_main(world, tmp, sqlite, base, paced, sat, on, off))
         if a.only == "paced":
-            res["paced_batching_on"] = measure(world, tmp, "paced 1k/s, batching on", sqlite + on, **paced)
-            res["paced_batching_off"] = measure(world, tmp, "paced 1k/s, batching off", sqlite + off, **paced)
+            res["paced_batching_on"] = measure(
+                world, tmp, "paced 1k/s, batching on (sqlite)", sqlite + on, **paced
+            )
+            res["paced_batching_off"] = measure(
+                world, tmp, "paced 1k/s, batching off (sqlite)", sqlite + off, **paced
+            )
         if a.only in ("all", "overload"):
             res.update(
                 measure_overload(world, tmp, [*sqlite, *on], seconds, adaptive=not a.fixed_limit)
@@ -788,8 +795,11 @@ def summarise(res: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
             ratios["keel_v2_vs_mlflow_sat_throughput"] >= 2.0
             and ratios["keel_v2_vs_mlflow_sat_p99"] <= 1.0
         )
+    # sheds (503 from the door or the queue) are the overload pair's design, not errors
     goals["no_errors"] = all(
-        r["errors"] == 0 and (k == "overload_2x" or r["non2xx"] == 0) for k, r in res.items()
+        r["errors"] == 0
+        and (r.get("other", 0) == 0 if k in ("capacity", "overload_2x") else r["non2xx"] == 0)
+        for k, r in res.items()
     )
     return {"figures": figures, "ratios": ratios, "goals_met": goals}
 
