@@ -86,7 +86,8 @@ end
 """
 
 LUA = (
-    r"""
+    (
+        r"""
 local n_entities = %(n)d
 local delay_ms = %(delay)d
 local path = "%(path)s"
@@ -97,13 +98,17 @@ request = function()
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, body)
 end
 """
-) + PACING + LUA_DONE
+    )
+    + PACING
+    + LUA_DONE
+)
 
 
 # Per-request latency split by status (wrk's own histogram mixes fast 503s with admitted
 # answers): the request id is the send time (CLOCK_MONOTONIC, via LuaJIT's ffi), echoed back
 # in the 200 answer; 503s are counted, not timed.
-LUA_SPLIT = r"""
+LUA_SPLIT = (
+    r"""
 local ffi = require("ffi")
 ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } keel_ts;
            int clock_gettime(int clk, keel_ts *tp); ]]
@@ -136,7 +141,9 @@ end
 if delay_ms > 0 then
   delay = function() return delay_ms end
 end
-""" + PACING + r"""
+"""
+    + PACING
+    + r"""
 threads = {}
 setup = function(thread) table.insert(threads, thread) end
 done = function(summary, latency, requests)
@@ -161,11 +168,13 @@ done = function(summary, latency, requests)
     pct(50), pct(99)))
 end
 """
+)
 
 # Fixed bodies (features in the request) for servers that fetch nothing: keel's OIP v2
 # infer and MLflow's /invocations; the same values for both.
 LUA_BODIES = (
-    r"""
+    (
+        r"""
 local bodies = { %(bodies)s }
 local path = "%(path)s"
 local delay_ms = %(delay)d
@@ -175,7 +184,10 @@ request = function()
   return wrk.format("POST", path, {["Content-Type"] = "application/json"}, bodies[i])
 end
 """
-) + PACING + LUA_DONE
+    )
+    + PACING
+    + LUA_DONE
+)
 
 
 def request_bodies(kind: str, k: int = 64) -> list[str]:

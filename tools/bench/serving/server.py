@@ -49,7 +49,9 @@ def main() -> None:
     ap.add_argument("--bus", default=None)
     ap.add_argument("--max-in-flight", type=int, default=128)
     ap.add_argument(
-        "--adaptive", action="store_true", help="adaptive in-flight limit (capped at --max-in-flight)"
+        "--adaptive",
+        action="store_true",
+        help="adaptive in-flight limit (capped at --max-in-flight)",
     )
     a = ap.parse_args()
     from keel.serving._server import serve

@@ -12,16 +12,17 @@ requests are timed from the door to the end of the inner app; the limit policy
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import msgspec
 
 from keel.serving._limit import AdaptiveLimit, FixedLimit
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SHED_BODY = msgspec.json.encode(
@@ -102,9 +103,7 @@ class Door:
             policy.on_sample(self._clock() - t0)
 
 
-def shed_counter(
-    counters: Mapping[str, Any], default: str
-) -> Callable[[str], None]:
+def shed_counter(counters: Mapping[str, Any], default: str) -> Callable[[str], None]:
     """``on_shed`` for a Door: increments the served model's counter child (resolved once),
     the default model's for ``/v1/predict`` or a name this server does not serve."""
     fallback = counters[default]

@@ -25,8 +25,11 @@ from keel.serving._errors import ConfigError
 @dataclass(frozen=True)
 class LimitConfig:
     """``initial``/``min_limit``/``max_limit``: in-flight requests; ``target_s``: a fixed
-    latency target (None: ``tolerance`` × the measured unqueued latency, at least
-    ``min_target_s``); ``window``: samples per decision."""
+    latency target (None: ``tolerance`` x the usual median latency, at least
+    ``min_target_s``); ``window``: samples per decision; ``warmup``: windows that only learn
+    the baseline; ``patience``: windows over the target (with refusals) before a decrease;
+    ``backoff``: the smallest factor of one decrease; ``recover``/``drift``: how fast the
+    baseline follows a fall/a rise."""
 
     initial: int = 32
     min_limit: int = 2
