@@ -116,9 +116,10 @@ def create_app(
     parsed, routed or validated, so an overload costs little per refused request and the
     admitted ones keep their latency (the admission queue behind it bounds rows, this
     bounds the work in front of it). ``adaptive_limit``: the limit follows the admitted
-    latency (``AdaptiveLimit``, AIMD) instead, capped at ``max_in_flight`` when set. Sheds (here or at the admission queue) are
-    counted only in ``shed_total``: never in ``requests_total`` nor the latency histograms,
-    so an overload burns no availability budget and does not flatter the latency SLI."""
+    latency (``AdaptiveLimit``, gradient/AIMD) instead, capped at ``max_in_flight`` when
+    set. Sheds (here or at the admission queue) are counted only in ``shed_total``: never in
+    ``requests_total`` nor the latency histograms, so an overload burns no availability
+    budget and does not flatter the latency SLI."""
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or max_in_flight < 1):
         raise ValueError(f"create_app: max_in_flight must be >= 1 or None, got {max_in_flight}")
     by_name = {services.name: services} if isinstance(services, ModelService) else dict(services)
