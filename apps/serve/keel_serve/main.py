@@ -86,6 +86,14 @@ class Settings(BaseModel):
         ge=1,
         description="inference requests admitted at once; more get 503 + Retry-After at the door",
     )
+    adaptive_in_flight: bool = Field(
+        default=True,
+        description=(
+            "under overload (refusals at the door) lower the in-flight limit while the admitted "
+            "latency exceeds 2x its usual value, so admitted requests keep their latency; "
+            "max_in_flight stays the ceiling"
+        ),
+    )
 
 
 APP = App(
@@ -110,6 +118,7 @@ def run(settings: Settings, ctx: AppContext) -> None:
         BatchingConfig,
         CanaryConfig,
         CanaryPolicy,
+        LimitConfig,
         ModelRef,
         ModelService,
         PredictionLog,
@@ -268,6 +277,15 @@ def run(settings: Settings, ctx: AppContext) -> None:
             svc,
             max_body_bytes=settings.max_body_bytes,
             max_in_flight=settings.max_in_flight,
+            adaptive_limit=(
+                LimitConfig(
+                    initial=settings.max_in_flight,
+                    min_limit=min(2, settings.max_in_flight),
+                    max_limit=settings.max_in_flight,
+                )
+                if settings.adaptive_in_flight
+                else None
+            ),
             on_startup=on_startup,
         )
         import uvicorn

@@ -133,3 +133,104 @@ def test_directory_and_archive_load_the_same(tmp_path: Path, keys: Keys) -> None
     d = tmp_path / "copy"
     shutil.copytree(path.with_suffix(""), d)
     assert load_predictor(d, keys.policy).digest == load_predictor(path, keys.policy).digest
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"n_in": 5, "hidden": [8, 4], "n_out": 1, "out_activation": "sigmoid"},
+        {"n_in": 5, "hidden": 6, "n_out": 3, "activation": "tanh", "out_activation": "softmax"},
+        {"n_in": 5, "hidden": [7], "n_out": 2, "activation": "silu", "dropout": 0.2},
+    ],
+)
+def test_numpy_forward_of_the_builtin_mlp_matches_torch(args: dict[str, Any]) -> None:
+    import torch
+
+    from keel.serving import build_mlp
+    from keel.serving._predictor import _numpy_forward
+
+    torch.manual_seed(0)
+    model = build_mlp(**args).eval()
+    fast = _numpy_forward(model, 5)
+    assert fast is not None
+    x = np.random.default_rng(0).normal(size=(9, 5)).astype(np.float32) * 4
+    with torch.inference_mode():
+        want = model(torch.from_numpy(x)).numpy()
+    got = fast(x)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_numpy_forward_refuses_what_it_cannot_compute() -> None:
+    import torch
+
+    from keel.serving import build_mlp
+    from keel.serving._predictor import _numpy_forward
+
+    assert _numpy_forward(build_mlp(n_in=3, hidden=4, activation="gelu").eval(), 3) is None
+    assert _numpy_forward(torch.nn.Sequential(torch.nn.LayerNorm(3)), 3) is None
+    assert _numpy_forward(torch.nn.Linear(3, 1), 3) is None  # not a Sequential
+
+
+def test_loaded_mlp_runs_the_numpy_path_unless_the_model_is_replaced(
+    tmp_path: Path, keys: Keys
+) -> None:
+    path, model = make_artifact(tmp_path, keys, seed=4)
+    p = load_predictor(path, keys.policy, threads=1, device="cpu")
+    assert p.fast is not None and p.fast_of is p.model
+    x = np.random.default_rng(1).normal(size=(6, len(p.inputs))).astype(np.float32)
+    y = p.predict(x)
+    assert y.shape == (6, 1)
+    assert y[:, 0].tolist() == pytest.approx(reference(model, x.tolist()), abs=1e-6)
+    calls: list[int] = []
+    real = p.model
+
+    def spy(t: Any) -> Any:
+        calls.append(1)
+        return real(t)
+
+    p.model = spy  # a replaced model is called, never the stale fast path
+    assert p.predict(x)[:, 0].tolist() == pytest.approx(y[:, 0].tolist(), abs=1e-6)
+    assert calls == [1]
+
+
+def test_all_float_schemas_encode_fast_exactly_like_the_checked_path() -> None:
+    from types import SimpleNamespace
+
+    from keel.serving import InputSchema, compile_fields
+
+    def spec(name: str, dtype: str, lo: float | None = None, hi: float | None = None) -> Any:
+        return SimpleNamespace(
+            name=name, dtype=dtype, min=lo, max=hi, categories=None, nullable=False
+        )
+
+    specs = [spec("a", "float32"), spec("b", "float64", 0.0, 10.0), spec("c", "float32", -1.0)]
+    fast = InputSchema(compile_fields(specs, role="input"))
+    slow = InputSchema(compile_fields(specs, role="input"))
+    slow._all_float = False
+    good = [{"a": 1.5, "b": 3, "c": -1.0}, {"c": 2.25, "a": -7, "b": 10.0}]
+    assert fast._encode_floats(good) is not None
+    assert np.array_equal(fast.encode_rows(good), slow.encode_rows(good))
+    assert fast.encode_rows(good).dtype == np.float32
+    bad_rows: list[Any] = [
+        {"a": True, "b": 1.0, "c": 0.0},  # a bool is not a number
+        {"a": None, "b": 1.0, "c": 0.0},
+        {"a": "1", "b": 1.0, "c": 0.0},
+        {"a": math.nan, "b": 1.0, "c": 0.0},
+        {"a": math.inf, "b": 1.0, "c": 0.0},
+        {"a": 1e39, "b": 1.0, "c": 0.0},  # beyond float32
+        {"a": 10**400, "b": 1.0, "c": 0.0},
+        {"a": 0.0, "b": 10.5, "c": 0.0},  # above max
+        {"a": 0.0, "b": 1.0, "c": -2.0},  # below min
+        {"a": 0.0, "b": 1.0},  # missing
+        {"a": 0.0, "b": 1.0, "c": 0.0, "d": 1.0},  # extra
+        {"a": 0.0, "b": 1.0, "x": 0.0},  # missing + extra, same size
+        [0.0, 1.0, 0.0],
+    ]
+    for row in bad_rows:
+        assert fast._encode_floats([good[0], row]) is None, row
+        with pytest.raises(InvalidInputError) as fe:
+            fast.encode_rows([good[0], row])
+        with pytest.raises(InvalidInputError) as se:
+            slow.encode_rows([good[0], row])
+        assert fe.value.errors == se.value.errors and fe.value.errors

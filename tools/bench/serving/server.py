@@ -48,6 +48,11 @@ def main() -> None:
     ap.add_argument("--inline", action="store_true")
     ap.add_argument("--bus", default=None)
     ap.add_argument("--max-in-flight", type=int, default=128)
+    ap.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="adaptive in-flight limit (capped at --max-in-flight)",
+    )
     a = ap.parse_args()
     from keel.serving._server import serve
 
@@ -56,7 +61,14 @@ def main() -> None:
         return
     from keel.artifacts import TrustPolicy
     from keel.features import open_online_store
-    from keel.serving import BatchingConfig, ModelService, PredictionLog, create_app, load_predictor
+    from keel.serving import (
+        BatchingConfig,
+        LimitConfig,
+        ModelService,
+        PredictionLog,
+        create_app,
+        load_predictor,
+    )
 
     p = load_predictor(a.artifact, TrustPolicy.from_files([a.pub]), threads=1, device="cpu")
     store = open_online_store(a.online, prefix=a.redis_prefix)
@@ -77,7 +89,8 @@ def main() -> None:
             in_thread=not a.inline,
         ),
     )
-    serve(create_app(svc, max_in_flight=a.max_in_flight), port=a.port)
+    limit = LimitConfig(initial=min(32, a.max_in_flight)) if a.adaptive else None
+    serve(create_app(svc, max_in_flight=a.max_in_flight, adaptive_limit=limit), port=a.port)
 
 
 if __name__ == "__main__":

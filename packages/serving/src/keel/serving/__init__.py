@@ -21,6 +21,7 @@ from keel.serving._batch_ray import connect_ray, score_parquet_ray
 from keel.serving._batching import BatchingConfig, MicroBatcher
 from keel.serving._builders import ENTRY_POINT_GROUP, build_mlp, resolve_builders
 from keel.serving._canary import CANARY_FAILED, CanaryPolicy, CanaryWindow
+from keel.serving._door import Door
 from keel.serving._errors import (
     ConfigError,
     InvalidInputError,
@@ -39,6 +40,7 @@ from keel.serving._follow import (
     download_from_registry,
     load_from_registry,
 )
+from keel.serving._limit import AdaptiveLimit, FixedLimit, LimitConfig
 from keel.serving._predictor import (
     Predictor,
     configure_torch_threads,
@@ -56,6 +58,7 @@ __all__ = [
     "CANARY_FAILED",
     "ENTRY_POINT_GROUP",
     "PREDICTION_TYPE",
+    "AdaptiveLimit",
     "AliasFollower",
     "BatchReport",
     "BatchingConfig",
@@ -63,9 +66,12 @@ __all__ = [
     "CanaryPolicy",
     "CanaryWindow",
     "ConfigError",
+    "Door",
     "FeatureFetcher",
+    "FixedLimit",
     "InputSchema",
     "InvalidInputError",
+    "LimitConfig",
     "MalformedRequestError",
     "MicroBatcher",
     "ModelLoadError",

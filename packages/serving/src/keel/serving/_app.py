@@ -9,6 +9,7 @@ its status with a JSON body ``{"error", "code", "errors"?}``; an unexpected exce
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -21,12 +22,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keel.serving._door import Door, shed_counter
 from keel.serving._errors import (
     MalformedRequestError,
     NotFoundError,
     OverloadedError,
     ServingError,
 )
+from keel.serving._limit import AdaptiveLimit, FixedLimit, LimitConfig
 from keel.serving._openapi import openapi_spec
 from keel.serving._service import ModelService
 from keel.serving._telemetry import ServingTelemetry
@@ -102,17 +105,21 @@ def create_app(
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     server_version: str = "0",
-) -> Starlette:
+    adaptive_limit: LimitConfig | None = None,
+) -> Starlette | Door:
     """The server for ``services`` (one or several models by name; the first is the
     default of ``/v1/predict``). ``telemetry`` defaults to the first service's.
 
     ``max_in_flight``: inference requests admitted at once (None: no limit). One more is
-    refused at the door — 503 + Retry-After, counted in ``shed_total{variant="entry"}`` —
-    before its body is read, parsed or validated, so an overload costs little per refused
-    request and the admitted ones keep their latency (the admission queue behind it bounds
-    rows, this bounds the work in front of it). Sheds (here or at the admission queue) are
-    counted only in ``shed_total``: never in ``requests_total`` nor the latency histograms,
-    so an overload burns no availability budget and does not flatter the latency SLI."""
+    refused at the door (``Door``, a raw ASGI layer in front of the router) — 503 +
+    Retry-After, counted in ``shed_total{variant="entry"}`` — before its body is read,
+    parsed, routed or validated, so an overload costs little per refused request and the
+    admitted ones keep their latency (the admission queue behind it bounds rows, this
+    bounds the work in front of it). ``adaptive_limit``: the limit follows the admitted
+    latency (``AdaptiveLimit``, gradient/AIMD) instead, capped at ``max_in_flight`` when
+    set. Sheds (here or at the admission queue) are counted only in ``shed_total``: never in
+    ``requests_total`` nor the latency histograms, so an overload burns no availability
+    budget and does not flatter the latency SLI."""
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or max_in_flight < 1):
         raise ValueError(f"create_app: max_in_flight must be >= 1 or None, got {max_in_flight}")
     by_name = {services.name: services} if isinstance(services, ModelService) else dict(services)
@@ -129,28 +136,6 @@ def create_app(
                 f"unknown model {name[:128]!r}; this server serves {sorted(by_name)}"
             )
         return s
-
-    in_flight = 0
-
-    def admitted(fn: Handler) -> Handler:
-        async def run(request: Request) -> Response:
-            nonlocal in_flight
-            if max_in_flight is not None and in_flight >= max_in_flight:
-                # the label is a served model's name, never the caller's path text
-                name = request.path_params.get("name")
-                served = name if name in by_name else default.name
-                tel.shed.labels(model=served, variant="entry").inc()
-                raise OverloadedError(
-                    f"server busy: {in_flight} inference requests in flight (limit "
-                    f"{max_in_flight}); retry shortly"
-                )
-            in_flight += 1
-            try:
-                return await fn(request)
-            finally:
-                in_flight -= 1
-
-        return run
 
     def guarded(fn: Handler) -> Handler:
         async def run(request: Request) -> Response:
@@ -241,9 +226,9 @@ def create_app(
         Route("/v2", g(server_meta), methods=["GET"]),
         Route("/v2/models/{name}", g(model_meta), methods=["GET"]),
         Route("/v2/models/{name}/ready", g(model_ready), methods=["GET"]),
-        Route("/v2/models/{name}/infer", g(admitted(infer)), methods=["POST"]),
-        Route("/v1/predict", g(admitted(predict)), methods=["POST"]),
-        Route("/v1/models/{name}/predict", g(admitted(predict_named)), methods=["POST"]),
+        Route("/v2/models/{name}/infer", g(infer), methods=["POST"]),
+        Route("/v1/predict", g(predict), methods=["POST"]),
+        Route("/v1/models/{name}/predict", g(predict_named), methods=["POST"]),
         Route("/healthz", g(live), methods=["GET"]),
         Route("/readyz", g(ready), methods=["GET"]),
         Route("/metrics", g(metrics), methods=["GET"]),
@@ -262,8 +247,27 @@ def create_app(
             for s in by_name.values():
                 await s.aclose()
 
-    return Starlette(
+    app = Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_allowed},
     )
+    if max_in_flight is None and adaptive_limit is None:
+        return app
+    policy: FixedLimit | AdaptiveLimit
+    if adaptive_limit is not None:
+        if max_in_flight is not None and adaptive_limit.max_limit > max_in_flight:
+            adaptive_limit = dataclasses.replace(
+                adaptive_limit,
+                max_limit=max_in_flight,
+                initial=min(adaptive_limit.initial, max_in_flight),
+                min_limit=min(adaptive_limit.min_limit, max_in_flight),
+            )
+        policy = AdaptiveLimit(adaptive_limit)
+    else:
+        assert max_in_flight is not None
+        policy = FixedLimit(max_in_flight)
+    # the shed counter's children, resolved once: a refusal must cost (almost) nothing
+    counters = {n: tel.shed.labels(model=n, variant="entry") for n in by_name}
+    counters[""] = counters[default.name]
+    return Door(app, policy, shed_counter(counters, default.name))
