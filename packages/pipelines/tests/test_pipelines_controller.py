@@ -149,6 +149,26 @@ def test_changed_executor_settings_miss_from_their_step_down(tmp_path: Path, dat
     assert all(s.cache_hit for s in ctl.steps(r3) if s.step in CACHED)
 
 
+def test_settings_that_cannot_be_read_fail_the_run_at_their_step(
+    tmp_path: Path, data: Path
+) -> None:
+    class BadSettings(LocalExecutors):
+        def step_settings(self, step: str) -> dict[str, object] | None:
+            if step == "train":
+                raise RuntimeError("trainer settings unreadable")
+            return None
+
+    ctl, _ = make(tmp_path, BadSettings(tmp_path / "effects.db", tmp_path / "work"))
+    r = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert r
+    with pytest.raises(StepFailedError):
+        ctl.advance(r)
+    info = ctl.run(r)
+    assert info.status is RunStatus.FAILED and info.step == "train"
+    assert "trainer settings unreadable" in info.detail
+    assert calls(tmp_path, "train") == 0
+
+
 def test_failed_gate_leaves_champion_untouched(tmp_path: Path, data: Path) -> None:
     ctl, _ = make(tmp_path)
     r1 = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id

@@ -555,7 +555,12 @@ class Controller:
             info.run_id, info.model, step, loads(r[0]), r[1], r[2], inputs, self.clock(), key
         )
 
-    def _cache_key(self, ctx: StepContext, sources: Mapping[str, str] | None) -> str:
+    def _cache_key(
+        self,
+        ctx: StepContext,
+        sources: Mapping[str, str] | None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> str:
         upstream = {s: sha256_hex(dict(o)) for s, o in ctx.inputs.items()}
         body: dict[str, Any] = {
             "step": ctx.step,
@@ -565,12 +570,13 @@ class Controller:
             "inputs": upstream,
             "sources": dict(sources) if sources is not None else None,
         }
-        settings = getattr(self._ex, "step_settings", None)
-        if callable(settings):  # the executors' own parameters this step depends on
-            found = settings(ctx.step)
-            if found is not None:
-                body["settings"] = dict(found)
+        if settings is not None:  # the executors' own parameters this step depends on
+            body["settings"] = dict(settings)
         return sha256_hex(body)
+
+    def _step_settings(self, step: str) -> Mapping[str, Any] | None:
+        own = getattr(self._ex, "step_settings", None)
+        return own(step) if callable(own) else None
 
     def _complete(
         self,
@@ -651,7 +657,8 @@ class Controller:
             sources = None
             if step == "build_training_set":
                 sources = dict(self._call(info, step, lambda: self._ex.source_fingerprints(ctx)))
-            key = self._cache_key(ctx, sources)
+            settings = self._call(info, step, lambda: self._step_settings(step))
+            key = self._cache_key(ctx, sources, settings)
             if step == "gates":
                 self._gates(info, ctx, key)
             else:
