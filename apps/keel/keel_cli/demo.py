@@ -238,13 +238,13 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
 
     out = _prepare_home(home)
     ray_boot = RayBoot()  # the loop trains on Ray: start it while the stream and features run
-    times: dict[str, float] = {}  # where the time goes: shown on the page, in loop-summary.json
+    phase_times: dict[str, float] = {}  # where the time goes: shown on the page, in loop-summary.json
     console.rule("[bold]Keel demo: card transactions, features, a model, drift, retrain, promotion")
 
     with _progress(console) as progress:
         # 1. the stream ----------------------------------------------------------------
         t = progress.add_task("generating transactions", total=1)
-        with phase(times, "stream: generate transactions"):
+        with phase(phase_times, "stream: generate transactions"):
             txns = generate_transactions(seed, per_day=per_day)
         progress.update(t, completed=1)
         t_phase = time.perf_counter()
@@ -282,7 +282,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
                 progress.advance(t, len(ds))
         finally:
             bus.close()
-        times["events: publish + consume (embedded log)"] = round(time.perf_counter() - t_phase, 2)
+        phase_times["events: publish + consume (embedded log)"] = round(time.perf_counter() - t_phase, 2)
         t_phase = time.perf_counter()
         view = feature_view()
         frame, dead = events_to_frame(view, events)
@@ -324,7 +324,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         got = pl.concat([v.select(names) for _, v in checks])
         compared = want.height * len(names)
         mismatched = int(sum(_mismatches(want[c], got[c]) for c in names))
-        times["features: batch + streaming engines, compared"] = round(
+        phase_times["features: batch + streaming engines, compared"] = round(
             time.perf_counter() - t_phase, 2
         )
         t_phase = time.perf_counter()
@@ -352,7 +352,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         from keel_cli.demo_loop import Loop, request_features
 
         data = request_features(data, seed, view)
-        times["scores, labels, request features"] = round(time.perf_counter() - t_phase, 2)
+        phase_times["scores, labels, request features"] = round(time.perf_counter() - t_phase, 2)
         t_phase = time.perf_counter()
         loop = Loop(
             out,
@@ -362,8 +362,8 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
             START + timedelta(days=REFERENCE_DAYS),
             ray_boot,
         )
-        times["loop: executors + controller opened"] = round(time.perf_counter() - t_phase, 2)
-        loop.record.timings.update(times)
+        phase_times["loop: executors + controller opened"] = round(time.perf_counter() - t_phase, 2)
+        loop.record.timings.update(phase_times)
         loop.bootstrap(progress, events, data, START + timedelta(days=REFERENCE_DAYS), START)
         t = progress.add_task("serving the champion (prediction log)", total=1)
         with phase(loop.record.timings, "serving the champion (prediction log)"):

@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     per_day = args.per_day or (400 if args.quick else 3000)
     keel_cmd = args.keel.split() if args.keel else [sys.executable, "-m", "keel_cli.main"]
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="keel-bench-pipelines-") as tmp:
         figures = loop_figures(Path(tmp) / "loop", args.days, per_day)
         if not (args.quick or args.no_demo):
