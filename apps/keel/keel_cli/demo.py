@@ -234,10 +234,9 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     from keel.events import Event, open_bus
     from keel.features import StreamingEngine, backfill, compute_at, events_to_frame
 
-    from keel_cli.demo_loop import RayBoot, phase
+    from keel_cli.demo_loop import phase
 
     out = _prepare_home(home)
-    ray_boot = RayBoot()  # the loop trains on Ray: start it while the stream and features run
     phase_times: dict[str, float] = {}  # where the time goes: shown on the page, in loop-summary.json
     console.rule("[bold]Keel demo: card transactions, features, a model, drift, retrain, promotion")
 
@@ -360,7 +359,6 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
             view,
             seed,
             START + timedelta(days=REFERENCE_DAYS),
-            ray_boot,
         )
         phase_times["loop: executors + controller opened"] = round(time.perf_counter() - t_phase, 2)
         loop.record.timings.update(phase_times)

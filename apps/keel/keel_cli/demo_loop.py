@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import html
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -67,42 +66,6 @@ class LoopRecord:
     provenance: dict[str, Any] = field(default_factory=dict)
     cards: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-class RayBoot:
-    """The demo's local Ray (2 CPUs), started in a background thread as the demo begins: its
-    start-up (tens of seconds on a loaded machine, mostly waiting on Ray's own processes)
-    overlaps the stream and feature phases instead of preceding the first training."""
-
-    def __init__(self) -> None:
-        self.seconds: float | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="keel-demo-ray", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import logging
-
-        t0 = time.perf_counter()
-        try:
-            from keel.pipelines.local import start_ray
-
-            # ray.init off the main thread only skips its SIGTERM handler; say nothing of it
-            logging.getLogger("ray._private.worker").addFilter(
-                lambda r: "SIGTERM handler" not in r.getMessage()
-            )
-            start_ray(num_cpus=2, object_store_bytes=96 << 20)
-        except BaseException as e:  # re-raised in the main thread by `wait`
-            self._error = e
-        finally:
-            self.seconds = round(time.perf_counter() - t0, 2)
-
-    def wait(self) -> float:
-        """Block until Ray is up; raise what its start raised. Returns its start-up time."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return float(self.seconds or 0.0)
 
 
 class StepTimes:
@@ -213,15 +176,7 @@ def options(view: FeatureView, seed: int) -> dict[str, Any]:
 class Loop:
     """The demo's loop on embedded parts; see the module docstring."""
 
-    def __init__(
-        self,
-        out: Path,
-        bus: Bus,
-        view: FeatureView,
-        seed: int,
-        start: datetime,
-        ray_boot: RayBoot | None = None,
-    ) -> None:
+    def __init__(self, out: Path, bus: Bus, view: FeatureView, seed: int, start: datetime) -> None:
         import logging
         import os
 
@@ -253,7 +208,6 @@ class Loop:
         )
         self.record = LoopRecord()
         self.predictors: dict[str, Any] = {}
-        self.ray_boot = ray_boot
 
     def close(self) -> None:
         self.ctl.close()
@@ -442,14 +396,9 @@ class Loop:
         with timed(self.record, "offline store (days 1-5)"):
             self.write_offline(events, data, first_day, start)
         progress.update(t, completed=1)
-        t = progress.add_task("loop: Ray (local, 2 CPUs)", total=1)
-        if self.ray_boot is None:
-            with timed(self.record, "Ray start"):
-                start_ray(num_cpus=2, object_store_bytes=96 << 20)
-        else:
-            with timed(self.record, "Ray start: waited for the background start"):
-                took = self.ray_boot.wait()
-            self.record.timings["Ray start (in the background, from the demo's start)"] = took
+        t = progress.add_task("loop: starting Ray (local, 2 CPUs)", total=1)
+        with timed(self.record, "Ray start"):
+            start_ray(num_cpus=2, object_store_bytes=96 << 20)
         progress.update(t, completed=1)
         trig = Trigger.manual(
             MODEL, f"demo-bootstrap-{self.seed}", at=self.clock(), who="demo", why="the first model"
@@ -911,7 +860,6 @@ __all__ = [
     "MODEL",
     "Loop",
     "LoopRecord",
-    "RayBoot",
     "SimClock",
     "dump_json",
     "model_features",
