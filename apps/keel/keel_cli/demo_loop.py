@@ -68,50 +68,6 @@ class LoopRecord:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class StepTimes:
-    """The executors, with the wall time of each call the controller makes (per step name)
-    — the page's "where the time went" inside a pipeline run."""
-
-    CALLS = frozenset(
-        {
-            "source_fingerprints",
-            "build_training_set",
-            "train",
-            "evaluate",
-            "gates",
-            "package_sign",
-            "register_challenger",
-            "move_alias",
-            "canary_signals",
-            "rollback",
-        }
-    )
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.spent: dict[str, float] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if name not in self.CALLS or not callable(attr):
-            return attr
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t0
-
-        return timed
-
-    def take(self) -> dict[str, float]:
-        """The times since the last `take`, rounded to 10 ms; then starts afresh."""
-        out = {k: round(v, 2) for k, v in self.spent.items()}
-        self.spent.clear()
-        return out
-
-
 def model_features(view: FeatureView) -> list[str]:
     """The model's inputs: request-time flags and the view's counts (as the training set names them)."""
     counts = [n for n in view.feature_names if n.startswith(("count", "distinct"))]
@@ -181,7 +137,7 @@ class Loop:
         import os
 
         from keel.pipelines import CanaryPolicy, Controller, TriggerPolicy
-        from keel.pipelines.local import build_executors
+        from keel.pipelines.local import TimedExecutors, build_executors
 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # the live progress is the log
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -196,7 +152,7 @@ class Loop:
         self.ex: LocalExecutors = build_executors(
             home=self.root, bus=bus, options=options(view, seed)
         )  # type: ignore[assignment]
-        self.step_times = StepTimes(self.ex)
+        self.step_times = TimedExecutors(self.ex)
         self.ctl: Controller = Controller(
             self.step_times,  # type: ignore[arg-type]
             clock=self.clock,
@@ -372,7 +328,7 @@ class Loop:
             "training_set": out.get("build_training_set", {}).get("fingerprint"),
             "holdout": out.get("evaluate", {}).get("holdout"),
             "trainer_run": out.get("train", {}).get("trainer_run"),
-            "step_seconds": self.step_times.take(),
+            "step_seconds": {k: round(v, 2) for k, v in self.step_times.take().items()},
         }
         dump_json(self.out / f"gates-{key}.json", {"run_id": info.run_id, "gates": results})
         self.record.runs.append(rec)

@@ -169,6 +169,32 @@ def test_settings_that_cannot_be_read_fail_the_run_at_their_step(
     assert calls(tmp_path, "train") == 0
 
 
+def test_timed_executors_count_each_call_where_the_controller_makes_it(
+    tmp_path: Path, data: Path
+) -> None:
+    from keel.pipelines.local import TimedExecutors
+
+    ticks = iter(range(10_000))
+    inner = LocalExecutors(tmp_path / "effects.db", tmp_path / "work")
+    timed = TimedExecutors(inner, clock=lambda: float(next(ticks)))  # every call: 1 "second"
+    ctl, _ = make(tmp_path, timed)  # type: ignore[arg-type]
+    r1 = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert r1 and ctl.advance(r1).status is RunStatus.PROMOTED
+    first = timed.take()
+    assert {k: first[k] for k in ("build_training_set", "train", "package_sign")} == {
+        "build_training_set": 1.0,
+        "train": 1.0,
+        "package_sign": 1.0,
+    }
+    assert first["move_alias"] == 3.0  # shadow, canary, champion
+    assert timed.champion_auc is None  # other attributes are the inner executors'
+    r2 = ctl.submit(manual("r2"), {"data_path": str(data)}).run_id
+    assert r2 and ctl.advance(r2).status is RunStatus.PROMOTED
+    again = timed.take()
+    assert not {"build_training_set", "train", "evaluate", "package_sign"} & set(again)
+    assert again["gates"] == 1.0
+
+
 def test_failed_gate_leaves_champion_untouched(tmp_path: Path, data: Path) -> None:
     ctl, _ = make(tmp_path)
     r1 = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id

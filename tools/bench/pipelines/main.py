@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,24 +57,6 @@ card_txn = FeatureView(
 )
 """
 FEATURES = ["amount_log", "card_txn__count_6h", "card_txn__mean_amount_1d"]
-# the executors' methods: everything the controller calls on them is timed as step work
-EXECUTOR_CALLS = frozenset(
-    {
-        "source_fingerprints",
-        "build_training_set",
-        "train",
-        "evaluate",
-        "gates",
-        "package_sign",
-        "register_challenger",
-        "move_alias",
-        "canary_signals",
-        "rollback",
-        "step_settings",
-    }
-)
-
-
 def write_world(root: Path, days: int, per_day: int, seed: int = 0) -> None:
     """The offline event log and labels a feature worker and a label feed would write."""
     import polars as pl
@@ -122,33 +103,6 @@ def write_world(root: Path, days: int, per_day: int, seed: int = 0) -> None:
     store.write(f"labels.{MODEL}", labels, time_column="timestamp", name="w")
 
 
-class TimedExecutors:
-    """The executors, each call timed where the controller makes it (wall clock)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.spent: dict[str, float] = defaultdict(float)
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if name not in EXECUTOR_CALLS or not callable(attr):
-            return attr
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return attr(*args, **kwargs)
-            finally:
-                self.spent[name] += time.perf_counter() - t0
-
-        return timed
-
-    def take(self) -> dict[str, float]:
-        out = dict(self.spent)
-        self.spent.clear()
-        return out
-
-
 def drive(ctl: Any, run_id: str, approve: Callable[[str], None], pending: dict[str, str]) -> float:
     """Advance the run to its end; returns the wall time spent in the controller's
     ``advance`` calls (a person's approval in between is not counted)."""
@@ -173,7 +127,12 @@ def loop_figures(home: Path, days: int, per_day: int) -> dict[str, Any]:
     from keel.events import open_bus
     from keel.governance import ApprovalLedger
     from keel.pipelines import CACHED, CanaryPolicy, Controller, Trigger, TriggerPolicy
-    from keel.pipelines.local import build_executors, small_loop_options, start_ray
+    from keel.pipelines.local import (
+        TimedExecutors,
+        build_executors,
+        small_loop_options,
+        start_ray,
+    )
 
     write_world(home, days, per_day)
     defs = home / "bench_features.py"

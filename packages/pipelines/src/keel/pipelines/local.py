@@ -52,8 +52,9 @@ import hashlib
 import math
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,6 +91,7 @@ __all__ = [
     "GateOptions",
     "LocalExecutors",
     "LocalOptions",
+    "TimedExecutors",
     "TrainerOptions",
     "build_executors",
     "small_loop_options",
@@ -1233,6 +1235,54 @@ class LocalExecutors:
                 ):
                     requests += 1
         return signals, requests
+
+
+class TimedExecutors:
+    """Any `Executors`, with the wall time of every call the controller makes on them, per
+    method: what the steps themselves cost, so a run's wall time less their sum is the
+    controller's own (tools/bench:pipelines) and a demo can say where its time went. Every
+    other attribute is the inner executors' (``pending_approvals``, ``registry``...)."""
+
+    CALLS = frozenset(
+        {
+            "source_fingerprints",
+            "step_settings",
+            "build_training_set",
+            "train",
+            "evaluate",
+            "gates",
+            "package_sign",
+            "register_challenger",
+            "move_alias",
+            "canary_signals",
+            "rollback",
+        }
+    )
+
+    def __init__(self, inner: Any, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.spent: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name not in self.CALLS or not callable(attr):
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = self.clock()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.spent[name] = self.spent.get(name, 0.0) + self.clock() - t0
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        """Seconds per method since the last `take`; then counts afresh."""
+        out = dict(self.spent)
+        self.spent.clear()
+        return out
 
 
 def start_ray(
