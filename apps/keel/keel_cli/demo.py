@@ -237,7 +237,8 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     from keel_cli.demo_loop import phase
 
     out = _prepare_home(home)
-    phase_times: dict[str, float] = {}  # where the time goes: shown on the page, in loop-summary.json
+    # where the time goes: shown on the page and in loop-summary.json
+    phase_times: dict[str, float] = {}
     console.rule("[bold]Keel demo: card transactions, features, a model, drift, retrain, promotion")
 
     with _progress(console) as progress:
@@ -281,7 +282,9 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
                 progress.advance(t, len(ds))
         finally:
             bus.close()
-        phase_times["events: publish + consume (embedded log)"] = round(time.perf_counter() - t_phase, 2)
+        phase_times["events: publish + consume (embedded log)"] = round(
+            time.perf_counter() - t_phase, 2
+        )
         t_phase = time.perf_counter()
         view = feature_view()
         frame, dead = events_to_frame(view, events)

@@ -520,9 +520,7 @@ def test_the_ray_engine_builds_the_same_training_set_through_the_executor(
     on_ray = build_executors(
         home=tmp_path / "b",
         bus=bus,
-        options=opts(
-            tmp_path, **shared, training_set_engine="ray", training_set_partitions=3
-        ),
+        options=opts(tmp_path, **shared, training_set_engine="ray", training_set_partitions=3),
     )
     assert isinstance(on_ray, LocalExecutors) and isinstance(local, LocalExecutors)
     c = ctx("build_training_set")

@@ -57,6 +57,8 @@ card_txn = FeatureView(
 )
 """
 FEATURES = ["amount_log", "card_txn__count_6h", "card_txn__mean_amount_1d"]
+
+
 def write_world(root: Path, days: int, per_day: int, seed: int = 0) -> None:
     """The offline event log and labels a feature worker and a label feed would write."""
     import polars as pl
