@@ -221,6 +221,7 @@ def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) 
 
 def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     import polars as pl
+    from keel_cli.demo_loop import phase
 
     from keel.drift import (
         DriftPolicy,
@@ -233,8 +234,6 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     )
     from keel.events import Event, open_bus
     from keel.features import StreamingEngine, backfill, compute_at, events_to_frame
-
-    from keel_cli.demo_loop import phase
 
     out = _prepare_home(home)
     # where the time goes: shown on the page and in loop-summary.json
