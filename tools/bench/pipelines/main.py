@@ -130,6 +130,7 @@ def loop_figures(home: Path, days: int, per_day: int) -> dict[str, Any]:
     from keel.governance import ApprovalLedger
     from keel.pipelines import CACHED, CanaryPolicy, Controller, Trigger, TriggerPolicy
     from keel.pipelines.local import (
+        LocalExecutors,
         TimedExecutors,
         build_executors,
         small_loop_options,
@@ -162,6 +163,7 @@ def loop_figures(home: Path, days: int, per_day: int) -> dict[str, Any]:
             },
         ),
     )
+    assert isinstance(inner, LocalExecutors)
     ex = TimedExecutors(inner)
     now = [T0 + timedelta(days=days + 1)]
     ctl = Controller(
