@@ -202,6 +202,13 @@ def test_bad_seed_is_one_line(tmp_path: Path, seed: str) -> None:
     assert not (tmp_path / "demo").exists()
 
 
+def test_too_few_transactions_a_day_is_one_line(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["demo", "--per-day", "10"], env={"KEEL_HOME": str(tmp_path)})
+    assert r.exit_code == 2
+    assert "--per-day must be at least 1000" in one_error_line(r.output)
+    assert not (tmp_path / "demo").exists()
+
+
 def test_unusable_home_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
