@@ -214,7 +214,9 @@ def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) 
     if not 0 <= seed <= MAX_SEED:
         raise _fail(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     if per_day < 1000:
-        raise _fail(f"--per-day must be at least 1000 (the drift windows need the rows), got {per_day}")
+        raise _fail(
+            f"--per-day must be at least 1000 (the drift windows need the rows), got {per_day}"
+        )
     try:
         return _run(home, seed, console, per_day)
     except OSError as exc:  # e.g. the disk filled up or the home became read-only mid-run
