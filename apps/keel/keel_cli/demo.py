@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -212,6 +213,10 @@ def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) 
     ``per_day``: transactions per simulated day (tests run a smaller stream)."""
     if not 0 <= seed <= MAX_SEED:
         raise _fail(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+    if per_day < 1000:
+        raise _fail(
+            f"--per-day must be at least 1000 (the drift windows need the rows), got {per_day}"
+        )
     try:
         return _run(home, seed, console, per_day)
     except OSError as exc:  # e.g. the disk filled up or the home became read-only mid-run
@@ -220,6 +225,7 @@ def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) 
 
 def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     import polars as pl
+    from keel_cli.demo_loop import phase
 
     from keel.drift import (
         DriftPolicy,
@@ -234,13 +240,17 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     from keel.features import StreamingEngine, backfill, compute_at, events_to_frame
 
     out = _prepare_home(home)
+    # where the time goes: shown on the page and in loop-summary.json
+    phase_times: dict[str, float] = {}
     console.rule("[bold]Keel demo: card transactions, features, a model, drift, retrain, promotion")
 
     with _progress(console) as progress:
         # 1. the stream ----------------------------------------------------------------
         t = progress.add_task("generating transactions", total=1)
-        txns = generate_transactions(seed, per_day=per_day)
+        with phase(phase_times, "stream: generate transactions"):
+            txns = generate_transactions(seed, per_day=per_day)
         progress.update(t, completed=1)
+        t_phase = time.perf_counter()
 
         # 2. publish through keel.events, consume back ----------------------------------
         bus_path = (Path(home) / "events.db").absolute()
@@ -275,6 +285,10 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
                 progress.advance(t, len(ds))
         finally:
             bus.close()
+        phase_times["events: publish + consume (embedded log)"] = round(
+            time.perf_counter() - t_phase, 2
+        )
+        t_phase = time.perf_counter()
         view = feature_view()
         frame, dead = events_to_frame(view, events)
         del rows
@@ -315,6 +329,10 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         got = pl.concat([v.select(names) for _, v in checks])
         compared = want.height * len(names)
         mismatched = int(sum(_mismatches(want[c], got[c]) for c in names))
+        phase_times["features: batch + streaming engines, compared"] = round(
+            time.perf_counter() - t_phase, 2
+        )
+        t_phase = time.perf_counter()
 
         # 4. model scores, reference profile, drift monitor ------------------------------
         # one feature row per (card, time), then the stream's own row order: joins and
@@ -339,6 +357,8 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         from keel_cli.demo_loop import Loop, request_features
 
         data = request_features(data, seed, view)
+        phase_times["scores, labels, request features"] = round(time.perf_counter() - t_phase, 2)
+        t_phase = time.perf_counter()
         loop = Loop(
             out,
             open_bus(f"sqlite://{bus_path}"),
@@ -346,10 +366,14 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
             seed,
             START + timedelta(days=REFERENCE_DAYS),
         )
+        phase_times["loop: executors + controller opened"] = round(time.perf_counter() - t_phase, 2)
+        loop.record.timings.update(phase_times)
         loop.bootstrap(progress, events, data, START + timedelta(days=REFERENCE_DAYS), START)
         t = progress.add_task("serving the champion (prediction log)", total=1)
-        data = loop.serve_champion(data, START + timedelta(days=REFERENCE_DAYS))
+        with phase(loop.record.timings, "serving the champion (prediction log)"):
+            data = loop.serve_champion(data, START + timedelta(days=REFERENCE_DAYS))
         progress.update(t, completed=1)
+        t_phase = time.perf_counter()
         model_cols = ["amount", "merchant", "country", "channel", "hour", *names]
         split = START + timedelta(days=REFERENCE_DAYS)
         # day 1 only warms up the 1-day windows (their values are low while they fill up):
@@ -401,6 +425,9 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
                 "realised_auc": real["realised_auc"],
             }
             final.append(ReportWindow(w.result, w.decision, perf))
+        loop.record.timings["reference profile + drift monitor"] = round(
+            time.perf_counter() - t_phase, 2
+        )
         # drift.detected -> the retrain run, once the drifted days' labels have arrived
         loop.retrain(
             progress,
@@ -414,6 +441,7 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
         del events
 
     # 5. the report -----------------------------------------------------------------------
+    t_phase = time.perf_counter()
     drift_windows = [w for w in final if w.decision and w.decision.decision.value == "drift"]
     notes = [
         f"{txns.height:,} card transactions over {DAYS} days, published to and consumed from keel.events "
@@ -450,6 +478,9 @@ def _run(home: Path, seed: int, console: Console, per_day: int) -> Path:
     )
     _summary(console, figures, final)
     try:
+        loop.record.timings["drift report (JSON, HTML, plots)"] = round(
+            time.perf_counter() - t_phase, 2
+        )
         loop.finish()
         from keel_cli.demo_loop import write_page
 

@@ -87,6 +87,9 @@ def version() -> None:
 def demo(
     config: Path | None = ConfigOpt,
     seed: int = typer.Option(7, help="seed for the synthetic transaction stream (0 .. 2**32-1)"),
+    per_day: int = typer.Option(
+        14_000, "--per-day", help="transactions per simulated day (>= 1000; 10 days)"
+    ),
 ) -> None:
     """Run the whole Keel loop end to end on embedded defaults (no services needed).
 
@@ -98,7 +101,7 @@ def demo(
     from keel_cli.demo import run_demo
 
     cfg = _config(config)
-    report = run_demo(cfg.home.expanduser().resolve(), seed, console)
+    report = run_demo(cfg.home.expanduser().resolve(), seed, console, per_day=per_day)
     console.print(f"\n[bold green]drift report:[/] {report}")
     if (report.parent / "index.html").exists():
         console.print(f"[bold green]the loop:[/] {report.parent / 'index.html'}")

@@ -271,6 +271,11 @@ class SignalAwareExecutors:
     def __init__(self, inner: Executors, store: SignalStore) -> None:
         self.inner, self.store = inner, store
 
+    def step_settings(self, step: str) -> Mapping[str, Any] | None:
+        """The inner executors' settings for ``step`` (part of its cache key), if they say."""
+        own = getattr(self.inner, "step_settings", None)
+        return own(step) if callable(own) else None
+
     def source_fingerprints(self, ctx: StepContext) -> Mapping[str, str]:
         return self.inner.source_fingerprints(ctx)
 

@@ -59,6 +59,10 @@ class LocalExecutors:
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.champion_auc = champion_auc
+        #: step -> the executors' own settings that step depends on (its `step_settings`)
+        self.settings: dict[str, dict[str, Any]] = {}
+        #: step -> the upstream outputs its last call saw (``ctx.inputs``' keys)
+        self.seen_inputs: dict[str, list[str]] = {}
         with self._db() as c:
             c.executescript(EFFECTS_SCHEMA)
 
@@ -70,6 +74,9 @@ class LocalExecutors:
     def _count(self, step: str, key: str = "") -> None:
         with self._db() as c:
             c.execute("INSERT INTO calls(step, key) VALUES (?, ?)", (step, key))
+
+    def step_settings(self, step: str) -> Mapping[str, Any] | None:
+        return self.settings.get(step)
 
     # -- pure steps --------------------------------------------------------------------
     def source_fingerprints(self, ctx: StepContext) -> Mapping[str, str]:
@@ -125,6 +132,7 @@ class LocalExecutors:
 
     def package_sign(self, ctx: StepContext) -> Mapping[str, Any]:
         self._count("package_sign")
+        self.seen_inputs["package_sign"] = sorted(ctx.inputs)
         body = json.dumps({"weights": ctx.inputs["train"]["weights"]}, sort_keys=True).encode()
         return {"artifact_digest": "sha256:" + hashlib.sha256(body).hexdigest()}
 

@@ -114,6 +114,87 @@ def test_rerun_on_unchanged_inputs_hits_cache_changed_data_misses(
     assert not any(s.cache_hit for s in ctl.steps(r4) if s.step in CACHED)
 
 
+def test_after_a_promotion_a_rerun_on_unchanged_data_hits_every_cached_step(
+    tmp_path: Path, data: Path
+) -> None:
+    ctl, ex = make(tmp_path)
+    r1 = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert r1 and ctl.advance(r1).status is RunStatus.PROMOTED
+    # now the gates judge against a champion: their verdict differs from the first run's
+    ex.champion_auc = 0.5
+    r2 = ctl.submit(manual("r2"), {"data_path": str(data)}).run_id
+    assert r2 and ctl.advance(r2).status is RunStatus.PROMOTED
+    g1, g2 = (next(s.output for s in ctl.steps(r) if s.step == "gates") for r in (r1, r2))
+    assert g1 != g2
+    hits = {s.step: s.cache_hit for s in ctl.steps(r2)}
+    assert all(hits[s] for s in CACHED), hits  # package_sign does not read the verdict
+    assert calls(tmp_path, "package_sign") == 1
+    assert ex.seen_inputs["package_sign"] == ["build_training_set", "evaluate", "train"]
+
+
+def test_changed_executor_settings_miss_from_their_step_down(tmp_path: Path, data: Path) -> None:
+    ctl, ex = make(tmp_path)
+    r1 = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert r1 and ctl.advance(r1).status is RunStatus.PROMOTED
+    ex.settings["evaluate"] = {"metric": "auc", "by_group": False}
+    r2 = ctl.submit(manual("r2"), {"data_path": str(data)}).run_id
+    assert r2 and ctl.advance(r2).status is RunStatus.PROMOTED
+    hits = {s.step: s.cache_hit for s in ctl.steps(r2)}
+    assert hits["build_training_set"] and hits["train"]
+    assert not hits["evaluate"]
+    # evaluate gave the same output, so package_sign's inputs are unchanged: a hit
+    assert hits["package_sign"] and calls(tmp_path, "evaluate") == 2
+    r3 = ctl.submit(manual("r3"), {"data_path": str(data)}).run_id
+    assert r3 and ctl.advance(r3).status is RunStatus.PROMOTED
+    assert all(s.cache_hit for s in ctl.steps(r3) if s.step in CACHED)
+
+
+def test_settings_that_cannot_be_read_fail_the_run_at_their_step(
+    tmp_path: Path, data: Path
+) -> None:
+    class BadSettings(LocalExecutors):
+        def step_settings(self, step: str) -> dict[str, object] | None:
+            if step == "train":
+                raise RuntimeError("trainer settings unreadable")
+            return None
+
+    ctl, _ = make(tmp_path, BadSettings(tmp_path / "effects.db", tmp_path / "work"))
+    r = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert r
+    with pytest.raises(StepFailedError):
+        ctl.advance(r)
+    info = ctl.run(r)
+    assert info.status is RunStatus.FAILED and info.step == "train"
+    assert "trainer settings unreadable" in info.detail
+    assert calls(tmp_path, "train") == 0
+
+
+def test_timed_executors_count_each_call_where_the_controller_makes_it(
+    tmp_path: Path, data: Path
+) -> None:
+    from keel.pipelines.local import TimedExecutors
+
+    ticks = iter(range(10_000))
+    inner = LocalExecutors(tmp_path / "effects.db", tmp_path / "work")
+    timed = TimedExecutors(inner, clock=lambda: float(next(ticks)))  # every call: 1 "second"
+    ctl, _ = make(tmp_path, timed)  # type: ignore[arg-type]
+    r1 = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id
+    assert r1 and ctl.advance(r1).status is RunStatus.PROMOTED
+    first = timed.take()
+    assert {k: first[k] for k in ("build_training_set", "train", "package_sign")} == {
+        "build_training_set": 1.0,
+        "train": 1.0,
+        "package_sign": 1.0,
+    }
+    assert first["move_alias"] == 3.0  # shadow, canary, champion
+    assert timed.champion_auc is None  # other attributes are the inner executors'
+    r2 = ctl.submit(manual("r2"), {"data_path": str(data)}).run_id
+    assert r2 and ctl.advance(r2).status is RunStatus.PROMOTED
+    again = timed.take()
+    assert not {"build_training_set", "train", "evaluate", "package_sign"} & set(again)
+    assert again["gates"] == 1.0
+
+
 def test_failed_gate_leaves_champion_untouched(tmp_path: Path, data: Path) -> None:
     ctl, _ = make(tmp_path)
     r1 = ctl.submit(manual("r1"), {"data_path": str(data)}).run_id

@@ -29,7 +29,13 @@ from keel.pipelines import (
     Trigger,
     TriggerPolicy,
 )
-from keel.pipelines.local import LocalExecutors, LocalOptions, build_executors
+from keel.pipelines.local import (
+    SMALL_LOOP_TRAINER,
+    LocalExecutors,
+    LocalOptions,
+    build_executors,
+    small_loop_options,
+)
 
 T0 = datetime(2026, 3, 2, tzinfo=UTC)
 MODEL = "credit"
@@ -104,22 +110,15 @@ def write_world(
 def opts(root: Path, **over: Any) -> dict[str, Any]:
     defs = root / "defs.py"
     defs.write_text(VIEW_DEFS)
-    base: dict[str, Any] = {
-        "model": MODEL,
-        "feature_definitions": str(defs),
-        "feature_views": ["card_txn"],
-        "features": FEATURES,
-        "group_column": "segment",
-        "trainer": {
-            "hidden": [8],
-            "epochs": 6,
-            "batch_size": 64,
-            "lr": 0.02,
-            "ray_num_cpus": 2,
-            "tracking": False,
-        },
-        "gates": {"threshold": 0.5, "max_ece": 0.2, "max_drift_share": 1.0},
-    }
+    base = small_loop_options(
+        model=MODEL,
+        feature_definitions=str(defs),
+        feature_views=["card_txn"],
+        features=FEATURES,
+        group_column="segment",
+        trainer={"hidden": [8], "epochs": 6, "batch_size": 64, "lr": 0.02, "tracking": False},
+        gates={"threshold": 0.5, "max_ece": 0.2, "max_drift_share": 1.0},
+    )
     base.update(over)
     return base
 
@@ -175,6 +174,53 @@ def test_options_round_trip_defaults(tmp_path: Path) -> None:
     o = LocalOptions.parse(opts(tmp_path))
     assert o.trainer.hidden == (8,) and o.trainer.epochs == 6 and o.gates.risk_tier == 3
     assert o.features == tuple(FEATURES) and o.events_stream == "models"
+    # what the test did not override comes from the small-loop defaults
+    assert o.trainer.num_workers == SMALL_LOOP_TRAINER["num_workers"] == 1
+    assert o.trainer.ray_num_cpus == SMALL_LOOP_TRAINER["ray_num_cpus"]
+    assert o.trainer.checkpoint_every_steps == SMALL_LOOP_TRAINER["checkpoint_every_steps"]
+    assert o.training_set_engine == "local" and o.training_set_partitions is None
+    plain = LocalOptions.parse(
+        small_loop_options(model="m", feature_definitions="d", feature_views=["v"], features=["f"])
+    )
+    assert plain.trainer.hidden == (16,) and plain.trainer.epochs == 4
+    assert plain.gates.threshold == 0.6  # GateOptions' own default
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"training_set_engine": "spark"}, "training_set_engine must be one of ['local', 'ray']"),
+        ({"training_set_partitions": 0}, "training_set_partitions must be >= 1"),
+    ],
+)
+def test_bad_engine_options_are_named(
+    tmp_path: Path, bus: Bus, change: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(InvalidInputError) as e:
+        build_executors(home=tmp_path, bus=bus, options=opts(tmp_path, **change))
+    assert needle in str(e.value)
+
+
+def test_step_settings_name_what_a_result_depends_on_not_where_it_runs(
+    tmp_path: Path, bus: Bus
+) -> None:
+    def settings(**over: Any) -> dict[str, Any]:
+        ex = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path, **over))
+        assert isinstance(ex, LocalExecutors)
+        return {s: ex.step_settings(s) for s in CACHED}
+
+    base = settings()
+    trainer = dict(opts(tmp_path)["trainer"])
+    # where it runs: the same keys
+    assert settings(trainer={**trainer, "ray_num_cpus": 1, "tracking": True}) == base
+    assert settings(training_set_engine="ray", training_set_partitions=3) == base
+    # what it computes: a different key from that step on
+    epochs = settings(trainer={**trainer, "epochs": 7})
+    assert epochs["build_training_set"] == base["build_training_set"]
+    assert epochs["train"] != base["train"]
+    holdout = settings(holdout_fraction=0.3)
+    assert holdout["build_training_set"] != base["build_training_set"]
+    assert settings(owner="risk")["package_sign"] != base["package_sign"]
 
 
 # -- data steps ---------------------------------------------------------------------------------
@@ -486,9 +532,8 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     info2 = ctl.advance(d2.run_id)
     assert info2.status is RunStatus.PROMOTED, info2.detail
     hits = {s.step for s in ctl.steps(d2.run_id) if s.cache_hit}
-    # package_sign's key includes the gate results, which now name a champion: it runs
-    # again and rebuilds the same bytes (deterministic), so nothing new is registered
-    assert hits == set(CACHED) - {"package_sign"}
+    # the gates now name a champion, but package_sign does not read their verdict: a hit
+    assert hits == set(CACHED)
     again = {s.step: s.output for s in ctl.steps(d2.run_id)}
     assert again["package_sign"]["artifact_digest"] == digest
     assert [v.version for v in ex.registry.versions(MODEL)] == [1]
@@ -620,3 +665,32 @@ def test_reproduce_rematerialises_the_set_from_the_offline_log(tmp_path: Path, b
     assert gone.status == "refused" and gone.link == "data fingerprint"
     assert "offline log is gone" in gone.message and "events.txn.created" in gone.message
     ex.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_ray_engine_builds_the_same_training_set_through_the_executor(
+    tmp_path: Path, bus: Bus, ray_cluster: Any
+) -> None:
+    """``training_set_engine = "ray"`` (keel.pipelines.ray_build on the process's Ray, 3
+    partitions) gives the single-process build's bytes: the same fingerprint, the same
+    files, so the two engines share cache entries downstream."""
+    write_world(tmp_path, per_day=300)
+    shared = {"offline_root": str(tmp_path / "offline")}
+    local = build_executors(home=tmp_path / "a", bus=bus, options=opts(tmp_path, **shared))
+    on_ray = build_executors(
+        home=tmp_path / "b",
+        bus=bus,
+        options=opts(tmp_path, **shared, training_set_engine="ray", training_set_partitions=3),
+    )
+    assert isinstance(on_ray, LocalExecutors) and isinstance(local, LocalExecutors)
+    c = ctx("build_training_set")
+    a, b = dict(local.build_training_set(c)), dict(on_ray.build_training_set(c))
+    assert a["rows"] == b["rows"] == 1200
+    for k in ("fingerprint", "train_fingerprint", "holdout_fingerprint", "holdout_from"):
+        assert a[k] == b[k], k
+    for name in ("set", "train", "holdout"):
+        assert (Path(a["path"]) / f"{name}.parquet").read_bytes() == (
+            Path(b["path"]) / f"{name}.parquet"
+        ).read_bytes()
+    assert on_ray.step_settings("build_training_set") == local.step_settings("build_training_set")

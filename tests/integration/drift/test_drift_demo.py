@@ -176,9 +176,9 @@ def test_a_rerun_on_unchanged_data_hits_the_cache(demo_home: Path) -> None:
         assert d.run_id is not None
         ctl.advance(d.run_id)
         hits = {s.step for s in ctl.steps(d.run_id) if s.cache_hit}
-        # package_sign re-runs (its key includes the gate results, which name the new
-        # champion) and rebuilds the same artifact bytes
-        assert hits == set(CACHED) - {"package_sign"}
+        # every cached step hits, package_sign too: it does not read the gates' verdict
+        # (which now names the new champion)
+        assert hits == set(CACHED)
         # the same model: the registry dedupes it, nothing new is versioned
         assert [v.version for v in ex.registry.versions("fraud-demo")] == [1, 2]
     finally:
@@ -199,6 +199,13 @@ def test_bad_seed_is_one_line(tmp_path: Path, seed: str) -> None:
     r = runner.invoke(app, ["demo", "--seed", seed], env={"KEEL_HOME": str(tmp_path)})
     assert r.exit_code == 2
     assert "--seed" in one_error_line(r.output)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_too_few_transactions_a_day_is_one_line(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["demo", "--per-day", "10"], env={"KEEL_HOME": str(tmp_path)})
+    assert r.exit_code == 2
+    assert "--per-day must be at least 1000" in one_error_line(r.output)
     assert not (tmp_path / "demo").exists()
 
 

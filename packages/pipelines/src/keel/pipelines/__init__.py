@@ -25,6 +25,7 @@ from keel.pipelines._canary import (
 from keel.pipelines._canonical import canonical, sha256_hex
 from keel.pipelines._controller import (
     CACHED,
+    READS,
     SIDE_EFFECTS,
     STEPS,
     Controller,
@@ -83,6 +84,7 @@ __all__ = [
     "CANARY_FAILED",
     "DRIFT_DETECTED",
     "GENESIS",
+    "READS",
     "SIDE_EFFECTS",
     "SLO",
     "SLO_READING",

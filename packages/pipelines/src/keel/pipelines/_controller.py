@@ -16,9 +16,10 @@ gates' `combine`, `CanaryPolicy`). State lives in one SQLite database
   is complete exactly when its row exists, written in the same transaction as its
   provenance entry;
 * ``cache`` — (step, cache key) → output for the pure steps. The key is the sha256 of the
-  canonical JSON of everything the step reads: code version, lock hash, parameters, the
-  fingerprints of upstream outputs and (for the first step) of the source data, so changed
-  data is never a stale hit;
+  canonical JSON of everything the step reads: code version, lock hash, parameters (the
+  run's and the executors' ``step_settings``), the fingerprints of the upstream outputs it
+  reads (`READS`: not the gates' verdict) and (for the first step) of the source data, so
+  changed data is never a stale hit and unchanged data is a hit;
 * ``effects`` — for side-effecting steps an *intent* row (idempotency key) is committed
   before the executor is called and marked *done* with its result after; on restart an
   intent without completion calls the executor again with the SAME key, which the executor
@@ -36,7 +37,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -67,6 +68,15 @@ from keel.telemetry import PipelinesMetrics
 # metrics label them), so the two cannot drift apart.
 STEPS: tuple[str, ...] = PipelinesMetrics.STEPS
 CACHED = frozenset({"build_training_set", "train", "evaluate", "package_sign"})
+# What each cached step reads of the run's earlier outputs. Its context holds only these and
+# its cache key covers only these: the gates' verdict (which names the champion of the day)
+# is not an input of package_sign, so a rerun on unchanged data after a promotion is a hit.
+READS: Mapping[str, tuple[str, ...]] = {
+    "build_training_set": (),
+    "train": ("build_training_set",),
+    "evaluate": ("build_training_set", "train"),
+    "package_sign": ("build_training_set", "train", "evaluate"),
+}
 SIDE_EFFECTS = frozenset({"register_challenger", "shadow", "canary", "promote_or_rollback"})
 
 Clock = Callable[[], datetime]
@@ -106,7 +116,12 @@ class StepContext:
 
 
 class Executors(Protocol):
-    """The side of each step that does work. Outputs are JSON objects (plain data)."""
+    """The side of each step that does work. Outputs are JSON objects (plain data).
+
+    Optional: ``step_settings(step) -> Mapping | None``, the executors' own settings a
+    cached step's result depends on (hyper-parameters, columns, thresholds; not where it
+    runs). The controller adds them to that step's cache key, so changed settings are a
+    miss, never a stale hit."""
 
     def source_fingerprints(self, ctx: StepContext) -> Mapping[str, str]:
         """Content fingerprints of the raw data the training set is built from."""
@@ -533,18 +548,28 @@ class Controller:
             info.run_id, info.model, step, loads(r[0]), r[1], r[2], inputs, self.clock(), key
         )
 
-    def _cache_key(self, ctx: StepContext, sources: Mapping[str, str] | None) -> str:
+    def _cache_key(
+        self,
+        ctx: StepContext,
+        sources: Mapping[str, str] | None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> str:
         upstream = {s: sha256_hex(dict(o)) for s, o in ctx.inputs.items()}
-        return sha256_hex(
-            {
-                "step": ctx.step,
-                "code_version": ctx.code_version,
-                "lock_hash": ctx.lock_hash,
-                "params": dict(ctx.params),
-                "inputs": upstream,
-                "sources": dict(sources) if sources is not None else None,
-            }
-        )
+        body: dict[str, Any] = {
+            "step": ctx.step,
+            "code_version": ctx.code_version,
+            "lock_hash": ctx.lock_hash,
+            "params": dict(ctx.params),
+            "inputs": upstream,
+            "sources": dict(sources) if sources is not None else None,
+        }
+        if settings is not None:  # the executors' own parameters this step depends on
+            body["settings"] = dict(settings)
+        return sha256_hex(body)
+
+    def _step_settings(self, step: str) -> Mapping[str, Any] | None:
+        own = getattr(self._ex, "step_settings", None)
+        return own(step) if callable(own) else None
 
     def _complete(
         self,
@@ -620,10 +645,13 @@ class Controller:
             self._side_effect_step(info, step)
         else:
             ctx = self._ctx(info, step)
+            if step in READS:  # a cached step sees (and is keyed on) only what it reads
+                ctx = replace(ctx, inputs={s: ctx.inputs[s] for s in READS[step]})
             sources = None
             if step == "build_training_set":
                 sources = dict(self._call(info, step, lambda: self._ex.source_fingerprints(ctx)))
-            key = self._cache_key(ctx, sources)
+            settings = self._call(info, step, lambda: self._step_settings(step))
+            key = self._cache_key(ctx, sources, settings)
             if step == "gates":
                 self._gates(info, ctx, key)
             else:

@@ -52,8 +52,9 @@ import hashlib
 import math
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,11 +86,15 @@ if TYPE_CHECKING:
     from keel.registry_client import Registry
 
 __all__ = [
+    "ENGINES",
+    "SMALL_LOOP_TRAINER",
     "GateOptions",
     "LocalExecutors",
     "LocalOptions",
+    "TimedExecutors",
     "TrainerOptions",
     "build_executors",
+    "small_loop_options",
     "start_ray",
 ]
 
@@ -97,6 +102,7 @@ PROFILE_FILE = "drift_profile.json"
 CARD_FILE = "model_card.json"
 CARD_HTML = "model_card.html"
 EVALUATION_FILE = "evaluation.json"
+ENGINES = ("local", "ray")
 _PARQUET = {
     "compression": "zstd",
     "compression_level": 3,
@@ -168,6 +174,10 @@ class LocalOptions:
     trainer_identity: str = "keel-pipelines"
     owner: str = "keel"
     intended_use: str = "scores card transactions for fraud review"
+    # "local": keel.features' single-process build; "ray": keel.pipelines.ray_build on the
+    # trainer's Ray (partitioned by entity hash). Same bytes, same fingerprint (tested).
+    training_set_engine: str = "local"
+    training_set_partitions: int | None = None  # "ray": default the cluster's CPU count
     trainer: TrainerOptions = field(default_factory=TrainerOptions)
     gates: GateOptions = field(default_factory=GateOptions)
 
@@ -204,6 +214,15 @@ class LocalOptions:
         if t.epochs < 1 or t.batch_size < 1 or t.num_workers < 1 or not t.hidden:
             raise InvalidInputError(
                 "options.trainer: epochs, batch_size and num_workers must be >= 1 and hidden non-empty"
+            )
+        if top.training_set_engine not in ENGINES:
+            raise InvalidInputError(
+                f"options.training_set_engine must be one of {list(ENGINES)}, "
+                f"got {top.training_set_engine!r}"
+            )
+        if top.training_set_partitions is not None and top.training_set_partitions < 1:
+            raise InvalidInputError(
+                f"options.training_set_partitions must be >= 1, got {top.training_set_partitions}"
             )
         if top.gates.risk_tier not in (1, 2, 3):
             raise InvalidInputError(
@@ -468,6 +487,54 @@ class LocalExecutors:
             names.append(event_log_dataset(self._event_type(v)))
         return [*sorted(set(names)), self.labels_dataset]
 
+    # -- what each cached step depends on besides its inputs (the controller keys on it) ------
+    def step_settings(self, step: str) -> Mapping[str, Any] | None:
+        """The options a cached step's result depends on — not where it runs (Ray address,
+        CPUs, tracking, the training-set engine: same bytes either way). Changed settings
+        are a cache miss from that step down, never a stale hit."""
+        o = self.o
+        if step == "build_training_set":
+            return {
+                "feature_definitions": o.feature_definitions,
+                "feature_views": {v.name: v.version for v in self.views},
+                "features": list(o.features),
+                "labels_dataset": self.labels_dataset,
+                "columns": [o.time_column, o.label_column, o.group_column],
+                "holdout_fraction": o.holdout_fraction,
+            }
+        if step == "train":
+            t = o.trainer
+            return {
+                "model": o.model,
+                "trainer": {
+                    k: getattr(t, k)
+                    for k in (
+                        "hidden",
+                        "epochs",
+                        "batch_size",
+                        "lr",
+                        "weight_decay",
+                        "seed",
+                        "num_workers",
+                        "checkpoint_every_steps",
+                        "validation_fraction",
+                    )
+                },
+            }
+        if step == "evaluate":
+            return {"group_column": o.group_column, "features": list(o.features)}
+        if step == "package_sign":
+            return {
+                "model": o.model,
+                "owner": o.owner,
+                "intended_use": o.intended_use,
+                "risk_tier": o.gates.risk_tier,
+                "seed": o.trainer.seed,
+                "signing_key": o.signing_key,
+                "trusted_keys": list(o.trusted_keys),
+            }
+        return None
+
     # -- pure steps --------------------------------------------------------------------------
     def source_fingerprints(self, ctx: StepContext) -> Mapping[str, str]:
         out: dict[str, str] = {}
@@ -531,7 +598,19 @@ class LocalExecutors:
         for v in self.views:
             log = store.read(event_log_dataset(self._event_type(v)))
             sources.append((v, event_log_to_frame(v, log).collect()))
-        ts = training_set(labels, sources, time_column=o.time_column)
+        if o.training_set_engine == "ray":
+            from keel.pipelines.ray_build import build_training_set_on_ray
+
+            start_ray(address=o.trainer.ray_address, num_cpus=o.trainer.ray_num_cpus)
+            ts = build_training_set_on_ray(
+                labels,
+                sources,
+                time_column=o.time_column,
+                partitions=o.training_set_partitions,
+                ray_address=o.trainer.ray_address,
+            )
+        else:
+            ts = training_set(labels, sources, time_column=o.time_column)
         missing = [c for c in o.features if c not in ts.columns]
         if missing:
             raise InvalidInputError(
@@ -1176,6 +1255,54 @@ class LocalExecutors:
         return signals, requests
 
 
+class TimedExecutors:
+    """Any `Executors`, with the wall time of every call the controller makes on them, per
+    method: what the steps themselves cost, so a run's wall time less their sum is the
+    controller's own (tools/bench:pipelines) and a demo can say where its time went. Every
+    other attribute is the inner executors' (``pending_approvals``, ``registry``...)."""
+
+    CALLS = frozenset(
+        {
+            "source_fingerprints",
+            "step_settings",
+            "build_training_set",
+            "train",
+            "evaluate",
+            "gates",
+            "package_sign",
+            "register_challenger",
+            "move_alias",
+            "canary_signals",
+            "rollback",
+        }
+    )
+
+    def __init__(self, inner: Any, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.spent: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name not in self.CALLS or not callable(attr):
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = self.clock()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self.spent[name] = self.spent.get(name, 0.0) + self.clock() - t0
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        """Seconds per method since the last `take`; then counts afresh."""
+        out = dict(self.spent)
+        self.spent.clear()
+        return out
+
+
 def start_ray(
     *,
     address: str | None = None,
@@ -1198,6 +1325,48 @@ def start_ray(
         )
     except ClusterUnavailableError as e:
         raise PipelinesError(str(e)) from None
+
+
+#: The trainer of a small loop on one machine (`keel demo`, the tests): a one-hidden-layer
+#: MLP (16 units), 4 epochs of batches of 128, AdamW at lr 0.01, one Ray Train worker on a
+#: 2-CPU local Ray, a checkpoint every 500 steps. Seconds of training on a laptop: most of a
+#: run is Ray's worker-group start-up.
+SMALL_LOOP_TRAINER: Mapping[str, Any] = {
+    "hidden": [16],
+    "epochs": 4,
+    "batch_size": 128,
+    "lr": 0.01,
+    "num_workers": 1,
+    "checkpoint_every_steps": 500,
+    "ray_num_cpus": 2,
+}
+
+
+def small_loop_options(
+    *,
+    model: str,
+    feature_definitions: str,
+    feature_views: Sequence[str],
+    features: Sequence[str],
+    trainer: Mapping[str, Any] | None = None,
+    gates: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Plain-JSON options for a small loop on one machine: the four required keys, the
+    `SMALL_LOOP_TRAINER` defaults with ``trainer`` laid over them, ``gates`` over
+    `GateOptions`' defaults, and any other `LocalOptions` key as given (``group_column``,
+    streams, ``training_set_engine``...). `build_executors` validates the result."""
+    out: dict[str, Any] = {
+        "model": model,
+        "feature_definitions": feature_definitions,
+        "feature_views": list(feature_views),
+        "features": list(features),
+        **settings,
+        "trainer": {**SMALL_LOOP_TRAINER, **(trainer or {})},
+    }
+    if gates:
+        out["gates"] = dict(gates)
+    return out
 
 
 def build_executors(*, home: Path, bus: Bus, options: Mapping[str, Any]) -> Executors:
