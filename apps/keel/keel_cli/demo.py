@@ -90,7 +90,7 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def generate_transactions(seed: int, per_day: int = 14_000, cards: int = 3_000) -> pl.DataFrame:
+def generate_transactions(seed: int, per_day: int = 3_000, cards: int = 3_000) -> pl.DataFrame:
     """The seeded transaction stream (vectorised). Drift starts at day ``DRIFT_DAY``."""
     import polars as pl
 
@@ -206,7 +206,7 @@ def _prepare_home(home: Path) -> Path:
     return out
 
 
-def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 14_000) -> Path:
+def run_demo(home: Path, seed: int, console: Console, *, per_day: int = 3_000) -> Path:
     """Run the demo under ``home`` (KEEL_HOME); returns the drift report's path (the loop's
     page, ``index.html``, is beside it).
 

@@ -88,7 +88,7 @@ def demo(
     config: Path | None = ConfigOpt,
     seed: int = typer.Option(7, help="seed for the synthetic transaction stream (0 .. 2**32-1)"),
     per_day: int = typer.Option(
-        14_000, "--per-day", help="transactions per simulated day (>= 1000; 10 days)"
+        3_000, "--per-day", help="transactions per simulated day (>= 1000; 10 days)"
     ),
 ) -> None:
     """Run the whole Keel loop end to end on embedded defaults (no services needed).
