@@ -9,6 +9,7 @@ on the events the stream accepted.
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -301,7 +302,7 @@ def test_streaming_bits_do_not_depend_on_batch_cuts(
     whole.ingest(frame(rows))
     cut = StreamingEngine(view, clock=lambda: NOW)
     bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         cut.ingest(frame(rows[lo:hi]))
     assert whole.counters == cut.counters
     keys = ["a", "b", "c"]
@@ -311,7 +312,5 @@ def test_streaming_bits_do_not_depend_on_batch_cuts(
         t = first + k * timedelta(minutes=10)  # the bucket
         a = whole.values_at(keys, t).to_dicts()
         b = cut.values_at(keys, t).to_dicts()
-        bits = [
-            {n: v.hex() if isinstance(v, float) else v for n, v in r.items()} for r in (*a, *b)
-        ]
+        bits = [{n: v.hex() if isinstance(v, float) else v for n, v in r.items()} for r in (*a, *b)]
         assert bits[: len(a)] == bits[len(a) :], t
