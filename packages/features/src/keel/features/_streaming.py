@@ -123,8 +123,6 @@ class StreamingEngine:
                 if p.column is not None and p.kind not in ("n", "nn", "dc", "hz", "hn")
             }
         )
-        # Columns a std reads: only they keep the shifted sum and M2 (Welford, per event).
-        self._m2_cols = {p.column for p in self._parts if p.kind == "m2" and p.column}
         # Columns only counted (count over any type, mean's count is covered above).
         self._nn_cols = sorted(
             {p.column for p in self._parts if p.kind == "nn" and p.column is not None}
@@ -370,12 +368,11 @@ class StreamingEngine:
                     cur.add(x)
 
     def _apply_numeric(self, c: str, col: pl.Series, rows: np.ndarray, slots: np.ndarray) -> None:
-        """Add a column's values to their bucket slots: counts, finite sum, and (for a column
-        some ``std`` reads) the shifted sum and M2 by Welford's update, event by event.
+        """Add a column's values to their bucket slots: counts, finite sum, M2 (Chan et al.
+        merge of the slot's (count, sum, M2) with the batch's per-slot two-pass moments).
 
-        Batch-invariant bits: every slot's state is updated one event at a time in arrival
-        order, so two different cuts of the same events into micro-batches (a consumer
-        restarted after a crash) end in the same bits, sums and std alike."""
+        Sums are batch-invariant (added in arrival order). M2 is merged per batch, so a
+        std may differ in its last ulp between two different cuts of the same events."""
         A = self._arrays
         v = col.cast(pl.Float64).to_numpy()
         nn = col.is_not_null().to_numpy()
@@ -395,52 +392,32 @@ class StreamingEngine:
             np.maximum.at(A[f"max:{c}"], (r, s), x)
         if len(x) == 0:
             return
-        # Sums are added event by event in arrival order (np.add.at is unbuffered and
-        # sequential), never as per-batch partial sums: the bits must not depend on where a
-        # micro-batch boundary fell, or a consumer restarted after a crash (different batch
-        # cuts, same events) would write values one ulp away from an uninterrupted one.
-        np.add.at(A[f"sum:{c}"], (r, s), x)
-        if c in self._m2_cols:
-            self._apply_welford(c, r, s, x)
-
-    def _apply_welford(self, c: str, r: np.ndarray, s: np.ndarray, x: np.ndarray) -> None:
-        """Welford's update of each slot's shifted sum and M2, event by event in arrival order.
-
-        Vectorised by rounds: round k takes every slot's k-th event of the batch (at most one
-        event per slot, so plain fancy-index updates are exact). A slot's state before each of
-        its events is therefore the same whatever the batch cut; the rounds are as many as the
-        most events one slot gets in the batch."""
-        A = self._arrays
         ref_all = A[f"ref:{c}"]
         unset = np.isnan(ref_all[r])
         if unset.any():  # an entity's first finite value becomes its reference (0 if huge)
             ents, first = np.unique(r[unset], return_index=True)
             ref = x[unset][first]
             ref_all[ents] = np.where(np.abs(ref) <= STD_LIMIT, ref, 0.0)
-        x = x - ref_all[r]
         flat = r * self.ring + s
-        order = np.argsort(flat, kind="stable")  # by slot, arrival order within a slot
-        fs = flat[order]
-        starts = np.flatnonzero(np.concatenate(([True], fs[1:] != fs[:-1])))
-        lengths = np.diff(np.append(starts, len(fs)))
-        rank = np.arange(len(fs)) - np.repeat(starts, lengths)
-        # finite values of each slot before this batch (the counts already include it)
-        before = self._finite_count(c, r[order][starts], s[order][starts]) - lengths
-        n0_all = np.repeat(before, lengths) + rank  # finite values before each event
-        dsum, m2 = A[f"dsum:{c}"], A[f"m2:{c}"]
-        by_rank = np.argsort(rank, kind="stable")
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(rank))))
+        cells, inv = np.unique(flat, return_inverse=True)
+        # Sums are added event by event in arrival order (np.add.at is unbuffered and
+        # sequential), never as per-batch partial sums: the bits must not depend on where a
+        # micro-batch boundary fell, or a consumer restarted after a crash (different batch
+        # cuts, same events) would write values one ulp away from an uninterrupted one.
+        np.add.at(A[f"sum:{c}"], (r, s), x)
+        x = x - ref_all[r]
+        nb = np.bincount(inv).astype(np.float64)
+        sb = np.bincount(inv, weights=x)
+        dev = x - (sb / nb)[inv]
+        m2b = np.bincount(inv, weights=dev * dev)
+        cr, cs = cells // self.ring, cells % self.ring
+        na = self._finite_count(c, cr, cs).astype(np.float64) - nb  # before this batch
+        sa, m2a = A[f"dsum:{c}"][cr, cs], A[f"m2:{c}"][cr, cs]
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            for k in range(len(bounds) - 1):
-                pos = by_rank[bounds[k] : bounds[k + 1]]  # the k-th event of each slot
-                idx = order[pos]
-                rk, sk, xk = r[idx], s[idx], x[idx]
-                n0 = n0_all[pos].astype(np.float64)
-                s0 = dsum[rk, sk]
-                s1 = s0 + xk
-                dsum[rk, sk] = s1
-                step = (xk - s0 / n0) * (xk - s1 / (n0 + 1.0))
-                m2[rk, sk] = m2[rk, sk] + np.where(n0 > 0, step, 0.0)
+            delta = sb / nb - sa / na
+            cross = np.where(na > 0, delta * delta * na * nb / (na + nb), 0.0)
+        np.add.at(A[f"dsum:{c}"], (r, s), x)
+        A[f"m2:{c}"][cr, cs] = m2a + m2b + cross
 
     def _finite_count(self, c: str, r: Any, s: Any) -> np.ndarray:
         """Finite non-null values per cell (non-null minus NaN/inf counts)."""
