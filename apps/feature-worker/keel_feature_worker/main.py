@@ -132,7 +132,12 @@ def run(settings: Settings, ctx: AppContext) -> None:
         try:
             worker.run(ctx.stop)
         finally:
-            ctx.report(applied=worker.stats.applied, dead_letters=worker.stats.dead_letters)
+            ctx.report(
+                applied=worker.stats.applied,
+                dead_letters=worker.stats.dead_letters,
+                duplicates=worker.stats.duplicates,
+                index_redeliveries=worker.stats.index_redeliveries,
+            )
     finally:
         server.stop()
         for closable in (state, online, bus):

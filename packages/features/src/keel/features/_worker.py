@@ -120,6 +120,11 @@ class WorkerStats:
     ignored: int = 0
     applied: int = 0
     duplicates: int = 0
+    #: Redeliveries only the durable id index recognised: committed more than
+    #: ``_REMEMBERED_FLUSHES`` commits earlier and forgotten by the engines (past allowed
+    #: lateness) — e.g. an ack lost in a broker restart, back after ``ack_wait``. Without the
+    #: index each would have been taken for a fresh late event and logged a second time.
+    index_redeliveries: int = 0
     online_writes: int = 0
     flushes: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
@@ -289,6 +294,7 @@ class FeatureWorker:
         recording anything if a view fails (the engines may then hold part of the batch)."""
         events = [d.event for d in deliveries]
         redelivered = {e.id for e in events if e.id in self._committed or e.id in self._carry}
+        self._count_index_redeliveries(events)
         dead: dict[str, str] = {}
         fresh: dict[str, Event] = {}  # first sight of an event id: it goes to the offline log
         counts: list[tuple[str, int, int, list[str]]] = []
@@ -362,6 +368,21 @@ class FeatureWorker:
                 }
             )
         self._pending.extend(deliveries)
+
+    def _count_index_redeliveries(self, events: Sequence[Event]) -> None:
+        """Count the events of a batch that only the durable id index recognises (see
+        ``WorkerStats.index_redeliveries``)."""
+        oldest = self._flush_no - _REMEMBERED_FLUSHES
+        aged = [
+            e.id
+            for e in events
+            if self._committed.get(e.id, self._logged_dead.get(e.id, oldest)) < oldest
+        ]
+        if aged:
+            known: set[str] = set()
+            for eng in self.engines.values():
+                known |= eng.seen_ids(aged)
+            self.stats.index_redeliveries += sum(1 for i in aged if i not in known)
 
     def _isolate(self, deliveries: Sequence[Delivery]) -> None:
         """Roll back to the last commit, re-apply what was pending (it applied before), then
