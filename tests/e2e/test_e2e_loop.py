@@ -53,7 +53,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -206,7 +205,12 @@ def start_prometheus(tmp: Path, targets: dict[str, int]) -> tuple[Proc, str]:
 
 def placeholder_champion(tmp: Path, key: SigningKey, view_version: str) -> Path:
     """A signed MLP over FEATURES whose weights are all zero: it scores every card 0.5."""
-    args = {"n_in": len(FEATURES), "hidden": [4], "n_out": 1, "out_activation": "sigmoid"}
+    args: dict[str, Any] = {
+        "n_in": len(FEATURES),
+        "hidden": [4],
+        "n_out": 1,
+        "out_activation": "sigmoid",
+    }
     spec = ArtifactSpec(
         name=MODEL,
         architecture=Architecture(builder="mlp", args=args),
@@ -359,6 +363,7 @@ def keel(*args: str) -> str:
         text=True,
         timeout=120,
         env=app_env({}),
+        check=False,  # the assertion below shows stderr
     )
     assert out.returncode == 0, f"keel {' '.join(args)}: {out.stderr}{out.stdout}"
     return out.stdout

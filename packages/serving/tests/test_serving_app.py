@@ -128,12 +128,15 @@ def test_view_features_under_their_training_set_names_are_read_online(
 
     async def main() -> tuple[httpx.Response, httpx.Response]:
         log = PredictionLog(world["bus"], flush_s=0.01)
-        svc = ModelService("credit", load_predictor(path, keys.policy), store=world["store"], log=log)
+        svc = ModelService(
+            "credit", load_predictor(path, keys.policy), store=world["store"], log=log
+        )
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=create_app(svc)), base_url="http://t"
         ) as c:
             ok = await c.post(
-                "/v1/predict", json={"instances": [{"entity": "c1", "features": {"channel": "pos"}}]}
+                "/v1/predict",
+                json={"instances": [{"entity": "c1", "features": {"channel": "pos"}}]},
             )
             dup = await c.post(
                 "/v1/predict",
