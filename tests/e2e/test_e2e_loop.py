@@ -230,14 +230,15 @@ def placeholder_champion(tmp: Path, key: SigningKey, view_version: str) -> Path:
 def transactions(
     rng: np.random.Generator, now: datetime, scale: float, tag: str, *, burst: bool = False
 ) -> list[Event]:
-    """TXNS_PER_CARD card transactions per card in the minute before ``now``, amounts x
-    ``scale``; ``burst``: each card's transactions at one instant in the half-minute before
-    ``now`` (so every one of them is labelled with the whole burst in the card's window)."""
+    """TXNS_PER_CARD transactions per card, amounts x ``scale``, between 90 and 31 seconds
+    before ``now``; ``burst``: each card's transactions at one instant in the 30 seconds
+    before ``now`` (so every one of them is labelled with the whole burst in the card's
+    window). A burst made after a plain batch is always later than all of it."""
     out = []
     for card in CARDS:
         at = now - timedelta(seconds=float(rng.uniform(1, 30)))
         for j in range(TXNS_PER_CARD):
-            t = at if burst else now - timedelta(seconds=float(rng.uniform(1, 60)))
+            t = at if burst else now - timedelta(seconds=float(rng.uniform(31, 90)))
             amount = float(rng.lognormal(3, 0.5) * SPEND[card] * scale)
             out.append(
                 Event.create(
