@@ -117,6 +117,53 @@ def test_unknown_entity_is_422_naming_entity_and_view(world: dict[str, Any]) -> 
     run(world, body)
 
 
+def test_view_features_under_their_training_set_names_are_read_online(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """A model trained on a keel.features training set reads ``<view>__<feature>`` columns:
+    serving fills them from the view's online values, exactly as the bare names."""
+    keys = world["keys"]
+    names = ["card_stats__f0", "card_stats__f1", "f2"]
+    path, model = make_artifact(tmp_path, keys, seed=3, dirname="full-names", features=names)
+
+    async def main() -> tuple[httpx.Response, httpx.Response]:
+        log = PredictionLog(world["bus"], flush_s=0.01)
+        svc = ModelService(
+            "credit", load_predictor(path, keys.policy), store=world["store"], log=log
+        )
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(svc)), base_url="http://t"
+        ) as c:
+            ok = await c.post(
+                "/v1/predict",
+                json={"instances": [{"entity": "c1", "features": {"channel": "pos"}}]},
+            )
+            dup = await c.post(
+                "/v1/predict",
+                json={
+                    "instances": [
+                        {"entity": "c1", "features": {"channel": "pos", "card_stats__f0": 0.0}}
+                    ]
+                },
+            )
+        await svc.aclose()
+        log.close()
+        return ok, dup
+
+    ok, dup = asyncio.run(main())
+    assert ok.status_code == 200, ok.text
+    want = reference(model, [[1.5, -3.0, 0.25, 1.0]])  # channel "pos" is category 1
+    assert ok.json()["predictions"][0]["p_default"] == pytest.approx(want[0], abs=1e-6)
+    assert dup.status_code == 422 and "served by a feature view" in dup.text
+    logged = [e.event.json() for e in world["bus"].replay("predictions")]
+    assert logged[0]["features"] == {
+        "card_stats__f0": 1.5,
+        "card_stats__f1": -3.0,
+        "f2": 0.25,
+        "channel": "pos",
+    }
+
+
 def test_v2_protocol_endpoints(world: dict[str, Any]) -> None:
     async def body(c: httpx.AsyncClient, svc: ModelService) -> None:
         assert (await c.get("/v2/health/live")).json() == {"live": True}

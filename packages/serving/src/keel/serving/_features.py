@@ -3,9 +3,11 @@
 An instance names its entity either as one key for every view (``"entity": "card-1"``) or
 per view (``"entity": {"card_stats": "card-1", "merchant_stats": "m-9"}``). For each view
 the values stored under namespace ``<view>:<version>`` (keel.features' ``namespace``) fill
-the schema fields of the same name; the request's own ``features`` fill the others
-(request-time features). A field offered by both is refused: the store is the source of
-truth for what it serves.
+the schema fields of the same name, and the fields named ``<view>__<feature>`` — the names
+keel.features' point-in-time training sets give view features, so a model trained by
+keel.pipelines is served with the same columns it learnt from; the request's own ``features``
+fill the others (request-time features). A field offered by both is refused: the store is the
+source of truth for what it serves.
 
 Unknown entity (no row for it in a view the model reads): the instance is refused with 422
 and code ``unknown_entity``, naming the entity and the view — never scored on made-up values.
@@ -132,8 +134,9 @@ class FeatureFetcher:
                     )
                     continue
                 for name, value in online.values.items():
-                    if name in wanted and name not in row:
-                        row[name] = value
+                    for field in (name, f"{v}__{name}"):  # bare, or as a training set names it
+                        if field in wanted and field not in row:
+                            row[field] = value
             for name, value in own.items():
                 if name in row:
                     errors.append(
