@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from reproduce_testkit import git_repo
 
 from keel.events import Bus, Event, open_bus
 from keel.features import OfflineStore, event_log_dataset
@@ -441,7 +442,10 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     from keel.artifacts import load_artifact
     from keel.governance import ApprovalLedger
 
+    from keel.trainer import lock_hash
+
     write_world(tmp_path)
+    repo, commit, lock = git_repo(tmp_path)  # the code version reproduce checks out
     ex = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path))
     assert isinstance(ex, LocalExecutors)
     clock = Clock()
@@ -451,8 +455,8 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
         db_path=tmp_path / "pipelines" / "pipelines.db",  # the default, where packs look
         trigger_policy=TriggerPolicy(cooldown=timedelta(0)),
         canary_policy=CanaryPolicy(window=timedelta(hours=1)),
-        code_version="c0ffee",
-        lock_hash="sha256:lock",
+        code_version=commit,
+        lock_hash=lock_hash(lock_file=lock),
     )
     d = ctl.submit(Trigger.manual(MODEL, "first", at=clock(), who="ana"), {})
     assert d.run_id is not None
@@ -548,6 +552,44 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
     td = next(g for g in ctl.steps(d2.run_id)[3].output["results"] if g["gate"] == "training_data")
     assert td["evidence"].get("decision") is not None and td["status"] == "passed"
     ctl.close()
+
+    # reproduce: the set re-materialised from the offline log, then the pipelines' own
+    # train -> evaluate -> package_sign in a scratch home give the registered digest
+    from keel.pipelines.reproduce import PipelinesSource, reproduce
+
+    kw: dict[str, Any] = {"signing_key": ex.signing()[0], "trust": ex.signing()[1]}
+    kw.update(repo=repo, record=False)
+    v = reproduce(
+        ex.registry,
+        MODEL,
+        "champion",
+        work_dir=tmp_path / "w-same",
+        pipelines=PipelinesSource(tmp_path, opts(tmp_path)),
+        **kw,
+    )
+    assert v.status == "identical" and v.ok and v.link is None, v.message
+    assert v.retrained and v.reproduced_digest == digest
+    assert [c.link for c in v.checks] == [
+        "data fingerprint",
+        "code version",
+        "lock hash",
+        "parameters",
+        "weights",
+    ]
+    assert all(c.same for c in v.checks)
+    # a changed trainer parameter is the parameters link, before any retraining
+    lr = opts(tmp_path)
+    lr["trainer"] = {**lr["trainer"], "lr": 0.03}
+    v = reproduce(
+        ex.registry,
+        MODEL,
+        "champion",
+        work_dir=tmp_path / "w-lr",
+        pipelines=PipelinesSource(tmp_path, lr),
+        **kw,
+    )
+    assert v.status == "differs" and v.link == "parameters", v.message
+    assert not v.retrained and v.reproduced_digest is None
     ex.close()
 
 
@@ -643,8 +685,8 @@ def test_reproduce_rematerialises_the_set_from_the_offline_log(tmp_path: Path, b
         recorded,
         recorded,
     )
-    # the walk goes on past the data (here to the training run, which was not tracked)
-    assert same.status == "refused" and same.link == "training run", same.message
+    # the walk goes on past the data (here to the code version: tmp_path is no checkout)
+    assert same.status == "refused" and same.link == "code version", same.message
 
     part = sorted((tmp_path / "offline" / "events.txn.created").glob("date=*/*.parquet"))[0]
     log = pl.read_parquet(part)

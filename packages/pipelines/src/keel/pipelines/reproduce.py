@@ -29,8 +29,14 @@ provenance back to the run that produced the digest and rebuilds its training se
 keel.features' point-in-time build (the recorded feature-view versions, the run's recorded
 ``start``/``end``/``holdout_from``), then compares that set's fingerprint with the
 manifest's. When they differ, it names the offline datasets whose content changed since the
-run and the first training rows that differ. The trainer's file checked next is that
-re-materialised set's ``train.parquet``.
+run and the first training rows that differ. No keel.trainer MLflow run is needed then: the
+code version and lock hash links are checked as above; the parameters link is the job the
+given options train on the recorded set (its digest: seed, model, data, train settings) vs
+the run's recorded train step; the weights link re-runs the pipelines' own ``train`` →
+``evaluate`` → ``package_sign`` (keel.pipelines.local, on the re-materialised set, in a
+scratch home with a scratch bus and signing key, no tracking) with step contexts rebuilt
+from the run's provenance, so the rebuilt artifact is the pipelines' package (weights,
+drift profile, model card, evaluation) and its digest is compared with the registered one.
 
 An input that is gone (the data file, the commit, the lockfile, the job spec record) is a
 ``refused`` verdict naming it, not an exception. The verdict is stored as the version's
@@ -151,6 +157,8 @@ class SetCheck:
     differing_rows: tuple[str, ...]  # the first rows that differ, described
     feature_views: Mapping[str, Any]
     trainer_run: str = ""  # the run's train step's tracking run id
+    output: Mapping[str, Any] = field(default_factory=dict)  # the re-run step's output
+    lineage: Any = None  # the run's verified `Lineage`
 
     def describe(self) -> str:
         parts = []
@@ -290,8 +298,9 @@ def reproduce(
     instead of the recorded one (e.g. the job file as it is now). ``work_dir``: scratch
     space (emptied first). ``pipelines``: the model was trained by keel.pipelines — its
     training set is re-materialised from the offline event log (see `rematerialise`) and
-    that set's fingerprint is the data link; the trainer's file is then the re-materialised
-    ``train.parquet``. Raises ``NotFoundError`` for an unknown model/alias/version;
+    that set's fingerprint is the data link, and the pipelines' own train/evaluate/
+    package_sign rebuild the artifact (no keel.trainer MLflow run needed). Raises
+    ``NotFoundError`` for an unknown model/alias/version;
     everything else that stops a reproduction is a ``refused`` verdict.
     """
     from keel.artifacts import ArtifactError, TrustPolicy, load_artifact
@@ -348,9 +357,8 @@ def reproduce(
             ) from None
         man = registered.manifest
         client = tracking_client if tracking_client is not None else registry.mlflow_client
-        rebuilt_set: SetCheck | None = None
         if pipelines is not None:
-            # 0. the training set, re-materialised from the offline event log -----------------
+            # 1. the training set, re-materialised from the offline event log ----------------
             rebuilt_set = rematerialise(pipelines, model, mv.digest, work_dir=work_dir, now=clock())
             _check(
                 checks,
@@ -361,171 +369,117 @@ def reproduce(
                 f"model was trained on (pipelines run {rebuilt_set.run_id}). "
                 + (rebuilt_set.describe() or "the offline log's content changed since training"),
             )
-        run = training_run(client, mv.digest)
-        if run is None and rebuilt_set is not None and rebuilt_set.trainer_run:
-            try:
-                run = client.get_run(rebuilt_set.trainer_run)
-            except Exception:  # not a run of this tracking store (e.g. tracking was off)
-                run = None
-        if run is None:
-            raise _Stop(
-                "refused",
-                "training run",
-                f"no keel.trainer MLflow run records artifact {mv.digest} in this tracking "
-                "store: was it trained by keel.trainer with tracking enabled? (pass the "
-                "trainer's tracking store if it is another one)",
-            )
-        state["run_id"] = run.info.run_id
-        tags, params = dict(run.data.tags), dict(run.data.params)
-        spec_text = tags.get("keel.job_spec")
-        if not spec_text and job is None:
-            raise _Stop(
-                "refused",
-                "job spec",
-                f"training run {run.info.run_id} does not record its job spec (tag "
-                "keel.job_spec; trained by an older keel.trainer): pass the job file with "
-                "--job (its parameters are still checked against the run's)",
-            )
-        from keel.trainer import InvalidJobError, TrainJob, parse_job
-
-        if spec_text:
-            try:
-                recorded_job: TrainJob = parse_job(json.loads(spec_text), where="(keel.job_spec)")
-            except (InvalidJobError, ValueError) as e:
-                raise _Stop(
-                    "refused", "job spec", f"recorded job spec is unreadable: {e}"
-                ) from None
-        else:
-            recorded_job = job
-        run_job_spec: TrainJob = job if job is not None else recorded_job
-
-        # 1. data fingerprint ----------------------------------------------------------------
-        from keel.trainer import fingerprint
-
-        data_path = Path(data or tags.get("keel.data_path") or recorded_job.data.path)
-        recorded_fp = man.training_data_fingerprint
-        if rebuilt_set is not None:  # the trainer read the set's training split
-            data_path = rebuilt_set.path / "train.parquet"
-            recorded_fp = tags.get("keel.data_fingerprint") or "(not recorded)"
-        if not data_path.is_file():
-            raise _Stop(
-                "refused",
-                "data fingerprint",
-                f"the training data is gone: {data_path} does not exist (recorded "
-                f"fingerprint {man.training_data_fingerprint}); restore it or pass its new "
-                "location (--data)",
-            )
-        fp = fingerprint(data_path)
-        _check(
-            checks,
-            "data fingerprint",
-            recorded_fp,
-            fp,
-            f"{data_path} is not the data this model was trained on: its content changed "
-            "since training (a different model would be trained from it)",
-        )
-
-        # 2. code version --------------------------------------------------------------------
-        recorded_code = f"{man.code.commit}{'+dirty' if man.code.dirty else ''}"
-        if man.code.dirty:
-            raise _Stop(
-                "refused",
-                "code version",
-                f"the model was trained from uncommitted changes on top of {man.code.commit}: "
-                "those changes were not recorded, so the code is gone",
-            )
-        if not commit_in_history(repo, man.code.commit):
-            raise _Stop(
-                "refused",
-                "code version",
-                f"code version {man.code.commit} is not in the git history of {repo}: fetch "
-                "it (or run reproduce from a clone that has it)",
-            )
-        from keel.trainer import code_version
-
-        commit, dirty = code if code is not None else code_version(repo)
-        _check(
-            checks,
-            "code version",
-            recorded_code,
-            f"{commit}{'+dirty' if dirty else ''}",
-            f"this checkout is not the recorded code: check out {man.code.commit} "
-            f"(git worktree add ../keel-{man.code.commit[:12]} {man.code.commit}) and run "
-            "reproduce there, with no uncommitted changes",
-        )
-
-        # 3. lock hash -----------------------------------------------------------------------
-        from keel.trainer import environment_hash, lock_hash
-
-        lock = find_lock(repo, lock_file)
-        if man.dependency_lock_hash.startswith("dists-sha256:"):
-            # trained outside a checkout: the record is the installed distributions' hash
-            lock = None
-            _check(
+            state["run_id"] = rebuilt_set.run_id
+            # 2, 3. code version, lock hash ---------------------------------------------------
+            _check_code_and_lock(checks, man, repo, code, lock_file)
+            # 4, 5. parameters, weights: the pipelines' own train/evaluate/package_sign -------
+            rebuilt = _pipelines_rebuild(
                 checks,
-                "lock hash",
-                man.dependency_lock_hash,
-                environment_hash(),
-                "the installed distributions differ from those that trained the model (it "
-                "was trained without a lockfile, from a pex or wheel install): reproduce "
-                "with the same build",
+                pipelines,
+                rebuilt_set,
+                man,
+                work_dir=work_dir,
+                now=clock(),
+                ray_address=ray_address,
+                ray_num_cpus=ray_num_cpus,
             )
         else:
-            if man.dependency_lock_hash and (lock is None or not lock.is_file()):
+            run = training_run(client, mv.digest)
+            if run is None:
                 raise _Stop(
                     "refused",
-                    "lock hash",
-                    "no dependency lockfile found "
-                    f"({lock or f'3rdparty/python/default.lock above {repo}'}"
-                    f"); the model was trained with lock {man.dependency_lock_hash}",
+                    "training run",
+                    f"no keel.trainer MLflow run records artifact {mv.digest} in this tracking "
+                    "store: was it trained by keel.trainer with tracking enabled? (pass the "
+                    "trainer's tracking store if it is another one)",
                 )
-            now_lock = lock_hash(lock_file=lock) if lock is not None else ""
+            state["run_id"] = run.info.run_id
+            tags, params = dict(run.data.tags), dict(run.data.params)
+            spec_text = tags.get("keel.job_spec")
+            if not spec_text and job is None:
+                raise _Stop(
+                    "refused",
+                    "job spec",
+                    f"training run {run.info.run_id} does not record its job spec (tag "
+                    "keel.job_spec; trained by an older keel.trainer): pass the job file with "
+                    "--job (its parameters are still checked against the run's)",
+                )
+            from keel.trainer import InvalidJobError, TrainJob, parse_job
+
+            if spec_text:
+                try:
+                    recorded_job: TrainJob = parse_job(json.loads(spec_text), where="(keel.job_spec)")
+                except (InvalidJobError, ValueError) as e:
+                    raise _Stop(
+                        "refused", "job spec", f"recorded job spec is unreadable: {e}"
+                    ) from None
+            else:
+                recorded_job = job
+            run_job_spec: TrainJob = job if job is not None else recorded_job
+
+            # 1. data fingerprint ----------------------------------------------------------------
+            from keel.trainer import fingerprint
+
+            data_path = Path(data or tags.get("keel.data_path") or recorded_job.data.path)
+            recorded_fp = man.training_data_fingerprint
+            if not data_path.is_file():
+                raise _Stop(
+                    "refused",
+                    "data fingerprint",
+                    f"the training data is gone: {data_path} does not exist (recorded "
+                    f"fingerprint {man.training_data_fingerprint}); restore it or pass its new "
+                    "location (--data)",
+                )
+            fp = fingerprint(data_path)
             _check(
                 checks,
-                "lock hash",
-                man.dependency_lock_hash,
-                now_lock,
-                f"the dependency lock differs ({lock}): the environment that trained the "
-                "model is gone; install the one locked at the recorded commit",
+                "data fingerprint",
+                recorded_fp,
+                fp,
+                f"{data_path} is not the data this model was trained on: its content changed "
+                "since training (a different model would be trained from it)",
             )
 
-        # 4. parameters ----------------------------------------------------------------------
-        _check_parameters(checks, run_job_spec, params, tags, man)
+            # 2. code version, 3. lock hash ----------------------------------------------------
+            commit, dirty, lock = _check_code_and_lock(checks, man, repo, code, lock_file)
 
-        # 5. weights -------------------------------------------------------------------------
-        from keel.trainer import run_job
+            # 4. parameters ----------------------------------------------------------------------
+            _check_parameters(checks, run_job_spec, params, tags, man)
 
-        scratch = work_dir / "home"
-        runnable = run_job_spec.model_copy(
-            update={
-                "data": run_job_spec.data.model_copy(update={"path": data_path}),
-                "export": run_job_spec.export.model_copy(
-                    update={"out_dir": work_dir / "artifacts", "signing_key": None}
-                ),
-            }
-        )
-        result = run_job(
-            runnable,
-            home=scratch,
-            registry=builders,
-            fresh=True,
-            on_event=on_event,
-            ray_address=ray_address,
-            ray_num_cpus=ray_num_cpus,
-            export=True,
-            signing_key=signing_key,
-            tracking=False,
-            code=(commit, dirty),
-            lock_file=lock,
-            lock=man.dependency_lock_hash if lock is None else None,
-        )
-        if result.artifact_path is None:
-            raise PipelinesError(f"the re-run of {run_job_spec.name!r} exported no artifact")
-        rebuilt = load_artifact(
-            result.artifact_path,
-            TrustPolicy((signing_key.public_pem,)),
-            framework="numpy",
-        )
+            # 5. weights -------------------------------------------------------------------------
+            from keel.trainer import run_job
+
+            scratch = work_dir / "home"
+            runnable = run_job_spec.model_copy(
+                update={
+                    "data": run_job_spec.data.model_copy(update={"path": data_path}),
+                    "export": run_job_spec.export.model_copy(
+                        update={"out_dir": work_dir / "artifacts", "signing_key": None}
+                    ),
+                }
+            )
+            result = run_job(
+                runnable,
+                home=scratch,
+                registry=builders,
+                fresh=True,
+                on_event=on_event,
+                ray_address=ray_address,
+                ray_num_cpus=ray_num_cpus,
+                export=True,
+                signing_key=signing_key,
+                tracking=False,
+                code=(commit, dirty),
+                lock_file=lock,
+                lock=man.dependency_lock_hash if lock is None else None,
+            )
+            if result.artifact_path is None:
+                raise PipelinesError(f"the re-run of {run_job_spec.name!r} exported no artifact")
+            rebuilt = load_artifact(
+                result.artifact_path,
+                TrustPolicy((signing_key.public_pem,)),
+                framework="numpy",
+            )
         if rebuilt.digest == mv.digest:
             checks.append(LinkCheck("weights", True, mv.digest, rebuilt.digest))
             return verdict(
@@ -681,6 +635,8 @@ def rematerialise(
         rows,
         views_now,
         lineage.trainer_run,
+        built,
+        lineage,
     )
 
 
@@ -717,6 +673,190 @@ def _check(checks: list[LinkCheck], link: str, recorded: str, found: str, why: s
     checks.append(LinkCheck(link, same, recorded, found, "" if same else why))
     if not same:
         raise _Stop("differs", link, f"{link} differs: recorded {recorded}, found {found}: {why}")
+
+
+def _pipelines_rebuild(
+    checks: list[LinkCheck],
+    source: PipelinesSource,
+    rebuilt_set: SetCheck,
+    manifest: Any,
+    *,
+    work_dir: Path,
+    now: datetime,
+    ray_address: str | None,
+    ray_num_cpus: int | None,
+) -> Any:
+    """Links 4 and 5 of a pipelines-trained model: the pipelines' own ``train``,
+    ``evaluate`` and ``package_sign`` (keel.pipelines.local) re-run in a scratch home on the
+    re-materialised set, with step contexts rebuilt from the run's provenance (its params,
+    code version, lock hash; each step's inputs as the controller passes them, JSON round
+    trip included). The parameters link: the job the given options train on the recorded
+    set must have the recorded job digest (seed, model, data, train settings) and the
+    manifest's architecture. Returns the rebuilt artifact (loaded, numpy)."""
+    from keel.artifacts import load_artifact
+    from keel.events import open_bus
+    from keel.pipelines import StepContext
+    from keel.pipelines._canonical import canonical
+    from keel.pipelines.local import LocalExecutors, LocalOptions
+
+    lineage = rebuilt_set.lineage
+    by_kind = {e.kind: e.record for e in lineage.entries}
+    params = dict(by_kind["trigger"].get("params") or {})
+    rec_bts = dict(by_kind["step:build_training_set"]["output"])
+    rec_train = dict(by_kind["step:train"]["output"])
+    options = dict(source.options)
+    options.setdefault("offline_root", str(Path(source.home).expanduser().resolve() / "offline"))
+    # where it runs, not what it computes: no tracking, no registry, a scratch signing key
+    # (the digest covers the manifest, not the signature); Ray as given
+    run_options = {
+        k: v
+        for k, v in options.items()
+        if k not in ("signing_key", "trusted_keys", "registry_tracking_uri", "registry_db_url")
+    }
+    trainer = {**dict(options.get("trainer") or {}), "tracking": False}
+    if ray_address is not None:
+        trainer["ray_address"] = ray_address
+    if ray_num_cpus is not None:
+        trainer["ray_num_cpus"] = ray_num_cpus
+    run_options["trainer"] = trainer
+    try:
+        opts, run_opts = LocalOptions.parse(options), LocalOptions.parse(run_options)
+    except PipelinesError as e:
+        raise _Stop("refused", "parameters", f"pipelines options: {e}") from None
+
+    def ctx(step: str, inputs: Mapping[str, Mapping[str, Any]]) -> StepContext:
+        return StepContext(
+            lineage.run_id,
+            lineage.model,
+            step,
+            params,
+            lineage.code_version,
+            lineage.lock_hash,
+            inputs,
+            now,
+        )
+
+    def stored(out: Mapping[str, Any]) -> dict[str, Any]:  # as the controller stores it
+        return dict(json.loads(canonical(dict(out))))
+
+    # 4. parameters ---------------------------------------------------------------------------
+    scratch = work_dir / "pipelines-rebuild"
+    no_bus: Any = None  # the job is all this one builds
+    checker = LocalExecutors(home=scratch / "check", bus=no_bus, options=opts)
+    job = checker._job(ctx("train", {"build_training_set": rec_bts}))
+    rec_job = str(rec_train.get("job_digest", ""))
+    if not rec_job:
+        raise _Stop(
+            "refused",
+            "parameters",
+            f"pipelines run {lineage.run_id}'s train step records no job digest (not trained by "
+            "keel.pipelines.local's executors): its parameters are not on record",
+        )
+    diffs = []
+    if job.digest() != rec_job:
+        diffs.append(
+            f"the trainer options build job {job.digest()} on the recorded set, the run trained "
+            f"{rec_job} (options.trainer: seed, hidden, epochs, batch_size, lr, weight_decay, "
+            "validation_fraction; options.features, label_column)"
+        )
+    arch = dict(manifest.architecture.args)
+    arch.pop("out_activation", None)
+    if arch != dict(job.model.args):
+        diffs.append(f"architecture: the artifact has {arch}, the options build {job.model.args}")
+    summary = f"job {rec_job}, seed {job.seed}, {len(params)} run param(s)"
+    if diffs:
+        detail = "; ".join(diffs)
+        checks.append(LinkCheck("parameters", False, summary, f"job {job.digest()}", detail))
+        raise _Stop("differs", "parameters", f"parameters differ from the run's: {detail}")
+    checks.append(LinkCheck("parameters", True, summary, summary))
+
+    # 5. weights: train -> evaluate -> package_sign in the scratch home ----------------------
+    scratch.mkdir(parents=True, exist_ok=True)
+    bus = open_bus(f"sqlite://{scratch / 'events.db'}")
+    ex = LocalExecutors(home=scratch / "home", bus=bus, options=run_opts)
+    try:
+        bts = stored(rebuilt_set.output)
+        tr = stored(ex.train(ctx("train", {"build_training_set": bts})))
+        ev = stored(ex.evaluate(ctx("evaluate", {"build_training_set": bts, "train": tr})))
+        pkg = ex.package_sign(
+            ctx("package_sign", {"build_training_set": bts, "train": tr, "evaluate": ev})
+        )
+        return load_artifact(Path(pkg["archive"]), ex.signing()[1], framework="numpy")
+    finally:
+        ex.close()
+        bus.close()
+
+
+def _check_code_and_lock(
+    checks: list[LinkCheck], man: Any, repo: Path, code: tuple[str, bool] | None, lock_file: Path | None
+) -> tuple[str, bool, Path | None]:
+    """Links 2 and 3: the checkout's commit and the dependency lock vs the manifest's;
+    returns (commit, dirty, lockfile or None when the record is an environment hash)."""
+    # 2. code version --------------------------------------------------------------------
+    recorded_code = f"{man.code.commit}{'+dirty' if man.code.dirty else ''}"
+    if man.code.dirty:
+        raise _Stop(
+            "refused",
+            "code version",
+            f"the model was trained from uncommitted changes on top of {man.code.commit}: "
+            "those changes were not recorded, so the code is gone",
+        )
+    if not commit_in_history(repo, man.code.commit):
+        raise _Stop(
+            "refused",
+            "code version",
+            f"code version {man.code.commit} is not in the git history of {repo}: fetch "
+            "it (or run reproduce from a clone that has it)",
+        )
+    from keel.trainer import code_version
+
+    commit, dirty = code if code is not None else code_version(repo)
+    _check(
+        checks,
+        "code version",
+        recorded_code,
+        f"{commit}{'+dirty' if dirty else ''}",
+        f"this checkout is not the recorded code: check out {man.code.commit} "
+        f"(git worktree add ../keel-{man.code.commit[:12]} {man.code.commit}) and run "
+        "reproduce there, with no uncommitted changes",
+    )
+
+    # 3. lock hash -----------------------------------------------------------------------
+    from keel.trainer import environment_hash, lock_hash
+
+    lock = find_lock(repo, lock_file)
+    if man.dependency_lock_hash.startswith("dists-sha256:"):
+        # trained outside a checkout: the record is the installed distributions' hash
+        lock = None
+        _check(
+            checks,
+            "lock hash",
+            man.dependency_lock_hash,
+            environment_hash(),
+            "the installed distributions differ from those that trained the model (it "
+            "was trained without a lockfile, from a pex or wheel install): reproduce "
+            "with the same build",
+        )
+    else:
+        if man.dependency_lock_hash and (lock is None or not lock.is_file()):
+            raise _Stop(
+                "refused",
+                "lock hash",
+                "no dependency lockfile found "
+                f"({lock or f'3rdparty/python/default.lock above {repo}'}"
+                f"); the model was trained with lock {man.dependency_lock_hash}",
+            )
+        now_lock = lock_hash(lock_file=lock) if lock is not None else ""
+        _check(
+            checks,
+            "lock hash",
+            man.dependency_lock_hash,
+            now_lock,
+            f"the dependency lock differs ({lock}): the environment that trained the "
+            "model is gone; install the one locked at the recorded commit",
+        )
+
+    return commit, dirty, lock
 
 
 def _check_parameters(
