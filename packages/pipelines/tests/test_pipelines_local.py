@@ -441,7 +441,6 @@ def test_a_run_trains_gates_signs_registers_canaries_and_promotes(
 ) -> None:
     from keel.artifacts import load_artifact
     from keel.governance import ApprovalLedger
-
     from keel.trainer import lock_hash
 
     write_world(tmp_path)

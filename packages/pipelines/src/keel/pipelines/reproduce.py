@@ -408,7 +408,9 @@ def reproduce(
 
             if spec_text:
                 try:
-                    recorded_job: TrainJob = parse_job(json.loads(spec_text), where="(keel.job_spec)")
+                    recorded_job: TrainJob = parse_job(
+                        json.loads(spec_text), where="(keel.job_spec)"
+                    )
                 except (InvalidJobError, ValueError) as e:
                     raise _Stop(
                         "refused", "job spec", f"recorded job spec is unreadable: {e}"
@@ -788,7 +790,11 @@ def _pipelines_rebuild(
 
 
 def _check_code_and_lock(
-    checks: list[LinkCheck], man: Any, repo: Path, code: tuple[str, bool] | None, lock_file: Path | None
+    checks: list[LinkCheck],
+    man: Any,
+    repo: Path,
+    code: tuple[str, bool] | None,
+    lock_file: Path | None,
 ) -> tuple[str, bool, Path | None]:
     """Links 2 and 3: the checkout's commit and the dependency lock vs the manifest's;
     returns (commit, dirty, lockfile or None when the record is an environment hash)."""
