@@ -75,8 +75,10 @@ class Settings(BaseModel):
     )
     max_wait_s: float = Field(default=0.001, ge=0, le=1, description="max wait to fill a batch")
     max_queue_rows: int = Field(default=1024, ge=1, description="admission queue; beyond: 503")
-    forward_in_thread: bool = Field(
-        default=True, description="run forward passes off the event loop"
+    forward_in_thread: bool | Literal["auto"] = Field(
+        default="auto",
+        description="run forward passes off the event loop (auto: inline for models on the "
+        "NumPy fast path, on a thread otherwise)",
     )
     threads: int = Field(default=1, ge=1, le=256, description="torch intra-op threads")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="torch device")
@@ -92,6 +94,17 @@ class Settings(BaseModel):
             "under overload (refusals at the door) lower the in-flight limit while the admitted "
             "latency exceeds 2x its usual value, so admitted requests keep their latency; "
             "max_in_flight stays the ceiling"
+        ),
+    )
+    max_loop_lag_s: float | None = Field(
+        default=0.001,
+        gt=0,
+        le=1,
+        description=(
+            "during a surge (the in-flight limit reached within the last second), refuse "
+            "inference requests at the door (503 + Retry-After) while the event loop runs "
+            "later than this: requests waiting in socket buffers for a busy loop are what "
+            "the in-flight limit cannot see (null: off)"
         ),
     )
 
@@ -209,7 +222,9 @@ def run(settings: Settings, ctx: AppContext) -> None:
                 max_batch_rows=settings.max_batch_rows,
                 max_wait_s=settings.max_wait_s,
                 max_queue_rows=max(settings.max_queue_rows, settings.max_batch_rows),
-                in_thread=settings.forward_in_thread,
+                in_thread=(
+                    None if settings.forward_in_thread == "auto" else settings.forward_in_thread
+                ),
             ),
             canary=CanaryConfig(
                 settings.canary_fraction,
@@ -286,6 +301,7 @@ def run(settings: Settings, ctx: AppContext) -> None:
                 if settings.adaptive_in_flight
                 else None
             ),
+            max_loop_lag_s=settings.max_loop_lag_s,
             on_startup=on_startup,
         )
         import uvicorn

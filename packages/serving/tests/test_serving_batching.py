@@ -71,6 +71,43 @@ def test_rows_of_different_predictors_never_share_a_pass() -> None:
     assert [float(o[0, 0]) for o in out] == [0.0, 1.0] * 10
 
 
+class Key:
+    def __init__(self, light: bool) -> None:
+        self.light = light
+
+
+def test_by_default_light_models_run_inline_and_others_on_the_forward_thread() -> None:
+    """``in_thread=None`` (the default): a key whose ``light`` is true (a predictor on the
+    NumPy fast path) runs on the event loop's thread, any other key on the worker thread;
+    True/False force one or the other for every key."""
+    import threading
+
+    def threads(config: BatchingConfig, keys: list[Any]) -> list[str]:
+        names: list[str] = []
+
+        def run(key: Any, x: np.ndarray) -> np.ndarray:
+            names.append(threading.current_thread().name)
+            return x
+
+        async def main() -> None:
+            b = MicroBatcher(run, config)
+            for k in keys:  # one at a time: one pass each
+                await b.submit(k, np.zeros((1, 1), np.float32))
+            await b.aclose()
+
+        asyncio.run(main())
+        return names
+
+    main_thread = threading.current_thread().name
+    light, heavy = Key(True), Key(False)
+    got = threads(BatchingConfig(), [light, heavy, "plain", light])
+    assert got[0] == main_thread and got[3] == main_thread
+    assert got[1].startswith("keel-serving-forward") and got[2].startswith("keel-serving-forward")
+    forced = threads(BatchingConfig(in_thread=True), [light])
+    assert forced[0].startswith("keel-serving-forward")
+    assert threads(BatchingConfig(in_thread=False), [heavy]) == [main_thread]
+
+
 def test_full_queue_sheds_with_retry_after_and_admitted_requests_complete() -> None:
     async def main() -> tuple[int, int, list[int]]:
         class Slow:

@@ -169,3 +169,84 @@ def test_fixed_target_and_bad_configs() -> None:
             LimitConfig(**bad)
     with pytest.raises(ValueError):
         FixedLimit(0)
+
+
+def test_the_lag_gate_refuses_in_a_surge_while_the_loop_runs_late() -> None:
+    """A stalled event loop (as a surge of socket reads makes one) is seen by the probe.
+    Outside a surge the lag is ignored (a hot swap's load must not cost a caller a 503).
+    Once the in-flight limit was reached (a surge), inference requests arriving while the
+    loop is late are refused before their body is read, even with a slot free; GETs pass;
+    once the probe has run on time again the door admits. The door's clock is a fake that
+    moves only when the test says (the stalls), so a busy host adds no lateness."""
+
+    async def main() -> None:
+        seen: list[str] = []
+        now = [1000.0]
+        hold = asyncio.Event()
+
+        async def inner(scope: Any, receive: Any, send: Any) -> None:
+            seen.append(scope["path"])
+            if scope.get("hold"):
+                await hold.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+
+        door = Door(
+            inner, FixedLimit(2), lambda m: None, max_loop_lag_s=0.005, clock=lambda: now[0]
+        )
+        lag = door.lag
+        assert lag is not None and lag.interval_s == 0.002
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def never_receive() -> dict[str, Any]:
+            raise AssertionError("the refused request's body was read")
+
+        statuses: list[int] = []
+
+        async def send(msg: Any) -> None:
+            if msg["type"] == "http.response.start":
+                statuses.append(msg["status"])
+
+        now[0] += 0.05  # a stall outside a surge: ignored, the probe is not even running
+        await door(_scope("/v1/predict"), receive, send)
+        assert statuses == [200] and lag.ticks == 0
+        # a surge: both slots taken (the limit reached), then one freed
+        a = asyncio.create_task(door({**_scope("/v1/predict"), "hold": True}, receive, send))
+        b = asyncio.create_task(door({**_scope("/v1/predict"), "hold": True}, receive, send))
+        while door.in_flight < 2:
+            await asyncio.sleep(0)
+        await door(_scope("/v1/predict"), never_receive, send)  # full: the limit refuses
+        assert statuses == [200, 503] and door.lag_shed == 0
+        hold.set()
+        await asyncio.gather(a, b)
+        while lag.ticks < 1:  # the probe ran (on time: the clock stood still)
+            await asyncio.sleep(0.001)
+        assert lag.late(now[0]) == 0.0
+        now[0] += 0.05  # the loop stalls 50 ms within the surge: the probe is overdue
+        assert lag.late(now[0]) > 0.04 and door.in_flight == 0
+        await door(_scope("/v2/models/credit/infer"), never_receive, send)
+        assert statuses[-1] == 503 and door.lag_shed == 1 and door.shed == 2
+        await door(_scope("/metrics", "GET"), receive, send)  # not an inference request
+        assert seen[-1] == "/metrics"
+        while lag.late(now[0]) > 0.005:  # the probe wakes late once, then on time
+            await asyncio.sleep(0.001)
+        await door(_scope("/v1/predict"), receive, send)
+        assert statuses[-1] == 200 and door.lag_shed == 1
+        now[0] += 2.0  # the surge is over: the probe stops at its next wake-up
+        while lag._task is not None and not lag._task.done():
+            await asyncio.sleep(0.001)
+        await door(_scope("/v1/predict"), receive, send)
+        assert statuses[-1] == 200 and door.lag_shed == 1
+        lag.close()
+
+    asyncio.run(main())
+
+
+def test_the_lag_gate_needs_a_positive_threshold() -> None:
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="max_loop_lag_s"):
+        Door(inner, FixedLimit(1), lambda m: None, max_loop_lag_s=0)
+    assert Door(inner, FixedLimit(1), lambda m: None).lag is None

@@ -177,7 +177,7 @@ def test_loaded_mlp_runs_the_numpy_path_unless_the_model_is_replaced(
 ) -> None:
     path, model = make_artifact(tmp_path, keys, seed=4)
     p = load_predictor(path, keys.policy, threads=1, device="cpu")
-    assert p.fast is not None and p.fast_of is p.model
+    assert p.fast is not None and p.fast_of is p.model and p.light
     x = np.random.default_rng(1).normal(size=(6, len(p.inputs))).astype(np.float32)
     y = p.predict(x)
     assert y.shape == (6, 1)
@@ -190,6 +190,7 @@ def test_loaded_mlp_runs_the_numpy_path_unless_the_model_is_replaced(
         return real(t)
 
     p.model = spy  # a replaced model is called, never the stale fast path
+    assert not p.light  # nor run inline on the event loop by default
     assert p.predict(x)[:, 0].tolist() == pytest.approx(y[:, 0].tolist(), abs=1e-6)
     assert calls == [1]
 

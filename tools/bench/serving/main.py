@@ -525,14 +525,29 @@ def main() -> None:
         help="run only the overload pair or the MLflow comparison (plus what they need)",
     )
     ap.add_argument(
-        "--inline",
-        action="store_true",
-        help="forward passes on the event loop (no worker thread) in every keel server",
+        "--forward",
+        choices=["auto", "inline", "thread"],
+        default="auto",
+        help="where every keel server runs forward passes (auto: the serve app's default, "
+        "inline for a model on the NumPy fast path)",
     )
     ap.add_argument(
         "--fixed-limit",
         action="store_true",
         help="overload pair with a fixed in-flight limit (default: adaptive)",
+    )
+    ap.add_argument(
+        "--overload-of",
+        type=float,
+        default=None,
+        help="offer 2x this rate (req/s) in the overload run instead of 2x the measured capacity",
+    )
+    ap.add_argument(
+        "--max-lag-ms",
+        type=float,
+        default=1.0,
+        help="the overload pair's event-loop lag gate, in force during a surge (the serve "
+        "app's default, 1 ms; 0: off)",
     )
     ap.add_argument(
         "--redis-url", default=os.environ.get("KEEL_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -546,8 +561,7 @@ def main() -> None:
     try:
         world = build_world(tmp, None if a.no_redis else a.redis_url)
         base = ["--artifact", str(world["artifact"]), "--pub", str(world["pub"])]
-        if a.inline:
-            base.append("--inline")
+        base += ["--forward", a.forward]
         sqlite = [*base, "--online", world["online"]["sqlite"]]
         on, off = ["--max-batch", "64"], ["--max-batch", "1"]
         # 1,000 req/s paced (fixed rate over 16 connections, open loop while one is free)
@@ -565,7 +579,14 @@ def main() -> None:
             )
         if a.only in ("all", "overload"):
             res.update(
-                measure_overload(world, tmp, [*sqlite, *on], seconds, adaptive=not a.fixed_limit)
+                measure_overload(
+                    world,
+                    tmp,
+                    [*sqlite, *on, *(["--max-lag-ms", str(a.max_lag_ms)] if a.max_lag_ms else [])],
+                    seconds,
+                    adaptive=not a.fixed_limit,
+                    offered_of=a.overload_of,
+                )
             )
         if a.only in ("all", "mlflow") and not a.no_mlflow:
             res.update(measure_mlflow(world, tmp, [*sqlite, *on], paced, sat))
@@ -611,28 +632,39 @@ def measure_main(
     return res
 
 
-CAPACITY_CONNS = 32  # closed-loop connections of the capacity run; the door's cap
+DOOR_CAP = 32  # the door's in-flight cap (ceiling of the adaptive limit)
+# closed-loop connections of the capacity run: below the door's cap, so the capacity run is
+# the server at full speed, not a surge (no refusal, no lag gate); the loop is saturated
+CAPACITY_CONNS = 16
 OVERLOAD_FACTOR = 2.0  # offered rate of the overload run, times the measured capacity
 OVERLOAD_CONNS = 256  # enough free connections for wrk to keep the paced rate
 
 
 def measure_overload(
-    world: dict[str, Any], tmp: Path, args: list[str], seconds: float, *, adaptive: bool = True
+    world: dict[str, Any],
+    tmp: Path,
+    args: list[str],
+    seconds: float,
+    *,
+    adaptive: bool = True,
+    offered_of: float | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Capacity, then ``OVERLOAD_FACTOR`` x capacity offered at a fixed rate (open loop while
     a connection is free), on the same server settings (the door capped at
-    ``CAPACITY_CONNS`` in flight; ``adaptive``: its limit follows the admitted latency);
-    admitted requests timed one by one by wrk."""
-    guard = [*args, "--max-in-flight", str(CAPACITY_CONNS), *(["--adaptive"] if adaptive else [])]
+    ``DOOR_CAP`` in flight; ``adaptive``: its limit follows the admitted latency);
+    admitted requests timed one by one by wrk. ``offered_of``: the capacity (req/s) the
+    overload rate is 2x of, instead of this server's measured one (to offer the same
+    absolute surge to servers whose gates give different capacities)."""
+    guard = [*args, "--max-in-flight", str(DOOR_CAP), *(["--adaptive"] if adaptive else [])]
     srv = ServerProc(guard)  # one server for both: the surge hits a server that was serving
     try:
-        return _capacity_then_overload(world, tmp, srv, seconds)
+        return _capacity_then_overload(world, tmp, srv, seconds, offered_of)
     finally:
         srv.stop()
 
 
 def _capacity_then_overload(
-    world: dict[str, Any], tmp: Path, srv: ServerProc, seconds: float
+    world: dict[str, Any], tmp: Path, srv: ServerProc, seconds: float, offered_of: float | None
 ) -> dict[str, dict[str, Any]]:
     cap = measure(
         world,
@@ -646,7 +678,7 @@ def _capacity_then_overload(
         kind="split",
     )
     cap_rate = cap["ok"] / (cap["duration_us"] / 1e6)
-    target = OVERLOAD_FACTOR * cap_rate
+    target = OVERLOAD_FACTOR * (offered_of or cap_rate)
     over = measure(
         world,
         tmp,

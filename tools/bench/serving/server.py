@@ -45,13 +45,24 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--max-wait-s", type=float, default=0.001)
     ap.add_argument("--max-queue", type=int, default=1024)
-    ap.add_argument("--inline", action="store_true")
+    ap.add_argument(
+        "--forward",
+        choices=["auto", "inline", "thread"],
+        default="auto",
+        help="where forward passes run (auto: the server's default)",
+    )
     ap.add_argument("--bus", default=None)
     ap.add_argument("--max-in-flight", type=int, default=128)
     ap.add_argument(
         "--adaptive",
         action="store_true",
         help="adaptive in-flight limit (capped at --max-in-flight)",
+    )
+    ap.add_argument(
+        "--max-lag-ms",
+        type=float,
+        default=None,
+        help="the door's event-loop lag gate (default: off)",
     )
     a = ap.parse_args()
     from keel.serving._server import serve
@@ -86,11 +97,13 @@ def main() -> None:
             max_batch_rows=a.max_batch,
             max_wait_s=a.max_wait_s,
             max_queue_rows=max(a.max_queue, a.max_batch),
-            in_thread=not a.inline,
+            in_thread={"auto": None, "inline": False, "thread": True}[a.forward],
         ),
     )
     limit = LimitConfig(initial=min(32, a.max_in_flight)) if a.adaptive else None
-    serve(create_app(svc, max_in_flight=a.max_in_flight, adaptive_limit=limit), port=a.port)
+    lag = None if a.max_lag_ms is None else a.max_lag_ms / 1000
+    app = create_app(svc, max_in_flight=a.max_in_flight, adaptive_limit=limit, max_loop_lag_s=lag)
+    serve(app, port=a.port)
 
 
 if __name__ == "__main__":

@@ -106,6 +106,7 @@ def create_app(
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     server_version: str = "0",
     adaptive_limit: LimitConfig | None = None,
+    max_loop_lag_s: float | None = None,
 ) -> Starlette | Door:
     """The server for ``services`` (one or several models by name; the first is the
     default of ``/v1/predict``). ``telemetry`` defaults to the first service's.
@@ -119,7 +120,9 @@ def create_app(
     latency (``AdaptiveLimit``, gradient/AIMD) instead, capped at ``max_in_flight`` when
     set. Sheds (here or at the admission queue) are counted only in ``shed_total``: never in
     ``requests_total`` nor the latency histograms, so an overload burns no availability
-    budget and does not flatter the latency SLI."""
+    budget and does not flatter the latency SLI. ``max_loop_lag_s``: the door also refuses
+    while the event loop runs later than this (a probe's lateness: the wait in socket
+    buffers that the in-flight limit cannot see; None: off)."""
     if max_in_flight is not None and (isinstance(max_in_flight, bool) or max_in_flight < 1):
         raise ValueError(f"create_app: max_in_flight must be >= 1 or None, got {max_in_flight}")
     by_name = {services.name: services} if isinstance(services, ModelService) else dict(services)
@@ -252,7 +255,7 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_allowed},
     )
-    if max_in_flight is None and adaptive_limit is None:
+    if max_in_flight is None and adaptive_limit is None and max_loop_lag_s is None:
         return app
     policy: FixedLimit | AdaptiveLimit
     if adaptive_limit is not None:
@@ -265,9 +268,8 @@ def create_app(
             )
         policy = AdaptiveLimit(adaptive_limit)
     else:
-        assert max_in_flight is not None
-        policy = FixedLimit(max_in_flight)
+        policy = FixedLimit(max_in_flight if max_in_flight is not None else 1 << 30)
     # the shed counter's children, resolved once: a refusal must cost (almost) nothing
     counters = {n: tel.shed.labels(model=n, variant="entry") for n in by_name}
     counters[""] = counters[default.name]
-    return Door(app, policy, shed_counter(counters, default.name))
+    return Door(app, policy, shed_counter(counters, default.name), max_loop_lag_s=max_loop_lag_s)

@@ -7,10 +7,23 @@ validated or logged, and its answer is a constant 503 with ``Retry-After``. Unde
 the event loop's time goes to the admitted requests, not to refusing the others. Admitted
 requests are timed from the door to the end of the inner app; the limit policy
 (``FixedLimit`` or ``AdaptiveLimit``) gets those samples.
+
+That time does not see the wait *before* the door: a request that sits in a socket buffer
+while the event loop is busy with other work (the refusals included) is late before the
+app ever runs. ``max_loop_lag_s`` closes that gap during a surge (the in-flight limit was
+reached within the last ``SURGE_HOLD_S``): a probe task sleeps ``interval`` at a time and
+records how late the loop woke it; while the probe's last lateness, or how overdue it is
+right now, exceeds ``max_loop_lag_s``, the door refuses new inference requests too. The
+loop then spends its time on the requests already admitted and on cheap refusals, its
+backlog drains, and admitted requests keep their latency. Outside a surge the lag is not
+consulted (a hot swap's model load or a busy host stalls the loop now and then; that is
+no reason to refuse a caller), and the probe stops.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
@@ -45,10 +58,66 @@ def inference_model(path: str) -> str | None:
     return None
 
 
+SURGE_HOLD_S = 1.0  # a surge lasts this long after the in-flight limit was last reached
+
+
+class LoopLag:
+    """How late the running event loop is: ``late(now)`` is the larger of the probe's last
+    measured lateness and how overdue its next wake-up is at ``now``. The probe task starts
+    on a ``late`` call inside a running loop when it is not running, and ends once the
+    clock passes ``keep_until``."""
+
+    def __init__(
+        self, interval_s: float = 0.002, *, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        if not 0 < interval_s <= 1:
+            raise ValueError(f"loop lag probe: interval must be in (0, 1] s, got {interval_s}")
+        self.interval_s = interval_s
+        self._clock = clock
+        self.last = 0.0
+        self.ticks = 0  # probe wake-ups so far
+        self.keep_until = -math.inf
+        self._due = math.inf
+        self._task: asyncio.Task[None] | None = None
+
+    def late(self, now: float) -> float:
+        task = self._task
+        if task is None or task.done():
+            self._start()
+            return 0.0
+        return max(self.last, now - self._due)
+
+    def _start(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.last, self._due = 0.0, math.inf
+        self._task = loop.create_task(self._probe(), name="keel-serving-loop-lag")
+
+    async def _probe(self) -> None:
+        clock, interval = self._clock, self.interval_s
+        while True:
+            self._due = clock() + interval
+            await asyncio.sleep(interval)
+            now = clock()
+            self.last = max(0.0, now - self._due)
+            self.ticks += 1
+            if now > self.keep_until:
+                self._due = math.inf
+                return
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+
 class Door:
     """``Door(app, limit, on_shed)``: ``on_shed(model)`` is called per refusal with the
     path's model name (``""`` for the default model; the caller maps it to a served name —
-    never a label minted from the URL)."""
+    never a label minted from the URL). ``max_loop_lag_s``: during a surge, refuse too
+    while the event loop is later than this (see the module doc; None: no lag gate)."""
 
     def __init__(
         self,
@@ -57,9 +126,16 @@ class Door:
         on_shed: Callable[[str], None],
         *,
         retry_after_s: int = 1,
+        max_loop_lag_s: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        if max_loop_lag_s is not None and not max_loop_lag_s > 0:
+            raise ValueError(f"Door: max_loop_lag_s must be > 0 s, got {max_loop_lag_s}")
         self.app = app
+        self.max_loop_lag_s = max_loop_lag_s
+        self.lag = LoopLag(min(0.002, max_loop_lag_s), clock=clock) if max_loop_lag_s else None
+        self.lag_shed = 0
+        self._surge_until = -math.inf
         self.policy = limit
         self.on_shed = on_shed
         self.in_flight = 0
@@ -85,8 +161,20 @@ class Door:
             await self.app(scope, receive, send)
             return
         policy = self.policy
-        if self.in_flight >= policy.limit:
-            policy.on_refused()
+        full = self.in_flight >= policy.limit
+        lagging = False
+        if self.lag is not None:
+            now = self._clock()
+            if full:
+                self._surge_until = self.lag.keep_until = now + SURGE_HOLD_S
+            if now < self._surge_until:
+                assert self.max_loop_lag_s is not None
+                lagging = self.lag.late(now) > self.max_loop_lag_s
+        if full or lagging:
+            if full:
+                policy.on_refused()
+            else:
+                self.lag_shed += 1
             self.shed += 1
             self.on_shed(model)
             await send(self._start)
@@ -95,6 +183,8 @@ class Door:
         self.in_flight += 1
         if self.in_flight >= policy.limit:
             policy.on_binding()
+            if self.lag is not None:
+                self._surge_until = self.lag.keep_until = self._clock() + SURGE_HOLD_S
         t0 = self._clock()
         try:
             await self.app(scope, receive, send)

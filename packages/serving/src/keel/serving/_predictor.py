@@ -75,11 +75,18 @@ class Predictor:
     fast_of: Any = field(default=None, repr=False)  # the model ``fast`` was compiled from
 
     @property
+    def light(self) -> bool:
+        """True when forward passes run on the NumPy fast path (tens of microseconds a
+        batch): the micro-batcher then runs them inline on the event loop by default."""
+        return self.fast is not None and self.model is self.fast_of
+
+    @property
     def feature_views(self) -> list[tuple[str, str]]:
         return [(v.name, v.version) for v in self.manifest.feature_views]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        if self.fast is not None and self.model is self.fast_of:
+        if self.light:
+            assert self.fast is not None
             y_np = self.fast(np.asarray(x, dtype=np.float32))
             return y_np[:, None] if y_np.ndim == 1 else y_np
         import torch  # pants: no-infer-dep
