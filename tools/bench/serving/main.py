@@ -119,8 +119,10 @@ local function now_us()
 end
 local n_entities = %(n)d
 local delay_ms = %(delay)d
+local dump_path = "%(dump)s"
 math.randomseed(42)
 lat = {}
+sent_at = {}
 counts = {ok = 0, shed = 0, other = 0}
 request = function()
   local e = math.random(0, n_entities - 1)
@@ -131,6 +133,7 @@ response = function(status, headers, body)
   if status == 200 then
     local sent = tonumber(string.match(body, '"request_id":"(%%d+)"'))
     lat[#lat + 1] = now_us() - sent
+    sent_at[#sent_at + 1] = sent
     counts.ok = counts.ok + 1
   elseif status == 503 then
     counts.shed = counts.shed + 1
@@ -148,12 +151,19 @@ threads = {}
 setup = function(thread) table.insert(threads, thread) end
 done = function(summary, latency, requests)
   local all, ok, shed, other = {}, 0, 0, 0
+  local dump = nil
+  if dump_path ~= "" then dump = io.open(dump_path, "w") end
   for _, t in ipairs(threads) do
     local l = t:get("lat")
-    for i = 1, #l do all[#all + 1] = l[i] end
+    local s = t:get("sent_at")
+    for i = 1, #l do
+      all[#all + 1] = l[i]
+      if dump then dump:write(s[i], " ", l[i], "\n") end
+    end
     local c = t:get("counts")
     ok, shed, other = ok + c.ok, shed + c.shed, other + c.other
   end
+  if dump then dump:close() end
   table.sort(all)
   local function pct(p)
     if #all == 0 then return 0 end
@@ -214,11 +224,12 @@ def request_bodies(kind: str, k: int = 64) -> list[str]:
     return out
 
 
-def lua_script(kind: str, *, delay_ms: int, path: str, rate: float = 0.0) -> str:
+def lua_script(kind: str, *, delay_ms: int, path: str, rate: float = 0.0, dump: str = "") -> str:
     """The wrk script: ``delay_ms`` think time per request, or (``rate`` > 0) requests
-    paced at ``rate`` per second over the free connections."""
+    paced at ``rate`` per second over the free connections. ``dump`` (kind ``split``): a
+    file that gets one "send_time_us latency_us" line per 200 answer."""
     if kind == "split":
-        return LUA_SPLIT % {"n": N_ENTITIES, "delay": delay_ms, "rate": rate}
+        return LUA_SPLIT % {"n": N_ENTITIES, "delay": delay_ms, "rate": rate, "dump": dump}
     if kind in ("v2", "mlflow"):
         bodies = ", ".join(f"[=[{b}]=]" for b in request_bodies(kind))
         return LUA_BODIES % {"bodies": bodies, "path": path, "delay": delay_ms, "rate": rate}
@@ -407,9 +418,12 @@ def run_wrk(
     path: str = "/v1/predict",
     kind: str = "entity",
     rate: float = 0.0,
+    dump: str = "",
 ) -> dict[str, Any]:
     script = tmp / f"wrk-{kind}-{conns}-{delay_ms}-{rate:.0f}.lua"
     script.write_text(lua_script(kind, delay_ms=delay_ms, path=path, rate=rate))
+    measured = tmp / f"wrk-{kind}-{conns}-{delay_ms}-{rate:.0f}-measured.lua"
+    measured.write_text(lua_script(kind, delay_ms=delay_ms, path=path, rate=rate, dump=dump))
     wrk = shutil.which("wrk")
     assert wrk
     url = f"http://127.0.0.1:{port}{path}"
@@ -428,7 +442,7 @@ def run_wrk(
             "--timeout",
             "30s",
             "-s",
-            str(script),
+            str(measured),
             url,
         ],
         capture_output=True,
@@ -458,6 +472,7 @@ def measure(
     kind: str = "entity",
     server: ServerProc | None = None,
     rate: float = 0.0,
+    dump: str = "",
 ) -> dict[str, Any]:
     """One wrk run against a fresh server (``server_args``) or the running ``server``."""
     srv = server or ServerProc(server_args)
@@ -473,6 +488,7 @@ def measure(
             path=path,
             kind=kind,
             rate=rate,
+            dump=dump,
         )
         wall = time.monotonic() - t0
         srv_cpu = cpu_seconds(srv.proc.pid) - c0
@@ -520,7 +536,7 @@ def main() -> None:
     ap.add_argument("--no-mlflow", action="store_true", help="skip `mlflow models serve`")
     ap.add_argument(
         "--only",
-        choices=["all", "paced", "overload", "mlflow"],
+        choices=["all", "paced", "overload", "mlflow", "swap"],
         default="all",
         help="run only the overload pair or the MLflow comparison (plus what they need)",
     )
@@ -590,6 +606,8 @@ def main() -> None:
             )
         if a.only in ("all", "mlflow") and not a.no_mlflow:
             res.update(measure_mlflow(world, tmp, [*sqlite, *on], paced, sat))
+        if a.only in ("all", "swap"):
+            res.update(measure_swap(world, tmp, [*sqlite, *on], max(seconds, 6.0)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if "redis" in world.get("online", {}):
@@ -636,6 +654,67 @@ DOOR_CAP = 32  # the door's in-flight cap (ceiling of the adaptive limit)
 # closed-loop connections of the capacity run: below the door's cap, so the capacity run is
 # the server at full speed, not a surge (no refusal, no lag gate); the loop is saturated
 CAPACITY_CONNS = 16
+
+
+def measure_swap(
+    world: dict[str, Any], tmp: Path, args: list[str], seconds: float, every_s: float = 2.0
+) -> dict[str, dict[str, Any]]:
+    """The hot-swap blip: paced 1,000 req/s while the server reloads, verifies and installs
+    the model every ``every_s`` s (the alias follower's path). Every 200 answer's send time
+    and latency come back from wrk; requests sent between a swap's load start and 100 ms
+    after its install are "during a swap", the rest "steady"."""
+    log, dump = tmp / "swaps.log", tmp / "swap-latencies.txt"
+    log.unlink(missing_ok=True)
+    srv = ServerProc([*args, "--swap-every", str(every_s), "--swap-log", str(log)])
+    try:
+        r = measure(
+            world,
+            tmp,
+            f"paced 1k/s, hot swap every {every_s:g} s",
+            [],
+            server=srv,
+            conns=16,
+            delay_ms=0,
+            rate=1000.0,
+            seconds=seconds,
+            kind="split",
+            dump=str(dump),
+        )
+    finally:
+        srv.stop()
+    swaps = [tuple(float(x) for x in ln.split()) for ln in log.read_text().splitlines()]
+    pairs = [tuple(int(x) for x in ln.split()) for ln in dump.read_text().splitlines()]
+    t_lo, t_hi = pairs[0][0] / 1e6, max(a for a, _ in pairs) / 1e6
+    windows = [(a, b + 0.1) for a, b in swaps if t_lo <= a and b <= t_hi]
+    during = [lat for sent, lat in pairs if any(a <= sent / 1e6 <= b for a, b in windows)]
+    steady = [lat for sent, lat in pairs if not any(a <= sent / 1e6 <= b for a, b in windows)]
+
+    import numpy as np
+
+    def pct(xs: list[int], q: float) -> float:
+        return float(np.percentile(xs, q)) / 1000 if xs else float("nan")
+
+    r.update(
+        swaps=len(windows),
+        swap_load_ms=[round((b - 0.1 - a) * 1000, 1) for a, b in windows],
+        during_n=len(during),
+        steady_n=len(steady),
+        during_p50_ms=pct(during, 50),
+        during_p99_ms=pct(during, 99),
+        during_max_ms=max(during) / 1000 if during else float("nan"),
+        steady_p99_ms=pct(steady, 99),
+    )
+    print(
+        f"  hot swap: {len(windows)} swaps in the window (load + verify + install "
+        f"{r['swap_load_ms']} ms); requests sent during a swap: {len(during)}, p50 "
+        f"{r['during_p50_ms']:.2f} ms, p99 {r['during_p99_ms']:.2f} ms, max "
+        f"{r['during_max_ms']:.2f} ms; steady p99 {r['steady_p99_ms']:.2f} ms; non-200 "
+        f"{r['shed'] + r['other']}",
+        flush=True,
+    )
+    return {"swap": r}
+
+
 OVERLOAD_FACTOR = 2.0  # offered rate of the overload run, times the measured capacity
 OVERLOAD_CONNS = 256  # enough free connections for wrk to keep the paced rate
 
@@ -839,6 +918,23 @@ def summarise(res: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
             ratios["keel_v2_vs_mlflow_sat_throughput"] >= 2.0
             and ratios["keel_v2_vs_mlflow_sat_p99"] <= 1.0
         )
+    if "swap" in res:
+        sw = res["swap"]
+        figures.update(
+            {
+                "swap_count": sw["swaps"],
+                "swap_load_ms": sw["swap_load_ms"],
+                "swap_during_n": sw["during_n"],
+                "swap_during_p99_ms": round(sw["during_p99_ms"], 3),
+                "swap_during_max_ms": round(sw["during_max_ms"], 3),
+                "swap_steady_p99_ms": round(sw["steady_p99_ms"], 3),
+                "swap_non200": sw["shed"] + sw["other"],
+            }
+        )
+        ratios["swap_during_vs_steady_p99"] = round(
+            sw["during_p99_ms"] / max(1e-3, sw["steady_p99_ms"]), 3
+        )
+        goals["swap_zero_failed"] = sw["shed"] + sw["other"] == 0 and sw["swaps"] > 0
     # sheds (503 from the door or the queue) are the overload pair's design, not errors
     goals["no_errors"] = all(
         r["errors"] == 0

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
 
 
@@ -64,6 +65,14 @@ def main() -> None:
         default=None,
         help="the door's event-loop lag gate (default: off)",
     )
+    ap.add_argument(
+        "--swap-every",
+        type=float,
+        default=0.0,
+        help="hot-swap the model every this many seconds (reload + verify the artifact on a "
+        "thread, install it on the loop, as the serve app's alias follower does)",
+    )
+    ap.add_argument("--swap-log", default=None, help="one 'load_start installed' line per swap")
     a = ap.parse_args()
     from keel.serving._server import serve
 
@@ -102,8 +111,51 @@ def main() -> None:
     )
     limit = LimitConfig(initial=min(32, a.max_in_flight)) if a.adaptive else None
     lag = None if a.max_lag_ms is None else a.max_lag_ms / 1000
-    app = create_app(svc, max_in_flight=a.max_in_flight, adaptive_limit=limit, max_loop_lag_s=lag)
+    on_startup = None
+    if a.swap_every > 0:
+        on_startup = swapper(svc, a, TrustPolicy.from_files([a.pub]), load_predictor)
+    app = create_app(
+        svc,
+        max_in_flight=a.max_in_flight,
+        adaptive_limit=limit,
+        max_loop_lag_s=lag,
+        on_startup=on_startup,
+    )
     serve(app, port=a.port)
+
+
+def swapper(svc: Any, a: Any, trust: Any, load: Any) -> Any:
+    """An on_startup hook that starts a thread hot-swapping the primary variant every
+    ``a.swap_every`` s: the artifact is loaded and verified on the thread, then installed
+    on the event loop (CLOCK_MONOTONIC times of both appended to ``a.swap_log``)."""
+    import asyncio
+    import threading
+
+    async def start() -> None:
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            while True:
+                time.sleep(a.swap_every)
+                t0 = time.monotonic()
+                p = load(a.artifact, trust, threads=1, device="cpu")
+                done = threading.Event()
+                t1 = [0.0]
+
+                def install(p: Any = p, t1: list[float] = t1, done: threading.Event = done) -> None:
+                    svc.set_variant("primary", p)
+                    t1[0] = time.monotonic()
+                    done.set()
+
+                loop.call_soon_threadsafe(install)
+                done.wait()
+                if a.swap_log:
+                    with open(a.swap_log, "a") as f:
+                        f.write(f"{t0:.6f} {t1[0]:.6f}\n")
+
+        threading.Thread(target=run, name="bench-swapper", daemon=True).start()
+
+    return start
 
 
 if __name__ == "__main__":
