@@ -245,8 +245,8 @@ def predictor_from_loaded(
     fast = None
     if trace and dev == "cpu":
         fast = _numpy_forward(model, len(inputs))
-    if trace:
-        model = _traced(model, len(inputs), dev) or model
+    if trace and fast is None:  # the NumPy path serves on CPU: no trace to build (~25 ms
+        model = _traced(model, len(inputs), dev) or model  # of the GIL during a hot swap)
     p = Predictor(
         name=m.name,
         digest=loaded.digest,
