@@ -96,15 +96,15 @@ class Settings(BaseModel):
             "max_in_flight stays the ceiling"
         ),
     )
-    max_loop_lag_s: float | None = Field(
+    max_loop_lag_s: float = Field(
         default=0.001,
-        gt=0,
+        ge=0,
         le=1,
         description=(
             "during a surge (the in-flight limit reached within the last second), refuse "
             "inference requests at the door (503 + Retry-After) while the event loop runs "
             "later than this: requests waiting in socket buffers for a busy loop are what "
-            "the in-flight limit cannot see (null: off)"
+            "the in-flight limit cannot see (0: off)"
         ),
     )
 
@@ -301,7 +301,7 @@ def run(settings: Settings, ctx: AppContext) -> None:
                 if settings.adaptive_in_flight
                 else None
             ),
-            max_loop_lag_s=settings.max_loop_lag_s,
+            max_loop_lag_s=settings.max_loop_lag_s or None,
             on_startup=on_startup,
         )
         import uvicorn

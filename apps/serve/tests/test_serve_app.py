@@ -151,6 +151,25 @@ def test_missing_trust_keys_is_a_configuration_error(tmp_path: Path) -> None:
     assert code == 2
 
 
+def test_forward_placement_and_lag_gate_settings_are_checked() -> None:
+    """Defaults: forward placement per model (auto), the surge lag gate at 1 ms; true/false
+    and 0 (gate off) are accepted from the environment; a word that is neither, or a
+    negative lag, is a configuration error naming the variable."""
+    from keel.telemetry.app import AppConfigError
+
+    base = {"KEEL_SERVE_MODEL": "credit@champion"}
+    s = APP.load(env=base)
+    assert s.forward_in_thread == "auto" and s.max_loop_lag_s == 0.001
+    s = APP.load(
+        env={**base, "KEEL_SERVE_FORWARD_IN_THREAD": "false", "KEEL_SERVE_MAX_LOOP_LAG_S": "0"}
+    )
+    assert s.forward_in_thread is False and s.max_loop_lag_s == 0
+    with pytest.raises(AppConfigError, match="KEEL_SERVE_FORWARD_IN_THREAD"):
+        APP.load(env={**base, "KEEL_SERVE_FORWARD_IN_THREAD": "maybe"})
+    with pytest.raises(AppConfigError, match="KEEL_SERVE_MAX_LOOP_LAG_S"):
+        APP.load(env={**base, "KEEL_SERVE_MAX_LOOP_LAG_S": "-1"})
+
+
 def test_tampered_artifact_fails_at_start(tmp_path: Path, td: Any) -> None:
     Keys, make_artifact = td.Keys, td.make_artifact
     keys = Keys()
