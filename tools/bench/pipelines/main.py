@@ -64,7 +64,7 @@ def write_world(root: Path, days: int, per_day: int, seed: int = 0) -> None:
     """The offline event log and labels a feature worker and a label feed would write."""
     import polars as pl
 
-    from keel.features import OfflineStore, event_log_dataset
+    from keel.features import EVENT_LOG_SCHEMA, OfflineStore, event_log_dataset
 
     rng = np.random.default_rng(seed)
     n = days * per_day
@@ -81,14 +81,7 @@ def write_world(root: Path, days: int, per_day: int, seed: int = 0) -> None:
             "publish_time": times,
             "payload": [json.dumps({"amount": float(a)}) for a in amount],
         },
-        schema={
-            "event_id": pl.String(),
-            "type": pl.String(),
-            "key": pl.String(),
-            "event_time": pl.Datetime("us", "UTC"),
-            "publish_time": pl.Datetime("us", "UTC"),
-            "payload": pl.String(),
-        },
+        schema=EVENT_LOG_SCHEMA,
     )
     store = OfflineStore(root / "offline")
     store.write(event_log_dataset("txn.created"), log, time_column="event_time", name="w")

@@ -54,6 +54,7 @@ from keel.features._streaming import (
     events_to_frame,
 )
 from keel.features._worker import (
+    EVENT_LOG_SCHEMA,
     FeatureWorker,
     event_log_dataset,
     event_log_to_frame,
@@ -61,6 +62,7 @@ from keel.features._worker import (
 )
 
 __all__ = [
+    "EVENT_LOG_SCHEMA",
     "namespace",
     "event_log_to_frame",
     "event_log_dataset",

@@ -58,6 +58,8 @@ DEAD_REASONS = ("invalid", "late", "future", "failed")
 _MAX_DETAIL = 200  # characters of an error message kept in a dead-letter reason
 _REMEMBERED_FLUSHES = 8  # the ids of this many recent commits are remembered
 
+#: Columns of the offline raw event log (``event_log_dataset(type)``), as the worker writes
+#: them; a backfill or a test that writes such a log by hand uses the same schema.
 EVENT_LOG_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),
     "type": pl.String(),
