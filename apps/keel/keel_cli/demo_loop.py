@@ -152,9 +152,7 @@ class Loop:
         self.clock = SimClock(start)
         opts = options(view, seed)
         record_options(self.root, opts)  # `keel reproduce fraud-demo@champion` reads them
-        self.ex: LocalExecutors = build_executors(
-            home=self.root, bus=bus, options=opts
-        )  # type: ignore[assignment]
+        self.ex: LocalExecutors = build_executors(home=self.root, bus=bus, options=opts)  # type: ignore[assignment]
         self.step_times = TimedExecutors(self.ex)
         self.ctl: Controller = Controller(
             self.step_times,  # type: ignore[arg-type]

@@ -323,7 +323,9 @@ def test_labels_with_a_record_time_column_are_left_out_as_of_too(tmp_path: Path,
     labels = labels.with_columns(pl.col("timestamp").alias("recorded_at"))
     store.write(f"labels.{MODEL}", labels, time_column="timestamp", name="labels")
     plain = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path))
-    ex = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path, label_record_time="recorded_at"))
+    ex = build_executors(
+        home=tmp_path, bus=bus, options=opts(tmp_path, label_record_time="recorded_at")
+    )
     assert isinstance(plain, LocalExecutors) and isinstance(ex, LocalExecutors)
     settings = ex.step_settings("build_training_set")
     assert settings is not None and settings["label_record_time"] == "recorded_at"
@@ -336,10 +338,14 @@ def test_labels_with_a_record_time_column_are_left_out_as_of_too(tmp_path: Path,
     )
     store.write(f"labels.{MODEL}", relabelled, time_column="timestamp", name="relabel")
     now = dict(ex.build_training_set(c))
-    assert now["rows"] == first["rows"] + 1 and now["as_of"] == (T0 + timedelta(days=30)).isoformat()
+    assert (
+        now["rows"] == first["rows"] + 1 and now["as_of"] == (T0 + timedelta(days=30)).isoformat()
+    )
     again = dict(ex.build_training_set(ctx("build_training_set", params={"as_of": first["as_of"]})))
     assert again["fingerprint"] == first["fingerprint"]
-    bad = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path, label_record_time="segment"))
+    bad = build_executors(
+        home=tmp_path, bus=bus, options=opts(tmp_path, label_record_time="segment")
+    )
     with pytest.raises(InvalidInputError, match="time-zone aware datetime column"):
         bad.build_training_set(c)
 

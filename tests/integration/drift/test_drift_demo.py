@@ -30,7 +30,9 @@ SEED, PER_DAY = 7, 3000
 
 def _git(repo: Path, *args: str) -> str:
     who = ["-c", "user.name=demo", "-c", "user.email=demo@example.com"]
-    run = subprocess.run(["git", "-C", str(repo), *who, *args], capture_output=True, text=True)
+    run = subprocess.run(
+        ["git", "-C", str(repo), *who, *args], capture_output=True, text=True, check=False
+    )
     assert run.returncode == 0, run.stderr
     return run.stdout.strip()
 
@@ -235,7 +237,9 @@ def test_keel_reproduce_rebuilds_the_demo_champion_byte_for_byte(
     )
     assert r.exit_code == 0, r.output
     verdict = json.loads(r.stdout)
-    assert "trained by the pipelines in" in r.stderr and str(demo_home / "demo" / "loop") in r.stderr
+    assert (
+        "trained by the pipelines in" in r.stderr and str(demo_home / "demo" / "loop") in r.stderr
+    )
     with open_registry(demo_home / "demo" / "loop") as reg:
         champion = reg.get_by_alias("fraud-demo", "champion")
         tag = reg.get_version("fraud-demo", champion.version).tags["keel.reproduce"]

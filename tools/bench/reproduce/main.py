@@ -267,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         pack_s = time.perf_counter() - t0
         print(f"evidence pack: {pack_s:.2f} s", flush=True)
         registry.close()
-        demo = {} if args.quick or args.no_demo else demo_case(
-            root, repo, commit, lock, args.demo_per_day
+        demo = (
+            {}
+            if args.quick or args.no_demo
+            else demo_case(root, repo, commit, lock, args.demo_per_day)
         )
 
     ratio = repro / original
