@@ -3,6 +3,11 @@
 Wiring only: the walk is keel.pipelines.reproduce's. Exit 0 when the rebuilt artifact is
 identical, 1 when a link differs (data fingerprint, code version, lock hash, parameters,
 weights), 2 when an input is gone or the command is misused. Heavy imports happen inside.
+
+A model the pipelines trained is found from KEEL_HOME alone: the options they recorded
+(``pipelines/options.json``, see keel.pipelines.reproduce.record_options) in KEEL_HOME, or
+in ``KEEL_HOME/demo/loop`` where `keel demo` runs its loop, name the model; that home's
+registry, offline log, pipelines database and signing key are then the defaults.
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ def _fail(msg: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _signing_key(path: Path | None) -> Any:
+def _signing_key(path: Path | None, default: Path | None = None) -> Any:
     from keel.artifacts import ArtifactError, SigningKey
 
     path = path or (
-        Path(os.environ["KEEL_SIGNING_KEY"]) if os.environ.get("KEEL_SIGNING_KEY") else None
+        Path(os.environ["KEEL_SIGNING_KEY"]) if os.environ.get("KEEL_SIGNING_KEY") else default
     )
     if path is None:
         raise _fail(
@@ -52,12 +57,14 @@ def _signing_key(path: Path | None) -> Any:
         raise _fail(f"signing key {path}: {e}") from None
 
 
-def _trust(paths: list[Path] | None) -> Any:
+def _trust(paths: list[Path] | None, default: list[Path] | None = None) -> Any:
     from keel.artifacts import ArtifactError, TrustPolicy
 
     try:
         if paths:
             return TrustPolicy.from_files(paths)
+        if default and not os.environ.get("KEEL_TRUSTED_KEYS"):
+            return TrustPolicy.from_files(default)
         from keel.registry_client.pyfunc import trust_policy_from_env
 
         return trust_policy_from_env()
@@ -72,20 +79,55 @@ def open_home_registry(
 ) -> tuple[Path, Any]:
     """KEEL_HOME and the registry: embedded there, or the `mlflow server` at tracking_uri
     (with its PostgreSQL db_url). A bad configuration is one line and exit 2."""
-    from keel_cli.config import ConfigError, load_config
-
     from keel.registry_client import RegistryError, open_registry
 
+    root = _home(home)
     try:
-        root = (home or load_config().home).expanduser()
         reg = (
             open_registry(tracking_uri=tracking_uri, db_url=db_url)
             if tracking_uri
             else open_registry(root)
         )
-    except (ConfigError, RegistryError) as e:
+    except RegistryError as e:
         raise _fail(str(e)) from None
     return root, reg
+
+
+def _home(home: Path | None) -> Path:
+    """--home, else the configured KEEL_HOME; a bad configuration is one line and exit 2."""
+    from keel_cli.config import ConfigError, load_config
+
+    try:
+        return (home or load_config().home).expanduser()
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+
+
+def recorded_pipelines(root: Path, model: str) -> tuple[Path, dict[str, Any]] | None:
+    """(pipelines home, options) of the pipelines that trained ``model`` under KEEL_HOME
+    ``root``: the options recorded in ``root`` itself (a retrain-controller's home) or in
+    ``root/demo/loop`` (`keel demo`'s loop) whose ``model`` is this one; None otherwise."""
+    from keel.pipelines import PipelinesError
+    from keel.pipelines.reproduce import read_options
+
+    for home in (root, root / "demo" / "loop"):
+        try:
+            options = read_options(home)
+        except PipelinesError as e:
+            raise _fail(str(e)) from None
+        if options is not None and options.get("model") == model:
+            return home, options
+    return None
+
+
+def _pipelines_keys(home: Path, options: dict[str, Any]) -> tuple[Path, list[Path]]:
+    """The signing key and trusted keys the pipelines in ``home`` used (their options, else
+    keel.pipelines.local's defaults under ``home/keys``)."""
+    if options.get("signing_key"):
+        return Path(options["signing_key"]), [Path(k) for k in options.get("trusted_keys") or []]
+    keys = home / "keys"
+    trusted = [Path(k) for k in options.get("trusted_keys") or []] or [keys / "pipelines.pub"]
+    return keys / "pipelines.pem", trusted
 
 
 def reproduce(
@@ -134,7 +176,8 @@ def reproduce(
         typer.Option(
             help="the model was trained by the pipelines: their options (JSON, as "
             "keel.pipelines.local.build_executors takes them); the training set is then "
-            "re-materialised from the offline event log under --home"
+            "re-materialised from the offline event log under --home (default: the options "
+            "the pipelines recorded in KEEL_HOME or KEEL_HOME/demo/loop for this model)"
         ),
     ] = None,
     pipelines_db: Annotated[
@@ -155,7 +198,6 @@ def reproduce(
         model, ref = parse_target(target)
     except PipelinesError as e:
         raise _fail(str(e)) from None
-    key, policy = _signing_key(signing_key), _trust(trust)
     job = None
     if job_file is not None:
         from keel.trainer import load_job
@@ -172,12 +214,26 @@ def reproduce(
             raise _fail(f"cannot read {pipelines_options}: {e.strerror or e}") from None
         except ValueError as e:
             raise _fail(f"{pipelines_options} is not JSON: {e}") from None
-    root, reg = open_home_registry(home, tracking_uri, db_url)
-    source = None
-    if options is not None:
-        from keel.pipelines.reproduce import PipelinesSource
+    from keel.pipelines.reproduce import PipelinesSource
 
+    root = _home(home)
+    source, default_key, default_trust = None, None, None
+    if options is not None:
         source = PipelinesSource(root, options, pipelines_db)
+    elif job_file is None and data is None and (found := recorded_pipelines(root, model)):
+        phome, options = found
+        source = PipelinesSource(phome, options, pipelines_db)
+        default_key, default_trust = _pipelines_keys(phome, options)
+        if tracking_uri is None:  # that home's registry (or the server its options name)
+            home = phome
+            tracking_uri = options.get("registry_tracking_uri")
+            db_url = options.get("registry_db_url")
+        err_console.print(
+            f"{model}: trained by the pipelines in {phome} (their recorded options)",
+            highlight=False,
+        )
+    key, policy = _signing_key(signing_key, default_key), _trust(trust, default_trust)
+    _, reg = open_home_registry(home, tracking_uri, db_url)
     try:
         verdict = run(
             reg,
@@ -202,7 +258,8 @@ def reproduce(
     else:
         for c in verdict.checks:
             mark = "[green]=[/]" if c.same else "[red]≠[/]"
-            console.print(f"  {mark} {c.link}: {c.found}", highlight=False)
+            note = f" ({c.detail})" if c.same and c.detail else ""
+            console.print(f"  {mark} {c.link}: {c.found}{note}", highlight=False)
         head = {
             "identical": "[bold green]identical[/]",
             "differs": f"[bold red]differs[/] at {verdict.link}",

@@ -1,9 +1,10 @@
 """The closed loop of `keel demo`: train → sign → register → serve → drift → retrain → promote.
 
 Everything the loop keeps lives under ``KEEL_HOME/demo/loop`` (its own KEEL_HOME: the
-pipelines database, the embedded MLflow registry, the offline store, the trainer's
-checkpoints, the approvals ledger, the signing key), emptied with ``KEEL_HOME/demo`` on every
-run; its events go to the demo's bus (``KEEL_HOME/events.db``) on ``demo-*`` streams.
+pipelines database and options, the embedded MLflow registry, the offline store, the
+trainer's checkpoints, the approvals ledger, the signing key), emptied with
+``KEEL_HOME/demo`` on every run (`keel reproduce fraud-demo@champion` finds it there); its
+events go to the demo's bus (``KEEL_HOME/events.db``) on ``demo-*`` streams.
 Time is simulated (`SimClock`): the controller, the approvals ledger and the registry read it,
 so the loop's decisions do not depend on the wall clock.
 """
@@ -137,6 +138,7 @@ class Loop:
 
         from keel.pipelines import CanaryPolicy, Controller, TriggerPolicy
         from keel.pipelines.local import TimedExecutors, build_executors
+        from keel.pipelines.reproduce import record_options
 
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # the live progress is the log
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -148,9 +150,9 @@ class Loop:
             if s in bus.streams():
                 bus.delete_stream(s)
         self.clock = SimClock(start)
-        self.ex: LocalExecutors = build_executors(
-            home=self.root, bus=bus, options=options(view, seed)
-        )  # type: ignore[assignment]
+        opts = options(view, seed)
+        record_options(self.root, opts)  # `keel reproduce fraud-demo@champion` reads them
+        self.ex: LocalExecutors = build_executors(home=self.root, bus=bus, options=opts)  # type: ignore[assignment]
         self.step_times = TimedExecutors(self.ex)
         self.ctl: Controller = Controller(
             self.step_times,  # type: ignore[arg-type]

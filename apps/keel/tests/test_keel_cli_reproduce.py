@@ -157,3 +157,26 @@ def test_governance_pack_verify(home: Path, tmp_path: Path) -> None:
         app, ["governance", "pack", "other@1", "--home", str(home), "--verify", str(out)]
     )
     assert r.exit_code == 1 and "not other@1" in " ".join(r.output.split())
+
+
+def test_reproduce_finds_the_pipelines_the_demo_recorded_under_the_home(tmp_path: Path) -> None:
+    """No --pipelines-options: the options the pipelines recorded under KEEL_HOME/demo/loop
+    (`keel demo`) name the model, and that home's keys are the defaults (here absent: the
+    refusal names the key it looked for); another model is not taken for it."""
+    from keel.pipelines.reproduce import read_options, record_options
+
+    loop = tmp_path / "demo" / "loop"
+    options = {"model": "fraud-demo", "feature_definitions": "d", "features": ["f"]}
+    assert record_options(loop, options) == loop / "pipelines" / "options.json"
+    assert read_options(loop) == options and read_options(tmp_path) is None
+    env = {"KEEL_SIGNING_KEY": "", "KEEL_TRUSTED_KEYS": ""}
+    args = ["reproduce", "fraud-demo@champion", "--home", str(tmp_path)]
+    r = runner.invoke(app, args, env=env)
+    assert r.exit_code == 2, r.output
+    assert f"trained by the pipelines in {loop}" in " ".join(r.stderr.split())
+    assert f"cannot read signing key {loop / 'keys' / 'pipelines.pem'}" in " ".join(
+        r.stderr.split()
+    )
+    other = runner.invoke(app, ["reproduce", "credit@champion", "--home", str(tmp_path)], env=env)
+    assert other.exit_code == 2 and "give --signing-key" in other.output
+    assert "trained by the pipelines" not in other.output

@@ -71,28 +71,8 @@ def write_world(
     cards = [f"c{int(c):03d}" for c in rng.integers(0, 60, n)]
     amount = np.round(rng.lognormal(3.5, 0.8, n), 2)
     ids = [f"e{seed}-{start}-{i}" for i in range(n)]
-    log = pl.DataFrame(
-        {
-            "event_id": ids,
-            "type": ["txn.created"] * n,
-            "key": cards,
-            "event_time": times,
-            "publish_time": times,
-            "payload": [json.dumps({"amount": float(a)}) for a in amount],
-        },
-        schema={
-            "event_id": pl.String(),
-            "type": pl.String(),
-            "key": pl.String(),
-            "event_time": pl.Datetime("us", "UTC"),
-            "publish_time": pl.Datetime("us", "UTC"),
-            "payload": pl.String(),
-        },
-    )
+    write_events(root, ids, cards, times, times, [float(a) for a in amount], f"s{seed}-{start}")
     store = OfflineStore(root / "offline")
-    store.write(
-        event_log_dataset("txn.created"), log, time_column="event_time", name=f"s{seed}-{start}"
-    )
     logit = -3.0 + 0.9 * (np.log1p(amount) - 3.5) * 2
     label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int8)
     labels = pl.DataFrame(
@@ -106,6 +86,49 @@ def write_world(
         schema_overrides={"timestamp": pl.Datetime("us", "UTC")},
     )
     store.write(f"labels.{MODEL}", labels, time_column="timestamp", name=f"s{seed}-{start}")
+
+
+def write_events(
+    root: Path,
+    ids: list[str],
+    cards: list[str],
+    times: list[datetime],
+    published: list[datetime],
+    amounts: list[float],
+    name: str,
+) -> None:
+    """``txn.created`` events as the feature worker logs them (``published``: the bus
+    publish time, the record time) in the part files named ``name``."""
+    log = pl.DataFrame(
+        {
+            "event_id": ids,
+            "type": ["txn.created"] * len(ids),
+            "key": cards,
+            "event_time": times,
+            "publish_time": published,
+            "payload": [json.dumps({"amount": a}) for a in amounts],
+        },
+        schema={
+            "event_id": pl.String(),
+            "type": pl.String(),
+            "key": pl.String(),
+            "event_time": pl.Datetime("us", "UTC"),
+            "publish_time": pl.Datetime("us", "UTC"),
+            "payload": pl.String(),
+        },
+    )
+    OfflineStore(root / "offline").write(
+        event_log_dataset("txn.created"), log, time_column="event_time", name=name
+    )
+
+
+def late_event_for_a_label(root: Path, recorded: datetime, name: str = "late") -> None:
+    """A correction recorded at ``recorded`` (after the run): one more event on the card of
+    a day-2 label, a minute before the label's time — it changes that label's 6-hour count."""
+    labels = OfflineStore(root / "offline").read(f"labels.{MODEL}").collect()
+    row = labels.filter(pl.col("timestamp") > T0 + timedelta(days=1, hours=7)).row(0, named=True)
+    at = row["timestamp"] - timedelta(minutes=1)
+    write_events(root, [f"late-{name}"], [row["card"]], [at], [recorded], [99.0], name)
 
 
 def opts(root: Path, **over: Any) -> dict[str, Any]:
@@ -258,6 +281,73 @@ def test_training_set_is_point_in_time_and_fingerprinted_by_content(
     write_world(tmp_path, days=1, seed=1, start=4)
     assert dict(ex.source_fingerprints(ctx("build_training_set"))) != src
     assert ex.build_training_set(ctx("build_training_set"))["fingerprint"] != out["fingerprint"]
+
+
+def test_the_set_records_its_as_of_and_a_build_as_of_it_leaves_later_records_out(
+    tmp_path: Path, bus: Bus
+) -> None:
+    """``as_of``: the latest record time the set read (the event log's bus publish time). A
+    correction recorded later changes the sources (the cache key) and a fresh build; a
+    build given the recorded ``as_of`` leaves it out and gives the recorded bytes again."""
+    write_world(tmp_path, days=2, per_day=150)
+    ex = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path))
+    c = ctx("build_training_set")
+    first, src = dict(ex.build_training_set(c)), dict(ex.source_fingerprints(c))
+    log = OfflineStore(tmp_path / "offline").read("events.txn.created").collect()
+    latest = log["publish_time"].max()
+    assert isinstance(latest, datetime) and first["as_of"] == latest.isoformat()
+    assert latest < T0 + timedelta(days=2)
+
+    late_event_for_a_label(tmp_path, recorded=T0 + timedelta(days=30))
+    assert dict(ex.source_fingerprints(c)) != src  # the cache key sees the correction
+    now = dict(ex.build_training_set(c))
+    assert now["fingerprint"] != first["fingerprint"]  # and a new run trains on it
+    assert now["as_of"] == (T0 + timedelta(days=30)).isoformat()
+    as_of = ctx("build_training_set", params={"as_of": first["as_of"]})
+    again = dict(ex.build_training_set(as_of))
+    assert (again["fingerprint"], again["as_of"]) == (first["fingerprint"], first["as_of"])
+    with pytest.raises(InvalidInputError, match="as_of.*needs a time zone"):
+        ex.build_training_set(ctx("build_training_set", params={"as_of": "2026-03-02T00:00"}))
+
+
+def test_labels_with_a_record_time_column_are_left_out_as_of_too(tmp_path: Path, bus: Bus) -> None:
+    """``label_record_time``: a relabelled row recorded after the run is in a fresh build
+    and out of one as of the recorded instant. Without the option the build settings (the
+    cache key) are what they were."""
+    import shutil
+
+    write_world(tmp_path, days=2, per_day=150)
+    store = OfflineStore(tmp_path / "offline")
+    labels = store.read(f"labels.{MODEL}").collect()
+    shutil.rmtree(tmp_path / "offline" / f"labels.{MODEL}")
+    labels = labels.with_columns(pl.col("timestamp").alias("recorded_at"))
+    store.write(f"labels.{MODEL}", labels, time_column="timestamp", name="labels")
+    plain = build_executors(home=tmp_path, bus=bus, options=opts(tmp_path))
+    ex = build_executors(
+        home=tmp_path, bus=bus, options=opts(tmp_path, label_record_time="recorded_at")
+    )
+    assert isinstance(plain, LocalExecutors) and isinstance(ex, LocalExecutors)
+    settings = ex.step_settings("build_training_set")
+    assert settings is not None and settings["label_record_time"] == "recorded_at"
+    assert "label_record_time" not in (plain.step_settings("build_training_set") or {})
+    c = ctx("build_training_set")
+    first = dict(ex.build_training_set(c))
+    relabelled = labels.tail(1).with_columns(
+        (1 - pl.col("label")).cast(pl.Int8).alias("label"),
+        pl.lit(T0 + timedelta(days=30)).cast(pl.Datetime("us", "UTC")).alias("recorded_at"),
+    )
+    store.write(f"labels.{MODEL}", relabelled, time_column="timestamp", name="relabel")
+    now = dict(ex.build_training_set(c))
+    assert (
+        now["rows"] == first["rows"] + 1 and now["as_of"] == (T0 + timedelta(days=30)).isoformat()
+    )
+    again = dict(ex.build_training_set(ctx("build_training_set", params={"as_of": first["as_of"]})))
+    assert again["fingerprint"] == first["fingerprint"]
+    bad = build_executors(
+        home=tmp_path, bus=bus, options=opts(tmp_path, label_record_time="segment")
+    )
+    with pytest.raises(InvalidInputError, match="time-zone aware datetime column"):
+        bad.build_training_set(c)
 
 
 def test_missing_data_and_bad_columns_are_clear(tmp_path: Path, bus: Bus) -> None:
@@ -687,7 +777,19 @@ def test_reproduce_rematerialises_the_set_from_the_offline_log(tmp_path: Path, b
     # the walk goes on past the data (here to the code version: tmp_path is no checkout)
     assert same.status == "refused" and same.link == "code version", same.message
 
-    part = sorted((tmp_path / "offline" / "events.txn.created").glob("date=*/*.parquet"))[0]
+    # a correction recorded after the run (a later publish time) changes a fresh build of
+    # the set, but the log as it was known then gives the recorded set: the data link holds
+    late_event_for_a_label(tmp_path, recorded=clock() + timedelta(days=1))
+    fresh = ex.build_training_set(ctx("build_training_set"))["fingerprint"]
+    assert fresh != recorded
+    late = reproduce(ex.registry, MODEL, "1", work_dir=tmp_path / "w-late", **kw)
+    first = late.checks[0]
+    assert (first.link, first.same, first.found) == ("data fingerprint", True, recorded)
+    assert "were left out" in first.detail and "events.txn.created" in first.detail
+    assert late.link == "code version", late.message
+
+    # an event edited in place (its record time unchanged) is not hidden by the as-of
+    part = sorted((tmp_path / "offline" / "events.txn.created").glob("date=*/part-s*.parquet"))[0]
     log = pl.read_parquet(part)
     i = log.height // 2
     keys = log["key"].to_list()

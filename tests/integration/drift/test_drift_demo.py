@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,8 +28,36 @@ pytestmark = pytest.mark.timeout(2400)
 SEED, PER_DAY = 7, 3000
 
 
+def _git(repo: Path, *args: str) -> str:
+    who = ["-c", "user.name=demo", "-c", "user.email=demo@example.com"]
+    run = subprocess.run(
+        ["git", "-C", str(repo), *who, *args], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
 @pytest.fixture(scope="module")
-def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The code the demo's models record: a one-commit repository with a lockfile, pinned
+    for the module (``KEEL_CODE_VERSION``, ``KEEL_LOCK_FILE``) — the tests run in a checkout
+    that may have uncommitted changes, or in a Pants sandbox that has none, and `keel
+    reproduce` checks the recorded commit and lock out of ``--repo``."""
+    repo = tmp_path_factory.mktemp("checkout")
+    lock = repo / "3rdparty" / "python" / "default.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text('{"locked_resolves": [], "test": "demo"}\n')
+    _git(repo, "init", "-q")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "the demo's code")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KEEL_CODE_VERSION", _git(repo, "rev-parse", "HEAD"))
+        mp.setenv("KEEL_LOCK_FILE", str(lock))
+        yield repo
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory: pytest.TempPathFactory, checkout: Path) -> Path:
     """One full run of the demo (the closed loop: two trainings on local Ray)."""
     home = tmp_path_factory.mktemp("demo") / "home-a"
     console = Console(record=True, width=160)
@@ -185,6 +215,58 @@ def test_a_rerun_on_unchanged_data_hits_the_cache(demo_home: Path) -> None:
         ctl.close()
         ex.close()
         bus.close()
+
+
+@pytest.mark.slow
+def test_keel_reproduce_rebuilds_the_demo_champion_byte_for_byte(
+    demo_home: Path, checkout: Path
+) -> None:
+    """`keel reproduce fraud-demo@champion` with the demo's KEEL_HOME and nothing else (the
+    checkout aside): it finds the loop's recorded options, registry, offline log, pipelines
+    database and keys, re-materialises the retrain's training set as of its record time,
+    re-runs train, evaluate and package on CPU, and gets the champion's digest."""
+    from datetime import UTC, datetime
+
+    from keel.pipelines import Controller
+    from keel.registry_client import open_registry
+
+    env = {"KEEL_HOME": str(demo_home), "KEEL_NATS_URL": ""}
+    env.update(KEEL_SIGNING_KEY="", KEEL_TRUSTED_KEYS="")  # the loop's own keys, found
+    r = runner.invoke(
+        app, ["reproduce", "fraud-demo@champion", "--repo", str(checkout), "--json"], env=env
+    )
+    assert r.exit_code == 0, r.output
+    verdict = json.loads(r.stdout)
+    assert (
+        "trained by the pipelines in" in r.stderr and str(demo_home / "demo" / "loop") in r.stderr
+    )
+    with open_registry(demo_home / "demo" / "loop") as reg:
+        champion = reg.get_by_alias("fraud-demo", "champion")
+        tag = reg.get_version("fraud-demo", champion.version).tags["keel.reproduce"]
+    summary = json.loads((demo_home / "demo" / "loop-summary.json").read_text())
+    assert (verdict["status"], verdict["link"], verdict["version"]) == ("identical", None, 2)
+    assert verdict["reproduced_digest"] == champion.digest == summary["runs"][1]["artifact_digest"]
+    assert verdict["retrained"]
+    # the run reproduce walked back to produced the champion (the retrain, or a later run
+    # that hit its cache: the newest run with that digest)
+    ctl = Controller(
+        None, clock=lambda: datetime(2026, 3, 14, tzinfo=UTC), db_path=_loop_db(demo_home)
+    )
+    try:
+        walked = {s.step: s.output for s in ctl.steps(verdict["training_run"])}
+    finally:
+        ctl.close()
+    assert walked["package_sign"]["artifact_digest"] == champion.digest
+    assert [c["link"] for c in verdict["checks"]] == [
+        "data fingerprint",
+        "code version",
+        "lock hash",
+        "parameters",
+        "weights",
+    ]
+    assert all(c["same"] for c in verdict["checks"])
+    assert verdict["checks"][0]["found"] == summary["runs"][1]["training_set"]
+    assert json.loads(tag)["status"] == "identical"  # where the evidence pack reads it
 
 
 def one_error_line(output: str) -> str:

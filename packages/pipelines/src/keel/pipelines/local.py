@@ -21,6 +21,10 @@ named by content so a cache hit finds them again):
   view's features as of each label's time), rows in a canonical order, written as Parquet
   with fixed options; ``fingerprint`` = sha256 of those bytes. The last
   ``holdout_fraction`` of the time range (or ``params["holdout_from"]``) is the holdout.
+  ``as_of`` records what the set knew: the latest record time of the offline rows it read
+  (the event logs' bus ``publish_time``; the labels' ``label_record_time`` column when
+  set). Given ``params["as_of"]``, rows recorded after it are left out — `reproduce`
+  rebuilds a run's set that way, so corrections appended to the log since do not leak in.
 * ``train``: a keel.trainer `TrainJob` (the built-in ``mlp``, BCE with logits, seeded) on
   local Ray (or ``ray_address``), tracked in MLflow; no export (``package_sign`` builds the
   artifact). The job name is derived from the step's inputs, so a rerun resumes it.
@@ -159,6 +163,9 @@ class LocalOptions:
     feature_views: tuple[str, ...]
     features: tuple[str, ...]
     labels_dataset: str = ""  # default "labels.<model>"
+    # the labels dataset's record-time column, when labels are corrected after the fact: the
+    # training set's as-of instant (see build_training_set) then covers labels too
+    label_record_time: str | None = None
     time_column: str = "timestamp"
     label_column: str = "label"
     group_column: str | None = None
@@ -501,6 +508,8 @@ class LocalExecutors:
                 "labels_dataset": self.labels_dataset,
                 "columns": [o.time_column, o.label_column, o.group_column],
                 "holdout_fraction": o.holdout_fraction,
+                # only when set: the cache keys of option sets without it stay as they were
+                **({"label_record_time": o.label_record_time} if o.label_record_time else {}),
             }
         if step == "train":
             t = o.trainer
@@ -552,22 +561,21 @@ class LocalExecutors:
             out[ds] = "sha256:" + h.hexdigest()
         return out
 
-    def _time_bounds(self, ctx: StepContext) -> tuple[datetime | None, datetime | None]:
-        def parse(key: str) -> datetime | None:
-            v = ctx.params.get(key)
-            if v is None:
-                return None
-            try:
-                t = datetime.fromisoformat(str(v).replace("Z", "+00:00"))
-            except ValueError:
-                raise InvalidInputError(
-                    f"run parameter {key}={v!r} is not an ISO-8601 time"
-                ) from None
-            if t.tzinfo is None:
-                raise InvalidInputError(f"run parameter {key}={v!r} needs a time zone")
-            return t.astimezone(UTC)
+    @staticmethod
+    def _param_time(ctx: StepContext, key: str) -> datetime | None:
+        v = ctx.params.get(key)
+        if v is None:
+            return None
+        try:
+            t = datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInputError(f"run parameter {key}={v!r} is not an ISO-8601 time") from None
+        if t.tzinfo is None:
+            raise InvalidInputError(f"run parameter {key}={v!r} needs a time zone")
+        return t.astimezone(UTC)
 
-        return parse("start"), parse("end")
+    def _time_bounds(self, ctx: StepContext) -> tuple[datetime | None, datetime | None]:
+        return self._param_time(ctx, "start"), self._param_time(ctx, "end")
 
     def build_training_set(self, ctx: StepContext) -> Mapping[str, Any]:
         import polars as pl
@@ -578,12 +586,35 @@ class LocalExecutors:
         store = self._offline()
         labels = store.read(self.labels_dataset).collect()
         need = [o.time_column, o.label_column, *(v for v in [o.group_column] if v)]
+        need += [o.label_record_time] if o.label_record_time else []
         entity_cols = sorted({k for v in self.views for k in v.join_keys})
         missing = [c for c in [*need, *entity_cols] if c not in labels.columns]
         if missing:
             raise InvalidInputError(
                 f"labels dataset {self.labels_dataset!r} lacks column(s) {missing}; it has {labels.columns}"
             )
+        # record time: what the offline store knew. With params["as_of"], rows recorded
+        # later are left out; the recorded as_of is the latest record time of the rows read
+        # (so a rebuild given it reads exactly those rows again)
+        as_of = self._param_time(ctx, "as_of")
+        logs = []
+        for v in self.views:
+            log = store.read(event_log_dataset(self._event_type(v)))
+            if as_of is not None:
+                log = log.filter(pl.col("publish_time") <= as_of)
+            logs.append((v, log))
+        known = [log.select(pl.col("publish_time").max()).collect().item() for _, log in logs]
+        if o.label_record_time:
+            rt = labels.schema[o.label_record_time]
+            if not isinstance(rt, pl.Datetime) or rt.time_zone is None:
+                raise InvalidInputError(
+                    f"options.label_record_time {o.label_record_time!r} must be a time-zone "
+                    f"aware datetime column of {self.labels_dataset!r}; it is {rt}"
+                )
+            if as_of is not None:
+                labels = labels.filter(pl.col(o.label_record_time) <= as_of)
+            known.append(labels[o.label_record_time].max())
+        known_at = max((t for t in known if isinstance(t, datetime)), default=None)
         start, end = self._time_bounds(ctx)
         tcol = pl.col(o.time_column)
         if start is not None:
@@ -594,10 +625,7 @@ class LocalExecutors:
             raise InvalidInputError(
                 f"only {labels.height} labelled rows in [{start}, {end}): too few to train on"
             )
-        sources = []
-        for v in self.views:
-            log = store.read(event_log_dataset(self._event_type(v)))
-            sources.append((v, event_log_to_frame(v, log).collect()))
+        sources = [(v, event_log_to_frame(v, log).collect()) for v, log in logs]
         if o.training_set_engine == "ray":
             from keel.pipelines.ray_build import build_training_set_on_ray
 
@@ -667,6 +695,7 @@ class LocalExecutors:
             "positive_rate": float(ts[o.label_column].mean() or 0.0),  # type: ignore[arg-type]
             "holdout_from": cut.isoformat(),
             "time_range": [t_min.isoformat(), t_max.isoformat()],  # type: ignore[union-attr]
+            "as_of": known_at.astimezone(UTC).isoformat() if known_at is not None else None,
             "features": list(o.features),
             "feature_views": {v.name: v.version for v in self.views},
         }

@@ -27,16 +27,20 @@ A model trained by the pipelines (``pipelines=PipelinesSource(home, options)``) 
 data link taken from the offline event log first: `rematerialise` walks the pipelines
 provenance back to the run that produced the digest and rebuilds its training set with
 keel.features' point-in-time build (the recorded feature-view versions, the run's recorded
-``start``/``end``/``holdout_from``), then compares that set's fingerprint with the
-manifest's. When they differ, it names the offline datasets whose content changed since the
-run and the first training rows that differ. No keel.trainer MLflow run is needed then: the
-code version and lock hash links are checked as above; the parameters link is the job the
-given options train on the recorded set (its digest: seed, model, data, train settings) vs
-the run's recorded train step; the weights link re-runs the pipelines' own ``train`` →
-``evaluate`` → ``package_sign`` (keel.pipelines.local, on the re-materialised set, in a
-scratch home with a scratch bus and signing key, no tracking) with step contexts rebuilt
-from the run's provenance, so the rebuilt artifact is the pipelines' package (weights,
-drift profile, model card, evaluation) and its digest is compared with the registered one.
+``start``/``end``/``holdout_from``) from the log as it was known then — the rows recorded
+(bus publish time) up to the run's recorded ``as_of``, so a correction appended after
+training does not leak in, while an event edited in place still does and is caught — then
+compares that set's fingerprint with the manifest's (a run recorded before ``as_of``
+existed is rebuilt from the whole log). When they differ, it names the offline datasets
+whose content changed since the run and the first training rows that differ. No
+keel.trainer MLflow run is needed then: the code version and lock hash links are checked as
+above; the parameters link is the job the given options train on the recorded set (its
+digest: seed, model, data, train settings) vs the run's recorded train step; the weights
+link re-runs the pipelines' own ``train`` → ``evaluate`` → ``package_sign``
+(keel.pipelines.local, on the re-materialised set, in a scratch home with a scratch bus and
+signing key, no tracking) with step contexts rebuilt from the run's provenance, so the
+rebuilt artifact is the pipelines' package (weights, drift profile, model card, evaluation)
+and its digest is compared with the registered one.
 
 An input that is gone (the data file, the commit, the lockfile, the job spec record) is a
 ``refused`` verdict naming it, not an exception. The verdict is stored as the version's
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -130,6 +135,36 @@ class Verdict:
         }
 
 
+OPTIONS_FILE = Path("pipelines") / "options.json"
+
+
+def record_options(home: Path, options: Mapping[str, Any]) -> Path:
+    """Write the executors' ``options`` (plain JSON, as ``build_executors`` took them) to
+    ``home/pipelines/options.json``, where `read_options` (and `keel reproduce`) find them:
+    a model the pipelines trained in ``home`` is then reproduced from ``home`` alone."""
+    path = Path(home) / OPTIONS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(dict(options), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_options(home: Path) -> dict[str, Any] | None:
+    """The options `record_options` wrote under ``home`` (None when there are none);
+    unreadable ones are an `InvalidInputError` naming the file."""
+    path = Path(home) / OPTIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        out = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"pipelines options {path}: {e}") from None
+    if not isinstance(out, dict):
+        raise InvalidInputError(f"pipelines options {path}: not a JSON object")
+    return out
+
+
 @dataclass(frozen=True)
 class PipelinesSource:
     """Where a model trained by the pipelines (keel.pipelines.local) had its training set
@@ -159,6 +194,7 @@ class SetCheck:
     trainer_run: str = ""  # the run's train step's tracking run id
     output: Mapping[str, Any] = field(default_factory=dict)  # the re-run step's output
     lineage: Any = None  # the run's verified `Lineage`
+    as_of: str | None = None  # the record time the set was rebuilt as of (None: the whole log)
 
     def describe(self) -> str:
         parts = []
@@ -370,6 +406,16 @@ def reproduce(
                 + (rebuilt_set.describe() or "the offline log's content changed since training"),
             )
             state["run_id"] = rebuilt_set.run_id
+            if rebuilt_set.as_of and rebuilt_set.changed_sources:
+                checks[-1] = LinkCheck(
+                    "data fingerprint",
+                    True,
+                    checks[-1].recorded,
+                    checks[-1].found,
+                    f"rebuilt as of record time {rebuilt_set.as_of}: rows recorded since in "
+                    + ", ".join(rebuilt_set.changed_sources)
+                    + " were left out",
+                )
             # 2, 3. code version, lock hash ---------------------------------------------------
             _check_code_and_lock(checks, man, repo, code, lock_file)
             # 4, 5. parameters, weights: the pipelines' own train/evaluate/package_sign -------
@@ -536,7 +582,9 @@ def rematerialise(
     """Rebuild the training set of the pipelines run that produced ``digest`` from the
     offline log, with keel.features' point-in-time build (the same code the run's
     ``build_training_set`` step ran), the recorded feature views and the run's recorded
-    parameters (``start``/``end``/``holdout_from``), in a scratch home under ``work_dir``.
+    parameters (``start``/``end``/``holdout_from``) plus its recorded ``as_of`` (rows
+    recorded after it are left out; absent from runs recorded before it existed: the whole
+    log), in a scratch home under ``work_dir``.
     Compares its fingerprint with the recorded one; when they differ, names the offline
     datasets whose content changed (against the run's recorded source fingerprints) and,
     when the run's own set file is still there, the first rows that differ.
@@ -571,6 +619,9 @@ def rematerialise(
     by_kind = {e.kind: e.record for e in lineage.entries}
     params = dict(by_kind["trigger"].get("params") or {})
     recorded = dict(by_kind["step:build_training_set"]["output"])
+    as_of = recorded.get("as_of")
+    if as_of:  # the log as the run knew it: rows recorded since are left out
+        params["as_of"] = as_of
     options = dict(source.options)
     options.setdefault("offline_root", str(home / "offline"))
     try:
@@ -639,6 +690,7 @@ def rematerialise(
         lineage.trainer_run,
         built,
         lineage,
+        str(as_of) if as_of else None,
     )
 
 
@@ -800,12 +852,14 @@ def _check_code_and_lock(
     returns (commit, dirty, lockfile or None when the record is an environment hash)."""
     # 2. code version --------------------------------------------------------------------
     recorded_code = f"{man.code.commit}{'+dirty' if man.code.dirty else ''}"
-    if man.code.dirty:
+    # the pipelines record a controller's code version, "<commit>+dirty" from a dirty tree
+    if man.code.dirty or man.code.commit.endswith("+dirty"):
         raise _Stop(
             "refused",
             "code version",
-            f"the model was trained from uncommitted changes on top of {man.code.commit}: "
-            "those changes were not recorded, so the code is gone",
+            "the model was trained from uncommitted changes on top of "
+            f"{man.code.commit.removesuffix('+dirty')}: those changes were not recorded, so "
+            "the code is gone",
         )
     if not commit_in_history(repo, man.code.commit):
         raise _Stop(
@@ -926,6 +980,7 @@ def verdict_from_tag(text: str | None) -> dict[str, Any] | None:
 
 __all__ = [
     "LINKS",
+    "OPTIONS_FILE",
     "VERDICT_TAG",
     "LinkCheck",
     "PipelinesSource",
@@ -934,6 +989,8 @@ __all__ = [
     "commit_in_history",
     "find_lock",
     "parse_target",
+    "read_options",
+    "record_options",
     "rematerialise",
     "reproduce",
     "resolve_version",
