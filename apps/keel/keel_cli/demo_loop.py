@@ -179,7 +179,7 @@ class Loop:
         the raw event log and the labelled transactions (as ``labels.<model>``)."""
         import polars as pl
 
-        from keel.features import OfflineStore, event_log_dataset
+        from keel.features import EVENT_LOG_SCHEMA, OfflineStore, event_log_dataset
 
         store = OfflineStore(self.root / "offline")
         rows = [e for e in events if start <= e.event_time < end]
@@ -192,14 +192,7 @@ class Loop:
                 "publish_time": [e.event_time for e in rows],
                 "payload": [e.payload.decode() for e in rows],
             },
-            schema={
-                "event_id": pl.String(),
-                "type": pl.String(),
-                "key": pl.String(),
-                "event_time": pl.Datetime("us", "UTC"),
-                "publish_time": pl.Datetime("us", "UTC"),
-                "payload": pl.String(),
-            },
+            schema=EVENT_LOG_SCHEMA,
         )
         tag = start.strftime("%Y%m%d")
         store.write(event_log_dataset("txn.created"), log, time_column="event_time", name=tag)

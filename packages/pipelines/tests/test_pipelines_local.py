@@ -19,7 +19,7 @@ import pytest
 from reproduce_testkit import git_repo
 
 from keel.events import Bus, Event, open_bus
-from keel.features import OfflineStore, event_log_dataset
+from keel.features import EVENT_LOG_SCHEMA, OfflineStore, event_log_dataset
 from keel.pipelines import (
     CACHED,
     CanaryPolicy,
@@ -108,14 +108,7 @@ def write_events(
             "publish_time": published,
             "payload": [json.dumps({"amount": a}) for a in amounts],
         },
-        schema={
-            "event_id": pl.String(),
-            "type": pl.String(),
-            "key": pl.String(),
-            "event_time": pl.Datetime("us", "UTC"),
-            "publish_time": pl.Datetime("us", "UTC"),
-            "payload": pl.String(),
-        },
+        schema=EVENT_LOG_SCHEMA,
     )
     OfflineStore(root / "offline").write(
         event_log_dataset("txn.created"), log, time_column="event_time", name=name
