@@ -583,16 +583,23 @@ def _versions(s: Settings) -> tuple[str, str]:
 
 
 def build_executors(settings: Settings, bus: Bus) -> Executors:
-    """Resolve ``settings.executors`` and call it with home, bus and executor_options."""
+    """Resolve ``settings.executors`` and call it with home, bus and executor_options. The
+    default (keel.pipelines.local) executors' options are recorded in the home
+    (``pipelines/options.json``), so ``keel reproduce`` needs no ``--pipelines-options``."""
     factory = load_factory(settings.executors)
+    home = settings.home.absolute()
     try:
-        return factory(
-            home=settings.home.absolute(), bus=bus, options=dict(settings.executor_options)
-        )
+        executors = factory(home=home, bus=bus, options=dict(settings.executor_options))
     except (TypeError, ValueError) as exc:
         raise AppConfigError(
             f"executors {settings.executors!r} refused its options: {type(exc).__name__}: {exc}"
         ) from None
+    if settings.executors == DEFAULT_EXECUTORS:
+        # where `keel reproduce MODEL@REF` with this home finds how the sets were built
+        from keel.pipelines.reproduce import record_options
+
+        record_options(home, settings.executor_options)
+    return executors
 
 
 def run(settings: Settings, ctx: AppContext) -> None:

@@ -526,6 +526,32 @@ def test_metric_vocabulary_matches_the_pipelines_core() -> None:
     assert set(PipelinesMetrics.FINISHED) == {s.value for s in TERMINAL}
 
 
+def test_the_default_executors_options_are_recorded_for_reproduce(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default executors the controller records their options where `keel
+    reproduce` looks (`read_options(home)`); other factories' options are not recorded."""
+    import keel_retrain_controller.main as rc
+    from keel_retrain_controller.main import DEFAULT_EXECUTORS
+
+    from keel.pipelines.reproduce import read_options
+
+    made: list[dict[str, Any]] = []
+
+    def factory(*, home: Path, bus: Any, options: dict[str, Any]) -> str:
+        made.append(options)
+        return "executors"
+
+    monkeypatch.setattr(rc, "load_factory", lambda spec: factory)
+    opts = {"model": "credit", "features": ["a", "b"], "trainer": {"seed": 3}}
+    s = Settings(home=tmp_path / "home", executors=DEFAULT_EXECUTORS, executor_options=opts)
+    assert build_executors(s, None) == "executors"  # type: ignore[arg-type]
+    assert made == [opts] and read_options(tmp_path / "home") == opts
+    other = Settings(home=tmp_path / "other", executors=FAKES, executor_options=opts)
+    build_executors(other, None)  # type: ignore[arg-type]
+    assert read_options(tmp_path / "other") is None
+
+
 def test_empty_versions_are_detected_for_the_default_executors(tmp_path: Path) -> None:
     """The real executors put the lock hash into the artifact, and the registry refuses one
     without it: a controller left with empty settings detects both, as keel.trainer does."""
