@@ -62,17 +62,20 @@ SURGE_HOLD_S = 1.0  # a surge lasts this long after the in-flight limit was last
 
 
 class LoopLag:
-    """How late the running event loop is: ``late(now)`` is the larger of the probe's last
-    measured lateness and how overdue its next wake-up is at ``now``. The probe task starts
-    on a ``late`` call inside a running loop when it is not running, and ends once the
-    clock passes ``keep_until``."""
+    """The door's lag gate: how late the running event loop is, consulted during a surge.
 
-    def __init__(
-        self, interval_s: float = 0.002, *, clock: Callable[[], float] = time.perf_counter
-    ) -> None:
-        if not 0 < interval_s <= 1:
-            raise ValueError(f"loop lag probe: interval must be in (0, 1] s, got {interval_s}")
-        self.interval_s = interval_s
+    ``surge(now)``: the in-flight limit was reached; the surge lasts until ``now`` +
+    ``SURGE_HOLD_S`` (``keep_until``) and the probe task runs (started if it is not).
+    ``refuses(now)``: within a surge, the loop is later than ``max_lag_s`` — the larger of
+    the probe's last measured lateness and how overdue its next wake-up is at ``now``
+    (``late(now)``). The probe wakes every ``interval_s`` (``max_lag_s`` or 2 ms, the
+    smaller) and ends once its clock passes ``keep_until``."""
+
+    def __init__(self, max_lag_s: float, *, clock: Callable[[], float] = time.perf_counter) -> None:
+        if not max_lag_s > 0:
+            raise ValueError(f"Door: max_loop_lag_s must be > 0 s, got {max_lag_s}")
+        self.max_lag_s = max_lag_s
+        self.interval_s = min(0.002, max_lag_s)
         self._clock = clock
         self.last = 0.0
         self.ticks = 0  # probe wake-ups so far
@@ -80,20 +83,20 @@ class LoopLag:
         self._due = math.inf
         self._task: asyncio.Task[None] | None = None
 
-    def late(self, now: float) -> float:
+    def surge(self, now: float) -> None:
+        self.keep_until = now + SURGE_HOLD_S
         task = self._task
         if task is None or task.done():
-            self._start()
-            return 0.0
-        return max(self.last, now - self._due)
+            self.last, self._due = 0.0, math.inf
+            self._task = asyncio.get_running_loop().create_task(
+                self._probe(), name="keel-serving-loop-lag"
+            )
 
-    def _start(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self.last, self._due = 0.0, math.inf
-        self._task = loop.create_task(self._probe(), name="keel-serving-loop-lag")
+    def refuses(self, now: float) -> bool:
+        return now < self.keep_until and self.late(now) > self.max_lag_s
+
+    def late(self, now: float) -> float:
+        return max(self.last, now - self._due)
 
     async def _probe(self) -> None:
         clock, interval = self._clock, self.interval_s
@@ -129,13 +132,9 @@ class Door:
         max_loop_lag_s: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        if max_loop_lag_s is not None and not max_loop_lag_s > 0:
-            raise ValueError(f"Door: max_loop_lag_s must be > 0 s, got {max_loop_lag_s}")
         self.app = app
-        self.max_loop_lag_s = max_loop_lag_s
-        self.lag = LoopLag(min(0.002, max_loop_lag_s), clock=clock) if max_loop_lag_s else None
+        self.lag = None if max_loop_lag_s is None else LoopLag(max_loop_lag_s, clock=clock)
         self.lag_shed = 0
-        self._surge_until = -math.inf
         self.policy = limit
         self.on_shed = on_shed
         self.in_flight = 0
@@ -160,16 +159,14 @@ class Door:
         if model is None:
             await self.app(scope, receive, send)
             return
-        policy = self.policy
+        policy, lag = self.policy, self.lag
         full = self.in_flight >= policy.limit
         lagging = False
-        if self.lag is not None:
-            now = self._clock()
+        if lag is not None:
             if full:
-                self._surge_until = self.lag.keep_until = now + SURGE_HOLD_S
-            if now < self._surge_until:
-                assert self.max_loop_lag_s is not None
-                lagging = self.lag.late(now) > self.max_loop_lag_s
+                lag.surge(self._clock())
+            else:
+                lagging = lag.refuses(self._clock())
         if full or lagging:
             if full:
                 policy.on_refused()
@@ -181,11 +178,11 @@ class Door:
             await send(self._body)
             return
         self.in_flight += 1
+        t0 = self._clock()
         if self.in_flight >= policy.limit:
             policy.on_binding()
-            if self.lag is not None:
-                self._surge_until = self.lag.keep_until = self._clock() + SURGE_HOLD_S
-        t0 = self._clock()
+            if lag is not None:
+                lag.surge(t0)
         try:
             await self.app(scope, receive, send)
         finally:
