@@ -12,10 +12,15 @@ Figures (same run, same machine, load generator included in the CPU budget):
   stack (the framework floor) — ``keel_vs_bare_asgi_throughput``;
 * the load generator's CPU share (wrk CPU seconds / all CPU seconds spent in the run);
 * overload at 2x capacity, on one server process (the door capped at 32 in flight, its limit
-  adaptive unless --fixed-limit): capacity = the rate of 200s with 32 connections in a
-  closed loop; then 2x that rate offered at a fixed pace over 256 connections; the p99 of the
-  *admitted* (200) requests, timed per request by wrk (the request id carries the send time,
-  the answer echoes it), vs the p99 at capacity timed the same way, and the shed (503) share;
+  adaptive unless --fixed-limit, its event-loop lag gate at --max-lag-ms): capacity = the
+  rate of 200s with 16 connections in a closed loop (below the cap: the server at full
+  speed, not a surge); then 2x that rate offered at a fixed pace over 256 connections; the
+  p99 of the *admitted* (200) requests, timed per request by wrk (the request id carries the
+  send time, the answer echoes it), vs the p99 at capacity timed the same way, and the shed
+  (503) share;
+* the hot-swap blip (``--only swap``): paced 1,000 req/s while the server reloads,
+  verifies and installs the model every 2 s; the p99 of requests sent during a swap vs
+  the rest, and that no request fails;
 * against ``mlflow models serve`` (MLflow's scoring server, FastAPI + uvicorn, one worker)
   serving the same signed artifact through keel.registry_client's pyfunc wrapper from the
   embedded registry: throughput at saturation and p99 at a paced rate, the same wrk, same
