@@ -3,36 +3,22 @@ small Parquet training set, keys, and a tiny keel.trainer job."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+from testutil.git_repo import lockfile_repo
 
 N_FEATURES = 4
 
 
 def git_repo(root: Path) -> tuple[Path, str, Path]:
-    """A git repository holding a lockfile at 3rdparty/python/default.lock, one commit:
-    (repo, commit, lockfile)."""
+    """A git repository at ``root/repo`` holding a lockfile at 3rdparty/python/default.lock,
+    one commit: (repo, commit, lockfile)."""
     repo = root / "repo"
-    lock = repo / "3rdparty" / "python" / "default.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text('{"locked_resolves": [], "test": "reproduce"}\n')
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-
-    git("init", "-q")
-    git("add", "-A")
-    git("commit", "-q", "-m", "lock")
-    return repo, git("rev-parse", "HEAD"), lock
+    commit, lock = lockfile_repo(repo, "reproduce")
+    return repo, commit, lock
 
 
 def write_data(path: Path, n: int = 600, seed: int = 3) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from keel_cli.demo import run_demo
 from keel_cli.main import app
 from rich.console import Console
+from testutil.git_repo import lockfile_repo
 from typer.testing import CliRunner
 
 runner = CliRunner()
@@ -28,15 +28,6 @@ pytestmark = pytest.mark.timeout(2400)
 SEED, PER_DAY = 7, 3000
 
 
-def _git(repo: Path, *args: str) -> str:
-    who = ["-c", "user.name=demo", "-c", "user.email=demo@example.com"]
-    run = subprocess.run(
-        ["git", "-C", str(repo), *who, *args], capture_output=True, text=True, check=False
-    )
-    assert run.returncode == 0, run.stderr
-    return run.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The code the demo's models record: a one-commit repository with a lockfile, pinned
@@ -44,14 +35,9 @@ def checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     that may have uncommitted changes, or in a Pants sandbox that has none, and `keel
     reproduce` checks the recorded commit and lock out of ``--repo``."""
     repo = tmp_path_factory.mktemp("checkout")
-    lock = repo / "3rdparty" / "python" / "default.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text('{"locked_resolves": [], "test": "demo"}\n')
-    _git(repo, "init", "-q")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "the demo's code")
+    commit, lock = lockfile_repo(repo, "demo")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KEEL_CODE_VERSION", _git(repo, "rev-parse", "HEAD"))
+        mp.setenv("KEEL_CODE_VERSION", commit)
         mp.setenv("KEEL_LOCK_FILE", str(lock))
         yield repo
 

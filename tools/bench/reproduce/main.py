@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from testutil.git_repo import lockfile_repo
 
 N_FEATURES = 20
 MODEL = "bench-reproduce"
@@ -57,27 +57,6 @@ def make_data(path: Path, rows: int, seed: int = 0) -> None:
     cols: dict[str, Any] = {f"f{i}": x[:, i] for i in range(N_FEATURES)}
     cols["y"] = y
     pq.write_table(pa.table(cols), path, row_group_size=65536)
-
-
-def git_repo(root: Path) -> tuple[Path, str, Path]:
-    """A repository with 3rdparty/python/default.lock, one commit: (repo, commit, lock)."""
-    repo = root / "repo"
-    lock = repo / "3rdparty" / "python" / "default.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text('{"locked_resolves": [], "bench": "reproduce"}\n')
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(repo), "-c", "user.name=b", "-c", "user.email=b@example.com", *args],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-
-    git("init", "-q")
-    git("add", "-A")
-    git("commit", "-q", "-m", "lock")
-    return repo, git("rev-parse", "HEAD"), lock
 
 
 def job_values(data: Path, epochs: int, workers: int) -> dict[str, Any]:
@@ -207,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="keel-bench-reproduce-") as tmp:
         root = Path(tmp)
-        repo, commit, lock = git_repo(root)
+        repo = root / "repo"
+        commit, lock = lockfile_repo(repo, "bench-reproduce")
         data = root / "train.parquet"
         make_data(data, rows)
         print(f"data: {rows:,} rows x {N_FEATURES} features, {epochs} epoch(s)", flush=True)
