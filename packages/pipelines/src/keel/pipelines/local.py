@@ -598,12 +598,12 @@ class LocalExecutors:
         # (so a rebuild given it reads exactly those rows again)
         as_of = self._param_time(ctx, "as_of")
         logs = []
-        for v in self.views:
+        for v in self.views:  # each log read once: its record times, then the view's frame
             log = store.read(event_log_dataset(self._event_type(v)))
             if as_of is not None:
                 log = log.filter(pl.col("publish_time") <= as_of)
-            logs.append((v, log))
-        known = [log.select(pl.col("publish_time").max()).collect().item() for _, log in logs]
+            logs.append((v, log.collect()))
+        known = [log["publish_time"].max() for _, log in logs]
         if o.label_record_time:
             rt = labels.schema[o.label_record_time]
             if not isinstance(rt, pl.Datetime) or rt.time_zone is None:
